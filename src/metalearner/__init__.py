@@ -1,0 +1,3 @@
+"""metalearner: learning to optimize, measured honestly."""
+
+__version__ = "0.1.0"

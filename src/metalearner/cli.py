@@ -1,0 +1,172 @@
+"""The ``metalearner`` command: parses flags, calls the library, prints results."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from metalearner.errors import MetalearnerError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning to optimize: observe, learn, train faster.")
+console = Console(stderr=True)
+
+
+class Bar:
+    """Adapter from ``fit``'s progress protocol to a rich progress bar, shown from the first
+    update on (so an early error prints alone). Use as a context manager."""
+
+    def __init__(self, description: str, enabled: bool = True) -> None:
+        self.progress = progress_bar(enabled)
+        self.task = self.progress.add_task(description, total=None, loss=float("nan"), acc=float("nan"))
+        self.started = False
+
+    def update(self, step: int, total: int, **fields: float) -> None:
+        if not self.started:
+            self.progress.start()
+            self.started = True
+        self.progress.update(self.task, completed=step, total=total, **fields)
+
+    def __enter__(self) -> "Bar":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.progress.stop()
+
+
+def progress_bar(enabled: bool = True) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}  val acc {task.fields[acc]:.4f}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+    )
+
+
+@app.command()
+def train(
+    task: str = typer.Option("mnist", help="Data set: mnist, fashion_mnist, mnist1d, moons, digits, synthetic."),
+    model: str = typer.Option("mlp", help="Model family: mlp or cnn."),
+    depth: int = typer.Option(2, help="Hidden layers (MLP) or conv blocks (CNN)."),
+    width: int = typer.Option(128, help="Hidden units (MLP) or first-block channels (CNN)."),
+    activation: str = typer.Option("relu", help="relu, tanh, gelu, silu, sigmoid, leaky_relu, elu."),
+    init: str = typer.Option("default", help="default, kaiming, xavier, orthogonal."),
+    optimizer: str = typer.Option("adam", help="sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad, schedulefree_adamw, prodigy, dadapt_adam."),
+    lr: float = typer.Option(1e-3, help="Learning rate (peak LR with a schedule)."),
+    momentum: Optional[float] = typer.Option(None, help="Momentum (beta1 for Adam-likes); optimizer default if unset."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    schedule: str = typer.Option("constant", help="constant, cosine, warmup_cosine, onecycle."),
+    epochs: Optional[float] = typer.Option(10, help="Epoch budget."),
+    steps: Optional[int] = typer.Option(None, help="Step budget (the smaller of the two budgets wins)."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    eval_every: Optional[int] = typer.Option(None, help="Also evaluate every N steps (always at each epoch end)."),
+    target_acc: Optional[float] = typer.Option(None, help="Stop when validation accuracy reaches this."),
+    seed: int = typer.Option(0, help="Seed for the data split, weights and batch order."),
+    n_train: Optional[int] = typer.Option(None, help="Subsample the training split (quick runs)."),
+    extended: bool = typer.Option(False, help="Also log gradient cosine, curvature and noise scale."),
+    out: Path = typer.Option(Path("runs/latest"), help="Run directory for trajectory.parquet and run.json."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (else $METALEARNER_DATA, else a user cache)."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train one model with the probe attached; writes OUT/trajectory.parquet and OUT/run.json."""
+    from metalearner.tasks.models import ModelConfig
+    from metalearner.tasks.task import TaskConfig
+    from metalearner.train.run import RunConfig, train_run
+
+    cfg = RunConfig(
+        task=TaskConfig(
+            dataset=task,
+            model=ModelConfig(family=model, depth=depth, width=width, activation=activation, init=init),
+            batch_size=batch_size,
+            seed=seed,
+            n_train=n_train,
+        ),
+        optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
+        epochs=epochs, steps=steps, eval_every=eval_every, target_acc=target_acc, seed=seed, extended=extended,
+    )  # fmt: skip
+    t0 = time.perf_counter()
+    with Bar(f"{task} {model}", enabled=progress) as bar:
+        result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar)
+    f = result.final
+    parts = [f"{result.status}", f"{result.steps} steps ({result.epochs:.2f} epochs)"]
+    if "diverged_at_step" in f:
+        parts.append(f"non-finite loss at step {f['diverged_at_step']}")
+    if "val_acc" in f:
+        parts.append(f"val acc {f['val_acc']:.4f}")
+    if "test_acc" in f:
+        parts.append(f"test acc {f['test_acc']:.4f}")
+    parts.append(f"{time.perf_counter() - t0:.0f}s -> {out}")
+    typer.echo(", ".join(parts))
+
+
+@app.command()
+def inspect(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `metalearner train`."),
+    plot: Optional[Path] = typer.Option(None, help="Also plot the curves to this PNG file."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a run: status, steps, final metrics, divergence; optionally plot its curves."""
+    from metalearner.observe.store import read_run, read_trajectory, summarize
+
+    summary = summarize(run_dir)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        width = max(len(k) for k in summary)
+        for k, v in summary.items():
+            typer.echo(f"{k:<{width}}  {_fmt(v)}")
+    if plot is not None:
+        from metalearner.report.curves import plot_run
+
+        plot_run(read_trajectory(run_dir, format="pandas"), read_run(run_dir), plot)
+        typer.echo(f"plot written to {plot}")
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory."),
+    dest: Path = typer.Argument(..., help="Output file: .csv or .npz."),
+) -> None:
+    """Export a run's trajectory to CSV or NPZ."""
+    from metalearner.observe.store import export_trajectory
+
+    typer.echo(f"wrote {export_trajectory(run_dir, dest)}")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "-" if v is None else str(v)
+
+
+def main() -> None:
+    """Entry point: user errors print one line (no traceback) and exit with status 2."""
+    try:
+        app(standalone_mode=False)
+    except MetalearnerError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""The probe: records the physics of every optimizer step of any model and optimizer.
+
+It hooks the optimizer (``register_step_pre_hook`` / ``register_step_post_hook``), so it
+works in any training loop. Tell it the batch loss (and optionally logits and targets for
+accuracy) before ``optimizer.step()`` and the validation metrics when you evaluate::
+
+    probe = Probe(model, optimizer, out_dir="runs/a")
+    for x, y in batches:
+        logits = model(x); loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(); loss.backward()
+        probe.observe(loss, logits=logits, targets=y, epoch=e, batch=b)
+        optimizer.step()
+    probe.log_eval(val_loss, val_acc)
+    probe.close(final={"test_acc": ...})
+
+Per-step values stay tensors in a preallocated buffer; they reach the host once per chunk
+(``chunk_size`` steps), when a Parquet part is written. Columns follow
+:data:`metalearner.observe.store.COLUMNS`.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from metalearner.observe import store
+from metalearner.observe.physics import PhysicsTracker
+
+N_SCALARS = 5  # row layout: loss, train_acc, then StepPhysics.values (grad, weight, update, ...)
+
+
+class Sink(Protocol):
+    """Receives each flushed chunk of rows (e.g. to show runs live)."""
+
+    def write(self, table: pa.Table) -> None: ...
+    def close(self) -> None: ...
+
+
+def optimizer_hparams(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
+    """Learning rate and momentum as the optimizer holds them (first param group).
+
+    Momentum is ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family); NaN if neither.
+    """
+    group = optimizer.param_groups[0]
+    lr = float(group.get("lr", math.nan))
+    if "momentum" in group:
+        momentum = float(group["momentum"])
+    elif "betas" in group:
+        momentum = float(group["betas"][0])
+    else:
+        momentum = math.nan
+    return lr, momentum
+
+
+def versions() -> dict[str, str]:
+    import metalearner
+
+    return {"metalearner": metalearner.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+class Probe:
+    """Logs per-step physics of ``model`` trained by ``optimizer``.
+
+    Args:
+        out_dir: run directory for ``trajectory.parquet`` and ``run.json``; ``None`` keeps
+            everything in memory (read it with :meth:`table`).
+        extended: also log ``grad_cos``, ``curvature`` and ``noise_scale``.
+        meta: extra fields for ``run.json``; ``task`` and ``architecture`` (a dict with
+            ``depth``, ``width``, ``activation``) also fill the per-row columns.
+        chunk_size: steps kept on the device before a Parquet part is written.
+        sinks: extra receivers of each chunk, e.g. :class:`TensorBoardSink`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        out_dir: str | Path | None = None,
+        run_id: str | None = None,
+        extended: bool = False,
+        meta: dict[str, Any] | None = None,
+        chunk_size: int = 1024,
+        sinks: Iterable[Sink] = (),
+    ) -> None:
+        self.optimizer = optimizer
+        self.tracker = PhysicsTracker(model.named_parameters(), extended=extended)
+        self.extended = extended
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.meta = dict(meta or {})
+        self.sinks = list(sinks)
+        self.chunk_size = chunk_size
+        arch = self.meta.get("architecture") or {}
+        self._static = {
+            "optimizer": type(optimizer).__name__,
+            "task": self.meta.get("task"),
+            "depth": arch.get("depth"),
+            "width": arch.get("width"),
+            "activation": arch.get("activation"),
+            "n_params": sum(p.numel() for p in self.tracker.params),
+        }
+        device = self.tracker.params[0].device
+        self._buf = torch.empty(chunk_size, 2 + self.tracker.width, dtype=torch.float32, device=device)
+        self._nan = torch.tensor(math.nan, device=device)
+        self._no_loss = torch.full((2,), math.nan, device=device)
+        self._loss_acc = self._no_loss
+        self._rows = 0  # rows in the buffer
+        self._host: dict[str, list] = {k: [] for k in ("epoch", "batch", "lr", "momentum", "wall_time")}
+        self._evals: dict[int, tuple[float, float]] = {}
+        self._pending: tuple[int, int, int | None] = (-1, -1, None)
+        self._tables: list[pa.Table] = []
+        self._last_loss = math.nan
+        self.step = 0  # optimizer steps recorded so far
+        self.status = "partial"
+        self._t0 = time.perf_counter()
+        self._hooks = [
+            optimizer.register_step_pre_hook(lambda *_: self.tracker.before_step()),
+            optimizer.register_step_post_hook(lambda *_: self._record()),
+        ]
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            store.write_run_json(self.out_dir, self._run_meta())
+
+    # -- feeding the probe -------------------------------------------------------------
+    def observe(
+        self,
+        loss: torch.Tensor,
+        *,
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        epoch: int = -1,
+        batch: int = -1,
+    ) -> None:
+        """Report the current batch; call between ``backward()`` and ``optimizer.step()``."""
+        acc = self._nan
+        if logits is not None and targets is not None:
+            acc = (logits.detach().argmax(-1) == targets).float().mean()
+        self._loss_acc = torch.stack([loss.detach().float(), acc])
+        self._pending = (epoch, batch, None if targets is None else len(targets))
+
+    def log_eval(self, val_loss: float, val_acc: float) -> None:
+        """Attach validation metrics to the latest recorded step."""
+        if self.step > 0:
+            self._evals[self.step - 1] = (float(val_loss), float(val_acc))
+
+    # -- hooks --------------------------------------------------------------------------
+    def _record(self) -> None:
+        if self._rows == self.chunk_size:
+            self.flush()
+        epoch, batch, batch_size = self._pending
+        phys = self.tracker.after_step(batch_size)
+        torch.cat([self._loss_acc, phys.values], out=self._buf[self._rows])
+        lr, momentum = optimizer_hparams(self.optimizer)
+        h = self._host
+        h["epoch"].append(epoch)
+        h["batch"].append(batch)
+        h["lr"].append(lr)
+        h["momentum"].append(momentum)
+        h["wall_time"].append(time.perf_counter() - self._t0)
+        self._pending = (-1, -1, None)
+        self._loss_acc = self._no_loss
+        self._rows += 1
+        self.step += 1
+
+    # -- output -------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Move buffered rows to the host as an Arrow chunk (and a Parquet part on disk)."""
+        if self._rows == 0:
+            return
+        n, L = self._rows, self.tracker.n_layers
+        values = self._buf[:n].cpu().double().numpy()
+        first = self.step - n
+        steps = np.arange(first, self.step, dtype=np.int64)
+        loss = values[:, 0]
+        loss_delta = np.diff(loss, prepend=self._last_loss)
+        self._last_loss = float(loss[-1])
+        val = np.array([self._evals.get(int(s), (math.nan, math.nan)) for s in steps]).reshape(n, 2)
+        h = self._host
+
+        def layers(i: int) -> pa.Array:
+            block = values[:, N_SCALARS + i * L : N_SCALARS + (i + 1) * L].astype(np.float32)
+            return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), L)
+
+        def const(v: Any, type_: pa.DataType) -> pa.Array:
+            return pa.array([v] * n, type=type_)
+
+        cols: dict[str, pa.Array] = {
+            "run_id": const(self.run_id, pa.string()),
+            "step": pa.array(steps),
+            "epoch": pa.array(h["epoch"], pa.int32()),
+            "batch": pa.array(h["batch"], pa.int32()),
+            "loss": pa.array(loss, pa.float32()),
+            "loss_delta": pa.array(loss_delta, pa.float32()),
+            "train_acc": pa.array(values[:, 1], pa.float32()),
+            "val_loss": pa.array(val[:, 0], pa.float32(), mask=np.isnan(val[:, 0])),
+            "val_acc": pa.array(val[:, 1], pa.float32(), mask=np.isnan(val[:, 1])),
+            "grad_norm": pa.array(values[:, 2], pa.float32()),
+            "weight_norm": pa.array(values[:, 3], pa.float32()),
+            "update_norm": pa.array(values[:, 4], pa.float32()),
+            "update_ratio": pa.array(values[:, 4] / values[:, 3], pa.float32()),
+            "lr": pa.array(h["lr"], pa.float64()),
+            "momentum": pa.array(h["momentum"], pa.float64()),
+            "optimizer": const(self._static["optimizer"], pa.string()),
+            "task": const(self._static["task"], pa.string()),
+            "depth": const(self._static["depth"], pa.int32()),
+            "width": const(self._static["width"], pa.int32()),
+            "activation": const(self._static["activation"], pa.string()),
+            "n_params": const(self._static["n_params"], pa.int64()),
+            "wall_time": pa.array(h["wall_time"], pa.float64()),
+            "grad_norm_layers": layers(0),
+            "weight_norm_layers": layers(1),
+            "update_norm_layers": layers(2),
+        }
+        if self.extended:
+            ext = values[:, N_SCALARS + 3 * L :]
+            for j, name in enumerate(store.EXTENDED_COLUMNS):
+                cols[name] = pa.array(ext[:, j], pa.float32())
+        table = pa.table(cols)
+        if self.out_dir is not None:
+            store.write_part(self.out_dir, len(self._tables), table)
+        self._tables.append(table)
+        for sink in self.sinks:
+            sink.write(table)
+        for k in h:
+            h[k].clear()
+        self._evals = {s: v for s, v in self._evals.items() if s >= self.step}
+        self._rows = 0
+
+    def table(self) -> pa.Table:
+        """Everything recorded so far as one Arrow table."""
+        self.flush()
+        return pa.concat_tables(self._tables) if self._tables else pa.table({})
+
+    def _run_meta(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            **self.meta,
+            "optimizer": self._static["optimizer"],
+            "n_params": self._static["n_params"],
+            "layer_names": self.tracker.layer_names,
+            "param_names": self.tracker.param_names,
+            "extended": self.extended,
+            "steps": self.step,
+            "versions": versions(),
+            "final": final or {},
+        }
+
+    def close(self, status: str = "complete", final: dict[str, Any] | None = None) -> None:
+        """Flush, detach the hooks, and (with ``out_dir``) write the final files."""
+        self.flush()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.status = status
+        if self.out_dir is not None:
+            store.finalize(self.out_dir, self._tables)
+            store.write_run_json(self.out_dir, self._run_meta(final))
+        for sink in self.sinks:
+            sink.close()
+
+    def __enter__(self) -> "Probe":
+        return self
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        if self._hooks:
+            self.close("complete" if exc_type is None else "partial")

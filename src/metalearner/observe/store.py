@@ -1,0 +1,147 @@
+"""On-disk run format: ``trajectory.parquet`` + ``run.json`` (schema version 1).
+
+A run directory holds
+
+- ``run.json``: config, layer names, architecture encoding, versions, seed, ``status``
+  (``partial`` while running or after a crash, ``complete``, ``diverged``) and final metrics;
+- ``trajectory.parquet``: one row per optimizer step, written once at the end;
+- ``trajectory.parts/part-NNNNNN.parquet``: chunks written atomically while the run goes, so a
+  killed run still has everything up to its last flush. They are merged into
+  ``trajectory.parquet`` and removed when the run closes.
+
+:func:`read_trajectory` reads either form with one call.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from metalearner.atomic import atomic_path, write_json
+from metalearner.errors import DataError
+
+SCHEMA_VERSION = 1
+TRAJECTORY = "trajectory.parquet"
+PARTS = "trajectory.parts"
+RUN_JSON = "run.json"
+
+COLUMNS: tuple[str, ...] = (
+    "run_id", "step", "epoch", "batch", "loss", "loss_delta", "train_acc", "val_loss", "val_acc",
+    "grad_norm", "weight_norm", "update_norm", "update_ratio", "lr", "momentum", "optimizer",
+    "task", "depth", "width", "activation", "n_params", "wall_time",
+    "grad_norm_layers", "weight_norm_layers", "update_norm_layers",
+)  # fmt: skip
+EXTENDED_COLUMNS: tuple[str, ...] = ("grad_cos", "curvature", "noise_scale")
+_METADATA = {b"metalearner.schema_version": str(SCHEMA_VERSION).encode()}
+
+
+def with_schema_metadata(table: pa.Table) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), **_METADATA})
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(with_schema_metadata(table), tmp)
+
+
+def write_part(run_dir: Path, index: int, table: pa.Table) -> None:
+    write_table(table, run_dir / PARTS / f"part-{index:06d}.parquet")
+
+
+def finalize(run_dir: Path, tables: list[pa.Table]) -> None:
+    """Write the merged trajectory, then drop the parts (a crash in between loses nothing)."""
+    write_table(pa.concat_tables(tables) if tables else pa.table({}), run_dir / TRAJECTORY)
+    shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+
+
+def write_run_json(run_dir: Path, meta: dict[str, Any]) -> None:
+    write_json(run_dir / RUN_JSON, {"schema_version": SCHEMA_VERSION, **meta})
+
+
+def read_run(run_dir: str | Path) -> dict[str, Any]:
+    """The run's ``run.json`` as a dict."""
+    path = Path(run_dir) / RUN_JSON
+    if not path.exists():
+        raise DataError(f"{run_dir} is not a run directory (no {RUN_JSON})")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+
+
+def read_trajectory(
+    run_dir: str | Path, *, format: Literal["arrow", "pandas"] = "arrow"
+) -> "pa.Table | Any":
+    """Load a run's trajectory (complete, or the flushed parts of a partial run)."""
+    run_dir = Path(run_dir)
+    full = run_dir / TRAJECTORY
+    if full.exists():
+        table = pq.read_table(full)
+    elif (run_dir / PARTS).is_dir():
+        parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
+        table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({})
+    else:
+        raise DataError(f"{run_dir} has no {TRAJECTORY} (is it a run directory?)")
+    return table.to_pandas() if format == "pandas" else table
+
+
+def export_trajectory(run_dir: str | Path, dest: str | Path) -> Path:
+    """Export a trajectory to ``.csv`` (per-layer lists as JSON strings) or ``.npz``
+    (per-layer lists as 2-D arrays, strings as object-free unicode arrays)."""
+    dest = Path(dest)
+    table = read_trajectory(run_dir)
+    list_cols = [f.name for f in table.schema if pa.types.is_list(f.type) or pa.types.is_fixed_size_list(f.type)]
+    if dest.suffix == ".csv":
+        df = table.to_pandas()
+        for c in list_cols:
+            df[c] = [json.dumps(np.asarray(v).tolist()) for v in df[c]]
+        with atomic_path(dest) as tmp:
+            df.to_csv(tmp, index=False)
+    elif dest.suffix == ".npz":
+        arrays: dict[str, np.ndarray] = {}
+        for name in table.column_names:
+            col = table.column(name)
+            if name in list_cols:
+                arrays[name] = np.array(col.to_pylist(), dtype=np.float32)
+            elif pa.types.is_string(col.type) or pa.types.is_dictionary(col.type):
+                arrays[name] = np.array([str(v) for v in col.to_pylist()])
+            else:
+                arrays[name] = col.to_numpy(zero_copy_only=False)
+        with atomic_path(dest) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+    else:
+        raise DataError(f"cannot export to {dest.name}: use a .csv or .npz file name")
+    return dest
+
+
+def summarize(run_dir: str | Path) -> dict[str, Any]:
+    """Headline facts of a run: status, steps, final metrics, divergence, extremes."""
+    meta = read_run(run_dir)
+    df = read_trajectory(run_dir, format="pandas")
+    evals = df[df["val_acc"].notna()] if len(df) else df
+    finite = np.isfinite(df["loss"].to_numpy()) if len(df) else np.array([], bool)
+    first_bad = int(df["step"].to_numpy()[~finite][0]) if (~finite).any() else None
+    summary = {
+        "run_id": meta.get("run_id"),
+        "status": meta.get("status"),
+        "task": meta.get("task"),
+        "optimizer": meta.get("optimizer"),
+        "steps": int(len(df)),
+        "epochs": float(df["epoch"].max() + 1) if len(df) else 0.0,
+        "first_nonfinite_step": first_bad,
+        "best_val_acc": float(evals["val_acc"].max()) if len(evals) else None,
+        "final_val_acc": float(evals["val_acc"].iloc[-1]) if len(evals) else None,
+        "final_train_loss": float(df["loss"].iloc[-20:].mean()) if len(df) else None,
+        "max_grad_norm": float(df["grad_norm"].max()) if len(df) else None,
+        "median_update_ratio": float(df["update_ratio"].median()) if len(df) else None,
+        "wall_time_s": float(df["wall_time"].iloc[-1]) if len(df) else None,
+    }
+    summary.update({f"final/{k}": v for k, v in (meta.get("final") or {}).items() if k not in ("status", "steps")})
+    return summary

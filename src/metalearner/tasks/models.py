@@ -1,0 +1,144 @@
+"""Model families (MLP, small CNN) and their architecture encoding.
+
+Every model is described by a :class:`ModelConfig`; :func:`build_model` turns a config plus
+the task's input shape and class count into an ``nn.Module``, and :func:`encode_architecture`
+turns it into the fixed-length numeric vector (plus readable fields) that datasets and
+learned optimizers consume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from metalearner.errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
+INITS = ("default", "kaiming", "xavier", "orthogonal")
+FAMILIES = ("mlp", "cnn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a base model.
+
+    ``depth`` counts hidden layers (MLP) or convolution blocks (CNN); ``width`` is the hidden
+    size (MLP) or the channel count of the first block, doubled per block (CNN).
+    """
+
+    family: str = "mlp"
+    depth: int = 2
+    width: int = 128
+    activation: str = "relu"
+    init: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f"unknown model family {self.family!r}; choose from {', '.join(FAMILIES)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
+        if self.init not in INITS:
+            raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
+        if self.depth < (1 if self.family == "cnn" else 0):
+            raise ConfigError(f"depth must be >= {1 if self.family == 'cnn' else 0}, got {self.depth}")
+        if self.width < 1:
+            raise ConfigError(f"width must be >= 1, got {self.width}")
+
+
+def _mlp(cfg: ModelConfig, in_features: int, n_classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    size = in_features
+    for _ in range(cfg.depth):
+        layers += [nn.Linear(size, cfg.width), ACTIVATIONS[cfg.activation]()]
+        size = cfg.width
+    layers.append(nn.Linear(size, n_classes))
+    return nn.Sequential(*layers)
+
+
+def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.Sequential:
+    """Conv blocks (conv, activation, 2x max-pool), global average pool, linear head.
+
+    Works on images ``(C, H, W)`` with 2-D convolutions and on sequences ``(L,)`` or
+    ``(C, L)`` with 1-D convolutions.
+    """
+    two_d = len(input_shape) == 3
+    conv, pool = (nn.Conv2d, nn.MaxPool2d) if two_d else (nn.Conv1d, nn.MaxPool1d)
+    channels = input_shape[0] if len(input_shape) >= 2 else 1
+    layers: list[nn.Module] = [] if len(input_shape) >= 2 else [nn.Unflatten(1, (1, input_shape[0]))]
+    for i in range(cfg.depth):
+        out = cfg.width * 2**i
+        layers += [conv(channels, out, 3, padding=1), ACTIVATIONS[cfg.activation](), pool(2, ceil_mode=True)]
+        channels = out
+    layers += [nn.AdaptiveAvgPool2d(1) if two_d else nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(channels, n_classes)]
+    return nn.Sequential(*layers)
+
+
+def _initialise(model: nn.Module, init: str, activation: str) -> None:
+    if init == "default":
+        return
+    gain_name = {"gelu": "relu", "silu": "relu", "elu": "relu"}.get(activation, activation)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            if init == "kaiming":
+                nonlinearity = "leaky_relu" if gain_name == "leaky_relu" else "relu"
+                nn.init.kaiming_normal_(m.weight, nonlinearity=nonlinearity)
+            elif init == "xavier":
+                nn.init.xavier_uniform_(m.weight, gain=nn.init.calculate_gain(gain_name))
+            else:
+                nn.init.orthogonal_(m.weight.view(m.weight.shape[0], -1))
+            nn.init.zeros_(m.bias)
+
+
+def build_model(
+    cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int, *, seed: int | None = None
+) -> nn.Module:
+    """Build the model; with ``seed`` the initial weights are reproducible."""
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if cfg.family == "mlp":
+            model = _mlp(cfg, math.prod(input_shape), n_classes)
+        else:
+            model = _cnn(cfg, input_shape, n_classes)
+        _initialise(model, cfg.init, cfg.activation)
+    return model
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+ENCODING_FIELDS: tuple[str, ...] = (
+    *(f"family={f}" for f in FAMILIES),
+    "depth",
+    "log2_width",
+    *(f"activation={a}" for a in ACTIVATIONS),
+    *(f"init={i}" for i in INITS),
+    "log10_params",
+)
+
+
+def encode_architecture(cfg: ModelConfig, n_params: int) -> dict:
+    """Readable fields plus a fixed-length numeric ``vector`` (names in ``ENCODING_FIELDS``)."""
+    vector = (
+        [float(cfg.family == f) for f in FAMILIES]
+        + [float(cfg.depth), math.log2(cfg.width)]
+        + [float(cfg.activation == a) for a in ACTIVATIONS]
+        + [float(cfg.init == i) for i in INITS]
+        + [math.log10(max(n_params, 1))]
+    )
+    return {**asdict(cfg), "n_params": n_params, "vector": vector, "vector_fields": list(ENCODING_FIELDS)}

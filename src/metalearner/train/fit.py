@@ -1,0 +1,212 @@
+"""``fit``: the one training loop everything in metalearner uses.
+
+The data lives in memory as tensors; each epoch draws a seeded permutation and slices
+batches from it, so there is no per-batch data-loading overhead. The loop reads top to
+bottom:
+
+1. shuffle the training set with the run's generator;
+2. for each batch: forward, loss, NaN/Inf check, backward, (probe), optimizer step,
+   per-step scheduler;
+3. evaluate on the validation split every ``eval_every`` steps and at each epoch end,
+   stopping early when ``target_acc`` is reached;
+4. at the end, evaluate once on the test split.
+
+Optimizers with a train/eval mode (Schedule-Free) are switched around evaluations, and
+optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Literal
+
+import torch
+from torch import nn
+
+from metalearner.errors import ConfigError
+from metalearner.observe.probe import Probe
+from metalearner.tasks.task import Task
+
+Status = Literal["complete", "diverged", "target_reached"]
+
+
+@dataclass
+class FitResult:
+    """What a run did: ``history`` has one entry per evaluation."""
+
+    status: Status
+    steps: int
+    epochs: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    final: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def diverged(self) -> bool:
+        return self.status == "diverged"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean loss and accuracy of ``model`` on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    total_loss = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros((), dtype=torch.int64)
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size])
+        yb = y[i : i + batch_size]
+        total_loss += loss_fn(logits, yb, reduction="sum").double().cpu()
+        correct += (logits.argmax(-1) == yb).sum().cpu()
+    model.train(was_training)
+    n = max(len(x), 1)
+    return float(total_loss) / n, float(correct) / n
+
+
+def _has_modes(optimizer: torch.optim.Optimizer) -> bool:
+    return callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
+
+
+@contextmanager
+def _eval_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Schedule-Free optimizers evaluate at their averaged point: switch them for evaluation."""
+    if not _has_modes(optimizer):
+        yield
+        return
+    optimizer.eval()
+    try:
+        yield
+    finally:
+        optimizer.train()
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    *,
+    epochs: float | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    scheduler: Any = None,
+    scheduler_interval: Literal["step", "epoch"] = "step",
+    eval_every: int | None = None,
+    target_acc: float | None = None,
+    probe: Probe | None = None,
+    seed: int = 0,
+    test: bool = True,
+    progress: Any = None,
+) -> FitResult:
+    """Train ``model`` on ``task`` with ``optimizer`` within a budget of epochs or steps.
+
+    Args:
+        epochs / steps: the budget (at least one; a fractional epoch count is allowed).
+        batch_size: defaults to ``task.config.batch_size``.
+        scheduler: any LR scheduler; stepped every step or every epoch.
+        eval_every: also evaluate every N steps (always at each epoch end).
+        target_acc: stop as soon as validation accuracy reaches this value.
+        probe: a :class:`~metalearner.observe.Probe` attached to ``model``/``optimizer``.
+        seed: fixes the batch order (initial weights are fixed by ``task.build_model(seed)``).
+        progress: an object with ``update(step, total, loss=..., acc=...)`` (the CLI's bar).
+    """
+    if epochs is None and steps is None:
+        raise ConfigError("give a budget: epochs or steps")
+    if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
+        raise ConfigError("the budget must be positive")
+    data = task.data
+    device = next(model.parameters()).device
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    bs = batch_size or task.config.batch_size
+    n = len(x_train)
+    per_epoch = math.ceil(n / bs)
+    total = min(
+        steps if steps is not None else math.inf,
+        math.ceil(epochs * per_epoch) if epochs is not None else math.inf,
+    )
+    total = int(total)
+    loss_fn = task.loss_fn
+    takes_loss = getattr(optimizer, "takes_loss", False)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    result = FitResult(status="complete", steps=0, epochs=0.0)
+    running = torch.zeros((), dtype=torch.float64)
+    running_n = 0
+
+    def run_eval() -> bool:
+        nonlocal running, running_n
+        with _eval_mode(optimizer):
+            val_loss, val_acc = evaluate(model, x_val, y_val, loss_fn)
+        train_loss = float(running) / max(running_n, 1)
+        running, running_n = torch.zeros((), dtype=torch.float64), 0
+        result.history.append(
+            {"step": step, "epoch": step / per_epoch, "train_loss": train_loss, "val_loss": val_loss, "val_acc": val_acc}
+        )
+        if probe is not None:
+            probe.log_eval(val_loss, val_acc)
+        if progress is not None:
+            progress.update(step, total, loss=train_loss, acc=val_acc)
+        return target_acc is not None and val_acc >= target_acc
+
+    model.train()
+    if _has_modes(optimizer):
+        optimizer.train()  # Schedule-Free refuses to step in eval mode
+    step = 0
+    stop = False
+    epoch = 0
+    while step < total and not stop:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for b in range(per_epoch):
+            idx = perm[b * bs : (b + 1) * bs]
+            xb, yb = x_train[idx], y_train[idx]
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            finite = bool(torch.isfinite(loss))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if probe is not None:
+                probe.observe(loss, logits=logits, targets=yb, epoch=epoch, batch=b)
+            if takes_loss:
+                optimizer.step(loss=loss.detach())
+            else:
+                optimizer.step()
+            if scheduler is not None and scheduler_interval == "step":
+                scheduler.step()
+            step += 1
+            running += loss.detach().double()
+            running_n += 1
+            if not finite:
+                result.status = "diverged"
+                result.final["diverged_at_step"] = step - 1
+                result.final["diverged_loss"] = float(loss.detach())
+                stop = True
+                break
+            if progress is not None and step % 25 == 0:
+                progress.update(step, total, loss=float(loss.detach()))
+            epoch_end = b == per_epoch - 1
+            if (eval_every and step % eval_every == 0) or epoch_end or step == total:
+                if run_eval():
+                    result.status = "target_reached"
+                    stop = True
+                    break
+            if step >= total:
+                break
+        if scheduler is not None and scheduler_interval == "epoch":
+            scheduler.step()
+        if probe is not None:
+            probe.flush()  # a crash loses at most the current epoch
+        epoch += 1
+
+    result.steps = step
+    result.epochs = step / per_epoch
+    if result.history:
+        last = result.history[-1]
+        result.final.update(val_loss=last["val_loss"], val_acc=last["val_acc"])
+    if test and not result.diverged and len(data.x_test):
+        with _eval_mode(optimizer):
+            test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device), loss_fn)
+        result.final.update(test_loss=test_loss, test_acc=test_acc)
+    result.final.update(status=result.status, steps=result.steps, epochs=result.epochs)
+    return result

@@ -1,0 +1,109 @@
+"""The physics definitions checked against values computed by hand."""
+
+import math
+
+import torch
+from torch import nn
+
+from metalearner.observe.physics import LAYER_FIELDS, PhysicsTracker, layer_names
+
+
+def tiny_model() -> nn.Sequential:
+    m = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+        m[0].bias.copy_(torch.tensor([0.5, -0.5]))
+        m[2].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        m[2].bias.copy_(torch.tensor([0.25]))
+    return m
+
+
+def test_layer_names_group_weight_and_bias():
+    names, assign = layer_names(tiny_model().named_parameters())
+    assert names == ["0", "2"]
+    assert assign == [0, 0, 1, 1]
+
+
+def test_sgd_step_matches_hand_computation():
+    m = tiny_model()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    tracker = PhysicsTracker(m.named_parameters())
+    x = torch.tensor([[1.0, 1.0]])
+    loss = m(x).pow(2).sum()
+    loss.backward()
+    grads = [p.grad.clone() for p in m.parameters()]
+    weights = [p.detach().clone() for p in m.parameters()]
+    tracker.before_step()
+    opt.step()
+    phys = tracker.after_step()
+
+    def norm(ts):
+        return math.sqrt(sum(float((t**2).sum()) for t in ts))
+
+    assert math.isclose(float(phys.grad_norm), norm(grads), rel_tol=1e-5)
+    assert math.isclose(float(phys.weight_norm), norm(weights), rel_tol=1e-5)
+    # plain SGD moves every parameter by -lr * grad
+    assert math.isclose(float(phys.update_norm), 0.1 * norm(grads), rel_tol=1e-5)
+    layer_g = phys.layers("grad_norm_layers")
+    assert torch.allclose(layer_g, torch.tensor([norm(grads[:2]), norm(grads[2:])]), rtol=1e-5)
+    layer_w = phys.layers("weight_norm_layers")
+    assert torch.allclose(layer_w, torch.tensor([norm(weights[:2]), norm(weights[2:])]), rtol=1e-5)
+    assert phys.extended is None
+    # global norm is the root of the summed squared layer norms
+    for field, total in zip(LAYER_FIELDS, (phys.grad_norm, phys.weight_norm, phys.update_norm)):
+        assert math.isclose(float(phys.layers(field).square().sum().sqrt()), float(total), rel_tol=1e-5)
+
+
+def test_missing_gradient_counts_as_zero():
+    m = tiny_model()
+    m[2].bias.requires_grad_(True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    tracker = PhysicsTracker(m.named_parameters())
+    m(torch.ones(1, 2)).sum().backward()
+    m[2].bias.grad = None
+    tracker.before_step()
+    opt.step()
+    assert torch.isfinite(tracker.after_step().values).all()
+
+
+def test_extended_curvature_is_exact_on_a_quadratic():
+    """On L = a/2 ‖θ‖², g = aθ, so (g_t − g_{t−1})·u / ‖u‖² = a exactly."""
+    a = 3.0
+    theta = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    model = nn.Module()
+    model.theta = theta
+    opt = torch.optim.SGD([theta], lr=0.05)
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    prev_grad = None
+    for t in range(4):
+        opt.zero_grad()
+        (0.5 * a * theta.pow(2).sum()).backward()
+        g = theta.grad.clone()
+        tracker.before_step()
+        opt.step()
+        cos, curvature, _ = tracker.after_step(batch_size=1).extended.tolist()
+        if t == 0:
+            assert math.isnan(cos) and math.isnan(curvature)
+        else:
+            assert math.isclose(curvature, a, rel_tol=1e-4)
+            assert math.isclose(cos, float(torch.cosine_similarity(g, prev_grad, dim=0)), rel_tol=1e-5)
+        prev_grad = g
+
+
+def test_noise_scale_recovers_a_known_value():
+    """Gradients G + noise with per-example covariance σ²I at batch B: B_simple = σ² d / ‖G‖²."""
+    d, batch, sigma = 50, 32, 2.0
+    gen = torch.Generator().manual_seed(0)
+    true_grad = torch.full((d,), 1.0)
+    theta = nn.Parameter(torch.zeros(d))
+    model = nn.Module()
+    model.theta = theta
+    opt = torch.optim.SGD([theta], lr=0.0)
+    tracker = PhysicsTracker(model.named_parameters(), extended=True, noise_ema=0.99)
+    for _ in range(3000):
+        theta.grad = true_grad + sigma / math.sqrt(batch) * torch.randn(d, generator=gen)
+        tracker.before_step()
+        opt.step()
+        noise = float(tracker.after_step(batch_size=batch).extended[2])
+    expected = sigma**2 * d / float(true_grad.square().sum())
+    assert abs(noise - expected) / expected < 0.3

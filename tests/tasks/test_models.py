@@ -1,0 +1,76 @@
+"""Model families, architecture encodings and task families."""
+
+import numpy as np
+import pytest
+import torch
+
+from metalearner.errors import ConfigError
+from metalearner.tasks import ACTIVATIONS, ModelConfig, TaskConfig, TaskFamily, build_model, encode_architecture, make_task
+from metalearner.tasks.models import ENCODING_FIELDS, INITS
+
+
+@pytest.mark.parametrize("activation", list(ACTIVATIONS))
+@pytest.mark.parametrize("init", INITS)
+def test_mlp_builds_and_runs(activation, init):
+    model = build_model(ModelConfig(depth=3, width=16, activation=activation, init=init), (1, 28, 28), 10, seed=0)
+    assert model(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 4
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (40,), (3, 16)])
+def test_cnn_handles_images_and_sequences(shape):
+    model = build_model(ModelConfig(family="cnn", depth=2, width=4), shape, 7, seed=0)
+    assert model(torch.randn(2, *shape)).shape == (2, 7)
+
+
+def test_seed_fixes_weights_and_leaves_global_rng_alone():
+    cfg = ModelConfig(depth=2, width=8)
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    a = build_model(cfg, (4,), 2, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = build_model(cfg, (4,), 2, seed=1)
+    c = build_model(cfg, (4,), 2, seed=2)
+    pa, pb, pc = (torch.cat([p.flatten() for p in m.parameters()]) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"activation": "swish"}, "unknown activation"),
+        ({"family": "rnn"}, "unknown model family"),
+        ({"init": "he"}, "unknown init"),
+        ({"width": 0}, "width"),
+        ({"family": "cnn", "depth": 0}, "depth"),
+    ],
+)
+def test_bad_model_config_is_a_clear_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        ModelConfig(**kwargs)
+
+
+def test_encoding_has_fixed_length_and_readable_fields():
+    small = encode_architecture(ModelConfig(depth=1, width=32, activation="tanh"), 1000)
+    big = encode_architecture(ModelConfig(family="cnn", depth=4, width=64, activation="gelu", init="xavier"), 10**6)
+    assert len(small["vector"]) == len(big["vector"]) == len(ENCODING_FIELDS)
+    assert small["activation"] == "tanh" and big["family"] == "cnn"
+    named = dict(zip(ENCODING_FIELDS, big["vector"]))
+    assert named["depth"] == 4 and named["log2_width"] == 6 and named["activation=gelu"] == 1
+    assert named["log10_params"] == pytest.approx(6)
+
+
+def test_task_family_sampling_is_reproducible_and_builds_tasks():
+    family = TaskFamily(datasets=("moons", "digits", "mnist1d"), n_train=200)
+    first = [family.sample(np.random.default_rng(7)) for _ in range(2)]
+    assert first[0] == first[1]
+    rng = np.random.default_rng(0)
+    configs = [family.sample(rng) for _ in range(12)]
+    assert len({c.model for c in configs}) > 3
+    cfg = configs[0]
+    assert TaskConfig.from_dict(cfg.to_dict()) == cfg
+    task = make_task(cfg)
+    model = task.build_model(seed=0)
+    assert model(task.data.x_train[:3]).shape == (3, task.data.n_classes)
+    assert task.architecture(model)["n_params"] == sum(p.numel() for p in model.parameters())

@@ -1,0 +1,74 @@
+"""The command line, as a user runs it."""
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from metalearner.cli import app
+from metalearner.observe import read_run, read_trajectory
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "metalearner.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_inspect_export_on_real_mnist(shared_data, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--task", "mnist", "--n-train", "2000", "--epochs", "1", "--width", "32",
+            "--data-dir", str(shared_data), "--out", str(out), "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    summary = r.stdout.strip().splitlines()[-1]
+    assert summary.startswith("complete, 16 steps (1.00 epochs)") and "test acc" in summary
+    assert read_run(out)["status"] == "complete"
+    assert len(read_trajectory(out)) == 16
+
+    r = runner.invoke(app, ["inspect", str(out), "--plot", str(tmp_path / "curves.png")])
+    assert r.exit_code == 0, r.output
+    assert "status" in r.output and "complete" in r.output and "final/test_acc" in r.output
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+    r = runner.invoke(app, ["export", str(out), str(tmp_path / "t.csv")])
+    assert r.exit_code == 0 and (tmp_path / "t.csv").exists()
+
+
+def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("METALEARNER_DATA", str(shared_data))
+    r = runner.invoke(app, ["train", "--task", "fashion_mnist", "--n-train", "500", "--steps", "3",
+                            "--width", "16", "--out", str(tmp_path), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert read_run(tmp_path)["task"].startswith("fashion")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--optimizer", "adamax"], "unknown optimizer 'adamax'"),
+        (["train", "--activation", "swish"], "unknown activation 'swish'"),
+        (["train", "--task", "cifar"], "unknown"),
+        (["train", "--lr", "-1", "--task", "moons"], "learning rate"),
+        (["inspect", "/nonexistent/run"], "not a run directory"),
+    ],
+)
+def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
+    r = cli(*args, "--out", str(tmp_path)) if args[0] == "train" else cli(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_offline_missing_data_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    r = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--no-progress"])
+    assert r.exit_code != 0
+    assert "METALEARNER_DATA" in str(r.exception)

@@ -1,0 +1,130 @@
+"""The training loop: determinism, budgets, evaluation, divergence, schedules."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from metalearner.errors import ConfigError
+from metalearner.observe import Probe, read_run, read_trajectory
+from metalearner.tasks import ModelConfig, TaskConfig, make_task
+from metalearner.train import RunConfig, fit, make_optimizer, make_schedule, train_run
+
+MOONS = TaskConfig(dataset="moons", model=ModelConfig(depth=2, width=16), batch_size=50, n_train=400)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return make_task(MOONS)
+
+
+def test_same_seed_same_trajectory(tmp_path):
+    cfg = RunConfig(task=MOONS, optimizer="momentum", lr=0.05, epochs=2, seed=3)
+    train_run(cfg, tmp_path / "a")
+    train_run(cfg, tmp_path / "b")
+    train_run(RunConfig(task=MOONS, optimizer="momentum", lr=0.05, epochs=2, seed=4), tmp_path / "c")
+    a, b, c = (read_trajectory(tmp_path / k, format="pandas") for k in "abc")
+    for col in ("loss", "grad_norm", "update_norm", "train_acc"):
+        assert np.array_equal(a[col].to_numpy(), b[col].to_numpy()), col
+    assert not np.array_equal(a["loss"].to_numpy(), c["loss"].to_numpy())
+    assert read_run(tmp_path / "a")["final"] == read_run(tmp_path / "b")["final"]
+
+
+def test_budgets_and_eval_schedule(moons):
+    model = moons.build_model(seed=0)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    r = fit(model, opt, moons, epochs=2, eval_every=3, seed=0)
+    per_epoch = math.ceil(moons.data.n_train / 50)
+    assert r.steps == 2 * per_epoch and r.epochs == 2 and r.status == "complete"
+    eval_steps = [h["step"] for h in r.history]
+    assert eval_steps == sorted(set(list(range(3, 2 * per_epoch + 1, 3)) + [per_epoch, 2 * per_epoch]))
+    assert {"val_acc", "test_acc", "test_loss"} <= set(r.final)
+    r = fit(model, opt, moons, steps=5, seed=0)
+    assert r.steps == 5 and r.history[-1]["step"] == 5
+    r = fit(model, opt, moons, epochs=0.5, seed=0)
+    assert r.steps == math.ceil(0.5 * per_epoch)
+    with pytest.raises(ConfigError, match="budget"):
+        fit(model, opt, moons)
+
+
+def test_stop_at_target(moons):
+    model = moons.build_model(seed=0)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    r = fit(model, opt, moons, epochs=50, eval_every=2, target_acc=0.8, seed=0)
+    assert r.status == "target_reached" and r.final["val_acc"] >= 0.8
+    assert r.steps < 50 * 8
+
+
+class NaNAfter(nn.Module):
+    """Wraps a model and returns NaN logits from the ``k``-th forward call in training."""
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        super().__init__()
+        self.model, self.k, self.calls = model, k, 0
+
+    def forward(self, x):
+        out = self.model(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.k:
+                out = out * float("nan")
+        return out
+
+
+def test_nan_run_ends_as_diverged_and_keeps_its_trajectory(moons, tmp_path):
+    model = NaNAfter(moons.build_model(seed=0), k=7)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, opt, out_dir=tmp_path)
+    r = fit(model, opt, moons, epochs=5, probe=probe, seed=0)
+    probe.close("diverged" if r.diverged else "complete", final=r.final)
+    assert r.status == "diverged" and r.final["diverged_at_step"] == 7
+    assert "test_acc" not in r.final
+    df = read_trajectory(tmp_path, format="pandas")
+    assert len(df) == 8 and np.isfinite(df["loss"][:7]).all() and math.isnan(df["loss"][7])
+    meta = read_run(tmp_path)
+    assert meta["status"] == "diverged" and meta["final"]["diverged_at_step"] == 7
+
+
+def test_divergence_from_a_huge_learning_rate(tmp_path):
+    cfg = RunConfig(task=MOONS, optimizer="sgd", lr=1e12, epochs=3)
+    r = train_run(cfg, tmp_path)
+    assert r.status == "diverged"
+    assert read_run(tmp_path)["status"] == "diverged"
+
+
+def test_cosine_schedule_is_recorded_by_the_probe(tmp_path):
+    cfg = RunConfig(task=MOONS, optimizer="adam", lr=0.01, schedule="cosine", epochs=2)
+    train_run(cfg, tmp_path)
+    lr = read_trajectory(tmp_path, format="pandas")["lr"].to_numpy()
+    assert lr[0] == pytest.approx(0.01) and lr[-1] < 1e-4
+    assert np.all(np.diff(lr) <= 1e-12)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine", "onecycle"])
+def test_every_schedule_builds(schedule, moons):
+    model = moons.build_model(seed=0)
+    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    sched = make_schedule(schedule, opt, 10)
+    assert (sched is None) == (schedule == "constant")
+
+
+@pytest.mark.parametrize(
+    "name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "schedulefree_adamw", "prodigy", "dadapt_adam"]
+)
+def test_every_optimizer_trains_one_epoch(name, moons):
+    lr = {"prodigy": 1.0, "dadapt_adam": 1.0}.get(name, 1e-2)
+    model = moons.build_model(seed=0)
+    opt = make_optimizer(name, model.parameters(), lr=lr)
+    r = fit(model, opt, moons, epochs=1, seed=0)
+    assert r.status == "complete" and r.final["val_acc"] > 0.4
+
+
+def test_bad_optimizer_settings_fail_before_any_work():
+    with pytest.raises(ConfigError, match="unknown optimizer"):
+        RunConfig(optimizer="adamax")
+    with pytest.raises(ConfigError, match="unknown schedule"):
+        RunConfig(schedule="step")
+    with pytest.raises(ConfigError, match="learning rate"):
+        make_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=-1.0)
