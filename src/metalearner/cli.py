@@ -58,7 +58,7 @@ def train(
     task: str = typer.Option("mnist", help="Data set: mnist, fashion_mnist, mnist1d, moons, digits, synthetic."),
     model: str = typer.Option("mlp", help="Model family: mlp or cnn."),
     depth: int = typer.Option(2, help="Hidden layers (MLP) or conv blocks (CNN)."),
-    width: int = typer.Option(128, help="Hidden units (MLP) or first-block channels (CNN)."),
+    width: int = typer.Option(256, help="Hidden units (MLP) or first-block channels (CNN)."),
     activation: str = typer.Option("relu", help="relu, tanh, gelu, silu, sigmoid, leaky_relu, elu."),
     init: str = typer.Option("default", help="default, kaiming, xavier, orthogonal."),
     optimizer: str = typer.Option("adam", help="sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad, schedulefree_adamw, prodigy, dadapt_adam."),

@@ -159,12 +159,28 @@ class PhysicsTracker:
 
     @torch.no_grad()
     def after_step(self, batch_size: int | None = None) -> StepPhysics:
-        torch._foreach_sub_(self._before, self.params)  # now θ_t − θ_{t+1} = −update
-        sq = torch.stack(self._pre_sq + _squared_norms(self._flat_before))
-        values = (sq @ self._pool).sqrt()
-        if self.extended:
-            values = torch.cat([values, self._extended(self._grads(), batch_size)])
+        """This step's physics, pooled now (what a learned optimizer reads)."""
+        squares, extended = self.after_step_raw(batch_size)
+        values = self.pool(torch.stack(squares))
+        if extended is not None:
+            values = torch.cat([values, extended])
         return StepPhysics(values, self.n_layers)
+
+    @torch.no_grad()
+    def after_step_raw(self, batch_size: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The unpooled squared norms ``[g (P), w (P), u (P)]`` and the extended values.
+
+        The probe stores these and pools a whole chunk at once with :meth:`pool`, which keeps
+        its per-step cost to four vectorised passes over the parameters.
+        """
+        torch._foreach_sub_(self._before, self.params)  # now θ_t − θ_{t+1} = −update
+        squares = self._pre_sq + _squared_norms(self._flat_before)
+        extended = self._extended(self._grads(), batch_size) if self.extended else None
+        return squares, extended
+
+    def pool(self, squares: torch.Tensor) -> torch.Tensor:
+        """Squared per-tensor norms ``(..., 3P)`` -> ``(..., 3 + 3L)`` global and layer norms."""
+        return (squares @ self._pool).sqrt()
 
     def _extended(self, grads: list[torch.Tensor], batch_size: int | None) -> torch.Tensor:
         g = torch.cat([x.reshape(-1) for x in grads]).double()

@@ -13,7 +13,9 @@ accuracy) before ``optimizer.step()`` and the validation metrics when you evalua
     probe.log_eval(val_loss, val_acc)
     probe.close(final={"test_acc": ...})
 
-Per-step values stay tensors in a preallocated buffer; they reach the host once per chunk
+Per step the probe only launches the four passes of
+:meth:`~metalearner.observe.physics.PhysicsTracker.after_step_raw` and keeps references;
+pooling into layer norms, accuracy, and the move to the host happen once per chunk
 (``chunk_size`` steps), when a Parquet part is written. Columns follow
 :data:`metalearner.observe.store.COLUMNS`.
 """
@@ -36,6 +38,7 @@ from metalearner.observe import store
 from metalearner.observe.physics import PhysicsTracker
 
 N_SCALARS = 5  # row layout: loss, train_acc, then StepPhysics.values (grad, weight, update, ...)
+_NOTHING: tuple = (None, None, None, -1, -1)  # a step the training loop did not report
 
 
 class Sink(Protocol):
@@ -109,15 +112,10 @@ class Probe:
             "activation": arch.get("activation"),
             "n_params": sum(p.numel() for p in self.tracker.params),
         }
-        device = self.tracker.params[0].device
-        self._buf = torch.empty(chunk_size, 2 + self.tracker.width, dtype=torch.float32, device=device)
-        self._nan = torch.tensor(math.nan, device=device)
-        self._no_loss = torch.full((2,), math.nan, device=device)
-        self._loss_acc = self._no_loss
-        self._rows = 0  # rows in the buffer
+        self._rows: list[tuple] = []  # per step: loss, preds, targets, squared norms, extended
         self._host: dict[str, list] = {k: [] for k in ("epoch", "batch", "lr", "momentum", "wall_time")}
         self._evals: dict[int, tuple[float, float]] = {}
-        self._pending: tuple[int, int, int | None] = (-1, -1, None)
+        self._pending: tuple = _NOTHING
         self._tables: list[pa.Table] = []
         self._last_loss = math.nan
         self.step = 0  # optimizer steps recorded so far
@@ -142,11 +140,8 @@ class Probe:
         batch: int = -1,
     ) -> None:
         """Report the current batch; call between ``backward()`` and ``optimizer.step()``."""
-        acc = self._nan
-        if logits is not None and targets is not None:
-            acc = (logits.detach().argmax(-1) == targets).float().mean()
-        self._loss_acc = torch.stack([loss.detach().float(), acc])
-        self._pending = (epoch, batch, None if targets is None else len(targets))
+        preds = None if logits is None or targets is None else logits.detach().argmax(-1)
+        self._pending = (loss.detach(), preds, targets, epoch, batch)
 
     def log_eval(self, val_loss: float, val_acc: float) -> None:
         """Attach validation metrics to the latest recorded step."""
@@ -155,11 +150,11 @@ class Probe:
 
     # -- hooks --------------------------------------------------------------------------
     def _record(self) -> None:
-        if self._rows == self.chunk_size:
+        if len(self._rows) == self.chunk_size:
             self.flush()
-        epoch, batch, batch_size = self._pending
-        phys = self.tracker.after_step(batch_size)
-        torch.cat([self._loss_acc, phys.values], out=self._buf[self._rows])
+        loss, preds, targets, epoch, batch = self._pending
+        squares, extended = self.tracker.after_step_raw(None if targets is None else len(targets))
+        self._rows.append((loss, preds, targets, torch.stack(squares), extended))
         lr, momentum = optimizer_hparams(self.optimizer)
         h = self._host
         h["epoch"].append(epoch)
@@ -167,18 +162,36 @@ class Probe:
         h["lr"].append(lr)
         h["momentum"].append(momentum)
         h["wall_time"].append(time.perf_counter() - self._t0)
-        self._pending = (-1, -1, None)
-        self._loss_acc = self._no_loss
-        self._rows += 1
+        self._pending = _NOTHING
         self.step += 1
+
+    def _chunk_values(self) -> np.ndarray:
+        """Pool the buffered rows into ``(n, 2 + width)``: loss, train_acc, then
+        :class:`StepPhysics` values, all rows at once."""
+        rows = self._rows
+        n = len(rows)
+        nan = torch.tensor(math.nan)
+        loss = torch.stack([r[0].float().cpu() if r[0] is not None else nan for r in rows])
+        acc = torch.full((n,), math.nan)
+        seen = [i for i, r in enumerate(rows) if r[1] is not None]
+        if seen:
+            counts = torch.tensor([len(rows[i][2]) for i in seen])
+            hits = (torch.cat([rows[i][1] for i in seen]) == torch.cat([rows[i][2] for i in seen])).float().cpu()
+            owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
+            acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
+        squares = torch.stack([r[3] for r in rows])
+        parts = [loss[:, None], acc[:, None], self.tracker.pool(squares.float()).cpu()]
+        if self.extended:
+            parts.append(torch.stack([r[4] for r in rows]).float().cpu())
+        return torch.cat(parts, dim=1).double().numpy()
 
     # -- output -------------------------------------------------------------------------
     def flush(self) -> None:
         """Move buffered rows to the host as an Arrow chunk (and a Parquet part on disk)."""
-        if self._rows == 0:
+        if not self._rows:
             return
-        n, L = self._rows, self.tracker.n_layers
-        values = self._buf[:n].cpu().double().numpy()
+        n, L = len(self._rows), self.tracker.n_layers
+        values = self._chunk_values()
         first = self.step - n
         steps = np.arange(first, self.step, dtype=np.int64)
         loss = values[:, 0]
@@ -192,7 +205,7 @@ class Probe:
             return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), L)
 
         def const(v: Any, type_: pa.DataType) -> pa.Array:
-            return pa.array([v] * n, type=type_)
+            return pa.repeat(pa.scalar(v, type=type_), n)
 
         cols: dict[str, pa.Array] = {
             "run_id": const(self.run_id, pa.string()),
@@ -234,7 +247,7 @@ class Probe:
         for k in h:
             h[k].clear()
         self._evals = {s: v for s, v in self._evals.items() if s >= self.step}
-        self._rows = 0
+        self._rows = []
 
     def table(self) -> pa.Table:
         """Everything recorded so far as one Arrow table."""

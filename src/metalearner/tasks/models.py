@@ -40,7 +40,7 @@ class ModelConfig:
 
     family: str = "mlp"
     depth: int = 2
-    width: int = 128
+    width: int = 256
     activation: str = "relu"
     init: str = "default"
 

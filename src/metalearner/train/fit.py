@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -29,7 +29,7 @@ from metalearner.errors import ConfigError
 from metalearner.observe.probe import Probe
 from metalearner.tasks.task import Task
 
-Status = Literal["complete", "diverged", "target_reached"]
+Status = Literal["complete", "diverged", "target_reached", "stopped"]
 
 
 @dataclass
@@ -97,6 +97,7 @@ def fit(
     seed: int = 0,
     test: bool = True,
     progress: Any = None,
+    should_stop: Callable[[list[dict[str, float]]], bool] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``task`` with ``optimizer`` within a budget of epochs or steps.
 
@@ -109,6 +110,8 @@ def fit(
         probe: a :class:`~metalearner.observe.Probe` attached to ``model``/``optimizer``.
         seed: fixes the batch order (initial weights are fixed by ``task.build_model(seed)``).
         progress: an object with ``update(step, total, loss=..., acc=...)`` (the CLI's bar).
+        should_stop: called after each evaluation before the last with the history so far;
+            returning True ends training with status ``"stopped"`` (the zoo's pruning hook).
     """
     if epochs is None and steps is None:
         raise ConfigError("give a budget: epochs or steps")
@@ -148,7 +151,14 @@ def fit(
             probe.log_eval(val_loss, val_acc)
         if progress is not None:
             progress.update(step, total, loss=train_loss, acc=val_acc)
-        return target_acc is not None and val_acc >= target_acc
+        if target_acc is not None and val_acc >= target_acc:
+            result.status = "target_reached"
+            return True
+        if should_stop is not None and step < total and should_stop(result.history):
+            result.status = "stopped"
+            result.final["stopped_at_step"] = step
+            return True
+        return False
 
     model.train()
     if _has_modes(optimizer):
@@ -188,7 +198,6 @@ def fit(
             epoch_end = b == per_epoch - 1
             if (eval_every and step % eval_every == 0) or epoch_end or step == total:
                 if run_eval():
-                    result.status = "target_reached"
                     stop = True
                     break
             if step >= total:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -61,8 +61,15 @@ def train_run(
     run_id: str | None = None,
     progress: Any = None,
     probe: bool = True,
+    should_stop: Callable[[Any, list[dict[str, float]], int], bool] | None = None,
 ) -> FitResult:
-    """Build the task, model and optimizer of ``cfg``, train with the probe, write the run."""
+    """Build the task, model and optimizer of ``cfg``, train with the probe, write the run.
+
+    ``should_stop(trajectory, history, total_steps)`` is called after each evaluation with
+    the probe's trajectory so far (an Arrow table, ``None`` without the probe), ``fit``'s
+    evaluation history and the run's step budget; returning True stops the run, which is
+    then saved with status ``stopped``.
+    """
     task = make_task(cfg.task, data_dir=data_dir)
     model = task.build_model(seed=cfg.seed)
     opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -73,16 +80,24 @@ def train_run(
     if probe:
         meta = {"task": task.name, "architecture": task.architecture(model), "seed": cfg.seed, "config": cfg.to_dict()}
         p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, meta=meta)
+    stop_fn = None
+    if should_stop is not None:
+
+        def stop_fn(history: list[dict[str, float]]) -> bool:
+            return bool(should_stop(p.table() if p is not None else None, history, int(total)))
+
     try:
         result = fit(
             model, opt, task, epochs=cfg.epochs, steps=cfg.steps, scheduler=scheduler,
             eval_every=cfg.eval_every, target_acc=cfg.target_acc, probe=p, seed=cfg.seed, progress=progress,
+            should_stop=stop_fn,
         )  # fmt: skip
     except BaseException:
         if p is not None:
             p.close("partial")
         raise
     if p is not None:
-        p.close("diverged" if result.diverged else "complete", final=result.final)
+        status = "diverged" if result.diverged else "stopped" if result.status == "stopped" else "complete"
+        p.close(status, final=result.final)
     result.final["n_params"] = sum(q.numel() for q in model.parameters())
     return result
