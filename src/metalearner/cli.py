@@ -13,9 +13,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metalearner.errors import MetalearnerError
+from metalearner.zoo.cli import zoo_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning to optimize: observe, learn, train faster.")
 console = Console(stderr=True)
+app.add_typer(zoo_app, name="zoo")
 
 
 class Bar:

@@ -3,7 +3,8 @@
 A run directory holds
 
 - ``run.json``: config, layer names, architecture encoding, versions, seed, ``status``
-  (``partial`` while running or after a crash, ``complete``, ``diverged``) and final metrics;
+  (``partial`` while running or after a crash, ``complete``, ``diverged``, or
+  ``stopped`` by a pruning policy) and final metrics;
 - ``trajectory.parquet``: one row per optimizer step, written once at the end;
 - ``trajectory.parts/part-NNNNNN.parquet``: chunks written atomically while the run goes, so a
   killed run still has everything up to its last flush. They are merged into

@@ -1,0 +1,106 @@
+"""``metalearner zoo``: run a sweep (``zoo --spec S --out DIR``) or summarise one
+(``zoo summary DIR``). Registered in the main CLI with ``app.add_typer(zoo_app, name="zoo")``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+zoo_app = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    help="Train a zoo of observed base models (parallel, resumable), or summarise one.",
+)
+
+
+@zoo_app.callback(invoke_without_command=True)
+def zoo(
+    ctx: typer.Context,
+    spec: Optional[str] = typer.Option(None, help="Sweep spec: a .toml/.yaml file or a preset (mnist100, tiny)."),
+    out: Optional[Path] = typer.Option(None, help="Zoo directory (created; rerun to resume)."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray), e.g. auto."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a space key: KEY=VALUE (TOML value)."),
+    sampling: Optional[str] = typer.Option(None, help="Override the spec's sampling: grid or random."),
+    n_runs: Optional[int] = typer.Option(None, help="Override the number of random runs."),
+    seed: Optional[int] = typer.Option(None, help="Override the sampling seed."),
+    prune: str = typer.Option("none", help="Early stopping: none or halving (successive halving)."),
+    eta: float = typer.Option(3.0, help="Successive halving: keep the top 1/eta at each rung."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
+    dry_run: bool = typer.Option(False, help="List the runs the spec gives and exit."),
+    progress: bool = typer.Option(True, help="Show the progress bar and the final tables."),
+) -> None:
+    """Run the sweep SPEC into OUT; rerun the same command to finish what is missing."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from metalearner.errors import ConfigError
+    from metalearner.zoo.executor import RayExecutor, make_executor
+    from metalearner.zoo.pruning import make_pruner
+    from metalearner.zoo.spec import SweepSpec, load_spec, parse_assignment, run_id, sample_runs
+    from metalearner.zoo.sweep import run_sweep
+
+    if spec is None and not set_:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    base = load_spec(spec) if spec is not None else None
+    d = base.to_dict() if base is not None else SweepSpec().to_dict()
+    d["space"] = {**d["space"], **dict(parse_assignment(s) for s in set_ or [])}
+    if sampling is not None:
+        d["sampling"] = sampling
+    if n_runs is not None:
+        d["n_runs"] = n_runs
+    if seed is not None:
+        d["seed"] = seed
+    sweep_spec = SweepSpec.from_dict(d)
+    runs = sample_runs(sweep_spec)
+    if dry_run:
+        for r in runs:
+            m = r.task.model
+            typer.echo(f"{run_id(r)}  {r.task.dataset} {m.family} {m.depth}x{m.width} {m.activation} {r.optimizer} lr={r.lr:g} bs={r.task.batch_size} seed={r.seed}")
+        typer.echo(f"{len(runs)} runs")
+        return
+    if out is None:
+        raise ConfigError("give --out DIR for the zoo")
+    if executor == "ray":
+        ex = RayExecutor(address=address)
+    else:
+        if address:
+            raise ConfigError("--address needs --executor ray")
+        ex = make_executor(executor, workers)
+    with ex:
+        result = run_sweep(
+            sweep_spec, out, ex, pruner=make_pruner(prune, eta=eta),
+            data_dir=str(data_dir) if data_dir else None, progress=progress,
+        )  # fmt: skip
+    if not progress:
+        parts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+        typer.echo(f"{result.total} runs ({result.skipped} already done): {parts} -> {out}")
+
+
+@zoo_app.command()
+def summary(
+    zoo_dir: Path = typer.Argument(..., help="A zoo directory written by `metalearner zoo`."),
+    csv: Optional[Path] = typer.Option(None, help="Also write one row per run to this CSV."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per run instead of tables."),
+    top: int = typer.Option(10, help="Rows of the best-runs table."),
+) -> None:
+    """One row per run (config, status, final metrics); best runs and diverged runs."""
+    from metalearner.atomic import atomic_path
+    from metalearner.zoo.summary import summarize_zoo, summary_json
+    from metalearner.zoo.sweep import print_report
+
+    df = summarize_zoo(zoo_dir)
+    if csv is not None:
+        with atomic_path(csv) as tmp:
+            df.to_csv(tmp, index=False)
+    if as_json:
+        for row in summary_json(df):
+            typer.echo(json.dumps(row))
+        return
+    counts = df["status"].value_counts().to_dict()
+    typer.echo(f"{len(df)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print_report(zoo_dir, top=top)
