@@ -13,11 +13,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metalearner.errors import MetalearnerError
+from metalearner.lopt.cli import app as lopt_app
+from metalearner.lopt.cli import meta_train_command
+from metalearner.mirror.cli import dataset_app, mirror_app
 from metalearner.zoo.cli import zoo_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning to optimize: observe, learn, train faster.")
 console = Console(stderr=True)
 app.add_typer(zoo_app, name="zoo")
+app.add_typer(dataset_app, name="dataset")
+app.add_typer(mirror_app, name="mirror")
+app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
+app.add_typer(lopt_app, name="lopt")
 
 
 class Bar:

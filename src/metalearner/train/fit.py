@@ -5,8 +5,8 @@ batches from it, so there is no per-batch data-loading overhead. The loop reads 
 bottom:
 
 1. shuffle the training set with the run's generator;
-2. for each batch: forward, loss, NaN/Inf check, backward, (probe), optimizer step,
-   per-step scheduler;
+2. for each batch: :func:`train_step` (forward, loss, NaN/Inf check, backward, probe,
+   optimizer step), then the per-step scheduler;
 3. evaluate on the validation split every ``eval_every`` steps and at each epoch end,
    stopping early when ``target_acc`` is reached;
 4. at the end, evaluate once on the test split.
@@ -81,6 +81,36 @@ def _eval_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         optimizer.train()
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[..., torch.Tensor],
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    *,
+    probe: Probe | None = None,
+    epoch: int = -1,
+    batch: int = -1,
+) -> tuple[torch.Tensor, bool]:
+    """One optimizer step on a batch: forward, loss, backward, (probe), step.
+
+    Returns the loss and whether it was finite. Optimizers declaring ``takes_loss = True``
+    (the learned ones) are called as ``step(loss=...)``.
+    """
+    logits = model(xb)
+    loss = loss_fn(logits, yb)
+    finite = bool(torch.isfinite(loss))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if probe is not None:
+        probe.observe(loss, logits=logits, targets=yb, epoch=epoch, batch=batch)
+    if getattr(optimizer, "takes_loss", False):
+        optimizer.step(loss=loss.detach())
+    else:
+        optimizer.step()
+    return loss, finite
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -130,7 +160,6 @@ def fit(
     )
     total = int(total)
     loss_fn = task.loss_fn
-    takes_loss = getattr(optimizer, "takes_loss", False)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
 
@@ -170,18 +199,7 @@ def fit(
         perm = torch.randperm(n, generator=gen).to(device)
         for b in range(per_epoch):
             idx = perm[b * bs : (b + 1) * bs]
-            xb, yb = x_train[idx], y_train[idx]
-            logits = model(xb)
-            loss = loss_fn(logits, yb)
-            finite = bool(torch.isfinite(loss))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if probe is not None:
-                probe.observe(loss, logits=logits, targets=yb, epoch=epoch, batch=b)
-            if takes_loss:
-                optimizer.step(loss=loss.detach())
-            else:
-                optimizer.step()
+            loss, finite = train_step(model, optimizer, loss_fn, x_train[idx], y_train[idx], probe=probe, epoch=epoch, batch=b)
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
             step += 1

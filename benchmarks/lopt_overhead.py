@@ -1,0 +1,91 @@
+"""Learned-optimizer overhead: per-step wall time of Opt2Vec and of Adam + LR controller over
+plain Adam on the same MNIST MLP.
+
+Three copies of the README's main model (784-256-256-10 MLP, batch 128, same initial weights)
+train side by side in one process — Adam 1e-3, Opt2Vec(base_lr=1e-3, shipped weights),
+Adam 1e-3 wrapped in the shipped LRController — on the same batches, through ``fit``'s own
+``train_step``. They take turns in short blocks (a multiple of the policies' observation
+interval, so every block pays for its observations), rotating the order every block, so load
+from elsewhere on a shared machine hits all three alike. A repeat's ratio is the summed time
+over Adam's; the reported figure is the median over repeats (with the min and max).
+
+    python benchmarks/lopt_overhead.py --quick     # about a minute, prints JSON
+    python benchmarks/lopt_overhead.py             # full: writes results/lopt_overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import default_data_dir, finish, median
+from metalearner.lopt import LRController, Opt2Vec
+from metalearner.tasks import ModelConfig, TaskConfig, make_task
+from metalearner.train import train_step
+
+MODES = ("adam", "opt2vec", "controller")
+
+
+def make(mode: str, params):
+    if mode == "adam":
+        return torch.optim.Adam(params, lr=1e-3)
+    if mode == "opt2vec":
+        return Opt2Vec(params, 1e-3)
+    return LRController(torch.optim.Adam(params, lr=1e-3))
+
+
+def measure(task, *, repeats: int, blocks: int, block_steps: int) -> dict[str, list[float]]:
+    data, bs = task.data, task.config.batch_size
+    gen = torch.Generator().manual_seed(0)
+    seconds: dict[str, list[float]] = {m: [] for m in MODES}
+    for r in range(repeats):
+        runs = {}
+        for mode in MODES:
+            model = task.build_model(seed=r)
+            runs[mode] = (model, make(mode, model.parameters()))
+        total = dict.fromkeys(MODES, 0.0)
+        for b in range(blocks):
+            idx = [torch.randint(0, data.n_train, (bs,), generator=gen) for _ in range(block_steps)]
+            for mode in MODES[b % 3 :] + MODES[: b % 3]:
+                model, opt = runs[mode]
+                t0 = time.perf_counter()
+                for i in idx:
+                    train_step(model, opt, task.loss_fn, data.x_train[i], data.y_train[i])
+                total[mode] += time.perf_counter() - t0
+        for mode in MODES:
+            seconds[mode].append(total[mode])
+    return seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="few short repeats (about a minute)")
+    ap.add_argument("--data-dir", default=default_data_dir())
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    repeats = args.repeats or (3 if args.quick else 7)
+    blocks, block_steps = (6, 32) if args.quick else (24, 32)
+    task = make_task(TaskConfig(dataset="mnist", model=ModelConfig(depth=2, width=256)), data_dir=args.data_dir)
+    measure(task, repeats=1, blocks=3, block_steps=16)  # warm-up
+    seconds = measure(task, repeats=repeats, blocks=blocks, block_steps=block_steps)
+    steps = blocks * block_steps
+    ratios = {m: [t / a for t, a in zip(seconds[m], seconds["adam"])] for m in MODES[1:]}
+    summary = {
+        "model": "mlp 784-256-256-10, batch 128, base lr 1e-3, shipped weights",
+        "steps_per_repeat": steps,
+        "repeats": repeats,
+        "ms_per_step_adam": round(1e3 * median(seconds["adam"]) / steps, 3),
+        "ratio_opt2vec": round(median(ratios["opt2vec"]), 4),
+        "ratio_opt2vec_min_max": [round(min(ratios["opt2vec"]), 4), round(max(ratios["opt2vec"]), 4)],
+        "ratio_controller": round(median(ratios["controller"]), 4),
+        "ratio_controller_min_max": [round(min(ratios["controller"]), 4), round(max(ratios["controller"]), 4)],
+        "target": 1.10,
+        "meets_target": max(median(ratios["opt2vec"]), median(ratios["controller"])) <= 1.10,
+    }
+    finish("lopt_overhead", summary, {"seconds": seconds, "ratios": ratios}, quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""``metalearner meta-train`` (and ``metalearner lopt ...``): thin commands over the library.
+
+    metalearner meta-train --kind opt2vec --out runs/meta/opt2vec
+    metalearner lopt card --opt2vec runs/meta/opt2vec --controller runs/meta/controller --ship
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned optimizers: meta-train, evaluate, ship.")
+
+
+def meta_train_command(
+    kind: str = typer.Option("opt2vec", help="opt2vec or controller."),
+    out: Path = typer.Option(Path("runs/meta"), help="Output folder (checkpoint, state.json, weights)."),
+    seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
+    outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
+    pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
+    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 256)."),
+    workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
+    executor: str = typer.Option("local", help="local or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address."),
+    resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Meta-train a learned optimizer by antithetic ES on the default task distribution."""
+    from metalearner.errors import MetalearnerError
+    from metalearner.lopt.meta_train import default_config, meta_train
+    from metalearner.zoo.executor import make_executor
+
+    overrides = {k: v for k, v in dict(seed=seed, outer_steps=outer_steps, pairs=pairs, unroll_steps=unroll_steps).items() if v is not None}
+    try:
+        cfg = default_config(kind, **overrides)
+        ex = make_executor(executor, workers, address=address)
+        try:
+            weights, state = meta_train(cfg, out, executor=ex, resume=resume, progress=progress)
+        finally:
+            ex.close()
+    except MetalearnerError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2)
+    ev = state.evaluation
+    typer.echo(json.dumps({"kind": kind, "out": str(out), "outer_steps": state.step, "n_params": weights.n_params,
+                           "eval_meta_loss_initial": ev["initial_mean"], "eval_meta_loss_final": ev["final_mean"]}))  # fmt: skip
+
+
+app.command("meta-train")(meta_train_command)
+
+
+@app.command("card")
+def card_command(
+    opt2vec: Path = typer.Option(..., help="Meta-train output folder of Opt2Vec."),
+    controller: Path = typer.Option(..., help="Meta-train output folder of the controller."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files."),
+    epochs: float = typer.Option(2.0, help="Epochs of the held-out MNIST evaluation."),
+    seeds: int = typer.Option(2, help="Seeds of the held-out evaluation."),
+    ship: bool = typer.Option(False, help="Copy the weights and card into metalearner/lopt/pretrained."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the card (default: beside --opt2vec)."),
+) -> None:
+    """Evaluate trained weights frozen on a held-out MNIST MLP and write the model card."""
+    from metalearner.lopt.card import write_card
+
+    card = write_card(opt2vec, controller, data_dir=data_dir, epochs=epochs, seeds=seeds, ship=ship, out=out,
+                      command=" ".join(["metalearner lopt card", *sys.argv[2:]]))  # fmt: skip
+    typer.echo(json.dumps(card["evaluation"]["summary"]))
+
+
+@app.command("analyse")
+def analyse_command(
+    out: Path = typer.Option(Path("runs/lopt-analysis"), help="Folder for the PNGs and the trajectory JSON."),
+    task: str = typer.Option("mnist1d", help="Data set to train on."),
+    steps: int = typer.Option(512, help="Training steps."),
+    base_lr: float = typer.Option(1e-3, help="Opt2Vec base learning rate."),
+    weights: str = typer.Option("default", help="'default' (shipped) or a safetensors path."),
+    data_dir: Optional[str] = typer.Option(None, help="Folder with the MNIST files."),
+    seed: int = typer.Option(0, help="Seed of the weights and batches."),
+) -> None:
+    """Plot Opt2Vec's embedding trajectory (PCA, by phase) and its learned lr/momentum next to the loss."""
+    from metalearner.atomic import write_json
+    from metalearner.lopt.analysis import plot_embedding, plot_schedule, record_run
+    from metalearner.lopt.opt2vec import Opt2Vec
+    from metalearner.tasks import ModelConfig, TaskConfig, make_task
+
+    t = make_task(TaskConfig(dataset=task, model=ModelConfig(depth=2, width=128)), data_dir=data_dir)
+    traj = record_run(t, lambda p: Opt2Vec(p, base_lr, weights=weights, budget=steps), steps=steps, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_embedding(traj, out / "embedding.png")
+    plot_schedule(traj, out / "schedule.png")
+    write_json(out / "trajectory.json", {k: v.tolist() for k, v in traj.items()})
+    typer.echo(json.dumps({"out": str(out), "final_loss": float(traj["loss"][-1]), "lr_range": [float(traj["lr"].min()), float(traj["lr"].max())]}))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,371 @@
+"""Meta-training the learned optimizers: the outer-training protocol and antithetic ES.
+
+The protocol has four parts, each a plain function, so another strategy (PES, truncated
+backprop) can replace :func:`es_update` without touching the rest:
+
+1. **init** — :func:`init_state`: the untrained policy (zero heads, i.e. exactly the base
+   optimizer: Adam for Opt2Vec, the wrapped optimizer for the controller) and the outer
+   Adam moments. Starting from a strong, safe optimizer means every ES step only has to
+   find an improvement on it.
+2. **unroll** — :func:`unroll`: train a freshly initialised model of a sampled task
+   (:func:`sample_task`: data set, architecture, activation, width, batch size, base lr and
+   an input-scale augmentation, drawn from :class:`MetaTrainConfig`) for ``unroll_steps``
+   inner steps with the learned optimizer under meta-parameters θ, through the same
+   :func:`~metalearner.train.train_step` every other training uses.
+3. **meta-loss** — :func:`meta_loss`: the mean over the unroll of ``log(L_t / L_0)`` (the
+   inner training losses relative to the first one) plus ``val_weight · log(L_val / L_0)``
+   at the end; a non-finite loss costs the maximum ``+2`` per remaining step. The reward of
+   the controller is its negative: loss improvement.
+4. **update** — :func:`es_update`: antithetic evolution strategies. For ``pairs`` tasks,
+   draw ε_i ~ N(0, I) and unroll θ + σε_i and θ − σε_i on the *same* task, initial weights
+   and batches (common random numbers), and step the outer Adam along
+
+   .. math:: \\hat g = \\frac{1}{2σ N} \\sum_i (\\mathcal L(θ+σε_i) - \\mathcal L(θ-σε_i))\\, ε_i
+
+   The 2N unrolls of a step run through the zoo's executor (local processes, inline, Ray).
+
+Each outer step draws its tasks and noise from ``(seed, step)`` only, and the checkpoint
+(``checkpoint.safetensors``: θ and the Adam moments; ``state.json``: config, step, the
+meta-loss curve and the tasks seen) is written atomically after every step, so a killed
+run resumes exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from metalearner.atomic import atomic_path, write_json
+from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, PolicyConfig, PolicyWeights
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Everything a meta-training run depends on; saved whole in its state and model card."""
+
+    kind: str = "opt2vec"  # or "controller"
+    seed: int = 0
+    outer_steps: int = 40
+    pairs: int = 6  # antithetic pairs (= tasks) per outer step; 2 * pairs unrolls
+    sigma: float = 0.05
+    outer_lr: float = 0.02
+    unroll_steps: int = 256
+    val_weight: float = 1.0
+    # the task distribution
+    datasets: tuple[str, ...] = ("mnist1d", "moons", "digits", "synthetic")
+    depths: tuple[int, ...] = (1, 2)
+    widths: tuple[int, ...] = (16, 32, 64)
+    activations: tuple[str, ...] = ("relu", "tanh", "gelu", "silu")
+    batch_sizes: tuple[int, ...] = (32, 64)
+    n_train: int = 512
+    data_seeds: tuple[int, ...] = (0, 1)
+    base_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    input_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # augmentation: inputs times this factor
+    base_optimizers: tuple[str, ...] = ("adam",)  # what the controller wraps ("adam", "momentum")
+    eval_tasks: int = 8  # fixed tasks scored before and after training
+    # the policy
+    history_length: int = 16
+    hidden_dim: int = 32
+    embedding_dim: int = 64
+    activation: str = "gelu"
+    observe_every: int = 16
+    extended: bool = True
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        if self.kind not in ("opt2vec", "controller"):
+            raise ConfigError(f"unknown kind {self.kind!r}; choose from opt2vec, controller")
+        if self.outer_steps < 0 or self.pairs < 1 or self.unroll_steps < 2 or self.sigma <= 0 or self.outer_lr <= 0:
+            raise ConfigError("outer_steps >= 0, pairs >= 1, unroll_steps >= 2, sigma > 0 and outer_lr > 0 are required")
+
+    def policy(self) -> PolicyConfig:
+        if self.kind == "opt2vec":
+            features = (*BASE_FEATURES, *EXTENDED_FEATURES) if self.extended else BASE_FEATURES
+        else:
+            features = CONTROLLER_FEATURES
+        return PolicyConfig(kind=self.kind, features=features, history_length=self.history_length, hidden_dim=self.hidden_dim,
+                            embedding_dim=self.embedding_dim, activation=self.activation, observe_every=self.observe_every)  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MetaTrainConfig":
+        return cls(**d)
+
+
+# Shapes of the shipped policies: Opt2Vec 7.5k parameters, the controller 1.2k.
+CONTROLLER_DEFAULTS = dict(kind="controller", history_length=8, hidden_dim=16, embedding_dim=16, activation="tanh")
+
+
+def default_config(kind: str = "opt2vec", **overrides: Any) -> MetaTrainConfig:
+    base = dict(CONTROLLER_DEFAULTS) if kind == "controller" else {"kind": kind}
+    return MetaTrainConfig(**{**base, **overrides})
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+def sample_task(cfg: MetaTrainConfig, rng: np.random.Generator) -> dict[str, Any]:
+    """One inner problem as a plain dict (picklable, JSON-able)."""
+    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    return {
+        "dataset": pick(cfg.datasets),
+        "data_seed": int(pick(cfg.data_seeds)),
+        "depth": int(pick(cfg.depths)),
+        "width": int(pick(cfg.widths)),
+        "activation": pick(cfg.activations),
+        "batch_size": int(pick(cfg.batch_sizes)),
+        "base_lr": float(pick(cfg.base_lrs)),
+        "input_scale": float(pick(cfg.input_scales)),
+        "optimizer": pick(cfg.base_optimizers),
+        "init_seed": int(rng.integers(2**31)),
+        "batch_seed": int(rng.integers(2**31)),
+        "n_train": cfg.n_train,
+    }
+
+
+@functools.lru_cache(maxsize=32)
+def _splits(dataset: str, data_seed: int, n_train: int):
+    from metalearner.tasks import load_dataset
+
+    options = {"num_samples": 2000} if dataset == "mnist1d" else {}
+    return load_dataset(dataset, seed=data_seed, n_train=n_train, **options)
+
+
+def _optimizer(kind: str, weights: PolicyWeights, params, spec: dict[str, Any], steps: int):
+    from metalearner.lopt.controller import LRController
+    from metalearner.lopt.opt2vec import Opt2Vec
+    from metalearner.train import make_optimizer
+
+    if kind == "opt2vec":
+        ext = "budget_fraction" in weights.config.features
+        return Opt2Vec(params, spec["base_lr"], weights=weights, budget=steps, use_extended_features=ext)
+    lr = spec["base_lr"] * (30.0 if spec["optimizer"] == "momentum" else 1.0)
+    return LRController(make_optimizer(spec["optimizer"], params, lr=lr), weights=weights, budget=steps)
+
+
+def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int) -> tuple[list[float], float]:
+    """Train the task's model for ``steps`` steps; returns the batch losses and the final
+    validation loss (NaN on divergence)."""
+    from metalearner.tasks.models import ModelConfig, build_model
+    from metalearner.train import evaluate, train_step
+    import torch.nn.functional as F
+
+    data = _splits(spec["dataset"], spec["data_seed"], spec["n_train"])
+    model = build_model(ModelConfig(depth=spec["depth"], width=spec["width"], activation=spec["activation"]),
+                        data.input_shape, data.n_classes, seed=spec["init_seed"])  # fmt: skip
+    opt = _optimizer(kind, weights, model.parameters(), spec, steps)
+    x, y = data.x_train * spec["input_scale"], data.y_train
+    gen = torch.Generator().manual_seed(spec["batch_seed"])
+    losses: list[float] = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (spec["batch_size"],), generator=gen)
+        loss, finite = train_step(model, opt, F.cross_entropy, x[idx], y[idx])
+        losses.append(float(loss.detach()))
+        if not finite:
+            return losses, math.nan
+    val_loss, _ = evaluate(model, data.x_val * spec["input_scale"], data.y_val, F.cross_entropy)
+    return losses, val_loss
+
+
+def meta_loss(losses: list[float], val_loss: float, steps: int, val_weight: float = 1.0) -> float:
+    """Mean ``log(L_t / L_0)`` over the unroll (+2 per step lost to divergence) plus
+    ``val_weight · log(L_val / L_0)``; clipped to ``[-10, 2]`` per term."""
+    l0 = losses[0]
+    if not (math.isfinite(l0) and l0 > 0):
+        return 2.0 * (1 + val_weight)
+    terms = [min(2.0, max(-10.0, math.log(l / l0))) if math.isfinite(l) and l > 0 else 2.0 for l in losses]
+    terms += [2.0] * (steps - len(terms))
+    val = min(2.0, max(-10.0, math.log(val_loss / l0))) if math.isfinite(val_loss) and val_loss > 0 else 2.0
+    return float(np.mean(terms)) + val_weight * val
+
+
+def evaluate_member(item: tuple) -> float:
+    """Executor work item: ``(kind, policy config dict, flat θ (numpy), spec, steps, val_weight)``
+    -> meta-loss. Module-level so process pools can pickle it."""
+    kind, policy, flat, spec, steps, val_weight = item
+    torch.manual_seed(spec["init_seed"])
+    weights = PolicyWeights.init(PolicyConfig.from_dict(policy)).with_flat(torch.from_numpy(np.asarray(flat)))
+    losses, val = unroll(kind, weights, spec, steps)
+    return meta_loss(losses, val, steps, val_weight)
+
+
+# -- outer state ------------------------------------------------------------------------------
+
+
+@dataclass
+class MetaState:
+    theta: torch.Tensor  # flat meta-parameters
+    m: torch.Tensor  # outer Adam moments
+    v: torch.Tensor
+    step: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    tasks_seen: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+def init_state(cfg: MetaTrainConfig) -> MetaState:
+    """Protocol step 1: the untrained policy (= the base optimizer) and zero Adam moments."""
+    theta = PolicyWeights.init(cfg.policy(), seed=cfg.seed).flat()
+    return MetaState(theta=theta, m=torch.zeros_like(theta), v=torch.zeros_like(theta))
+
+
+def _run_population(executor, items: list[tuple]) -> list[float]:
+    out: list[float] = [math.nan] * len(items)
+    for item, result in executor.map_unordered(_indexed, list(enumerate(items))):
+        if isinstance(result, BaseException):
+            raise MetalearnerError(f"an unroll failed: {type(result).__name__}: {result}")
+        out[item[0]] = result
+    return out
+
+
+def _indexed(item: tuple[int, tuple]) -> float:
+    return evaluate_member(item[1])
+
+
+def es_update(cfg: MetaTrainConfig, state: MetaState, executor) -> dict[str, float]:
+    """Protocol steps 2-4 for one outer step of antithetic ES; updates ``state`` in place."""
+    rng = np.random.default_rng([cfg.seed, state.step])
+    specs = [sample_task(cfg, rng) for _ in range(cfg.pairs)]
+    noise = torch.randn(cfg.pairs, len(state.theta), generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
+    policy = asdict(cfg.policy())
+    items = []
+    for i, spec in enumerate(specs):
+        for sign in (1.0, -1.0):
+            flat = (state.theta + sign * cfg.sigma * noise[i]).numpy()
+            items.append((cfg.kind, policy, flat, spec, cfg.unroll_steps, cfg.val_weight))
+    losses = torch.tensor(_run_population(executor, items)).view(cfg.pairs, 2)
+    diff = losses[:, 0] - losses[:, 1]
+    grad = (diff[:, None] * noise).sum(0) / (2 * cfg.sigma * cfg.pairs)
+    # outer Adam (β = 0.9, 0.999)
+    state.step += 1
+    state.m.mul_(0.9).add_(grad, alpha=0.1)
+    state.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
+    m_hat, v_hat = state.m / (1 - 0.9**state.step), state.v / (1 - 0.999**state.step)
+    state.theta -= cfg.outer_lr * m_hat / (v_hat.sqrt() + 1e-8)
+    record = {"step": state.step, "meta_loss": float(losses.mean()), "grad_norm": float(grad.norm())}
+    state.curve.append(record)
+    state.tasks_seen.extend(specs)
+    return record
+
+
+def eval_specs(cfg: MetaTrainConfig) -> list[dict[str, Any]]:
+    rng = np.random.default_rng([cfg.seed, 10**9])
+    return [sample_task(cfg, rng) for _ in range(cfg.eval_tasks)]
+
+
+def evaluate_theta(cfg: MetaTrainConfig, theta: torch.Tensor, executor, specs: list[dict[str, Any]] | None = None) -> list[float]:
+    """Meta-loss of θ (no noise) on fixed tasks: the yardstick for before/after."""
+    specs = eval_specs(cfg) if specs is None else specs
+    policy = asdict(cfg.policy())
+    items = [(cfg.kind, policy, theta.numpy(), s, cfg.unroll_steps, cfg.val_weight) for s in specs]
+    return _run_population(executor, items)
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+
+def save_checkpoint(out_dir: Path, cfg: MetaTrainConfig, state: MetaState, extra: dict[str, Any] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
+        save_file({"theta": state.theta.contiguous(), "m": state.m.contiguous(), "v": state.v.contiguous()}, str(tmp))
+    write_json(out_dir / "state.json", {
+        "config": asdict(cfg), "step": state.step, "curve": state.curve, "tasks_seen": state.tasks_seen,
+        "evaluation": state.evaluation, **(extra or {}),
+    })  # fmt: skip
+
+
+def load_checkpoint(out_dir: Path, cfg: MetaTrainConfig) -> MetaState | None:
+    state_path, ckpt = out_dir / "state.json", out_dir / "checkpoint.safetensors"
+    if not (state_path.is_file() and ckpt.is_file()):
+        return None
+    from safetensors.torch import load_file
+
+    saved = json.loads(state_path.read_text())
+    # a run may be extended (more outer steps); anything else must match
+    if {**saved["config"], "outer_steps": 0} != {**json.loads(json.dumps(asdict(cfg))), "outer_steps": 0}:
+        raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or the same config")
+    try:
+        t = load_file(str(ckpt))
+    except Exception as e:
+        raise MetalearnerError(f"{ckpt} is not a readable safetensors checkpoint: {e}") from None
+    return MetaState(theta=t["theta"], m=t["m"], v=t["v"], step=int(saved["step"]), curve=saved["curve"],
+                     tasks_seen=saved["tasks_seen"], evaluation=saved.get("evaluation", {}))  # fmt: skip
+
+
+def summarise_tasks(tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "unroll_tasks": len(tasks),
+        "datasets": dict(Counter(t["dataset"] for t in tasks)),
+        "activations": dict(Counter(t["activation"] for t in tasks)),
+        "architectures": dict(Counter(f"mlp depth {t['depth']} width {t['width']}" for t in tasks)),
+    }
+
+
+# -- the driver -------------------------------------------------------------------------------
+
+
+def meta_train(
+    cfg: MetaTrainConfig,
+    out_dir: str | os.PathLike,
+    *,
+    executor: Any = None,
+    workers: int | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[PolicyWeights, MetaState]:
+    """Run (or resume) meta-training; writes ``out_dir/{kind}.safetensors`` and the state."""
+    from metalearner.zoo.executor import make_executor
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = load_checkpoint(out, cfg) if resume else None
+    state = state or init_state(cfg)
+    own = executor is None
+    ex = executor or make_executor("local", workers if workers is not None else 2)
+    t0 = time.perf_counter()
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        bar = Progress(TextColumn(f"[bold]meta-train {cfg.kind}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("meta-loss {task.fields[meta_loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                       disable=not progress)  # fmt: skip
+        with bar:
+            task = bar.add_task("meta", total=cfg.outer_steps, completed=state.step, meta_loss=math.nan)
+            if "initial" not in state.evaluation:
+                state.evaluation["initial"] = evaluate_theta(cfg, state.theta, ex)
+                save_checkpoint(out, cfg, state)
+            while state.step < cfg.outer_steps:
+                record = es_update(cfg, state, ex)
+                record["elapsed_s"] = time.perf_counter() - t0
+                save_checkpoint(out, cfg, state)
+                bar.update(task, completed=state.step, meta_loss=record["meta_loss"])
+                if on_step:
+                    on_step(record)
+            if state.evaluation.get("final_at") != state.step:
+                state.evaluation["final_at"] = state.step
+                state.evaluation["final"] = evaluate_theta(cfg, state.theta, ex)
+    finally:
+        if own:
+            ex.close()
+    ev = state.evaluation
+    ev["initial_mean"] = float(np.mean(ev["initial"]))
+    ev["final_mean"] = float(np.mean(ev["final"]))
+    save_checkpoint(out, cfg, state)
+    weights = PolicyWeights.init(cfg.policy()).with_flat(state.theta)
+    meta = {"meta_train_config": json.dumps(asdict(cfg)), "outer_steps_done": str(state.step)}
+    weights.save(out / f"{cfg.kind}.safetensors", metadata=meta)
+    return weights, state

@@ -1,0 +1,314 @@
+"""Opt2Vec: an Adam-style optimizer whose learning rate and momentum a small network sets
+from an embedding of the recent training physics.
+
+Every ``observe_every`` steps the optimizer measures the step's physics with
+:class:`~metalearner.observe.physics.PhysicsTracker` (the same definition the probe logs),
+turns it into one feature row (:mod:`metalearner.lopt.policy`), normalises it online and
+appends it to a history of the last ``history_length`` rows. The network encodes the history
+into an embedding ``e`` and two outputs ``z``; until the next observation every step is
+
+.. math::
+
+    m_t &= β_1 m_{t-1} + (1-β_1) g_t,\\qquad v_t = β_2 v_{t-1} + (1-β_2) g_t^2 \\\\
+    θ_{t+1} &= θ_t - η_t \\frac{m_t / (1 - \\prod_s β_{1,s})}{\\sqrt{v_t / (1-β_2^t)} + ε},
+    \\qquad η_t = \\text{base\\_lr}\\cdot e^{3\\tanh(z_0/3)} \\cdot \\text{backoff},
+    \\quad β_1 = σ(\\text{logit}(0.9) + z_1)
+
+so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``base_lr`` and
+β₁ = 0.9. ``param_groups[i]["lr"]`` holds the effective η and ``betas[0]`` the momentum, so a
+probe logs what the optimizer really did. A NaN/Inf loss or gradient skips the step (counted
+in ``skipped_steps``) and halves ``backoff``, which then recovers by 5% a step.
+
+Example::
+
+    opt = Opt2Vec(model.parameters(), base_lr=1e-3)           # shipped pretrained weights
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad(); loss.backward(); opt.step(loss=loss)      # or opt.step(closure)
+    opt.embedding                                              # the latest embedding
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any, Callable, Iterable
+
+import torch
+
+from metalearner.lopt.policy import (
+    BASE_FEATURES,
+    EXTENDED_FEATURES,
+    PolicyConfig,
+    PolicyWeights,
+    lr_scale_from,
+    momentum_from,
+    new_stats,
+    normalise,
+    policy_forward,
+    raw_features,
+    resolve_weights,
+)
+from metalearner.observe.physics import PhysicsTracker
+
+_GLOBAL = "opt2vec"  # key of the optimizer-wide state in ``self.state``
+# PhysicsTracker fields that carry the extended set across the two steps of an observation.
+_TRACKER_FIELDS = ("_t", "_m", "_s", "_prev_grad", "_prev_update")
+MIN_BACKOFF = 2.0**-10
+
+
+def adam_direction_(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    bias_correction1: float,
+    bias_correction2: float,
+) -> None:
+    """The base update, in place: decoupled weight decay, then an Adam step with ``beta1``."""
+    if weight_decay:
+        torch._foreach_mul_(params, 1 - lr * weight_decay)
+    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+    torch._foreach_mul_(exp_avg_sqs, beta2)
+    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, math.sqrt(bias_correction2))
+    torch._foreach_add_(denom, eps)
+    torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias_correction1)
+
+
+def policy_step(
+    theta: PolicyWeights, history: torch.Tensor
+) -> tuple[float, float, torch.Tensor]:
+    """The learned part as a pure function: history ``(H, F)`` -> (lr scale, momentum, embedding)."""
+    with torch.no_grad():
+        out, emb = policy_forward(theta.tensors, history, theta.config.activation)
+    z = out.tolist()
+    return lr_scale_from(z[0]), momentum_from(z[1]), emb
+
+
+class Opt2Vec(torch.optim.Optimizer):
+    """Learned learning-rate scale and momentum on top of Adam (see the module docstring).
+
+    Args:
+        params: parameters or param groups (each group may set ``base_lr``).
+        base_lr: the learning rate the learned scale multiplies.
+        embedding_dim, history_length, activation: shape of the network; ``None`` takes
+            them from the weights (64, 16, "gelu" for the shipped and the untrained ones).
+        use_extended_features: also feed weight norm, update ratio, gradient cosine,
+            curvature and budget fraction (needs weights trained with them).
+        observe_every: steps between observations; ``None`` takes the weights' value.
+        budget: total number of steps planned, for the ``budget_fraction`` feature.
+        weights: ``"default"`` (shipped pretrained), a safetensors path, a
+            :class:`PolicyWeights`, or ``None`` for the untrained policy (= Adam).
+    """
+
+    takes_loss = True
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        base_lr: float = 1e-3,
+        *,
+        embedding_dim: int | None = None,
+        history_length: int | None = None,
+        activation: str | None = None,
+        use_extended_features: bool = True,
+        observe_every: int | None = None,
+        budget: int | None = None,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        weights: PolicyWeights | str | os.PathLike | None = "default",
+    ) -> None:
+        if not (base_lr > 0 and math.isfinite(base_lr)):
+            raise ValueError(f"Invalid base_lr: {base_lr}")
+        if not 0.0 <= beta2 < 1.0:
+            raise ValueError(f"Invalid beta2: {beta2}")
+        if not eps >= 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if budget is not None and budget < 1:
+            raise ValueError(f"Invalid budget: {budget}")
+        features = (*BASE_FEATURES, *EXTENDED_FEATURES) if use_extended_features else BASE_FEATURES
+        untrained = PolicyConfig(
+            kind="opt2vec",
+            features=features,
+            history_length=history_length or 16,
+            embedding_dim=embedding_dim or 64,
+            activation=activation or "gelu",
+            observe_every=observe_every or 16,
+        )
+        theta = resolve_weights(weights, "opt2vec", untrained)
+        cfg = theta.config
+        asked = {"embedding_dim": embedding_dim, "history_length": history_length, "activation": activation, "features": features}
+        for name, value in asked.items():
+            if value is not None and getattr(cfg, name) != value:
+                raise ValueError(f"the weights have {name}={getattr(cfg, name)!r}, not {value!r}")
+        self.theta = theta
+        self.observe_every = int(observe_every or cfg.observe_every)
+        self.budget = budget
+        defaults = dict(base_lr=base_lr, lr=base_lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            group["lr"] = group["base_lr"]
+        named = [(f"group{i}.{j}", p) for i, g in enumerate(self.param_groups) for j, p in enumerate(g["params"])]
+        self._extended = use_extended_features
+        self.tracker = PhysicsTracker(named, extended=use_extended_features)
+        self.state[_GLOBAL] = self._fresh_global()
+
+    def _fresh_global(self) -> dict[str, Any]:
+        cfg = self.theta.config
+        return {
+            "step": 0,  # successful steps
+            "skipped_steps": 0,
+            "backoff": 1.0,
+            "lr_scale": 1.0,
+            "momentum": 0.9,
+            "beta1_prod": 1.0,
+            "loss_sum": 0.0,
+            "loss_count": 0,
+            "first_loss": math.nan,
+            "prev_loss": math.nan,
+            "history": torch.zeros(cfg.history_length, cfg.n_features),
+            "stats": new_stats(cfg.n_features),
+            "embedding": None,
+            "tracker": None,
+        }
+
+    # -- public read-outs -----------------------------------------------------------------
+    @property
+    def embedding(self) -> torch.Tensor | None:
+        """Embedding of the latest observation (``None`` before the first)."""
+        return self.state[_GLOBAL]["embedding"]
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.state[_GLOBAL]["skipped_steps"]
+
+    # -- state_dict -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        g = copy.deepcopy(self.state[_GLOBAL])
+        if self._mid_observation(g["step"]):  # the extended set needs the first step's gradient
+            g["tracker"] = {k: copy.deepcopy(getattr(self.tracker, k)) for k in _TRACKER_FIELDS}
+        sd["state"][_GLOBAL] = g
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        g = self.state.get(_GLOBAL)
+        if g is not None:
+            g = self.state[_GLOBAL] = copy.deepcopy(g)
+        if g is None:
+            self.state[_GLOBAL] = self._fresh_global()
+        elif g.get("tracker"):
+            for k, v in g["tracker"].items():
+                setattr(self.tracker, k, v)
+            g["tracker"] = None
+
+    # -- stepping -------------------------------------------------------------------------
+    def _mid_observation(self, t: int) -> bool:
+        k = self.observe_every
+        return self._extended and k >= 2 and t % k == k - 1
+
+    def _tracked(self, t: int) -> tuple[bool, bool]:
+        """(measure this step, it ends an observation)."""
+        k = self.observe_every
+        ends = t % k == k - 1
+        primes = self._extended and k >= 2 and t % k == k - 2
+        return ends or primes, ends
+
+    def _set_groups(self, g: dict[str, Any]) -> None:
+        for group in self.param_groups:
+            group["lr"] = group["base_lr"] * g["lr_scale"] * g["backoff"]
+            group["betas"] = (g["momentum"], group["betas"][1])
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | torch.Tensor | float | None = None, *, loss: Any = None) -> Any:
+        """One update. Give the loss (``step(loss=loss)``, ``step(loss)``) or a closure that
+        recomputes it (``step(closure)``)."""
+        if closure is not None and not callable(closure):
+            closure, loss = None, closure
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        if loss is None:
+            raise ValueError("Opt2Vec needs the loss: call step(loss=loss) or step(closure)")
+        g = self.state[_GLOBAL]
+        loss_value = float(loss)
+        groups = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            groups.append((group, params, [p.grad for p in params]))
+        all_grads = [gr for _, _, grads in groups for gr in grads]
+        finite = math.isfinite(loss_value)
+        if finite and all_grads:
+            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(all_grads)).sum()))
+        if not finite:  # 0. never let NaN/Inf into the state: skip, back off, show it
+            g["skipped_steps"] += 1
+            g["backoff"] = max(MIN_BACKOFF, g["backoff"] * 0.5)
+            self._set_groups(g)
+            return loss
+        t = g["step"]
+        track, ends = self._tracked(t)
+        if track:
+            self.tracker.before_step()
+        # 1. the base update with the current learned lr and momentum
+        beta1 = g["momentum"]
+        g["beta1_prod"] *= beta1
+        for group, params, grads in groups:
+            if not params:
+                continue
+            exp_avgs, exp_avg_sqs = [], []
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                exp_avgs.append(state["exp_avg"])
+                exp_avg_sqs.append(state["exp_avg_sq"])
+            beta2 = group["betas"][1]
+            adam_direction_(
+                params, grads, exp_avgs, exp_avg_sqs,
+                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                bias_correction1=1 - g["beta1_prod"], bias_correction2=1 - beta2 ** (t + 1),
+            )  # fmt: skip
+        g["step"] = t + 1
+        g["loss_sum"] += loss_value
+        g["loss_count"] += 1
+        g["backoff"] = min(1.0, g["backoff"] * 1.05)
+        # 2. at the end of an observation: features -> history -> new lr scale and momentum
+        if track:
+            physics = self.tracker.after_step()
+            if ends:
+                self._observe(g, physics)
+        self._set_groups(g)
+        return loss
+
+    def _observe(self, g: dict[str, Any], physics: Any) -> None:
+        cfg = self.theta.config
+        mean_loss = g["loss_sum"] / max(g["loss_count"], 1)
+        g["loss_sum"], g["loss_count"] = 0.0, 0
+        if math.isnan(g["first_loss"]):
+            g["first_loss"] = g["prev_loss"] = mean_loss
+        values = physics.values[:3].tolist()
+        phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values))
+        if physics.extended is not None:
+            phys.update(zip(("grad_cos", "curvature", "noise_scale"), physics.extended.tolist()))
+        fraction = min(1.0, g["step"] / self.budget) if self.budget else 0.0
+        raw = raw_features(
+            cfg.features, loss=mean_loss, first_loss=g["first_loss"], prev_loss=g["prev_loss"],
+            lr_scale=g["lr_scale"], physics=phys, budget_fraction=fraction,
+        )  # fmt: skip
+        row = torch.tensor(normalise(raw, cfg.features, g["stats"]), dtype=torch.float32)
+        g["history"] = torch.cat([g["history"][1:], row[None]])
+        g["prev_loss"] = mean_loss
+        g["lr_scale"], g["momentum"], g["embedding"] = policy_step(self.theta, g["history"])

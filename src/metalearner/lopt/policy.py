@@ -1,0 +1,284 @@
+"""The learned part, shared by Opt2Vec and the LR controller: features, weights, network.
+
+Features come from :class:`~metalearner.observe.physics.StepPhysics` (the one physics
+definition the probe also logs) plus the loss and the optimizer's own learning rate. One
+*observation* is one row of features; a policy keeps the last ``history_length`` rows.
+
+=====================  ========================================================  ==========
+feature                raw value                                                 scaling
+=====================  ========================================================  ==========
+``log_loss``           ``log L`` (mean batch loss since the last observation)    online
+``log_loss_rel``       ``log L − log L₀`` (progress since the first observation)  raw
+``log_loss_delta``     ``log L − log L_prev`` (slope between observations)       raw
+``log_grad_norm``      ``log ‖g‖``                                               online
+``log_lr_scale``       ``log(lr / base_lr)`` the scale currently applied          raw
+``log_weight_norm``    ``log ‖θ‖``                                               online
+``log_update_ratio``   ``log(‖Δθ‖ / ‖θ‖)``                                        online
+``grad_cos``           cosine of consecutive gradients                          raw
+``curvature``          ``sign(c)·log(1 + |c|)``, the secant curvature             online
+``budget_fraction``    steps taken / budget (0 without a budget)                 raw
+=====================  ========================================================  ==========
+
+"online" features are standardised with bias-corrected exponential moving averages of
+their mean and variance (:func:`normalise`); all features are clipped to ``[-5, 5]``.
+
+The network (:func:`policy_forward`) is a small MLP over the flattened history::
+
+    e   = act(W₁ · act(W₀ · vec(history) + b₀) + b₁)          # the embedding
+    out = W_h · e + b_h + W_s · latest                          # heads (+ a linear skip)
+
+``W_h``, ``b_h`` and ``W_s`` start at zero, so an untrained policy outputs zeros, which both
+learned optimizers map to "do what the base optimizer does" (lr scale 1, momentum 0.9).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from metalearner.atomic import atomic_path
+from metalearner.errors import ConfigError, MetalearnerError
+
+BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
+EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
+CONTROLLER_FEATURES: tuple[str, ...] = (*BASE_FEATURES, "log_weight_norm", "log_update_ratio")
+ONLINE = frozenset({"log_loss", "log_grad_norm", "log_weight_norm", "log_update_ratio", "curvature"})
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
+CLIP = 5.0
+MAX_LOG_SCALE = 3.0  # lr scale is exp(3·tanh(z/3)): within [1/20, 20] of base_lr
+PRETRAINED = Path(__file__).resolve().parent / "pretrained"
+
+
+class WeightsError(MetalearnerError):
+    """A weights file is missing, corrupt, not safetensors, or does not fit the optimizer."""
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Shape of a policy network; saved inside every weights file."""
+
+    kind: str = "opt2vec"  # "opt2vec" (outputs: log lr scale, momentum logit) or "controller"
+    features: tuple[str, ...] = (*BASE_FEATURES, *EXTENDED_FEATURES)
+    history_length: int = 16
+    hidden_dim: int = 32
+    embedding_dim: int = 64
+    activation: str = "gelu"
+    observe_every: int = 16  # steps between observations (physics is measured on those only)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", tuple(self.features))
+        if self.kind not in ("opt2vec", "controller"):
+            raise ConfigError(f"unknown policy kind {self.kind!r}; choose from opt2vec, controller")
+        unknown = sorted(set(self.features) - set(BASE_FEATURES) - set(EXTENDED_FEATURES))
+        if unknown:
+            raise ConfigError(f"unknown feature(s) {', '.join(unknown)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+        for name in ("history_length", "hidden_dim", "embedding_dim", "observe_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def n_features(self) -> int:
+        return len(self.features)
+
+    @property
+    def n_outputs(self) -> int:
+        return 2 if self.kind == "opt2vec" else 1
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        H, Fn, D, E, O = self.history_length, self.n_features, self.hidden_dim, self.embedding_dim, self.n_outputs
+        return {
+            "enc0.weight": (D, H * Fn), "enc0.bias": (D,),
+            "enc1.weight": (E, D), "enc1.bias": (E,),
+            "head.weight": (O, E), "head.bias": (O,),
+            "skip.weight": (O, Fn),
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "PolicyConfig":
+        return cls(**d)
+
+
+@dataclass
+class PolicyWeights:
+    """Meta-parameters of a policy: its config and named tensors (kept outside any optimizer)."""
+
+    config: PolicyConfig
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+    metadata: dict[str, str] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def init(cls, config: PolicyConfig, seed: int = 0) -> "PolicyWeights":
+        """Untrained weights: a random encoder and zero heads (= the base optimizer)."""
+        gen = torch.Generator().manual_seed(seed)
+        tensors = {}
+        for name, shape in config.shapes().items():
+            if name.startswith("enc") and name.endswith("weight"):
+                tensors[name] = torch.randn(shape, generator=gen) / math.sqrt(shape[1])
+            else:
+                tensors[name] = torch.zeros(shape)
+        return cls(config, tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel() for t in self.tensors.values())
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([self.tensors[k].reshape(-1) for k in self.config.shapes()])
+
+    def with_flat(self, vector: torch.Tensor) -> "PolicyWeights":
+        tensors, i = {}, 0
+        for name, shape in self.config.shapes().items():
+            n = math.prod(shape)
+            tensors[name] = vector[i : i + n].reshape(shape).to(torch.float32).clone()
+            i += n
+        if i != len(vector):
+            raise WeightsError(f"flat vector has {len(vector)} values, the policy needs {i}")
+        return PolicyWeights(self.config, tensors, dict(self.metadata))
+
+    def save(self, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> None:
+        """Atomically write safetensors; the config travels in the file's metadata."""
+        from safetensors.torch import save_file
+
+        meta = {**self.metadata, **(metadata or {}), "config": json.dumps(asdict(self.config))}
+        with atomic_path(path) as tmp:
+            save_file({k: v.contiguous() for k, v in self.tensors.items()}, str(tmp), metadata=meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "PolicyWeights":
+        """Read a safetensors file (never unpickles); any problem raises :class:`WeightsError`."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise WeightsError(f"weights file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = dict(f.metadata() or {})
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:  # SafetensorError, OSError, a pickle renamed .safetensors ...
+            raise WeightsError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        try:
+            config = PolicyConfig.from_dict(json.loads(meta.pop("config")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WeightsError(f"{path} has no valid policy config in its metadata ({e})") from None
+        expected = config.shapes()
+        if set(tensors) != set(expected) or any(tuple(tensors[k].shape) != s for k, s in expected.items()):
+            raise WeightsError(f"{path}: tensors do not match the policy config {asdict(config)}")
+        if not all(torch.isfinite(t).all() for t in tensors.values()):
+            raise WeightsError(f"{path}: weights contain NaN or Inf")
+        return cls(config, {k: v.float() for k, v in tensors.items()}, meta)
+
+
+def default_weights(kind: str) -> PolicyWeights:
+    """The pretrained weights shipped in ``metalearner/lopt/pretrained``."""
+    return PolicyWeights.load(PRETRAINED / f"{kind}.safetensors")
+
+
+def resolve_weights(weights: "PolicyWeights | str | os.PathLike | None", kind: str, config: PolicyConfig) -> PolicyWeights:
+    """``"default"`` -> shipped, a path -> that file, ``None`` -> untrained ``config``."""
+    if weights is None:
+        return PolicyWeights.init(config)
+    if isinstance(weights, PolicyWeights):
+        w = weights
+    elif isinstance(weights, str) and weights == "default":
+        w = default_weights(kind)
+    else:
+        w = PolicyWeights.load(weights)
+    if w.config.kind != kind:
+        raise WeightsError(f"these weights are for {w.config.kind!r}, not {kind!r}")
+    return w
+
+
+# -- the functional kernel ------------------------------------------------------------------
+
+
+def policy_forward(
+    theta: Mapping[str, torch.Tensor], history: torch.Tensor, activation: str = "gelu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs ``(O,)`` and embedding ``(E,)`` from a normalised history ``(H, F)`` (last row
+    is the latest observation). Pure: no state, works batched over leading dims too."""
+    act = ACTIVATIONS[activation]
+    x = history.reshape(*history.shape[:-2], -1)
+    h = act(x @ theta["enc0.weight"].T + theta["enc0.bias"])
+    e = act(h @ theta["enc1.weight"].T + theta["enc1.bias"])
+    out = e @ theta["head.weight"].T + theta["head.bias"] + history[..., -1, :] @ theta["skip.weight"].T
+    return out, e
+
+
+def lr_scale_from(z: torch.Tensor | float) -> float:
+    """``exp(3·tanh(z/3))``: 1 at z = 0, bounded to [1/20, 20]."""
+    return math.exp(MAX_LOG_SCALE * math.tanh(float(z) / MAX_LOG_SCALE))
+
+
+def momentum_from(z: torch.Tensor | float, base: float = 0.9) -> float:
+    """``sigmoid(logit(base) + z)`` clipped to [0, 0.995]: ``base`` at z = 0."""
+    logit = math.log(base / (1 - base)) + max(-20.0, min(20.0, float(z)))
+    return min(0.995, 1.0 / (1.0 + math.exp(-logit)))
+
+
+# -- features -------------------------------------------------------------------------------
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 and math.isfinite(x) else math.log(1e-12) if x == 0 else math.nan
+
+
+def raw_features(
+    names: tuple[str, ...],
+    *,
+    loss: float,
+    first_loss: float,
+    prev_loss: float,
+    lr_scale: float,
+    physics: Mapping[str, float],
+    budget_fraction: float,
+) -> list[float]:
+    """One observation's raw feature values, in the order of ``names`` (NaN -> 0 later)."""
+    grad, weight, update = physics.get("grad_norm", math.nan), physics.get("weight_norm", math.nan), physics.get("update_norm", math.nan)
+    curv = physics.get("curvature", math.nan)
+    values = {
+        "log_loss": _log(loss),
+        "log_loss_rel": _log(loss) - _log(first_loss),
+        "log_loss_delta": _log(loss) - _log(prev_loss),
+        "log_grad_norm": _log(grad),
+        "log_lr_scale": _log(lr_scale),
+        "log_weight_norm": _log(weight),
+        "log_update_ratio": _log(update / weight) if weight > 0 else math.nan,
+        "grad_cos": physics.get("grad_cos", math.nan),
+        "curvature": math.copysign(math.log1p(abs(curv)), curv) if math.isfinite(curv) else math.nan,
+        "budget_fraction": budget_fraction,
+    }
+    return [values[n] for n in names]
+
+
+def normalise(raw: list[float], names: tuple[str, ...], stats: dict[str, list[float]], decay: float = 0.9) -> list[float]:
+    """Update the online statistics ``stats`` (``mean``, ``sq``, ``count``) with ``raw`` and
+    return the scaled, clipped feature row (NaN -> 0)."""
+    n = stats["count"][0] + 1
+    stats["count"][0] = n
+    corr = 1 - decay**n
+    out = []
+    for i, (x, name) in enumerate(zip(raw, names)):
+        if not math.isfinite(x):
+            out.append(0.0)
+            continue
+        if name in ONLINE:
+            stats["mean"][i] = decay * stats["mean"][i] + (1 - decay) * x
+            stats["sq"][i] = decay * stats["sq"][i] + (1 - decay) * x * x
+            mean, sq = stats["mean"][i] / corr, stats["sq"][i] / corr
+            x = (x - mean) / (math.sqrt(max(sq - mean * mean, 0.0)) + 0.1)
+        out.append(max(-CLIP, min(CLIP, x)))
+    return out
+
+
+def new_stats(n_features: int) -> dict[str, list[float]]:
+    return {"mean": [0.0] * n_features, "sq": [0.0] * n_features, "count": [0]}

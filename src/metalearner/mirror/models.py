@@ -1,0 +1,280 @@
+"""Meta-models over windows ``(B, H, F)`` of step features: MLP, GRU, Transformer.
+
+All three share one interface (:class:`Predictor`: windows in, ``(B, T, Q)`` out for ``T``
+targets and ``Q`` quantiles), one training loop (:func:`train_predictor`: AdamW, standardised
+inputs and targets, early stopping on a validation split) and one file format
+(``model.safetensors`` + ``config.json``, never pickle).
+
+Targets may be learned as residuals over an *anchor* feature (``y − x_t[anchor]``, e.g. the
+current log loss for loss targets), which leaves the network only the change to predict.
+The output layer starts at zero, so an untrained model predicts anchor + mean residual;
+loss windows can be seen relative to the current smoothed loss (``relative``). With quantiles ``q_1..q_Q`` the loss is the pinball loss ``Σ_q max(q e, (q − 1) e)`` with
+``e = y − ŷ_q``; without, the mean squared error. Point predictions are the median
+quantile (or the only output).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metalearner.atomic import atomic_path, write_json
+from metalearner.errors import ConfigError, DataError
+
+KINDS = ("mlp", "gru", "transformer")
+
+
+@dataclass
+class PredictorConfig:
+    """Architecture and data description of a predictor (saved as ``config.json``)."""
+
+    kind: str = "gru"
+    features: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    window: int = 32
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    quantiles: list[float] = field(default_factory=list)
+    anchors: dict[str, str] = field(default_factory=dict)  # target -> feature it is a residual over
+    relative: list[str] = field(default_factory=list)  # features seen relative to relative_to's last value
+    relative_to: str = ""
+    x_mean: list[float] = field(default_factory=list)
+    x_std: list[float] = field(default_factory=list)
+    y_mean: list[float] = field(default_factory=list)
+    y_std: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown predictor {self.kind!r}; choose from {', '.join(KINDS)}")
+        if any(not 0 < q < 1 for q in self.quantiles):
+            raise ConfigError(f"quantiles must lie in (0, 1), got {self.quantiles}")
+        unknown = [a for a in [*self.anchors.values(), *self.relative, *([self.relative_to] if self.relative else [])]
+                   if a not in self.features]
+        if unknown:
+            raise ConfigError(f"anchor feature {unknown[0]!r} is not among the features")
+
+
+class Predictor(nn.Module):
+    """Windows ``(B, H, F)`` (raw features) -> predictions ``(B, T, Q)`` in target units."""
+
+    def __init__(self, cfg: PredictorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        F, T, Q, d = len(cfg.features), len(cfg.targets), max(len(cfg.quantiles), 1), cfg.hidden
+        self.register_buffer("x_mean", torch.tensor(cfg.x_mean or [0.0] * F, dtype=torch.float32))
+        self.register_buffer("x_std", torch.tensor(cfg.x_std or [1.0] * F, dtype=torch.float32))
+        self.register_buffer("y_mean", torch.tensor(cfg.y_mean or [0.0] * T, dtype=torch.float32))
+        self.register_buffer("y_std", torch.tensor(cfg.y_std or [1.0] * T, dtype=torch.float32))
+        anchor = [cfg.features.index(cfg.anchors[t]) if t in cfg.anchors else -1 for t in cfg.targets]
+        self.register_buffer("anchor", torch.tensor(anchor, dtype=torch.long), persistent=False)
+        if cfg.kind == "mlp":
+            dims = [F * cfg.window] + [d] * cfg.layers
+            body: list[nn.Module] = []
+            for a, b in zip(dims[:-1], dims[1:]):
+                body += [nn.Linear(a, b), nn.GELU(), nn.Dropout(cfg.dropout)]
+            self.body = nn.Sequential(*body)
+        elif cfg.kind == "gru":
+            self.inp = nn.Linear(F, d)
+            self.body = nn.GRU(d, d, num_layers=cfg.layers, batch_first=True, dropout=cfg.dropout if cfg.layers > 1 else 0.0)
+        else:
+            self.inp = nn.Linear(F, d)
+            self.pos = nn.Parameter(torch.zeros(cfg.window, d))
+            layer = nn.TransformerEncoderLayer(d, cfg.heads, 2 * d, cfg.dropout, batch_first=True, norm_first=True)
+            self.body = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, T * Q)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)  # start at the anchor + mean residual: the persistence-like forecast
+        rel = torch.zeros(F, dtype=torch.bool)
+        rel[[cfg.features.index(f) for f in cfg.relative]] = True
+        self.register_buffer("rel", rel, persistent=False)
+        self.ref = cfg.features.index(cfg.relative_to) if cfg.relative else -1
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Re-express the ``relative`` features as differences to ``relative_to`` at the last
+        step (so a loss window is seen by its shape, not its level)."""
+        if self.ref < 0:
+            return x
+        return x - self.rel * x[:, -1:, self.ref : self.ref + 1]
+
+    def encode(self, z: torch.Tensor) -> torch.Tensor:
+        """Standardised windows -> one vector per window."""
+        if self.cfg.kind == "mlp":
+            return self.body(z.flatten(1))
+        if self.cfg.kind == "gru":
+            return self.body(self.inp(z))[0][:, -1]
+        H = z.shape[1]
+        return self.body(self.inp(z) + self.pos[-H:])[:, -1]
+
+    def forward_std(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions in standardised (residual) target units, ``(B, T, Q)``."""
+        z = ((self.prepare(x) - self.x_mean) / self.x_std).clamp(-10, 10)
+        B = x.shape[0]
+        return self.head(self.encode(z)).view(B, len(self.cfg.targets), -1)
+
+    def anchor_values(self, x: torch.Tensor) -> torch.Tensor:
+        """``x_t[anchor]`` per target (0 for targets without an anchor), ``(B, T)``."""
+        last = x[:, -1]
+        vals = last[:, self.anchor.clamp_min(0)]
+        return torch.where(self.anchor >= 0, vals, torch.zeros_like(vals))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.forward_std(x) * self.y_std[:, None] + self.y_mean[:, None]
+        return y + self.anchor_values(x)[..., None]
+
+    @torch.no_grad()
+    def predict(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+        """Point predictions ``(B, T)`` (median quantile, if any) as a NumPy array."""
+        self.eval()
+        x = torch.as_tensor(x, dtype=torch.float32)
+        outs = [self(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+        y = torch.cat(outs) if outs else torch.zeros(0, len(self.cfg.targets), 1)
+        q = self.cfg.quantiles
+        mid = int(np.argmin([abs(v - 0.5) for v in q])) if q else 0
+        return y[..., mid].numpy()
+
+
+class Ensemble:
+    """The mean of several predictors' point predictions (same features, targets, window)."""
+
+    def __init__(self, models: list[Predictor]) -> None:
+        if not models or any(m.cfg.features != models[0].cfg.features or m.cfg.targets != models[0].cfg.targets
+                             or m.cfg.window != models[0].cfg.window for m in models):  # fmt: skip
+            raise ConfigError("an ensemble needs predictors with the same features, targets and window")
+        self.models = models
+        self.cfg = models[0].cfg
+
+    def predict(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
+        return np.mean([m.predict(x, batch_size) for m in self.models], axis=0)
+
+
+def loss_fn(pred: torch.Tensor, y: torch.Tensor, quantiles: list[float]) -> torch.Tensor:
+    """MSE, or the pinball loss over ``quantiles``; NaN targets are masked out."""
+    mask = torch.isfinite(y)
+    y = torch.where(mask, y, torch.zeros_like(y))[..., None]
+    if quantiles:
+        q = torch.tensor(quantiles, dtype=pred.dtype)
+        e = y - pred
+        per = torch.maximum(q * e, (q - 1) * e).sum(-1)
+    else:
+        per = (pred[..., 0] - y[..., 0]) ** 2
+    return (per * mask).sum() / mask.sum().clamp_min(1)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation of a predictor: AdamW, minibatches, early stopping with ``patience``."""
+
+    epochs: int = 30
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    patience: int = 5
+    seed: int = 0
+    max_train: int | None = None  # cap on examples drawn per epoch (None: all)
+
+
+def _standardise(cfg: PredictorConfig, x: np.ndarray, y: np.ndarray) -> None:
+    flat = Predictor(cfg).prepare(torch.as_tensor(x[: 20000])).numpy().reshape(-1, x.shape[-1])
+    cfg.x_mean = flat.mean(0).tolist()
+    std = flat.std(0)
+    cfg.x_std = np.where(std < 1e-3, 1.0, std).tolist()  # constant in training (an unseen one-hot): unscaled
+    idx = [cfg.features.index(cfg.anchors[t]) if t in cfg.anchors else None for t in cfg.targets]
+    res = np.stack([y[:, j] - (x[:, -1, i] if i is not None else 0.0) for j, i in enumerate(idx)], 1)
+    cfg.y_mean = np.nanmean(res, 0).tolist()
+    cfg.y_std = np.maximum(np.nanstd(res, 0), 1e-6).tolist()
+
+
+def _std_targets(model: Predictor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return (y - model.anchor_values(x) - model.y_mean) / model.y_std
+
+
+def train_predictor(
+    cfg: PredictorConfig, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray] | None,
+    tc: TrainConfig = TrainConfig(),
+) -> tuple[Predictor, list[dict[str, float]]]:
+    """Fit a predictor on ``(windows, targets)``; keep the weights of the best validation
+    epoch (stop after ``patience`` epochs without improvement). Returns the model and its
+    training curve (one dict per epoch: ``epoch``, ``train_loss``, ``val_loss``)."""
+    x, y = train
+    if len(x) == 0:
+        raise DataError("no training examples (check the split and the target)")
+    torch.manual_seed(tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    _standardise(cfg, x, y)
+    model = Predictor(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    X, Y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
+    V = (torch.as_tensor(val[0], dtype=torch.float32), torch.as_tensor(val[1], dtype=torch.float32)) if val and len(val[0]) else None
+    best, best_state, bad, history = math.inf, None, 0, []
+    for epoch in range(tc.epochs):
+        model.train()
+        perm = rng.permutation(len(X))[: tc.max_train or None]
+        total, n = 0.0, 0
+        for i in range(0, len(perm), tc.batch_size):
+            b = torch.as_tensor(perm[i : i + tc.batch_size])
+            loss = loss_fn(model.forward_std(X[b]), _std_targets(model, X[b], Y[b]), cfg.quantiles)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            total, n = total + float(loss.detach()) * len(b), n + len(b)
+        rec = {"epoch": epoch, "train_loss": total / max(n, 1)}
+        score = rec["train_loss"]
+        if V is not None:
+            model.eval()
+            with torch.no_grad():
+                vl = [loss_fn(model.forward_std(V[0][i : i + 4096]), _std_targets(model, V[0][i : i + 4096], V[1][i : i + 4096]),
+                              cfg.quantiles) * len(V[0][i : i + 4096]) for i in range(0, len(V[0]), 4096)]  # fmt: skip
+            score = rec["val_loss"] = float(sum(vl)) / len(V[0])
+        history.append(rec)
+        if score < best - 1e-6:
+            best, bad = score, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad >= tc.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return model, history
+
+
+def save_predictor(model: Predictor, out: str | Path, history: list[dict[str, float]] | None = None) -> Path:
+    """``out/model.safetensors`` + ``out/config.json`` (+ ``history.json``)."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "model.safetensors") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(out / "config.json", asdict(model.cfg))
+    if history is not None:
+        write_json(out / "history.json", history)
+    return out
+
+
+def load_predictor(path: str | Path) -> Predictor:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
+        raise DataError(f"{path} is not a saved predictor (needs config.json and model.safetensors)")
+    model = Predictor(PredictorConfig(**json.loads((path / "config.json").read_text())))
+    model.load_state_dict(load_file(str(path / "model.safetensors")))
+    model.eval()
+    return model
+
+
+def read_history(path: str | Path) -> list[dict[str, Any]]:
+    p = Path(path) / "history.json"
+    return json.loads(p.read_text()) if p.exists() else []

@@ -1,0 +1,115 @@
+"""Glue: train a predictor on a dataset split and score it beside the baselines.
+
+::
+
+    ds = build_dataset("zoo/")
+    split = split_runs(ds.runs, "arch", seed=0)
+    model, history = fit_on_dataset(ds, ["smooth_loss"], split, kind="gru")
+    report = score(ds, model, "smooth_loss", split, "test")   # model vs baselines, ratio, CI
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from metalearner.mirror.baselines import LOSS_TARGETS, baselines, tune_loss_baselines
+from metalearner.mirror.dataset import Dataset, examples, windows
+from metalearner.mirror.evaluate import compare
+from metalearner.mirror.models import Predictor, PredictorConfig, TrainConfig, train_predictor
+
+# what a target is learned as a residual over (its persistence forecast)
+ANCHORS = {"next_loss": "log_loss_ema", "smooth_loss": "log_loss_ema", "ahead_loss": "log_loss_ema", "val_loss_next": "log_val_loss_last",
+           "val_acc_next": "val_acc_last", "final_acc": "val_acc_last"}  # fmt: skip
+# targets whose anchor is chosen on the training side: the candidate with the least MAE
+ANCHOR_CHOICES = {"final_acc": ("val_acc_last", "acc_fit_linear", "acc_fit_power", "acc_fit_exp")}
+
+
+def choose_anchor(ds: Dataset, target: str, idx: np.ndarray) -> str:
+    """The anchor of ``target``: fixed (:data:`ANCHORS`), or the best on the rows ``idx``."""
+    if target not in ANCHOR_CHOICES or not len(idx):
+        return ANCHORS[target]
+    rows = ds.rows.iloc[idx]
+    y = rows[target].to_numpy(float)
+    mae = {c: float(np.nanmean(np.abs(rows[c].to_numpy(float) - y))) for c in ANCHOR_CHOICES[target]}
+    return min(mae, key=lambda c: mae[c] if np.isfinite(mae[c]) else np.inf)
+
+
+def select(ds: Dataset, targets: list[str], split: dict[str, str], side: str, *, stride: int = 1,
+           fraction: tuple[float, float] = (0.0, 1.0), at_fraction: float | None = None) -> np.ndarray:  # fmt: skip
+    return examples(ds, targets, split, side, stride=stride, fraction=fraction, at_fraction=at_fraction)
+
+
+def fit_on_dataset(
+    ds: Dataset, targets: list[str], split: dict[str, str], *, kind: str = "gru", window: int = 32, hidden: int = 64,
+    layers: int = 2, quantiles: list[float] | None = None, stride: int = 1, fraction: tuple[float, float] = (0.0, 1.0),
+    train: TrainConfig = TrainConfig(), features: list[str] | None = None,
+) -> tuple[Predictor, list[dict[str, float]]]:
+    """Train a ``kind`` predictor of ``targets`` on the ``train`` side of ``split``, early
+    stopping on its ``val`` side (every ``stride``-th step with ``fraction`` in range).
+    ``features``: a subset of ``ds.features`` (default: all)."""
+    feats = list(features or ds.features)
+    tr = select(ds, list(targets), split, "train", stride=stride, fraction=fraction)
+    anchors = {t: choose_anchor(ds, t, tr) for t in targets if t in ANCHORS}
+    cfg = PredictorConfig(kind=kind, features=feats, targets=list(targets), window=window, hidden=hidden, layers=layers,
+                          quantiles=list(quantiles or []), anchors=anchors)  # fmt: skip
+    if any(t in LOSS_TARGETS for t in targets):
+        cfg.relative, cfg.relative_to = ["log_loss", "log_loss_ema"], "log_loss_ema"
+    data = {}
+    for side in ("train", "val"):
+        idx = select(ds, list(targets), split, side, stride=stride, fraction=fraction)
+        data[side] = (windows(ds.rows, feats, idx, window), ds.rows[list(targets)].to_numpy(np.float32)[idx])
+    return train_predictor(cfg, data["train"], data["val"], train)
+
+
+def score(
+    ds: Dataset, model: Predictor, target: str, split: dict[str, str], side: str = "test", *, stride: int = 1,
+    fraction: tuple[float, float] = (0.0, 1.0), at_fraction: float | None = None, seed: int = 0, n_boot: int = 1000,
+) -> dict[str, Any]:
+    """The model beside every baseline of ``target`` on the same rows of ``side``; the EMA
+    and linear baselines' settings are tuned on the ``train`` side first."""
+    idx = select(ds, [target], split, side, stride=stride, fraction=fraction, at_fraction=at_fraction)
+    y = ds.rows[target].to_numpy(float)[idx]
+    j = model.cfg.targets.index(target)
+    pred = model.predict(windows(ds.rows, model.cfg.features, idx, model.cfg.window))[:, j]
+    tuned: dict[str, float] = {}
+    tr = select(ds, [target], split, "train", stride=max(stride, 7), fraction=fraction)
+    if target in LOSS_TARGETS:
+        tuned = tune_loss_baselines(ds, tr, target)
+    elif len(tr):
+        tuned = {"train_mean": float(np.mean(ds.rows[target].to_numpy(float)[tr]))}
+    base = baselines(ds, idx, target, **tuned)
+    out = compare(y, pred, base, ds.rows["run_id"].to_numpy()[idx], seed=seed, n_boot=n_boot)
+    out["baseline_settings"] = tuned
+    out.update(target=target, side=side)
+    return out
+
+
+__all__ = ["ANCHORS", "choose_anchor", "fit_on_dataset", "score", "select"]
+
+
+def plot_heldout(ds: Dataset, model: Predictor, target: str, split: dict[str, str], path: Any, *, side: str = "test",
+                 n_runs: int = 3, seed: int = 0) -> Any:  # fmt: skip
+    """Figure: ``n_runs`` held-out runs, the true target along each with the model's
+    prediction and the best baseline over it (and the per-batch log loss for loss targets)."""
+    from metalearner.mirror.evaluate import plot_trajectories
+
+    idx = select(ds, [target], split, side)
+    rows = ds.rows
+    runs = sorted(set(rows["run_id"].to_numpy()[idx]))
+    pick = [runs[i] for i in np.random.default_rng(seed).permutation(len(runs))[:n_runs]]
+    report = score(ds, model, target, split, side, n_boot=10)
+    tuned = report["baseline_settings"]
+    j = model.cfg.targets.index(target)
+    curves = []
+    for rid in pick:
+        ri = idx[rows["run_id"].to_numpy()[idx] == rid]
+        c = {"run_id": rid, "step": rows["step"].to_numpy()[ri], "true": rows[target].to_numpy(float)[ri],
+             "pred": model.predict(windows(rows, model.cfg.features, ri, model.cfg.window))[:, j],
+             "baseline": baselines(ds, ri, target, **tuned)[report["best_baseline"]], "baseline_name": report["best_baseline"]}  # fmt: skip
+        if target in LOSS_TARGETS:
+            c["raw_step"], c["raw"] = c["step"], rows["log_loss"].to_numpy(float)[ri]
+        curves.append(c)
+    ylabel = "log loss" if target in LOSS_TARGETS else target
+    return plot_trajectories(curves, path, ylabel=ylabel, title=f"{target}: held-out runs ({side})")

@@ -1,0 +1,246 @@
+"""The optimizer contract and a table-driven descent check for every method under test."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metalearner.lopt import LRController, Opt2Vec, PolicyWeights
+from metalearner.lopt.policy import PolicyConfig
+from metalearner.observe.probe import optimizer_hparams
+
+
+def random_policy(kind: str = "opt2vec", seed: int = 1, **kw) -> PolicyWeights:
+    """Untrained encoder with non-zero heads, so the learned path really changes lr/momentum."""
+    cfg = PolicyConfig(kind=kind, **kw) if kind == "opt2vec" else PolicyConfig(
+        kind=kind, features=("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale",
+                             "log_weight_norm", "log_update_ratio"), **kw)  # fmt: skip
+    w = PolicyWeights.init(cfg, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    for k in ("head.weight", "head.bias", "skip.weight"):
+        w.tensors[k] = 0.3 * torch.randn(w.tensors[k].shape, generator=gen)
+    return w
+
+
+# -- methods x problems -----------------------------------------------------------------------
+
+METHODS = {
+    "opt2vec_pretrained": lambda p, lr: Opt2Vec(p, lr),
+    "opt2vec_untrained": lambda p, lr: Opt2Vec(p, lr, weights=None),
+    "controller_pretrained": lambda p, lr: LRController(torch.optim.Adam(p, lr=lr)),
+    "adam": lambda p, lr: torch.optim.Adam(p, lr=lr),
+    "sgd_momentum": lambda p, lr: torch.optim.SGD(p, lr=lr / 10 if lr > 0.01 else lr * 10, momentum=0.9),
+}
+
+
+def parabola():
+    x = nn.Parameter(torch.full((10,), 3.0))
+    return [x], lambda: (x**2).sum(), 0.1, 200
+
+
+def rosenbrock():
+    xy = nn.Parameter(torch.tensor([-1.5, 2.0]))
+    return [xy], lambda: (1 - xy[0]) ** 2 + 100 * (xy[1] - xy[0] ** 2) ** 2, 0.02, 400
+
+
+def tiny_mlp():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 4, generator=gen)
+    y = (x[:, 0] * x[:, 1] > 0).long()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    return list(model.parameters()), lambda: nn.functional.cross_entropy(model(x), y), 0.01, 200
+
+
+PROBLEMS = {"parabola": parabola, "rosenbrock": rosenbrock, "tiny_mlp": tiny_mlp}
+
+
+def step(opt, loss):
+    if getattr(opt, "takes_loss", False):
+        opt.step(loss=loss.detach())
+    else:
+        opt.step()
+
+
+@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("method", METHODS)
+def test_descends(method, problem):
+    params, loss_fn, lr, steps = PROBLEMS[problem]()
+    opt = METHODS[method](params, lr)
+    first = float(loss_fn().detach())
+    for _ in range(steps):
+        loss = loss_fn()
+        opt.zero_grad()
+        loss.backward()
+        step(opt, loss)
+    last = float(loss_fn().detach())
+    assert math.isfinite(last) and last < 0.5 * first, (first, last)
+
+
+# -- the torch.optim contract -----------------------------------------------------------------
+
+
+def test_untrained_is_exactly_adam():
+    torch.manual_seed(0)
+    a = nn.Linear(5, 3)
+    b = copy.deepcopy(a)
+    oa, ob = torch.optim.Adam(a.parameters(), lr=1e-2), Opt2Vec(b.parameters(), 1e-2, weights=None)
+    x = torch.randn(16, 5)
+    for _ in range(40):
+        for m, o in ((a, oa), (b, ob)):
+            loss = m(x).pow(2).mean()
+            o.zero_grad()
+            loss.backward()
+            step(o, loss)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_param_groups_lr_and_betas_are_what_it_does():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = Opt2Vec([{"params": model[0].parameters()}, {"params": model[2].parameters(), "base_lr": 1e-2}], 1e-3,
+                  weights=random_policy(), observe_every=2)  # fmt: skip
+    x = torch.randn(32, 4)
+    for _ in range(6):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss)
+    g0, g1 = opt.param_groups
+    assert g1["lr"] / g0["lr"] == pytest.approx(10.0)
+    assert g0["lr"] != pytest.approx(1e-3)  # the learned scale acts
+    lr, momentum = optimizer_hparams(opt)  # what the probe logs
+    assert lr == g0["lr"] and momentum == g0["betas"][0] and 0 <= momentum < 1
+    assert opt.embedding is not None and opt.embedding.shape == (64,)
+
+
+def _run(model, opt, xs, start, stop):
+    for i in range(start, stop):
+        loss = model(xs[i]).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss)
+
+
+@pytest.mark.parametrize("extended", [True, False])
+def test_state_dict_round_trip_continues_identically(extended):
+    torch.manual_seed(0)
+    xs = torch.randn(20, 8, 3)
+    feats = None if extended else ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
+    w = random_policy(**({} if extended else {"features": feats}))
+    model = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1))
+    opt = Opt2Vec(model.parameters(), 1e-2, weights=w, observe_every=4, use_extended_features=extended)
+    _run(model, opt, xs, 0, 7)  # stops between the two measured steps of an observation
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    _run(model, opt, xs, 7, 20)
+    model2 = nn.Sequential(nn.Linear(3, 6), nn.Tanh(), nn.Linear(6, 1))
+    model2.load_state_dict(saved_model)
+    opt2 = Opt2Vec(model2.parameters(), 1e-2, weights=w, observe_every=4, use_extended_features=extended)
+    opt2.load_state_dict(saved_opt)
+    _run(model2, opt2, xs, 7, 20)
+    for p, q in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(p, q)
+    assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+
+
+def test_closure_and_loss_forms_agree():
+    results = []
+    for form in ("closure", "keyword", "positional"):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        x = torch.randn(8, 3)
+        opt = Opt2Vec(model.parameters(), 1e-2, weights=random_policy(), observe_every=2)
+
+        def closure():
+            opt.zero_grad()
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            return loss
+
+        for _ in range(5):
+            if form == "closure":
+                opt.step(closure)
+            else:
+                loss = closure()
+                opt.step(loss=loss) if form == "keyword" else opt.step(loss)
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])
+    with pytest.raises(ValueError, match="needs the loss"):
+        opt.step()
+
+
+def test_any_module_with_unused_params_and_zero_grad():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    unused = nn.Parameter(torch.ones(2))
+    opt = Opt2Vec([*model.parameters(), unused], 1e-3)
+    x = torch.randn(4, 1, 6, 6)
+    for _ in range(20):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss)
+    assert torch.equal(unused, torch.ones(2)) and unused not in opt.state
+    opt.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"base_lr": -1.0}, "Invalid base_lr"), ({"beta2": 1.0}, "Invalid beta2"), ({"eps": -1.0}, "Invalid epsilon"),
+     ({"weight_decay": -1.0}, "Invalid weight_decay"), ({"budget": 0}, "Invalid budget"),
+     ({"embedding_dim": 7}, "embedding_dim")],
+)  # fmt: skip
+def test_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Opt2Vec([nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_controller_is_a_drop_in_optimizer():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    inner = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ctrl = LRController(inner, weights=random_policy("controller", history_length=8, hidden_dim=16, embedding_dim=16,
+                                                     activation="tanh"), observe_every=2)  # fmt: skip
+    x = torch.randn(8, 3)
+    for _ in range(10):
+        loss = model(x).pow(2).mean()
+        ctrl.zero_grad()
+        loss.backward()
+        ctrl.step(loss=loss)
+    assert ctrl.param_groups is inner.param_groups
+    assert inner.param_groups[0]["lr"] != pytest.approx(0.1) and inner.param_groups[0]["base_lr"] == 0.1
+    sd = ctrl.state_dict()
+    ctrl2 = LRController(torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.1, momentum=0.9), weights=ctrl.theta)
+    ctrl2.load_state_dict(sd)
+    assert ctrl2.ctrl_state["lr_scale"] == ctrl.ctrl_state["lr_scale"]
+
+
+def test_works_in_fit():
+    import numpy as np
+
+    from metalearner.tasks import ModelConfig, TaskConfig, make_task
+    from metalearner.train import fit
+
+    task = make_task(TaskConfig(dataset="synthetic", model=ModelConfig(depth=1, width=16), batch_size=64, n_train=256))
+    for make in (lambda p: Opt2Vec(p, 3e-3), lambda p: LRController(torch.optim.Adam(p, lr=3e-3))):
+        model = task.build_model(seed=0)
+        result = fit(model, make(model.parameters()), task, epochs=3)
+        assert result.status == "complete" and np.isfinite(result.final["val_loss"])
+
+
+def test_analysis_plots(tmp_path):
+    from metalearner.lopt.analysis import plot_embedding, plot_schedule, record_run
+    from metalearner.tasks import ModelConfig, TaskConfig, make_task
+
+    task = make_task(TaskConfig(dataset="synthetic", model=ModelConfig(depth=1, width=16), batch_size=32, n_train=256))
+    traj = record_run(task, lambda p: Opt2Vec(p, 1e-3), steps=96)
+    assert traj["embedding"].shape == (96 // 16, 64) and len(traj["lr"]) == 96
+    plot_embedding(traj, tmp_path / "emb.png")
+    plot_schedule(traj, tmp_path / "sched.png")
+    assert (tmp_path / "emb.png").stat().st_size > 1000 and (tmp_path / "sched.png").stat().st_size > 1000

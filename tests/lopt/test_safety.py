@@ -1,0 +1,100 @@
+"""NaN/Inf robustness and safe (pickle-free) weight loading."""
+
+from __future__ import annotations
+
+import math
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+from metalearner.errors import MetalearnerError
+from metalearner.lopt import LRController, Opt2Vec, PolicyWeights, WeightsError, default_weights
+from metalearner.lopt.policy import PolicyConfig
+from metalearner.observe import Probe
+
+
+def _steps(model, opt, x, n):
+    for _ in range(n):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss)
+
+
+@pytest.mark.parametrize("poison", ["loss", "grad_nan", "grad_inf"])
+def test_bad_step_is_skipped_backed_off_and_visible(poison):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    opt = Opt2Vec(model.parameters(), 1e-2, observe_every=2)
+    probe = Probe(model, opt)
+    x = torch.randn(8, 3)
+    _steps(model, opt, x, 5)
+    before = [p.detach().clone() for p in model.parameters()]
+    lr_before = opt.param_groups[0]["lr"]
+    loss = model(x).pow(2).mean()
+    opt.zero_grad()
+    loss.backward()
+    if poison == "loss":
+        loss = torch.tensor(math.nan)
+    else:
+        model.weight.grad[0, 0] = math.nan if poison == "grad_nan" else math.inf
+    opt.step(loss=loss)
+    assert opt.skipped_steps == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr_before / 2)
+    assert probe._host["lr"][-1] == pytest.approx(lr_before / 2)  # the probe logged the back-off
+    _steps(model, opt, x, 6)
+    state = opt.state_dict()["state"]
+    assert all(torch.isfinite(t).all() for s in state.values() if isinstance(s, dict) for t in s.values() if torch.is_tensor(t))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    probe.close()
+
+
+def test_controller_backs_off_on_nan():
+    model = nn.Linear(3, 2)
+    ctrl = LRController(torch.optim.Adam(model.parameters(), lr=1e-2))
+    ctrl.adapt(torch.tensor(math.inf))
+    assert ctrl.skipped_steps == 1 and ctrl.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert torch.isfinite(ctrl.ctrl_state["history"]).all()
+
+
+def test_weights_round_trip(tmp_path):
+    w = PolicyWeights.init(PolicyConfig(history_length=4, hidden_dim=8, embedding_dim=8), seed=3)
+    w.save(tmp_path / "w.safetensors", metadata={"note": "x"})
+    v = PolicyWeights.load(tmp_path / "w.safetensors")
+    assert v.config == w.config and v.metadata["note"] == "x"
+    assert torch.equal(v.flat(), w.flat())
+    Opt2Vec([nn.Parameter(torch.ones(2))], weights=tmp_path / "w.safetensors")
+
+
+def test_pickle_renamed_to_safetensors_fails_cleanly(tmp_path):
+    path = tmp_path / "evil.safetensors"
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("unpickled!",))
+
+    path.write_bytes(pickle.dumps({"w": Boom()}))
+    with pytest.raises(WeightsError, match="not a readable safetensors"):
+        PolicyWeights.load(path)
+    torch.save({"enc0.weight": torch.ones(2)}, tmp_path / "torch.safetensors")
+    with pytest.raises(MetalearnerError):
+        Opt2Vec([nn.Parameter(torch.ones(2))], weights=tmp_path / "torch.safetensors")
+    with pytest.raises(WeightsError, match="does not exist"):
+        PolicyWeights.load(tmp_path / "missing.safetensors")
+
+
+def test_shipped_weights_load_without_pickle(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    for kind in ("opt2vec", "controller"):
+        w = default_weights(kind)
+        assert w.config.kind == kind and w.n_params < 10_000
+    with pytest.raises(WeightsError, match="for 'controller'"):
+        Opt2Vec([nn.Parameter(torch.ones(2))], weights=default_weights("controller"))

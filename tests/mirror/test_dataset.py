@@ -1,0 +1,147 @@
+"""Mirror datasets: targets on a hand-made trajectory, LR siblings, grouped splits, windows."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from metalearner.errors import ConfigError, DataError
+from metalearner.mirror.dataset import (
+    SPLITS, Dataset, DatasetConfig, build_dataset, forward_mean, group_of, split_runs, windows,
+)  # fmt: skip
+from metalearner.observe.store import write_run_json, write_table
+
+LOSSES = np.array([4.0, 3.0, 2.0, 1.0, 0.5, 0.25, 0.125, 0.0625])
+VAL_ACC = [None, None, 0.5, None, None, 0.8, None, 0.95]  # evaluations after steps 2, 5, 7
+
+
+def fake_run(root, rid, *, lr=0.1, acc=VAL_ACC, losses=LOSSES, depth=1, width=16, activation="relu", optimizer="sgd",
+             seed=0, status="complete"):  # fmt: skip
+    """A run directory written with the store's own functions, 2 epochs of 4 steps."""
+    n = len(losses)
+    traj = pd.DataFrame({
+        "run_id": rid, "step": np.arange(n), "epoch": np.arange(n) // 4, "batch": np.arange(n) % 4,
+        "loss": np.asarray(losses, np.float32), "loss_delta": np.nan, "train_acc": 0.5,
+        "val_loss": [None if a is None else 1 - a for a in acc], "val_acc": acc,
+        "grad_norm": 1.0, "weight_norm": 10.0, "update_norm": 0.1, "update_ratio": 0.01, "lr": lr, "momentum": 0.0,
+        "optimizer": "SGD", "task": "digits", "depth": depth, "width": width, "activation": activation, "n_params": 100,
+        "wall_time": 0.0,
+    })  # fmt: skip
+    d = root / "runs" / rid
+    d.mkdir(parents=True)
+    write_table(pa.Table.from_pandas(traj, preserve_index=False), d / "trajectory.parquet")
+    model = {"family": "mlp", "depth": depth, "width": width, "activation": activation, "init": "default"}
+    config = {"task": {"dataset": "digits", "model": model, "batch_size": 32, "seed": 0, "n_train": None, "data_options": {}},
+              "optimizer": optimizer, "lr": lr, "momentum": None, "weight_decay": 0.0, "schedule": "constant", "epochs": 2,
+              "steps": None, "eval_every": None, "target_acc": None, "seed": seed, "extended": False}  # fmt: skip
+    arch = {**model, "n_params": 100, "vector": [1.0, 0.0, float(depth), math.log2(width)], "vector_fields": ["family=mlp", "family=cnn", "depth", "log2_width"]}
+    final = {"val_acc": [a for a in acc if a is not None][-1]} if status != "stopped" else {}
+    write_run_json(d, {"run_id": rid, "status": status, "task": "digits", "architecture": arch, "config": config, "final": final})
+    return d
+
+
+def test_targets_on_a_hand_made_trajectory(tmp_path):
+    fake_run(tmp_path, "a")
+    ds = build_dataset(tmp_path, cfg=DatasetConfig(k=2, ahead=3, acc_threshold=0.8))
+    r = ds.rows
+    log = np.log(LOSSES)
+    assert r["next_loss"].iloc[:-1].tolist() == pytest.approx(log[1:].tolist())
+    assert math.isnan(r["next_loss"].iloc[-1])
+    # smoothed: mean of the next k=2 log losses; ahead: mean of log losses t+2..t+3
+    assert r["smooth_loss"].iloc[0] == pytest.approx((log[1] + log[2]) / 2)
+    assert r["smooth_loss"].iloc[5] == pytest.approx((log[6] + log[7]) / 2)
+    assert r["smooth_loss"].iloc[6:].isna().all()
+    assert r["ahead_loss"].iloc[0] == pytest.approx((log[2] + log[3]) / 2)
+    assert r["ahead_loss"].iloc[4] == pytest.approx((log[6] + log[7]) / 2)
+    assert r["ahead_loss"].iloc[5:].isna().all()
+    # next evaluation strictly after t
+    assert r["val_acc_next"].tolist()[:7] == pytest.approx([0.5, 0.5, 0.8, 0.8, 0.8, 0.95, 0.95])
+    assert r["val_loss_next"].iloc[0] == pytest.approx(math.log(0.5))
+    assert r["final_acc"].tolist() == pytest.approx([0.95] * 8)
+    # 0.8 first reached at step 5
+    assert r["steps_to_acc"].tolist() == [5, 4, 3, 2, 1, 0, 0, 0]
+    assert not r["censored_acc"].any()
+    # features are the probe's columns, transformed
+    assert r["log_loss"].tolist() == pytest.approx(log.tolist())
+    assert r["log_lr"].iloc[0] == pytest.approx(math.log(0.1))
+    assert r["val_acc_last"].tolist() == pytest.approx([0, 0, 0.5, 0.5, 0.5, 0.8, 0.8, 0.95])
+    assert r["fraction"].tolist() == pytest.approx(np.arange(8) / 8)
+    assert r["arch:depth"].iloc[0] == 1 and r["opt=sgd"].iloc[0] == 1 and r["data=digits"].iloc[0] == 1
+
+
+def test_censored_convergence_and_pruned_final(tmp_path):
+    fake_run(tmp_path, "slow", acc=[None, None, 0.3, None, None, 0.4, None, 0.5])
+    fake_run(tmp_path, "cut", status="stopped")
+    ds = build_dataset(tmp_path, cfg=DatasetConfig(acc_threshold=0.9))
+    slow = ds.rows[ds.rows["run_id"] == "slow"]
+    assert slow["censored_acc"].all() and slow["steps_to_acc"].isna().all()
+    assert ds.rows[ds.rows["run_id"] == "cut"]["final_acc"].isna().all()
+
+
+def test_lr_log_ratio_between_siblings(tmp_path):
+    for rid, lr, final in [("lo", 0.01, 0.6), ("mid", 0.1, 0.9), ("hi", 1.0, 0.7)]:
+        fake_run(tmp_path, rid, lr=lr, acc=[None] * 7 + [final])
+    fake_run(tmp_path, "other", lr=0.5, width=32)  # no sibling: differs in width
+    ds = build_dataset(tmp_path)
+    ratio = ds.runs.set_index("run_id")["lr_log_ratio"]
+    assert ratio["lo"] == pytest.approx(math.log(10)) and ratio["mid"] == 0 and ratio["hi"] == pytest.approx(-math.log(10))
+    assert math.isnan(ratio["other"])
+    assert ds.rows[ds.rows["run_id"] == "lo"]["lr_log_ratio"].tolist() == pytest.approx([math.log(10)] * 8)
+
+
+def test_save_load_round_trip(tmp_path):
+    fake_run(tmp_path, "a")
+    ds = build_dataset(tmp_path, tmp_path / "data")
+    back = Dataset.load(tmp_path / "data")
+    pd.testing.assert_frame_equal(back.rows, ds.rows)
+    assert back.features == ds.features and back.config == ds.config
+    with pytest.raises(DataError):
+        Dataset.load(tmp_path / "nope")
+    with pytest.raises(DataError):
+        build_dataset(tmp_path / "nope")
+
+
+def _many_runs(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({
+        "run_id": [f"r{i}" for i in range(n)], "depth": rng.integers(1, 4, n), "width": rng.choice([16, 32, 64], n),
+        "activation": rng.choice(["relu", "tanh"], n), "task": rng.choice(["digits", "moons", "mnist1d"], n),
+        "optimizer": rng.choice(["sgd", "adam", "rmsprop"], n),
+    })  # fmt: skip
+
+
+@pytest.mark.parametrize("by", SPLITS)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_splits_never_leak(by, seed):
+    runs = _many_runs(seed=seed)
+    split = split_runs(runs, by, seed=seed)
+    assert set(split) == set(runs["run_id"]) and set(split.values()) <= {"train", "val", "test"}
+    sides = pd.DataFrame({"group": group_of(runs, by).to_numpy(), "side": runs["run_id"].map(split)})
+    assert (sides.groupby("group")["side"].nunique() == 1).all()  # a group (hence a run) is on one side only
+    assert {"train", "test"} <= set(split.values())
+    assert split == split_runs(runs, by, seed=seed)  # reproducible from the seed
+
+
+def test_explicit_holdout_and_errors():
+    runs = _many_runs()
+    split = split_runs(runs, "optimizer", holdout=["adam"])
+    assert {s for rid, s in split.items() if runs.set_index("run_id").loc[rid, "optimizer"] == "adam"} == {"test"}
+    assert "test" not in {s for rid, s in split.items() if runs.set_index("run_id").loc[rid, "optimizer"] != "adam"}
+    with pytest.raises(ConfigError, match="not in the data"):
+        split_runs(runs, "optimizer", holdout=["lion"])
+    with pytest.raises(ConfigError, match="unknown split"):
+        split_runs(runs, "colour")
+
+
+def test_windows_are_edge_padded_per_run():
+    rows = pd.DataFrame({"run_id": ["a"] * 3 + ["b"] * 3, "f": [1.0, 2, 3, 10, 20, 30]})
+    w = windows(rows, ["f"], np.array([0, 2, 3, 5]), 3)[..., 0]
+    assert w.tolist() == [[1, 1, 1], [1, 2, 3], [10, 10, 10], [10, 20, 30]]
+
+
+def test_forward_mean():
+    x = np.arange(6, dtype=float)
+    assert forward_mean(x, 2).tolist()[:4] == [1.5, 2.5, 3.5, 4.5]
+    assert forward_mean(x, 2, offset=3).tolist()[:3] == [2.5, 3.5, 4.5]

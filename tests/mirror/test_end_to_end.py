@@ -1,0 +1,137 @@
+"""A tiny real zoo through the whole mirror: dataset, training, scoring, figures, the pruner
+inside a sweep, pruner replay, the LR advisor and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from metalearner.mirror import (
+    CurvePruner, Dataset, LRAdvisor, build_dataset, fit_on_dataset, load_predictor, replay, save_predictor, score, split_runs,
+)  # fmt: skip
+from metalearner.cli import app
+from metalearner.mirror.models import TrainConfig
+from metalearner.mirror.pipeline import plot_heldout
+from metalearner.observe.store import read_run, read_trajectory
+from metalearner.tasks.models import ModelConfig
+from metalearner.tasks.task import TaskConfig
+from metalearner.train.run import RunConfig
+from metalearner.zoo import InlineExecutor, SuccessiveHalving, run_sweep
+
+runner = CliRunner()
+QUICK = TrainConfig(epochs=3, batch_size=128)
+
+
+def _runs(widths=(8, 16), lrs=(0.003, 0.03), epochs=2):
+    return [
+        RunConfig(task=TaskConfig(dataset="digits", batch_size=64, model=ModelConfig(depth=1, width=w, activation=a)),
+                  optimizer="adam", lr=lr, epochs=epochs, eval_every=4, seed=0)
+        for w, a in zip(widths, ("relu", "tanh")) for lr in lrs
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("mirror") / "zoo"
+    run_sweep(_runs(), out, InlineExecutor(), progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ds(zoo):
+    return build_dataset(zoo, zoo.parent / "data")
+
+
+def test_dataset_from_a_real_zoo(ds):
+    assert len(ds.runs) == 4 and set(ds.runs["status"]) == {"complete"}
+    assert ds.runs["lr_log_ratio"].notna().all()  # two LR siblings per architecture
+    assert np.isfinite(ds.rows[ds.features].to_numpy(float)).sum() > 0.9 * ds.rows[ds.features].size
+    assert ds.rows.groupby("run_id")["step"].apply(lambda s: (s.diff().dropna() == 1).all()).all()
+
+
+def test_train_score_plot_on_held_out_architecture(ds, tmp_path):
+    split = split_runs(ds.runs, "arch", holdout=["1x16:tanh"], val=0.0)
+    assert {s for s in split.values()} == {"train", "test"}
+    model, hist = fit_on_dataset(ds, ["smooth_loss", "final_acc"], split, kind="gru", window=8, hidden=8, layers=1, train=QUICK)
+    assert len(hist) == 3
+    rep = score(ds, model, "smooth_loss", split, n_boot=50)
+    assert set(rep["baselines"]) == {"persistence", "ema", "linear"} and rep["n_runs"] == 2
+    assert rep["ratio"] > 0 and rep["ratio_ci95"][0] <= rep["ratio_ci95"][1]
+    acc = score(ds, model, "final_acc", split, at_fraction=0.5, n_boot=50)
+    assert acc["model"]["n"] == 2  # one row per held-out run
+    assert {"persistence", "power_law", "exponential", "linear"} == set(acc["baselines"])
+    assert plot_heldout(ds, model, "smooth_loss", split, tmp_path / "h.png", n_runs=2).stat().st_size > 1000
+
+
+def _recorded(zoo):
+    out = []
+    for d in sorted((zoo / "runs").iterdir()):
+        out.append((d.name, read_trajectory(d, format="pandas"), read_run(d)["config"]))
+    return out
+
+
+def test_curve_pruner_in_a_sweep_and_in_replay(ds, zoo, tmp_path):
+    split = {rid: "train" for rid in ds.runs["run_id"]}
+    model, hist = fit_on_dataset(ds, ["final_acc"], split, kind="mlp", window=8, hidden=8, layers=1, train=QUICK)
+    save_predictor(model, tmp_path / "m", hist)
+    # a pruner with a huge margin never stops; one that demands +1.0 accuracy stops at min_fraction
+    keep = replay(_recorded(zoo), CurvePruner(tmp_path / "m", margin=1.0))
+    assert keep["stopped"] == 0
+    everything = replay(_recorded(zoo), None)
+    assert keep["steps"] == everything["steps"] and keep["best_acc"] == everything["best_acc"]
+    harsh = CurvePruner(tmp_path / "m", margin=-1.0, min_fraction=0.3)
+    cut = replay(_recorded(zoo), harsh)
+    assert cut["stopped"] == 3 and cut["steps"] < everything["steps"]  # the first run has no rival yet
+    assert not cut["runs"][sorted(cut["runs"])[0]]["stopped"]
+    assert sum(d["stop"] for d in harsh.decisions) == 3 and all(d["step"] + 1 >= 0.3 * 38 for d in harsh.decisions)
+    sh = replay(_recorded(zoo), SuccessiveHalving(), tmp_path / "sh")
+    assert sh["steps"] <= everything["steps"]
+    # the real hook: the sweep pickles the pruner into its worker and calls it after evaluations
+    res = run_sweep(_runs(widths=(32,), lrs=(0.01, 0.02)), tmp_path / "zoo2", InlineExecutor(),
+                    pruner=CurvePruner(tmp_path / "m", margin=-1.0, min_fraction=0.3), progress=False)  # fmt: skip
+    assert res.counts == {"complete": 1, "pruned": 1}
+    assert (tmp_path / "zoo2" / "curve_pruner").is_dir()
+
+
+def test_lr_advisor(ds, zoo, tmp_path):
+    split = {rid: "train" for rid in ds.runs["run_id"]}
+    model, hist = fit_on_dataset(ds, ["lr_log_ratio"], split, kind="mlp", window=8, hidden=8, layers=1, train=QUICK)
+    save_predictor(model, tmp_path / "lr", hist)
+    rid, traj, cfg = _recorded(zoo)[0]
+    advisor = LRAdvisor(tmp_path / "lr", max_factor=4)
+    f = advisor.suggest(traj.iloc[:30], cfg, 80)
+    assert 0.25 <= f <= 4
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert advisor.apply(opt, traj.iloc[:30], cfg, 80) == pytest.approx(f)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * f)
+
+
+def test_cli(zoo, tmp_path):
+    r = runner.invoke(app, ["dataset", "build", str(zoo), "--out", str(tmp_path / "d"), "--k", "5"])
+    assert r.exit_code == 0, r.output
+    assert Dataset.load(tmp_path / "d").config.k == 5
+    r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "m"), "--kind", "transformer",
+                                   "--split", "arch", "--holdout", "1x8:relu", "--window", "8", "--hidden", "8", "--epochs", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert load_predictor(tmp_path / "m").cfg.kind == "transformer"
+    r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "m"), str(tmp_path / "d"), "--plots", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)
+    assert rep[0]["target"] == "smooth_loss" and "ratio_ci95" in rep[0]
+    assert (tmp_path / "p" / "training.png").exists() and (tmp_path / "p" / "heldout.png").exists()
+    r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "m"), str(tmp_path / "d")])
+    assert "best baseline" in r.output
+
+
+def test_live_features_match_the_dataset(ds, zoo):
+    """What the pruner and advisor compute from a live trajectory equals the dataset's rows."""
+    from metalearner.mirror.dataset import live_rows, total_steps
+
+    rid, traj, cfg = _recorded(zoo)[1]
+    prefix = traj.iloc[:25]
+    live = live_rows(prefix, cfg, total_steps(traj, cfg), window=8)
+    mine = ds.rows[ds.rows["run_id"] == rid].iloc[:25]
+    np.testing.assert_allclose(live[ds.features].to_numpy(float)[-8:], mine[ds.features].to_numpy(float)[-8:], rtol=1e-6, equal_nan=True)

@@ -1,0 +1,115 @@
+"""Baselines, metrics and the three predictors: correctness, overfitting, save/load."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metalearner.errors import ConfigError, DataError
+from metalearner.mirror.baselines import ema, linear, persistence
+from metalearner.mirror.curves import curve_baselines, curve_features
+from metalearner.mirror.evaluate import bootstrap_ratio, compare, metrics
+from metalearner.mirror.models import KINDS, PredictorConfig, TrainConfig, load_predictor, save_predictor, train_predictor
+
+
+def test_window_baselines():
+    x = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 5.0, 5.0, 5.0]])
+    assert persistence(x).tolist() == [4.0, 5.0]
+    # m = 1 -> 1.5 -> 2.25 -> 3.125 with α = 0.5
+    assert ema(x, 0.5).tolist() == pytest.approx([3.125, 5.0])
+    assert linear(x, 1.0).tolist() == pytest.approx([5.0, 5.0])  # an exact line continues
+    assert linear(x, 2.5).tolist() == pytest.approx([6.5, 5.0])
+
+
+def test_curve_fits_recover_exact_curves():
+    s = np.arange(1, 21, dtype=float) * 10
+    T = 1000.0
+    power = 0.9 - 0.5 * s**-0.5
+    fit = curve_baselines(s, power, T)
+    assert fit["power_law"] == pytest.approx(0.9 - 0.5 * T**-0.5, abs=1e-3)
+    assert fit["persistence"] == power[-1]
+    expo = 0.95 - 0.6 * np.exp(-4 * s / T)
+    assert curve_baselines(s, expo, T)["exponential"] == pytest.approx(0.95 - 0.6 * math.exp(-4), abs=1e-3)
+    few = curve_baselines(s[:2], expo[:2], T)
+    assert few["power_law"] == few["persistence"] == expo[1]  # too few points: last value
+    assert math.isnan(curve_baselines(s[:0], expo[:0], T)["persistence"])
+
+
+def test_curve_features_are_causal_and_forward_filled():
+    acc = np.full(40, np.nan)
+    acc[[4, 9, 14, 19, 24, 29, 34, 39]] = np.linspace(0.3, 0.9, 8)
+    f = curve_features(np.arange(40), acc, 40.0)["acc_fit_linear"]
+    assert np.isnan(f[:4]).all() and np.isfinite(f[4:]).all()
+    assert len(set(f[14:19])) == 1  # constant between evaluations
+    g = curve_features(np.arange(40), np.where(np.arange(40) <= 24, acc, np.nan), 40.0)["acc_fit_linear"]
+    assert f[:25].tolist() == pytest.approx(g[:25].tolist(), nan_ok=True)  # no look-ahead
+
+
+def test_metrics_and_bootstrap():
+    y = np.array([0.0, 1.0, 2.0, 3.0])
+    m = metrics(y, y + 1)
+    assert (m["mae"], m["rmse"]) == (1.0, 1.0) and m["r2"] == pytest.approx(1 - 4 / 5)
+    groups = np.array(["a", "a", "b", "b"])
+    lo, hi = bootstrap_ratio(y, y + 0.5, y + 1.0, groups, n=200)
+    assert lo == hi == pytest.approx(0.5)
+    rep = compare(y, y + 0.5, {"zero": np.zeros(4), "shift": y + 1.0}, groups, n_boot=100)
+    assert rep["best_baseline"] == "shift" and rep["ratio"] == pytest.approx(0.5) and rep["beats_best_baseline"]
+
+
+def _toy(n=96, H=8, F=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, H, F)).astype(np.float32)
+    y = np.stack([x[:, -1, 0] + 0.5 * x[:, :, 1].mean(1), x[:, 0, 2] * 2], 1).astype(np.float32)
+    return x, y
+
+
+def _cfg(kind, **kw):
+    return PredictorConfig(kind=kind, features=["a", "b", "c"], targets=["y1", "y2"], window=8, hidden=32, layers=1,
+                           dropout=0.0, **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_predictor_overfits_a_tiny_dataset(kind):
+    x, y = _toy(48)
+    model, hist = train_predictor(_cfg(kind), (x, y), None, TrainConfig(epochs=100, batch_size=48, lr=1e-2, weight_decay=0, patience=100))
+    err = np.abs(model.predict(x) - y).mean() / np.abs(y - y.mean(0)).mean()
+    assert err < 0.2, (kind, err)
+    assert hist[-1]["train_loss"] < 0.1 * hist[0]["train_loss"]
+
+
+def test_anchor_quantiles_early_stopping_and_save_load(tmp_path):
+    x, y = _toy()
+    cfg = _cfg("gru", quantiles=[0.1, 0.5, 0.9], anchors={"y1": "a"}, relative=["b"], relative_to="a")
+    val = _toy(32, seed=1)
+    model, hist = train_predictor(cfg, (x, y), val, TrainConfig(epochs=20, patience=3, batch_size=48))
+    assert "val_loss" in hist[0] and len(hist) <= 40
+    out = model(torch.as_tensor(x))
+    assert out.shape == (len(x), 2, 3)
+    assert (out[..., 0] <= out[..., 2] + 1e-4).float().mean() > 0.9  # quantiles mostly ordered
+    save_predictor(model, tmp_path / "m", hist)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "history.json", "model.safetensors"]
+    back = load_predictor(tmp_path / "m")
+    assert np.array_equal(back.predict(x), model.predict(x))
+    assert back.cfg.anchors == {"y1": "a"} and back.cfg.quantiles == [0.1, 0.5, 0.9]
+
+
+def test_untrained_predictor_starts_at_its_anchor():
+    x, y = _toy()
+    cfg = _cfg("mlp", anchors={"y1": "a"})
+    model, _ = train_predictor(cfg, (x, y), None, TrainConfig(epochs=0))
+    pred = model.predict(x)
+    assert pred[:, 0] == pytest.approx(x[:, -1, 0] + model.cfg.y_mean[0], abs=1e-5)
+
+
+def test_predictor_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown predictor"):
+        PredictorConfig(kind="lstm")
+    with pytest.raises(ConfigError, match="quantiles"):
+        PredictorConfig(quantiles=[1.5])
+    with pytest.raises(ConfigError, match="anchor"):
+        PredictorConfig(features=["a"], targets=["y"], anchors={"y": "z"})
+    with pytest.raises(DataError):
+        load_predictor(tmp_path)
+    with pytest.raises(DataError, match="no training examples"):
+        train_predictor(_cfg("mlp"), (np.zeros((0, 8, 3), np.float32), np.zeros((0, 2), np.float32)), None)
