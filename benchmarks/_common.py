@@ -8,8 +8,9 @@ import os
 import platform
 import statistics
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -62,3 +63,44 @@ def finish(name: str, summary: dict[str, Any], details: dict[str, Any], *, quick
         }
         (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(summary))
+
+
+def interleaved_seconds(
+    task: Any,
+    modes: tuple[str, ...],
+    make_run: Callable[[str, int], tuple[Any, Any, Any]],
+    *,
+    repeats: int,
+    blocks: int,
+    block_steps: int,
+) -> dict[str, list[float]]:
+    """Seconds of training per repeat for each mode, timed side by side.
+
+    ``make_run(mode, repeat)`` returns ``(model, optimizer, probe or None)``. Within a repeat
+    the modes take turns in blocks of ``block_steps`` steps on the same batches, rotating the
+    order every block, so load from elsewhere on a shared machine hits all modes alike. Each
+    step is :func:`metalearner.train.train_step`; closing a probe (its last flush) is timed.
+    """
+    from metalearner.train import train_step
+
+    data, bs = task.data, task.config.batch_size
+    gen = torch.Generator().manual_seed(0)
+    seconds: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(repeats):
+        runs = {mode: make_run(mode, r) for mode in modes}
+        total = dict.fromkeys(modes, 0.0)
+        for b in range(blocks):
+            idx = [torch.randint(0, data.n_train, (bs,), generator=gen) for _ in range(block_steps)]
+            for mode in modes[b % len(modes) :] + modes[: b % len(modes)]:
+                model, opt, probe = runs[mode]
+                t0 = time.perf_counter()
+                for i in idx:
+                    train_step(model, opt, task.loss_fn, data.x_train[i], data.y_train[i], probe=probe)
+                total[mode] += time.perf_counter() - t0
+        for mode, (_, _, probe) in runs.items():
+            if probe is not None:
+                t0 = time.perf_counter()
+                probe.close()
+                total[mode] += time.perf_counter() - t0
+            seconds[mode].append(total[mode])
+    return seconds

@@ -16,14 +16,12 @@ over Adam's; the reported figure is the median over repeats (with the min and ma
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
-from _common import default_data_dir, finish, median
+from _common import default_data_dir, finish, interleaved_seconds, median
 from metalearner.lopt import LRController, Opt2Vec
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
-from metalearner.train import train_step
 
 MODES = ("adam", "opt2vec", "controller")
 
@@ -37,26 +35,11 @@ def make(mode: str, params):
 
 
 def measure(task, *, repeats: int, blocks: int, block_steps: int) -> dict[str, list[float]]:
-    data, bs = task.data, task.config.batch_size
-    gen = torch.Generator().manual_seed(0)
-    seconds: dict[str, list[float]] = {m: [] for m in MODES}
-    for r in range(repeats):
-        runs = {}
-        for mode in MODES:
-            model = task.build_model(seed=r)
-            runs[mode] = (model, make(mode, model.parameters()))
-        total = dict.fromkeys(MODES, 0.0)
-        for b in range(blocks):
-            idx = [torch.randint(0, data.n_train, (bs,), generator=gen) for _ in range(block_steps)]
-            for mode in MODES[b % 3 :] + MODES[: b % 3]:
-                model, opt = runs[mode]
-                t0 = time.perf_counter()
-                for i in idx:
-                    train_step(model, opt, task.loss_fn, data.x_train[i], data.y_train[i])
-                total[mode] += time.perf_counter() - t0
-        for mode in MODES:
-            seconds[mode].append(total[mode])
-    return seconds
+    def make_run(mode: str, r: int):
+        model = task.build_model(seed=r)
+        return model, make(mode, model.parameters()), None
+
+    return interleaved_seconds(task, MODES, make_run, repeats=repeats, blocks=blocks, block_steps=block_steps)
 
 
 def main() -> None:

@@ -18,50 +18,28 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 
 import torch
 
-from _common import default_data_dir, finish, median
+from _common import default_data_dir, finish, interleaved_seconds, median
 from metalearner.observe import Probe
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
-from metalearner.train import train_step
 
 MODES = ("none", "default", "extended")
 
 
 def measure(task, *, repeats: int, blocks: int, block_steps: int, out_dir: str) -> dict[str, list[float]]:
-    """Seconds per repeat for each mode, from interleaved blocks of ``block_steps`` steps."""
-    data = task.data
-    bs = task.config.batch_size
-    gen = torch.Generator().manual_seed(0)
-    seconds: dict[str, list[float]] = {m: [] for m in MODES}
-    for r in range(repeats):
-        runs = {}
-        for mode in MODES:
-            model = task.build_model(seed=r)
-            opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-            probe = None
-            if mode != "none":
-                probe = Probe(model, opt, extended=mode == "extended", out_dir=f"{out_dir}/{mode}-{r}", chunk_size=256)
-            runs[mode] = (model, opt, probe)
-        total = dict.fromkeys(MODES, 0.0)
-        for b in range(blocks):
-            idx = [torch.randint(0, data.n_train, (bs,), generator=gen) for _ in range(block_steps)]
-            order = MODES[b % 3 :] + MODES[: b % 3]
-            for mode in order:
-                model, opt, probe = runs[mode]
-                t0 = time.perf_counter()
-                for i in idx:
-                    train_step(model, opt, task.loss_fn, data.x_train[i], data.y_train[i], probe=probe)
-                total[mode] += time.perf_counter() - t0
-        for mode, (_, _, probe) in runs.items():
-            if probe is not None:
-                t0 = time.perf_counter()
-                probe.close()  # the final flush and merge count too
-                total[mode] += time.perf_counter() - t0
-            seconds[mode].append(total[mode])
-    return seconds
+    """Seconds per repeat for each mode (the probe writes its parts and files as in a run)."""
+
+    def make_run(mode: str, r: int):
+        model = task.build_model(seed=r)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        probe = None
+        if mode != "none":
+            probe = Probe(model, opt, extended=mode == "extended", out_dir=f"{out_dir}/{mode}-{r}", chunk_size=256)
+        return model, opt, probe
+
+    return interleaved_seconds(task, MODES, make_run, repeats=repeats, blocks=blocks, block_steps=block_steps)
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ def _split(ds, by: str, seed: int, holdout: Optional[str]) -> dict[str, str]:
 
 @dataset_app.command("build")
 def build(
-    zoo_dir: Path = typer.Argument(..., help="A zoo directory (written by `metalearner zoo run`)."),
+    zoo_dir: Path = typer.Argument(..., help="A zoo directory (written by `metalearner zoo --spec ...`)."),
     out: Path = typer.Option(..., help="Output folder: rows.parquet + dataset.json."),
     k: int = typer.Option(20, help="Width of the smoothed-loss target (mean of the next k log losses)."),
     ahead: int = typer.Option(50, help="Horizon of the ahead_loss target, in steps."),
