@@ -215,10 +215,20 @@ def test_controller_is_a_drop_in_optimizer():
         ctrl.step(loss=loss)
     assert ctrl.param_groups is inner.param_groups
     assert inner.param_groups[0]["lr"] != pytest.approx(0.1) and inner.param_groups[0]["base_lr"] == 0.1
-    sd = ctrl.state_dict()
-    ctrl2 = LRController(torch.optim.SGD(nn.Linear(3, 1).parameters(), lr=0.1, momentum=0.9), weights=ctrl.theta)
+    sd = copy.deepcopy(ctrl.state_dict())  # as if saved: torch state dicts share buffers in-process
+    model2 = nn.Linear(3, 1)
+    model2.load_state_dict(model.state_dict())
+    ctrl2 = LRController(torch.optim.SGD(model2.parameters(), lr=0.1, momentum=0.9), weights=ctrl.theta, observe_every=2)
     ctrl2.load_state_dict(sd)
     assert ctrl2.ctrl_state["lr_scale"] == ctrl.ctrl_state["lr_scale"]
+    for m, c in ((model, ctrl), (model2, ctrl2)):  # identical continuation after the round trip
+        for _ in range(7):
+            loss = m(x).pow(2).mean()
+            c.zero_grad()
+            loss.backward()
+            c.step(loss=loss)
+    assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
+    assert inner.param_groups[0]["lr"] == ctrl2.param_groups[0]["lr"]
 
 
 def test_works_in_fit():

@@ -145,3 +145,28 @@ def test_forward_mean():
     x = np.arange(6, dtype=float)
     assert forward_mean(x, 2).tolist()[:4] == [1.5, 2.5, 3.5, 4.5]
     assert forward_mean(x, 2, offset=3).tolist()[:3] == [2.5, 3.5, 4.5]
+
+
+def test_run_split_keeps_lr_siblings_together(tmp_path):
+    """A run's lr_log_ratio label depends on its LR siblings: they must share a side."""
+    for i in range(6):
+        for lr in (0.01, 0.1, 1.0):
+            fake_run(tmp_path, f"w{i}-{lr}", lr=lr, width=16 * (i + 1))
+    ds = build_dataset(tmp_path)
+    for seed in range(5):
+        split = split_runs(ds.runs, "run", seed=seed, test=0.3, val=0.2)
+        sides = ds.runs.assign(side=ds.runs["run_id"].map(split)).groupby("sibling_key")["side"].nunique()
+        assert (sides == 1).all()
+
+
+def test_forward_mean_blanks_only_windows_with_a_nan():
+    x = np.arange(10, dtype=float)
+    x[3] = np.nan
+    out = forward_mean(x, 2)  # mean of x[t+1], x[t+2]
+    assert np.isnan(out[1]) and np.isnan(out[2])  # windows containing index 3
+    assert out[0] == pytest.approx(1.5) and out[3] == pytest.approx(4.5) and out[6] == pytest.approx(7.5)
+
+
+def test_split_without_validation():
+    split = split_runs(_many_runs(), "arch", val=0.0)
+    assert "val" not in set(split.values())

@@ -64,7 +64,14 @@ def card_command(
     out: Optional[Path] = typer.Option(None, help="Where to write the card (default: beside --opt2vec)."),
 ) -> None:
     """Evaluate trained weights frozen on a held-out MNIST MLP and write the model card."""
+    from metalearner.errors import ConfigError, DataError
     from metalearner.lopt.card import write_card
+
+    if epochs <= 0 or seeds < 1:
+        raise ConfigError(f"--epochs must be > 0 and --seeds >= 1, got {epochs} and {seeds}")
+    for folder in (opt2vec, controller):
+        if not (folder / "state.json").exists():
+            raise DataError(f"{folder} is not a meta-train output folder (no state.json): run `metalearner meta-train` first")
 
     card = write_card(opt2vec, controller, data_dir=data_dir, epochs=epochs, seeds=seeds, ship=ship, out=out,
                       command=" ".join(["metalearner lopt card", *sys.argv[2:]]))  # fmt: skip
@@ -85,8 +92,11 @@ def analyse_command(
     from metalearner.atomic import write_json
     from metalearner.lopt.analysis import plot_embedding, plot_schedule, record_run
     from metalearner.lopt.opt2vec import Opt2Vec
+    from metalearner.errors import ConfigError
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
 
+    if steps < 1 or not base_lr > 0:
+        raise ConfigError(f"--steps must be >= 1 and --base-lr > 0, got {steps} and {base_lr}")
     t = make_task(TaskConfig(dataset=task, model=ModelConfig(depth=2, width=128)), data_dir=data_dir)
     traj = record_run(t, lambda p: Opt2Vec(p, base_lr, weights=weights, budget=steps), steps=steps, seed=seed)
     out.mkdir(parents=True, exist_ok=True)

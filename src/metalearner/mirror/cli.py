@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from metalearner.errors import ConfigError, DataError
+
 dataset_app = typer.Typer(no_args_is_help=True, help="Learning data from a zoo's trajectories.")
 mirror_app = typer.Typer(no_args_is_help=True, help="Meta-models that predict training dynamics.")
 
@@ -50,14 +52,23 @@ def train(
     seed: int = typer.Option(0, help="Seed of the split and the training."),
 ) -> None:
     """Train a predictor on the train runs of a grouped split."""
-    from metalearner.mirror.dataset import Dataset
+    from metalearner.mirror.dataset import TARGETS, Dataset
     from metalearner.mirror.models import TrainConfig, save_predictor
     from metalearner.mirror.pipeline import fit_on_dataset
 
     ds = Dataset.load(dataset)
     sp = _split(ds, split, seed, holdout)
-    qs = [float(q) for q in quantiles.split(",")] if quantiles else None
-    model, history = fit_on_dataset(ds, target.split(","), sp, kind=kind, window=window, hidden=hidden, quantiles=qs,
+    targets = target.split(",")
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(f"unknown target(s) {', '.join(unknown)}; choose from {', '.join(TARGETS)}")
+    try:
+        qs = [float(q) for q in quantiles.split(",")] if quantiles else None
+    except ValueError:
+        raise ConfigError(f"--quantiles must be numbers in (0, 1) separated by commas, got {quantiles!r}") from None
+    if qs and not all(0 < q < 1 for q in qs):
+        raise ConfigError(f"--quantiles must be numbers in (0, 1), got {quantiles!r}")
+    model, history = fit_on_dataset(ds, targets, sp, kind=kind, window=window, hidden=hidden, quantiles=qs,
                                     stride=stride, train=TrainConfig(epochs=epochs, seed=seed))  # fmt: skip
     save_predictor(model, out, history)
     (out / "split.json").write_text(json.dumps({"by": split, "seed": seed, "split": sp}, indent=1))
@@ -75,14 +86,18 @@ def evaluate(
 ) -> None:
     """MAE, RMSE, R^2 of the model and every baseline on the same rows; ratio to the best
     baseline with a run-bootstrap 95% CI."""
-    from metalearner.errors import DataError
     from metalearner.mirror.dataset import Dataset
     from metalearner.mirror.evaluate import plot_history
     from metalearner.mirror.models import load_predictor, read_history
     from metalearner.mirror.pipeline import score
 
+    if side not in ("test", "val"):
+        raise ConfigError(f"--side must be test or val, got {side!r}")
     model = load_predictor(model_dir)
     ds = Dataset.load(dataset)
+    missing = [f for f in model.cfg.features if f not in ds.rows.columns]
+    if missing:
+        raise DataError(f"{dataset} lacks the model's features ({', '.join(missing[:5])}...): evaluate it on the dataset it was trained on")
     if not (model_dir / "split.json").exists():
         raise DataError(f"{model_dir} has no split.json (train it with `metalearner mirror train`)")
     sp = json.loads((model_dir / "split.json").read_text())["split"]

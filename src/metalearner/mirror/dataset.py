@@ -77,11 +77,14 @@ def forward_mean(x: np.ndarray, k: int, offset: int = 1) -> np.ndarray:
     """``out[t] = mean(x[t+offset-k+1 .. t+offset])`` for windows ending at ``t+offset`` with
     ``offset >= k``, else ``mean(x[t+1 .. t+k])``; NaN where the window runs past the end."""
     n = len(x)
-    c = np.concatenate([[0.0], np.cumsum(x)])
+    finite = np.isfinite(x)
+    c = np.concatenate([[0.0], np.cumsum(np.where(finite, x, 0.0))])
+    bad = np.concatenate([[0], np.cumsum(~finite)])  # a window with a non-finite value is NaN
     end = np.arange(n) + max(offset, k)  # inclusive last index
     start = end - k + 1
     out = np.full(n, np.nan)
     ok = end < n
+    ok[ok] = bad[end[ok] + 1] == bad[start[ok]]
     out[ok] = (c[end[ok] + 1] - c[start[ok]]) / k
     return out
 
@@ -101,9 +104,11 @@ def steps_per_epoch(traj: pd.DataFrame) -> int:
     return int((traj["epoch"] == 0).sum()) if (traj["epoch"] > 0).any() else max(len(traj), 1)
 
 
-def total_steps(traj: pd.DataFrame, config: dict[str, Any]) -> int:
-    """The run's step budget from its config (``epochs`` and/or ``steps``)."""
-    per = steps_per_epoch(traj)
+def total_steps(traj: pd.DataFrame, config: dict[str, Any], per_epoch: int | None = None) -> int:
+    """The run's step budget from its config (``epochs`` and/or ``steps``); ``per_epoch``
+    (``fit`` records it as ``final.steps_per_epoch``) beats counting the trajectory, which
+    undercounts runs that ended inside their first epoch."""
+    per = per_epoch or steps_per_epoch(traj)
     epochs, steps = config.get("epochs"), config.get("steps")
     total = min(steps or math.inf, math.ceil((epochs or math.inf) * per))
     return int(total) if math.isfinite(total) else max(len(traj), 1)
@@ -212,7 +217,7 @@ def run_rows(run_dir: Path, cfg: DatasetConfig) -> tuple[pd.DataFrame, dict[str,
     if not len(traj):
         return None
     config = meta.get("config") or {}
-    total = total_steps(traj, config)
+    total = total_steps(traj, config, (meta.get("final") or {}).get("steps_per_epoch"))
     rows = step_features(traj, total)
     for name, v in static_features(meta).items():
         rows[name] = v
@@ -300,8 +305,8 @@ class Dataset:
 
 def group_of(runs: pd.DataFrame, by: str) -> pd.Series:
     """The group label of each run for a split ``by`` in :data:`SPLITS`."""
-    if by == "run":
-        return runs["run_id"].astype(str)
+    if by == "run":  # LR siblings stay together: their lr_log_ratio labels share one best run
+        return (runs["sibling_key"] if "sibling_key" in runs else runs["run_id"]).astype(str)
     if by == "arch":
         return runs["depth"].astype(str) + "x" + runs["width"].astype(str) + ":" + runs["activation"].astype(str)
     if by in ("task", "optimizer"):
@@ -328,7 +333,7 @@ def split_runs(
     else:
         test_g = set(order[: max(1, round(test * len(order)))])
     rest = [g for g in order if g not in test_g]
-    val_g = set(rest[: max(1, round(val * len(order)))]) if len(rest) > 1 else set()
+    val_g = set(rest[: max(1, round(val * len(order)))]) if val > 0 and len(rest) > 1 else set()
     side = {g: "test" if g in test_g else "val" if g in val_g else "train" for g in names}
     return {rid: side[g] for rid, g in zip(runs["run_id"], groups)}
 

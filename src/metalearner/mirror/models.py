@@ -183,7 +183,8 @@ class TrainConfig:
 
 
 def _standardise(cfg: PredictorConfig, x: np.ndarray, y: np.ndarray) -> None:
-    flat = Predictor(cfg).prepare(torch.as_tensor(x[: 20000])).numpy().reshape(-1, x.shape[-1])
+    sample = np.random.default_rng(0).choice(len(x), min(len(x), 20000), replace=False)  # rows are sorted by run
+    flat = Predictor(cfg).prepare(torch.as_tensor(x[np.sort(sample)])).numpy().reshape(-1, x.shape[-1])
     cfg.x_mean = flat.mean(0).tolist()
     std = flat.std(0)
     cfg.x_std = np.where(std < 1e-3, 1.0, std).tolist()  # constant in training (an unseen one-hot): unscaled

@@ -235,5 +235,5 @@ def fit(
         with _eval_mode(optimizer):
             test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device), loss_fn)
         result.final.update(test_loss=test_loss, test_acc=test_acc)
-    result.final.update(status=result.status, steps=result.steps, epochs=result.epochs)
+    result.final.update(status=result.status, steps=result.steps, epochs=result.epochs, steps_per_epoch=per_epoch)
     return result
