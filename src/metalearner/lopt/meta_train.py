@@ -337,6 +337,7 @@ def meta_train(
     own = executor is None
     ex = executor or make_executor("local", workers if workers is not None else 2)
     t0 = time.perf_counter()
+    earlier = state.curve[-1].get("elapsed_s", 0.0) if state.curve else 0.0  # cumulative across resumes
     try:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -350,7 +351,7 @@ def meta_train(
                 save_checkpoint(out, cfg, state)
             while state.step < cfg.outer_steps:
                 record = es_update(cfg, state, ex)
-                record["elapsed_s"] = time.perf_counter() - t0
+                record["elapsed_s"] = earlier + time.perf_counter() - t0
                 save_checkpoint(out, cfg, state)
                 bar.update(task, completed=state.step, meta_loss=record["meta_loss"])
                 if on_step:
