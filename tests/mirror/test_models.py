@@ -113,3 +113,32 @@ def test_predictor_errors(tmp_path):
         load_predictor(tmp_path)
     with pytest.raises(DataError, match="no training examples"):
         train_predictor(_cfg("mlp"), (np.zeros((0, 8, 3), np.float32), np.zeros((0, 2), np.float32)), None)
+
+
+def test_bootstrap_matches_an_explicit_cluster_resample():
+    """Groups with different error ratios: the CI must equal resampling whole runs by hand."""
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.array(["a", "b", "c", "d"]), [3, 5, 2, 4])
+    y = rng.normal(size=len(groups))
+    scale = {"a": 0.2, "b": 1.0, "c": 3.0, "d": 0.5}  # model error relative to the baseline's, per run
+    base = y + rng.choice([-1.0, 1.0], size=len(y))
+    model = y + np.array([scale[g] for g in groups]) * (base - y)
+    lo, hi = bootstrap_ratio(y, model, base, groups, n=300, seed=7)
+    names = np.unique(groups)
+    draws = np.random.default_rng(7).integers(0, len(names), size=(300, len(names)))
+    ratios = []
+    for d in draws:
+        rows = np.concatenate([np.flatnonzero(groups == names[i]) for i in d])
+        ratios.append(np.abs(model - y)[rows].sum() / np.abs(base - y)[rows].sum())
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(ratios, [0.025, 0.975])))
+    assert hi - lo > 0.1
+
+
+def test_early_stopping_stops_when_validation_stalls():
+    x, y = _toy()
+    xv, _ = _toy(32, seed=1)
+    yv = np.random.default_rng(5).normal(size=(32, 2)).astype(np.float32) * 10  # unlearnable
+    _, hist = train_predictor(_cfg("mlp"), (x, y), (xv, yv), TrainConfig(epochs=60, patience=3, batch_size=48))
+    assert len(hist) < 60
+    best = int(np.argmin([h["val_loss"] for h in hist]))
+    assert len(hist) - 1 - best <= 3 + 1  # stopped within `patience` epochs of the best one
