@@ -138,38 +138,28 @@ def test_live_features_match_the_dataset(ds, zoo):
     np.testing.assert_allclose(live[ds.features].to_numpy(float)[-8:], mine[ds.features].to_numpy(float)[-8:], rtol=1e-6, equal_nan=True)
 
 
-class _Constant(CurvePruner):
-    """A pruner whose predictor always answers ``value`` (to test the decision rule itself)."""
+def constant(cls, value: float, **kw):
+    """A pruner or advisor whose predictor always answers ``value`` (tests the rule itself)."""
 
-    def __init__(self, value: float, **kw) -> None:
-        super().__init__("unused", **kw)
-        self.value = value
+    class Constant(cls):
+        def predict(self, trajectory, run, total):
+            return value
 
-    def predict(self, trajectory, run, total):
-        return self.value
+    return Constant("unused", **kw)
 
 
 def test_curve_pruner_decision_follows_the_prediction(zoo):
     """margin 0: a prediction above every accuracy never stops; one below the best rival stops
     every later run, each at its first decision point past min_fraction."""
-    optimistic = replay(_recorded(zoo), _Constant(2.0, margin=0.0, min_fraction=0.3))
+    optimistic = replay(_recorded(zoo), constant(CurvePruner, 2.0, margin=0.0, min_fraction=0.3))
     assert optimistic["stopped"] == 0
-    pessimistic = _Constant(-1.0, margin=0.0, min_fraction=0.3)
+    pessimistic = constant(CurvePruner, -1.0, margin=0.0, min_fraction=0.3)
     cut = replay(_recorded(zoo), pessimistic)
     assert cut["stopped"] == len(_recorded(zoo)) - 1  # only the first run has no rival to lose to
     assert all(d["stop"] == (d["pred"] < d["best"]) for d in pessimistic.decisions)
 
 
-class _ConstantLR(LRAdvisor):
-    def __init__(self, value: float, **kw) -> None:
-        super().__init__("unused", **kw)
-        self.value = value
-
-    def predict(self, trajectory, run, total):
-        return self.value
-
-
 @pytest.mark.parametrize("log_ratio, factor", [(math.log(2.0), 2.0), (math.log(0.5), 0.5), (10.0, 4.0), (-10.0, 0.25)])
 def test_lr_advisor_factor_is_exp_of_the_prediction_clipped(zoo, log_ratio, factor):
     rid, traj, cfg = _recorded(zoo)[0]
-    assert _ConstantLR(log_ratio, max_factor=4).suggest(traj.iloc[:30], cfg, 80) == pytest.approx(factor)
+    assert constant(LRAdvisor, log_ratio, max_factor=4).suggest(traj.iloc[:30], cfg, 80) == pytest.approx(factor)
