@@ -66,6 +66,15 @@ def step(opt, loss):
         opt.step()
 
 
+def descend(model, opt, x, steps: int = 1) -> None:
+    """``steps`` optimizer steps on the loss ``mean(model(x)²)``."""
+    for _ in range(steps):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        step(opt, loss)
+
+
 @pytest.mark.parametrize("problem", PROBLEMS)
 @pytest.mark.parametrize("method", METHODS)
 def test_descends(method, problem):
@@ -92,10 +101,7 @@ def test_untrained_is_exactly_adam():
     x = torch.randn(16, 5)
     for _ in range(40):
         for m, o in ((a, oa), (b, ob)):
-            loss = m(x).pow(2).mean()
-            o.zero_grad()
-            loss.backward()
-            step(o, loss)
+            descend(m, o, x)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
@@ -105,12 +111,7 @@ def test_param_groups_lr_and_betas_are_what_it_does():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = Opt2Vec([{"params": model[0].parameters()}, {"params": model[2].parameters(), "base_lr": 1e-2}], 1e-3,
                   weights=random_policy(), observe_every=2)  # fmt: skip
-    x = torch.randn(32, 4)
-    for _ in range(6):
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step(loss=loss)
+    descend(model, opt, torch.randn(32, 4), 6)
     g0, g1 = opt.param_groups
     assert g1["lr"] / g0["lr"] == pytest.approx(10.0)
     assert g0["lr"] != pytest.approx(1e-3)  # the learned scale acts
@@ -121,10 +122,7 @@ def test_param_groups_lr_and_betas_are_what_it_does():
 
 def _run(model, opt, xs, start, stop):
     for i in range(start, stop):
-        loss = model(xs[i]).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step(loss=loss)
+        descend(model, opt, xs[i])
 
 
 @pytest.mark.parametrize("extended", [True, False])
@@ -179,12 +177,7 @@ def test_any_module_with_unused_params_and_zero_grad():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
     unused = nn.Parameter(torch.ones(2))
     opt = Opt2Vec([*model.parameters(), unused], 1e-3)
-    x = torch.randn(4, 1, 6, 6)
-    for _ in range(20):
-        loss = model(x).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step(loss=loss)
+    descend(model, opt, torch.randn(4, 1, 6, 6), 20)
     assert torch.equal(unused, torch.ones(2)) and unused not in opt.state
     opt.zero_grad()
     assert all(p.grad is None for p in model.parameters())
@@ -208,11 +201,7 @@ def test_controller_is_a_drop_in_optimizer():
     ctrl = LRController(inner, weights=random_policy("controller", history_length=8, hidden_dim=16, embedding_dim=16,
                                                      activation="tanh"), observe_every=2)  # fmt: skip
     x = torch.randn(8, 3)
-    for _ in range(10):
-        loss = model(x).pow(2).mean()
-        ctrl.zero_grad()
-        loss.backward()
-        ctrl.step(loss=loss)
+    descend(model, ctrl, x, 10)
     assert ctrl.param_groups is inner.param_groups
     assert inner.param_groups[0]["lr"] != pytest.approx(0.1) and inner.param_groups[0]["base_lr"] == 0.1
     sd = copy.deepcopy(ctrl.state_dict())  # as if saved: torch state dicts share buffers in-process
@@ -222,11 +211,7 @@ def test_controller_is_a_drop_in_optimizer():
     ctrl2.load_state_dict(sd)
     assert ctrl2.ctrl_state["lr_scale"] == ctrl.ctrl_state["lr_scale"]
     for m, c in ((model, ctrl), (model2, ctrl2)):  # identical continuation after the round trip
-        for _ in range(7):
-            loss = m(x).pow(2).mean()
-            c.zero_grad()
-            loss.backward()
-            c.step(loss=loss)
+        descend(m, c, x, 7)
     assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
     assert inner.param_groups[0]["lr"] == ctrl2.param_groups[0]["lr"]
 

@@ -52,8 +52,6 @@ from metalearner.lopt.policy import (
 from metalearner.observe.physics import PhysicsTracker
 
 _GLOBAL = "opt2vec"  # key of the optimizer-wide state in ``self.state``
-# PhysicsTracker fields that carry the extended set across the two steps of an observation.
-_TRACKER_FIELDS = ("_t", "_m", "_s", "_prev_grad", "_prev_update")
 MIN_BACKOFF = 2.0**-10
 
 
@@ -198,7 +196,7 @@ class Opt2Vec(torch.optim.Optimizer):
         sd = super().state_dict()
         g = copy.deepcopy(self.state[_GLOBAL])
         if self._mid_observation(g["step"]):  # the extended set needs the first step's gradient
-            g["tracker"] = {k: copy.deepcopy(getattr(self.tracker, k)) for k in _TRACKER_FIELDS}
+            g["tracker"] = self.tracker.state_dict()
         sd["state"][_GLOBAL] = g
         return sd
 
@@ -210,8 +208,7 @@ class Opt2Vec(torch.optim.Optimizer):
         if g is None:
             self.state[_GLOBAL] = self._fresh_global()
         elif g.get("tracker"):
-            for k, v in g["tracker"].items():
-                setattr(self.tracker, k, v)
+            self.tracker.load_state_dict(g["tracker"])
             g["tracker"] = None
 
     # -- stepping -------------------------------------------------------------------------

@@ -26,6 +26,7 @@ per-parameter ``.item()``.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Iterable, NamedTuple
 
@@ -181,6 +182,16 @@ class PhysicsTracker:
     def pool(self, squares: torch.Tensor) -> torch.Tensor:
         """Squared per-tensor norms ``(..., 3P)`` -> ``(..., 3 + 3L)`` global and layer norms."""
         return (squares @ self._pool).sqrt()
+
+    _STATE = ("_t", "_m", "_s", "_prev_grad", "_prev_update")  # what the extended set carries
+
+    def state_dict(self) -> dict[str, object]:
+        """The extended set's memory across steps (previous gradient and update, noise EMAs)."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        for k in self._STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
 
     def _extended(self, grads: list[torch.Tensor], batch_size: int | None) -> torch.Tensor:
         g = torch.cat([x.reshape(-1) for x in grads]).double()
