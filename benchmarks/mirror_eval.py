@@ -16,7 +16,15 @@ Protocol:
   expected loss plus batch-sampling noise that nothing can predict; the forward mean keeps
   the predictable part and, unlike an EMA, is centred on the future); scored on every step
   of the test runs; baselines persistence, EMA and linear trend with α and window tuned on
-  the training runs;
+  the training runs. The predictors see every baseline's smoother (the EMA and line over the
+  baselines' whole tuning grid, :mod:`metalearner.mirror.trends`), learn the residual over
+  the smoother with the least training MAE (zero output = that baseline), see loss levels
+  relative to it, and train on the median's pinball loss (the metric is an MAE);
+  ``noise_floor`` roughly estimates what no predictor can beat, the part of the target that
+  is the next batches' sampling noise: ``mean |s_t − s_{t+k/2}|`` over the scored rows (with
+  independent batch noise, two targets sharing half their batches differ by exactly as much
+  noise as one target carries about its expected value; drift adds to it, correlated noise
+  takes from it), reported as a ratio to the best baseline's MAE;
 - ``final_acc`` from the first 20% of a run: one row per test run, its last step at or
   before 20% of its budget; baselines persistence, linear, power-law and exponential fits;
 - ratio = MAE(model) / MAE(best baseline) on exactly the same rows, 95% CI by resampling
@@ -30,7 +38,7 @@ Protocol:
 
     python benchmarks/mirror_eval.py --quick      # small zoo (built once, ~minutes), JSON last
     python benchmarks/mirror_eval.py              # 72-run zoo, three predictor kinds, results/mirror_eval.json
-    python benchmarks/mirror_eval.py --zoo /tmp/metalearner_zoo_mnist100
+    python benchmarks/mirror_eval.py --zoo /tmp/metalearner_zoo_mnist100 --kinds mlp --stride 5   # results/mirror_eval_mnist100.json
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ from metalearner.mirror import CurvePruner, Dataset, build_dataset, fit_on_datas
 from metalearner.mirror.dataset import group_of
 from metalearner.mirror.evaluate import plot_history
 from metalearner.mirror.models import Ensemble, TrainConfig
-from metalearner.mirror.pipeline import plot_heldout
+from metalearner.mirror.pipeline import plot_heldout, select
 from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
@@ -97,6 +105,17 @@ def brief(rep: dict[str, Any]) -> dict[str, Any]:
             "beats_best_baseline": rep["beats_best_baseline"]}  # fmt: skip
 
 
+def noise_floor(ds: Dataset, split: dict[str, str], side: str) -> float:
+    """``mean |s_t − s_{t+k/2}|`` over the ``side`` rows scored for ``smooth_loss`` (pairs
+    inside one run): the batch-noise part of the target (see the docstring)."""
+    idx = select(ds, ["smooth_loss"], split, side)
+    s, rid = ds.rows["smooth_loss"].to_numpy(float), ds.rows["run_id"].to_numpy()
+    j = idx + ds.config.k // 2
+    ok = j < len(s)
+    ok[ok] = (rid[j[ok]] == rid[idx[ok]]) & np.isfinite(s[j[ok]])
+    return float(np.mean(np.abs(s[idx[ok]] - s[j[ok]])))
+
+
 def pruning(zoo: Path, split: dict[str, str], model_dir: Path) -> dict[str, Any]:
     """Run-everything vs successive halving vs the curve pruner, replayed on the test runs;
     the curve pruner's margin is chosen on the validation runs."""
@@ -131,6 +150,7 @@ def main() -> None:
     p.add_argument("--zoo", type=Path, default=None, help="use this zoo instead of building the synthetic one")
     p.add_argument("--kinds", default=None, help="comma-separated predictor kinds (default: mlp quick, all three full)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stride", type=int, default=3, help="training examples: every STRIDE-th step of each run (larger zoos: larger)")
     a = p.parse_args()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and the machine is shared
     t0 = time.perf_counter()
@@ -144,7 +164,8 @@ def main() -> None:
     held = sorted({g for g, rid in zip(groups, ds.runs["run_id"]) if split[rid] == "test"})
     sides = {s: sum(v == s for v in split.values()) for s in ("train", "val", "test")}
     tc = TrainConfig(epochs=12 if a.quick else 30, lr=1e-3, patience=5, seed=a.seed)
-    figs = CACHE / "figures" if a.quick else RESULTS / "mirror_eval"
+    name = "mirror_eval" if a.zoo is None else f"mirror_eval_{a.zoo.name.removeprefix('metalearner_zoo_')}"  # own results file per zoo
+    figs = CACHE / "figures" if a.quick else RESULTS / name
     figs.mkdir(parents=True, exist_ok=True)
     models = CACHE / f"models_{zoo.name}"
 
@@ -154,7 +175,8 @@ def main() -> None:
     for kind in kinds:
         for key, target, frac in (("smooth_loss", "smooth_loss", (0.0, 1.0)), ("final_acc_at_20pct", "final_acc", (0.05, 0.95))):
             t = time.perf_counter()
-            m, h = fit_on_dataset(ds, [target], split, kind=kind, window=32, hidden=32, stride=3, fraction=frac, train=tc)
+            q = [0.5] if target == "smooth_loss" else None  # scored by MAE: trained on the median's pinball loss (MAE / 2)
+            m, h = fit_on_dataset(ds, [target], split, kind=kind, window=32, hidden=32, stride=a.stride, fraction=frac, train=tc, quantiles=q)
             trained[key][kind] = m
             results[key][kind] = {"epochs": len(h), "train_s": round(time.perf_counter() - t, 1), "anchor": m.cfg.anchors[target]}
             plot_history(h, figs / f"{target}_{kind}_training.png", f"{kind}: {target}")
@@ -172,8 +194,10 @@ def main() -> None:
                                       val_mae=round(val_rep["model"]["mae"], 5))  # fmt: skip
     for kind in kinds:
         plot_heldout(ds, trained["smooth_loss"][kind], "smooth_loss", split, figs / f"smooth_loss_{kind}_heldout.png")
-    m, h = fit_on_dataset(ds, ["lr_log_ratio"], split, kind="mlp", window=32, hidden=32, stride=3, train=tc)
-    lr_rep = brief(score(ds, m, "lr_log_ratio", split, seed=a.seed))
+    lr_rep: dict[str, Any] = {"ratio": None, "best_baseline": None, "note": "no learning-rate siblings in this zoo"}
+    if ds.runs.loc[ds.runs["run_id"].map(split).eq("train"), "lr_log_ratio"].notna().any():
+        m, h = fit_on_dataset(ds, ["lr_log_ratio"], split, kind="mlp", window=32, hidden=32, stride=a.stride, train=tc)
+        lr_rep = brief(score(ds, m, "lr_log_ratio", split, seed=a.seed))
 
     def best_of(target: str) -> tuple[str, dict[str, Any]]:
         """The kind chosen on the validation runs (least validation MAE), not on the test runs."""
@@ -184,12 +208,17 @@ def main() -> None:
     prune = pruning(zoo, split, models / f"final_acc_{prune_kind}")
 
     (ks, s), (kf, f) = best_of("smooth_loss"), best_of("final_acc_at_20pct")
+    floor = {side: noise_floor(ds, split, side) for side in ("val", "test")}
+    val_base = score(ds, trained["smooth_loss"][ks], "smooth_loss", split, "val", n_boot=10)
+    floor_ratio = {"val": floor["val"] / val_base["baselines"][val_base["best_baseline"]]["mae"], "test": floor["test"] / s["best_baseline_mae"]}
     summary = {
         "zoo": str(zoo), "runs": len(ds.runs), "rows": len(ds.rows), "split": "held-out architectures", "sides": sides,
         "held_out_architectures": held,
         "smooth_loss_target": f"mean of the next k={ds.config.k} per-batch log losses",
         "smooth_loss_ratio": s["ratio"], "smooth_loss_ratio_ci95": s["ratio_ci95"], "smooth_loss_kind": ks,
         "smooth_loss_best_baseline": s["best_baseline"], "smooth_loss_target_met": s["ratio"] <= 0.7,
+        "smooth_loss_val_ratio": round(s["val_mae"] / val_base["baselines"][val_base["best_baseline"]]["mae"], 4),
+        "smooth_loss_noise_floor_ratio": {k: round(v, 4) for k, v in floor_ratio.items()},
         "final_acc_ratio": f["ratio"], "final_acc_ratio_ci95": f["ratio_ci95"], "final_acc_kind": kf,
         "final_acc_best_baseline": f["best_baseline"], "final_acc_target_met": f["ratio"] < 1.0,
         "lr_log_ratio_ratio": lr_rep["ratio"], "lr_log_ratio_best_baseline": lr_rep["best_baseline"],
@@ -201,7 +230,7 @@ def main() -> None:
                 "of all kinds, 'ensemble') is chosen by validation MAE (every kind in details.per_kind); pruning replays recorded runs",
         "wall_s": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    finish("mirror_eval", summary, {"per_kind": results, "lr_log_ratio": lr_rep, "pruning": prune, "figures": str(figs)}, quick=a.quick)
+    finish(name, summary, {"per_kind": results, "lr_log_ratio": lr_rep, "pruning": prune, "figures": str(figs)}, quick=a.quick)
 
 
 if __name__ == "__main__":

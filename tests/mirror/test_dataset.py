@@ -170,3 +170,33 @@ def test_forward_mean_blanks_only_windows_with_a_nan():
 def test_split_without_validation():
     split = split_runs(_many_runs(), "arch", val=0.0)
     assert "val" not in set(split.values())
+
+
+def test_trend_features_are_the_baselines_and_causal(tmp_path):
+    """The smoothers a loss predictor sees equal the EMA and linear baselines on the same
+    windows (so anchoring on one makes a zero output that baseline), use no future step,
+    and an older dataset without them gets the same columns on load."""
+    from metalearner.mirror.baselines import EMA_WINDOW, ema, linear
+    from metalearner.mirror.trends import EMA_GRID, LINEAR_WINDOWS, TREND_FEATURES, ema_name, lin_name, loss_trend_features, slope_name
+
+    rng = np.random.default_rng(0)
+    losses = np.exp(-np.linspace(0, 3, 300) + 0.5 * rng.standard_normal(300))
+    fake_run(tmp_path, "a", losses=losses, acc=[None] * 299 + [0.9])
+    fake_run(tmp_path, "b", losses=losses[::-1].copy(), acc=[None] * 299 + [0.5], width=32)
+    ds = build_dataset(tmp_path, tmp_path / "data")
+    idx = np.arange(len(ds.rows))
+    x = windows(ds.rows, ["log_loss"], idx, EMA_WINDOW)[..., 0].astype(np.float64)
+    for a in EMA_GRID:
+        np.testing.assert_allclose(ds.rows[ema_name(a)], ema(x, a), rtol=1e-9, atol=1e-9)
+    for w in LINEAR_WINDOWS:
+        for h in (0.0, 10.5):
+            got = ds.rows[lin_name(w)] + h * ds.rows[slope_name(w)]
+            np.testing.assert_allclose(got, linear(x[:, -w:], h), rtol=1e-9, atol=1e-9)
+    ll = ds.rows.loc[ds.rows.run_id == "a", "log_loss"].to_numpy()
+    full, prefix = loss_trend_features(ll), loss_trend_features(ll[:150])
+    for name in TREND_FEATURES:
+        np.testing.assert_allclose(prefix[name], full[name][:150])
+    assert set(TREND_FEATURES) <= set(ds.loss_features) and not set(TREND_FEATURES) & set(ds.features)
+    old = ds.rows.drop(columns=list(TREND_FEATURES))
+    Dataset(rows=old, runs=ds.runs, config=ds.config).save(tmp_path / "old")
+    pd.testing.assert_frame_equal(Dataset.load(tmp_path / "old").rows[list(TREND_FEATURES)], ds.rows[list(TREND_FEATURES)])

@@ -135,7 +135,34 @@ def test_live_features_match_the_dataset(ds, zoo):
     prefix = traj.iloc[:25]
     live = live_rows(prefix, cfg, total_steps(traj, cfg), window=8)
     mine = ds.rows[ds.rows["run_id"] == rid].iloc[:25]
-    np.testing.assert_allclose(live[ds.features].to_numpy(float)[-8:], mine[ds.features].to_numpy(float)[-8:], rtol=1e-6, equal_nan=True)
+    cols = ds.loss_features  # the features plus the loss smoothers
+    np.testing.assert_allclose(live[cols].to_numpy(float)[-8:], mine[cols].to_numpy(float)[-8:], rtol=1e-6, atol=1e-9, equal_nan=True)
+
+
+def test_loss_predictor_is_a_correction_to_the_best_training_smoother(ds):
+    """A smooth_loss predictor sees the smoothers, is anchored on the one with the least
+    training MAE, sees loss levels relative to it, and untrained predicts that baseline
+    (plus the mean training residual)."""
+    from metalearner.mirror.dataset import examples, windows
+    from metalearner.mirror.pipeline import ANCHOR_CHOICES
+    from metalearner.mirror.trends import LOSS_LEVELS, TREND_FEATURES
+
+    split = split_runs(ds.runs, "arch", holdout=["1x16:tanh"], val=0.0)
+    model, _ = fit_on_dataset(ds, ["smooth_loss"], split, kind="mlp", window=8, hidden=8, train=TrainConfig(epochs=0))
+    cfg = model.cfg
+    assert set(TREND_FEATURES) <= set(cfg.features)
+    anchor = cfg.anchors["smooth_loss"]
+    tr = examples(ds, "smooth_loss", split, "train")
+    y = ds.rows["smooth_loss"].to_numpy(float)[tr]
+    mae = {c: np.mean(np.abs(ds.rows[c].to_numpy(float)[tr] - y)) for c in ANCHOR_CHOICES["smooth_loss"]}
+    assert anchor == min(mae, key=mae.get)
+    assert cfg.relative_to == anchor and set(LOSS_LEVELS) <= set(cfg.relative)
+    te = examples(ds, "smooth_loss", split, "test")
+    pred = model.predict(windows(ds.rows, cfg.features, te, cfg.window))[:, 0]
+    np.testing.assert_allclose(pred, ds.rows[anchor].to_numpy(float)[te] + cfg.y_mean[0], rtol=1e-5, atol=1e-5)
+    # with another target beside it the inputs stay the plain features (the final_acc models of the pruner)
+    both, _ = fit_on_dataset(ds, ["smooth_loss", "final_acc"], split, kind="mlp", window=8, hidden=8, train=TrainConfig(epochs=0))
+    assert both.cfg.features == ds.features and both.cfg.anchors["smooth_loss"] == "log_loss_ema"
 
 
 def constant(cls, value: float, **kw):

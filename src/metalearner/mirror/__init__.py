@@ -12,7 +12,8 @@
 
 Pieces: :mod:`~metalearner.mirror.dataset` (features, targets, windows, splits),
 :mod:`~metalearner.mirror.curves` (learning-curve extrapolation),
-:mod:`~metalearner.mirror.baselines`, :mod:`~metalearner.mirror.models` (MLP/GRU/Transformer,
+:mod:`~metalearner.mirror.trends` (log-loss smoothers: the loss baselines' forecasts, also
+predictor inputs), :mod:`~metalearner.mirror.baselines`, :mod:`~metalearner.mirror.models` (MLP/GRU/Transformer,
 one training loop, save/load), :mod:`~metalearner.mirror.evaluate` (metrics, bootstrap,
 figures), :mod:`~metalearner.mirror.pipeline` (train + score on a split),
 :mod:`~metalearner.mirror.use` (curve-extrapolation pruner, LR advisor, pruner replay).

@@ -20,9 +20,11 @@ import numpy as np
 
 from metalearner.mirror.curves import CURVE_COLUMNS
 from metalearner.mirror.dataset import Dataset, windows
+from metalearner.mirror.trends import EMA_GRID, EMA_WINDOW, LINEAR_WINDOWS, ema, linear
 
 LOSS_TARGETS = ("next_loss", "smooth_loss", "ahead_loss")
 ACC_TARGETS = ("final_acc",)
+__all__ = ["EMA_GRID", "EMA_WINDOW", "LINEAR_WINDOWS", "ema", "linear", "persistence", "baselines", "tune_loss_baselines"]
 
 
 def horizon_of(target: str, ds: Dataset) -> float:
@@ -33,27 +35,6 @@ def horizon_of(target: str, ds: Dataset) -> float:
 
 def persistence(x: np.ndarray) -> np.ndarray:
     return x[:, -1]
-
-
-def ema(x: np.ndarray, alpha: float) -> np.ndarray:
-    """EMA over the window's last axis, started at its first value."""
-    m = x[:, 0].copy()
-    for i in range(1, x.shape[1]):
-        m = alpha * x[:, i] + (1 - alpha) * m
-    return m
-
-
-def linear(x: np.ndarray, ahead: float) -> np.ndarray:
-    """Least-squares line through each window (positions ``0..H−1``), at ``H−1+ahead``."""
-    H = x.shape[1]
-    s = np.arange(H, dtype=np.float64) - (H - 1) / 2
-    slope = (x - x.mean(1, keepdims=True)) @ s / (s @ s)
-    return x.mean(1) + slope * ((H - 1) / 2 + ahead)
-
-
-EMA_GRID = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
-LINEAR_WINDOWS = (8, 16, 32, 64, 128)
-EMA_WINDOW = 256  # long enough that the EMA's start no longer matters for α >= 0.02
 
 
 def _loss_windows(ds: Dataset, index: np.ndarray, window: int) -> np.ndarray:

@@ -7,6 +7,8 @@ validation loss/accuracy seen so far (forward filled); the step fraction ``t / T
 ``log_loss_ema``, a causal EMA (α = 0.1) of the log loss; the learning-curve extrapolations
 of the validation accuracy so far (:mod:`metalearner.mirror.curves`); plus the run's static description:
 ``run.json``'s ``architecture.vector``, one-hot optimizer and data set, ``log2(batch size)``.
+Loss predictors also see the log-loss smoothers of :mod:`metalearner.mirror.trends` (the EMA
+and linear-trend baselines over their whole tuning grid; :attr:`Dataset.loss_features`).
 
 Targets at step ``t`` of a run with per-batch losses ``ℓ`` (log losses, because losses span
 orders of magnitude across runs and a diverging run would otherwise dominate every error;
@@ -43,6 +45,7 @@ import pyarrow.parquet as pq
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, DataError
 from metalearner.mirror.curves import curve_features
+from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
 from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.data import DATASETS
 from metalearner.train.optimizers import OPTIMIZERS
@@ -141,6 +144,7 @@ def step_features(traj: pd.DataFrame, total: int, start: int = 0) -> pd.DataFram
         "val_acc_last": val_acc.fillna(0.0).to_numpy(float), "has_eval": val_acc.notna().to_numpy(float),
         "fraction": traj["step"].to_numpy(float) / max(total, 1),
         **curve_features(traj["step"].to_numpy(), traj["val_acc"].to_numpy(float), float(total), start),
+        **loss_trend_features(log_loss),
     })  # fmt: skip
 
 
@@ -279,6 +283,12 @@ class Dataset:
         static = [c for c in self.rows.columns if c.startswith(("arch:", "opt=", "data=")) or c == "log2_batch"]
         return [*DYNAMIC, *static]
 
+    @property
+    def loss_features(self) -> list[str]:
+        """:attr:`features` plus the log-loss smoothers of :mod:`~metalearner.mirror.trends`
+        (every loss baseline's forecast): the inputs of loss predictors."""
+        return [*self.features, *TREND_FEATURES]
+
     def save(self, out: str | Path) -> Path:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -297,7 +307,25 @@ class Dataset:
         runs = pd.DataFrame(meta["runs"])
         runs["final_acc"] = pd.to_numeric(runs["final_acc"], errors="coerce")
         runs["lr_log_ratio"] = pd.to_numeric(runs["lr_log_ratio"], errors="coerce")
-        return cls(rows=pq.read_table(path / ROWS).to_pandas(), runs=runs, config=DatasetConfig(**meta["config"]))
+        rows = pq.read_table(path / ROWS).to_pandas()
+        if any(c not in rows.columns for c in TREND_FEATURES):  # written before the smoothers were features
+            add_trend_features(rows)
+        return cls(rows=rows, runs=runs, config=DatasetConfig(**meta["config"]))
+
+
+def add_trend_features(rows: pd.DataFrame) -> pd.DataFrame:
+    """Add (in place) :data:`~metalearner.mirror.trends.TREND_FEATURES`, computed per run
+    from its ``log_loss`` column (rows of a run contiguous, in step order)."""
+    cols = {name: np.zeros(len(rows)) for name in TREND_FEATURES}
+    codes = pd.factorize(rows["run_id"].to_numpy())[0]
+    bounds = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1], True])
+    ll = rows["log_loss"].to_numpy(np.float64)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        for name, v in loss_trend_features(ll[a:b]).items():
+            cols[name][a:b] = v
+    for name, v in cols.items():
+        rows[name] = v
+    return rows
 
 
 # -- grouped splits ------------------------------------------------------------------------

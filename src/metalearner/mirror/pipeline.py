@@ -18,21 +18,27 @@ from metalearner.mirror.baselines import LOSS_TARGETS, baselines, tune_loss_base
 from metalearner.mirror.dataset import Dataset, examples, windows
 from metalearner.mirror.evaluate import compare
 from metalearner.mirror.models import Predictor, PredictorConfig, TrainConfig, train_predictor
+from metalearner.mirror.trends import LOSS_LEVELS
 
 # what a target is learned as a residual over (its persistence forecast)
 ANCHORS = {"next_loss": "log_loss_ema", "smooth_loss": "log_loss_ema", "ahead_loss": "log_loss_ema", "val_loss_next": "log_val_loss_last",
            "val_acc_next": "val_acc_last", "final_acc": "val_acc_last"}  # fmt: skip
-# targets whose anchor is chosen on the training side: the candidate with the least MAE
-ANCHOR_CHOICES = {"final_acc": ("val_acc_last", "acc_fit_linear", "acc_fit_power", "acc_fit_exp")}
+# targets whose anchor is chosen on the training side: the candidate with the least MAE (loss
+# targets: a baseline's smoother, so that the network learns the correction to the best one)
+_LOSS_ANCHORS = ("log_loss_ema", *LOSS_LEVELS)
+ANCHOR_CHOICES = {"final_acc": ("val_acc_last", "acc_fit_linear", "acc_fit_power", "acc_fit_exp"),
+                  **{t: _LOSS_ANCHORS for t in ("next_loss", "smooth_loss", "ahead_loss")}}  # fmt: skip
 
 
-def choose_anchor(ds: Dataset, target: str, idx: np.ndarray) -> str:
-    """The anchor of ``target``: fixed (:data:`ANCHORS`), or the best on the rows ``idx``."""
-    if target not in ANCHOR_CHOICES or not len(idx):
+def choose_anchor(ds: Dataset, target: str, idx: np.ndarray, features: list[str] | None = None) -> str:
+    """The anchor of ``target``: fixed (:data:`ANCHORS`), or the best on the rows ``idx``
+    among the candidates of :data:`ANCHOR_CHOICES` that are in ``features`` (and the rows)."""
+    cands = [c for c in ANCHOR_CHOICES.get(target, ()) if c in ds.rows.columns and (features is None or c in features)]
+    if not cands or not len(idx):
         return ANCHORS[target]
     rows = ds.rows.iloc[idx]
     y = rows[target].to_numpy(float)
-    mae = {c: float(np.nanmean(np.abs(rows[c].to_numpy(float) - y))) for c in ANCHOR_CHOICES[target]}
+    mae = {c: float(np.nanmean(np.abs(rows[c].to_numpy(float) - y))) for c in cands}
     return min(mae, key=lambda c: mae[c] if np.isfinite(mae[c]) else np.inf)
 
 
@@ -48,14 +54,24 @@ def fit_on_dataset(
 ) -> tuple[Predictor, list[dict[str, float]]]:
     """Train a ``kind`` predictor of ``targets`` on the ``train`` side of ``split``, early
     stopping on its ``val`` side (every ``stride``-th step with ``fraction`` in range).
-    ``features``: a subset of ``ds.features`` (default: all)."""
-    feats = list(features or ds.features)
+    ``features``: a subset of the columns (default: ``ds.features``, or, when only loss
+    targets are predicted, ``ds.loss_features``, which adds every loss baseline's smoother).
+
+    A loss target is learned as the residual over the baseline smoother with the least
+    training MAE (its anchor), and the loss-level features are seen relative to that
+    anchor's current value: the window's shape and the baselines' disagreement, never the
+    run's absolute loss scale; a zero output is the baseline."""
+    only_loss = all(t in LOSS_TARGETS for t in targets)
+    feats = list(features or (ds.loss_features if only_loss and all(c in ds.rows for c in LOSS_LEVELS) else ds.features))
     tr = select(ds, list(targets), split, "train", stride=stride, fraction=fraction)
-    anchors = {t: choose_anchor(ds, t, tr) for t in targets if t in ANCHORS}
+    anchors = {t: choose_anchor(ds, t, tr, feats) for t in targets if t in ANCHORS}
     cfg = PredictorConfig(kind=kind, features=feats, targets=list(targets), window=window, hidden=hidden, layers=layers,
                           quantiles=list(quantiles or []), anchors=anchors)  # fmt: skip
-    if any(t in LOSS_TARGETS for t in targets):
-        cfg.relative, cfg.relative_to = ["log_loss", "log_loss_ema"], "log_loss_ema"
+    loss_anchors = [anchors[t] for t in targets if t in LOSS_TARGETS]
+    if loss_anchors:
+        ref = loss_anchors[0] if only_loss else "log_loss_ema"  # one reference level for every loss target
+        cfg.relative = [f for f in ("log_loss", "log_loss_ema", *LOSS_LEVELS) if f in feats]
+        cfg.relative_to = ref if ref in feats else "log_loss_ema"
     data = {}
     for side in ("train", "val"):
         idx = select(ds, list(targets), split, side, stride=stride, fraction=fraction)
