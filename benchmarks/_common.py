@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import torch
 
+from metalearner.atomic import json_safe
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -61,8 +63,8 @@ def finish(name: str, summary: dict[str, Any], details: dict[str, Any], *, quick
             "summary": summary,
             **details,
         }
-        (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(summary))
+        (RESULTS / f"{name}.json").write_text(json.dumps(json_safe(record), indent=2) + "\n")
+    print(json.dumps(json_safe(summary)))
 
 
 def interleaved_seconds(

@@ -51,6 +51,9 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["train", "--task", "cifar"], "unknown"),
         (["train", "--lr", "-1", "--task", "moons"], "learning rate"),
         (["inspect", "/nonexistent/run"], "not a run directory"),
+        (["bench", "--suite", "huge", "--out", "/tmp/x"], "unknown suite 'huge'"),
+        (["bench", "--suite", "quick"], "give --out DIR"),
+        (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):

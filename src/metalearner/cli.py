@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from metalearner.bench.cli import bench_app
 from metalearner.errors import MetalearnerError
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
@@ -25,6 +26,7 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(mirror_app, name="mirror")
 app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
 app.add_typer(lopt_app, name="lopt")
+app.add_typer(bench_app, name="bench")
 
 
 class Bar:

@@ -18,6 +18,7 @@ optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss
 from __future__ import annotations
 
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
@@ -34,13 +35,15 @@ Status = Literal["complete", "diverged", "target_reached", "stopped"]
 
 @dataclass
 class FitResult:
-    """What a run did: ``history`` has one entry per evaluation."""
+    """What a run did: ``history`` has one entry per evaluation; ``eval_seconds`` is the
+    wall time spent evaluating (so callers can time training alone)."""
 
     status: Status
     steps: int
     epochs: float
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
+    eval_seconds: float = 0.0
 
     @property
     def diverged(self) -> bool:
@@ -167,10 +170,14 @@ def fit(
     running = torch.zeros((), dtype=torch.float64)
     running_n = 0
 
+    eval_seconds = 0.0
+
     def run_eval() -> bool:
-        nonlocal running, running_n
+        nonlocal running, running_n, eval_seconds
+        t0 = time.perf_counter()
         with _eval_mode(optimizer):
             val_loss, val_acc = evaluate(model, x_val, y_val, loss_fn)
+        eval_seconds += time.perf_counter() - t0
         train_loss = float(running) / max(running_n, 1)
         running, running_n = torch.zeros((), dtype=torch.float64), 0
         result.history.append(
@@ -236,4 +243,5 @@ def fit(
             test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device), loss_fn)
         result.final.update(test_loss=test_loss, test_acc=test_acc)
     result.final.update(status=result.status, steps=result.steps, epochs=result.epochs, steps_per_epoch=per_epoch)
+    result.eval_seconds = eval_seconds
     return result

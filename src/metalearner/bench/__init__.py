@@ -1,0 +1,16 @@
+"""The honest benchmark: time to target against tuned and tuning-free optimizers.
+
+    from metalearner.bench import get_suite, run_suite
+    from metalearner.zoo.executor import make_executor
+    results = run_suite(get_suite("quick"), "bench-quick", make_executor("local"))
+
+The protocol is in :mod:`metalearner.bench.protocol` and docs/benchmark.md; methods are
+registered in :data:`metalearner.bench.methods.METHODS`.
+"""
+
+from metalearner.bench.methods import METHODS, Method, get_method
+from metalearner.bench.protocol import SUITES, Cell, Suite, get_suite
+from metalearner.bench.runner import Bench, run_suite
+from metalearner.bench.summary import load_results
+
+__all__ = ["METHODS", "SUITES", "Bench", "Cell", "Method", "Suite", "get_method", "get_suite", "load_results", "run_suite"]

@@ -1,0 +1,57 @@
+"""``metalearner bench --suite quick|full --out DIR`` (run or resume) and ``bench report DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                        help="Time-to-target benchmark against tuned and tuning-free optimizers.")  # fmt: skip
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    suite: str = typer.Option("quick", help="quick (small tasks, minutes) or full (MNIST/Fashion, about an hour on 2 cores)."),
+    out: Optional[Path] = typer.Option(None, help="Output directory (created; rerun the same command to resume)."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
+    executor: str = typer.Option("local", help="local (process pool) or ray."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    seeds: Optional[int] = typer.Option(None, help="Override the suite's number of scoring seeds."),
+    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    """Run SUITE into OUT: results.json, report.md, report.html and figures/."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import dataclasses
+
+    from metalearner.bench import get_suite, run_suite
+    from metalearner.report.bench import print_summary
+    from metalearner.errors import ConfigError
+    from metalearner.zoo.executor import RayExecutor, make_executor
+
+    if out is None:
+        raise ConfigError("give --out DIR for the benchmark")
+    s = get_suite(suite)
+    if seeds is not None:
+        s = dataclasses.replace(s, seeds=seeds)
+    ex = RayExecutor(address=address) if executor == "ray" else make_executor(executor, workers)
+    with ex:
+        results = run_suite(s, out, ex, data_dir=str(data_dir) if data_dir else None, progress=progress)
+    print_summary(results, out)
+
+
+@bench_app.command("report")
+def report(results_dir: Path = typer.Argument(..., help="A benchmark directory (or its results.json).")) -> None:
+    """Re-render report.md/report.html from results.json and print the headline table."""
+    from metalearner.bench import load_results
+    from metalearner.report.bench import print_summary
+    from metalearner.report.bench import write_report
+
+    d = results_dir if results_dir.is_dir() else results_dir.parent
+    results = load_results(results_dir)
+    write_report(results, d)
+    print_summary(results, d)

@@ -1,0 +1,127 @@
+"""The benchmark protocol: which cells (task x architecture), methods, seeds and budgets.
+
+The protocol (docs/benchmark.md says it in words; change it only with a stated reason):
+
+* **target** of a cell: the validation accuracy that Adam with a constant learning rate,
+  tuned on the grid, reaches after ``reference_epochs`` epochs (median over scoring seeds);
+* **time to target**: epochs until validation accuracy first reaches the target, evaluating
+  ``evals_per_epoch`` times per epoch; budget-aware methods are run at each of ``budgets``
+  and score the smallest budget whose run reaches it; never reaching it is ``inf``;
+* **rulesets**: *self_tuning* (each method's defaults, one run per seed) and *tuned* (each
+  method's lr picked from its grid by final validation accuracy after ``reference_epochs``
+  on ``tuning_seed``, a seed never used for scoring; the same number of trials for all);
+* seeds ``0 .. seeds-1`` score; the data split is the same for every run of a cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from metalearner.bench.methods import METHODS, get_method
+from metalearner.errors import ConfigError
+from metalearner.tasks.models import ModelConfig
+from metalearner.tasks.task import TaskConfig
+
+SHIFT_B = {"mean": 1.0, "rotation": 0.6, "noise": 0.5, "imbalance": 0.5}  # task B of the shift experiment
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (task, architecture) problem; ``role`` says why it is in the suite."""
+
+    name: str
+    task: TaskConfig
+    role: str = "held-out"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "task": self.task.to_dict(), "role": self.role}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Cell":
+        return cls(name=d["name"], task=TaskConfig.from_dict(d["task"]), role=d.get("role", "held-out"))
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    cells: tuple[Cell, ...]
+    methods: tuple[str, ...] = tuple(METHODS)
+    seeds: int = 3
+    tuning_seed: int = 1000
+    reference_epochs: int = 10
+    budgets: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10)
+    evals_per_epoch: int = 4
+    reference_method: str = "adam"
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for m in (*self.methods, self.reference_method):
+            get_method(m)
+        if get_method(self.reference_method).budget_aware:
+            raise ConfigError("the reference method must not be budget-aware (it defines the target at a fixed budget)")
+        if self.reference_method not in self.methods:
+            raise ConfigError(f"the reference method {self.reference_method!r} must be one of the suite's methods")
+        if self.seeds < 1 or self.reference_epochs < 1 or self.evals_per_epoch < 1:
+            raise ConfigError("seeds, reference_epochs and evals_per_epoch must be >= 1")
+        if not self.budgets or self.budgets[-1] != self.reference_epochs or list(self.budgets) != sorted(set(self.budgets)):
+            raise ConfigError("budgets must increase and end at reference_epochs")
+        if len({c.name for c in self.cells}) != len(self.cells):
+            raise ConfigError("cell names must be unique")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["cells"] = [c.to_dict() for c in self.cells]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Suite":
+        d = dict(d)
+        d["cells"] = tuple(Cell.from_dict(c) for c in d["cells"])
+        for k in ("methods", "budgets", "notes"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def _mlp(dataset: str, depth: int, width: int, activation: str, **data_options: Any) -> TaskConfig:
+    return TaskConfig(dataset=dataset, model=ModelConfig(depth=depth, width=width, activation=activation), data_options=data_options)
+
+
+def _shift_cells(depth: int = 2, width: int = 64) -> tuple[Cell, Cell]:
+    arch = f"mlp-{depth}x{width}-relu"
+    return (
+        Cell(f"synthetic-A/{arch}", _mlp("synthetic", depth, width, "relu"), "shift A: concept seen in meta-training"),
+        Cell(f"synthetic-B/{arch}", _mlp("synthetic", depth, width, "relu", **SHIFT_B), "shift B: A shifted, never seen"),
+    )
+
+
+SUITES: dict[str, Suite] = {
+    "quick": Suite(
+        name="quick",
+        cells=(Cell("digits/mlp-3x128-elu", _mlp("digits", 3, 128, "elu"), "held-out architecture"), *_shift_cells()),
+        seeds=3,
+        notes=("small tasks so the whole protocol runs in minutes; not a result about MNIST",),
+    ),
+    "full": Suite(
+        name="full",
+        cells=(
+            Cell("mnist/mlp-2x256-relu", _mlp("mnist", 2, 256, "relu"), "held-out task and architecture (the headline)"),
+            Cell("mnist/mlp-4x128-elu", _mlp("mnist", 4, 128, "elu"), "held-out task, deeper, unseen activation"),
+            Cell("fashion_mnist/mlp-2x128-gelu", _mlp("fashion_mnist", 2, 128, "gelu"), "held-out task and width"),
+            *_shift_cells(),
+        ),
+        seeds=5,
+        notes=(
+            "the CNN is not in the full suite: one CNN epoch on MNIST costs ~14 s on this 2-core CPU "
+            "(5x the MLP), i.e. ~4 hours for its cell alone",
+        ),
+    ),
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")
+    return SUITES[name]

@@ -1,0 +1,153 @@
+"""A tiny suite end to end: waves, targets, the budget rule, resume, the report."""
+
+import json
+import math
+
+import pytest
+
+import metalearner.bench.runner as runner
+from metalearner.bench import Bench, Cell, Suite, load_results, run_suite
+from metalearner.bench.protocol import SUITES, _mlp
+from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.zoo.executor import InlineExecutor
+
+TINY = Suite(
+    name="tiny",
+    cells=(Cell("moons/mlp-1x16-relu", _mlp("moons", 1, 16, "relu")), Cell("digits/mlp-1x16-tanh", _mlp("digits", 1, 16, "tanh"))),
+    methods=("adam", "adamw_cosine", "controller"),
+    seeds=2,
+    reference_epochs=3,
+    budgets=(1, 2, 3),
+    evals_per_epoch=2,
+)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    calls = []
+    original = runner.run_job
+
+    def counting(job):
+        calls.append(job)
+        return original(job)
+
+    runner.run_job = counting
+    try:
+        results = run_suite(TINY, out, InlineExecutor(), progress=False)
+    finally:
+        runner.run_job = original
+    return out, results, calls
+
+
+def test_every_job_runs_once_and_the_rulesets_share_identical_runs(finished):
+    out, results, calls = finished
+    keys = [runner.job_key(j) for j in calls]
+    assert len(keys) == len(set(keys)) == len(list((out / "jobs").glob("*.json")))
+    # tuning: 3 methods x 3 lrs per cell; scoring: 3 methods x 2 seeds x 2 rulesets, minus runs shared
+    # by the rulesets (a tuned lr equal to the default is the same job)
+    n_tuning = 2 * 3 * 3
+    assert n_tuning + 2 * 3 * 2 <= len(calls) <= n_tuning + 2 * 3 * 2 * 2
+
+
+def test_target_is_the_median_of_tuned_adam_at_the_reference_budget(finished):
+    out, results, _ = finished
+    for name, cell in results["cells"].items():
+        tuned = cell["rulesets"]["tuned"]["adam"]
+        best = max(cell["tuning"]["adam"], key=lambda t: t["val_acc"])
+        assert tuned["lr"] == best["lr"]
+        finals = sorted(s["val_acc"] for s in tuned["seeds"])
+        assert cell["target"] == pytest.approx(sum(finals) / 2)  # 2 seeds: the median is the mean
+        for s in tuned["seeds"]:
+            assert s["curve"][-1][0] == pytest.approx(TINY.reference_epochs)
+            assert s["curve"][-1][1] == s["val_acc"]
+
+
+def test_epochs_to_target_follow_the_curves_and_the_budget_rule(finished):
+    out, results, _ = finished
+    for cell in results["cells"].values():
+        t = cell["target"]
+        for ruleset in ("self_tuning", "tuned"):
+            for m, entry in cell["rulesets"][ruleset].items():
+                for s in entry["seeds"]:
+                    reach = [row[0] for row in s["curve"] if row[1] >= t]
+                    if m == "adamw_cosine":  # budget-aware: the smallest budget whose own run reached the target
+                        hits = [b["budget"] for b in s["budget_runs"] if b["reached"]]
+                        assert s["epochs_to_target"] == (min(hits) if hits else math.inf)
+                        assert bool(reach) == (TINY.reference_epochs in hits)
+                        tried = [b["budget"] for b in s["budget_runs"]][1:]
+                        assert tried == sorted(tried) and (not hits or max(tried, default=0) <= min(hits) or not tried)
+                    else:
+                        assert s["epochs_to_target"] == (reach[0] if reach else math.inf)
+
+
+def test_rerun_resumes_without_training(finished, monkeypatch):
+    out, results, _ = finished
+
+    def boom(job):
+        raise AssertionError("a finished job was run again")
+
+    monkeypatch.setattr(runner, "run_job", boom)
+    again = run_suite(TINY, out, InlineExecutor(), progress=False)
+    assert again["cells"].keys() == results["cells"].keys()
+    assert again["profile_scores"] == results["profile_scores"]
+
+
+def test_a_failed_job_keeps_the_finished_ones_and_a_rerun_completes(tmp_path, monkeypatch):
+    small = Suite(name="one", cells=TINY.cells[:1], methods=("adam",), seeds=1, reference_epochs=1, budgets=(1,))
+    original = runner.run_job
+    state = {"n": 0}
+
+    def flaky(job):
+        state["n"] += 1
+        if state["n"] == 2:
+            raise RuntimeError("worker died")
+        return original(job)
+
+    monkeypatch.setattr(runner, "run_job", flaky)
+    with pytest.raises(MetalearnerError, match="1 benchmark job"):
+        run_suite(small, tmp_path, InlineExecutor(), progress=False)
+    kept = len(list((tmp_path / "jobs").glob("*.json")))
+    assert kept == 3  # wave 1: 3 tuning jobs + the self-tuning run; one failed
+    monkeypatch.setattr(runner, "run_job", original)
+    results = run_suite(small, tmp_path, InlineExecutor(), progress=False)
+    assert len(list((tmp_path / "jobs").glob("*.json"))) >= 3
+    assert math.isfinite(results["cells"][small.cells[0].name]["target"])
+
+
+def test_report_and_results_file(finished):
+    out, results, _ = finished
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert html.count("data:image/png;base64,") >= 3 and "Verdict" in html
+    for name in results["cells"]:
+        assert name in md
+    for fig in ("curves.png", "epochs_to_target.png", "profiles.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000
+    back = load_results(out)
+    assert json.loads((out / "results.json").read_text())["protocol"]["name"] == "tiny"
+    for name, cell in results["cells"].items():
+        for r in ("self_tuning", "tuned"):
+            for m, e in cell["rulesets"][r].items():
+                assert back["cells"][name]["rulesets"][r][m]["summary"]["epochs_to_target"] == e["summary"]["epochs_to_target"]
+    assert set(back["meta_training"]) == {"opt2vec", "controller"}
+    assert back["cells"]["moons/mlp-1x16-relu"]["seen_in_meta_training"] == {"data": True, "architecture": True}
+
+
+def test_another_suite_in_the_same_directory_is_refused(finished):
+    out, _, _ = finished
+    other = Suite(name="tiny", cells=TINY.cells[:1], methods=("adam",), seeds=1, reference_epochs=3, budgets=(1, 2, 3))
+    with pytest.raises(MetalearnerError, match="different suite"):
+        Bench(other, out)
+
+
+def test_suite_validation():
+    with pytest.raises(ConfigError, match="budgets"):
+        Suite(name="x", cells=TINY.cells, methods=("adam",), reference_epochs=3, budgets=(1, 2))
+    with pytest.raises(ConfigError, match="budget-aware"):
+        Suite(name="x", cells=TINY.cells, methods=("adam", "adamw_cosine"), reference_method="adamw_cosine")
+    with pytest.raises(ConfigError, match="unknown method"):
+        Suite(name="x", cells=TINY.cells, methods=("adam", "nope"))
+    assert {"quick", "full"} <= set(SUITES)
+    full = SUITES["full"]
+    assert full.seeds >= 5 and full.reference_epochs == 10 and full.budgets == (1, 2, 3, 4, 5, 6, 8, 10)
