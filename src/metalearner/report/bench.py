@@ -89,10 +89,19 @@ def verdict(results: dict[str, Any]) -> list[str]:
                     line += f"; {_label(results, m)} WINS (ties count)"
                 else:
                     base = [b for b in times if b not in ours]
-                    faster = [b for b in base if times[b] < t]
+                    beaten = [b for b in base if times[b] > t]
                     took = "never reached the target" if not math.isfinite(t) else f"{fmt_epochs(t)} epochs"
-                    line += f"; {_label(results, m)} loses ({took}; {len(faster)} of {len(base)} baselines were faster)"
+                    line += f"; {_label(results, m)} loses ({took}; faster than {len(beaten)} of {len(base)} baselines)"
             out.append(line + ".")
+    pair = shift_cells(results)
+    if pair:
+        for m in ours:
+            ranks = []
+            for cell in pair:
+                times = {k: v["summary"]["epochs_to_target"] for k, v in results["cells"][cell]["rulesets"]["self_tuning"].items()}
+                ranks.append(1 + sum(t < times[m] for t in times.values()))
+            out.append(f"Shift (self-tuning): {_label(results, m)} ranks {ranks[0]} of {len(times)} on task A (seen in "
+                       f"meta-training) and {ranks[1]} of {len(times)} on the shifted task B.")  # fmt: skip
     g = results["goals"]
     for m in ours:
         if m in g and g[m]["median_epochs_on_held_out_mnist"]:
