@@ -64,6 +64,11 @@ def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
 
 
+def test_usage_errors_show_usage_without_a_traceback():
+    r = cli("train", "--no-such-flag")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "No such option" in r.stderr
+
+
 def test_offline_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     import urllib.error
     import urllib.request

@@ -170,10 +170,8 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         console.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
+    except Exception as e:  # usage errors (click's, or the copy of click that newer typer vendors)
+        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
             e.show()
             sys.exit(e.exit_code)
         raise

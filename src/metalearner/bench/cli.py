@@ -45,13 +45,15 @@ def bench(
 
 
 @bench_app.command("report")
-def report(results_dir: Path = typer.Argument(..., help="A benchmark directory (or its results.json).")) -> None:
-    """Re-render report.md/report.html from results.json and print the headline table."""
+def report(
+    results_path: Path = typer.Argument(..., help="A benchmark directory, its results.json, or benchmarks/results/time_to_target.json."),
+    out: Optional[Path] = typer.Option(None, help="Where to write the report (default: beside the results)."),
+) -> None:
+    """Re-render report.md/report.html from the results and print the headline table."""
     from metalearner.bench import load_results
-    from metalearner.report.bench import print_summary
-    from metalearner.report.bench import write_report
+    from metalearner.report.bench import print_summary, write_report
 
-    d = results_dir if results_dir.is_dir() else results_dir.parent
-    results = load_results(results_dir)
+    results = load_results(results_path)
+    d = out or (results_path if results_path.is_dir() else results_path.parent)
     write_report(results, d)
     print_summary(results, d)

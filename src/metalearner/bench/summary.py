@@ -104,7 +104,8 @@ _INF_KEYS = ("epochs_to_target", "ci95", "median_epochs_on_held_out_mnist")
 
 
 def load_results(path: str | Any) -> dict[str, Any]:
-    """Read a ``results.json``; JSON has no infinity, so "never reached" (null) becomes ``inf`` again."""
+    """Read a ``results.json`` (or a directory holding one, or the benchmark's wrapped record);
+    JSON has no infinity, so "never reached" (null) becomes ``inf`` again."""
     from pathlib import Path
 
     from metalearner.errors import ConfigError
@@ -125,6 +126,11 @@ def load_results(path: str | Any) -> dict[str, Any]:
         return obj
 
     try:
-        return fix(json.loads(p.read_text()))
+        d = json.loads(p.read_text())
     except ValueError as e:
         raise ConfigError(f"{p} is not a results file: {e}") from None
+    if isinstance(d, dict) and "cells" not in d and isinstance(d.get("results"), dict):
+        d = d["results"]  # benchmarks/results/time_to_target.json wraps them with the command and machine
+    if not isinstance(d, dict) or "cells" not in d:
+        raise ConfigError(f"{p} is not a benchmark results file")
+    return fix(d)
