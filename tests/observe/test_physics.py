@@ -1,5 +1,6 @@
 """The physics definitions checked against values computed by hand."""
 
+import copy
 import math
 
 import torch
@@ -107,3 +108,129 @@ def test_noise_scale_recovers_a_known_value():
         noise = float(tracker.after_step(batch_size=batch).extended[2])
     expected = sigma**2 * d / float(true_grad.square().sum())
     assert abs(noise - expected) / expected < 0.3
+
+
+class _Mixed(nn.Module):
+    """Layers of different sizes, a root-level parameter, and a non-contiguous weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc1 = nn.Linear(6, 5)
+        self.fc2 = nn.Linear(5, 3)
+        self.fc2.weight = nn.Parameter(torch.randn(5, 3).t())  # non-contiguous
+        self.scale = nn.Parameter(torch.tensor([1.5]))
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x))) * self.scale
+
+
+def _reference_extended(grads, updates, beta, batch):
+    """The extended set in float64, straight from the definitions (one value per step)."""
+    out, prev_g, prev_u, m, s = [], None, None, None, 0.0
+    for t, (g, u) in enumerate(zip(grads, updates), start=1):
+        cos = curvature = noise = math.nan
+        if prev_g is not None:
+            cos = float(g @ prev_g / (g.norm() * prev_g.norm()))
+            curvature = float((g - prev_g) @ prev_u / (prev_u @ prev_u))
+        m = g * (1 - beta) if m is None else m * beta + (1 - beta) * g
+        s = s * beta + (1 - beta) * float(g @ g)
+        if t >= 2:
+            corr = 1 - beta**t
+            m2, sc, c = float(m @ m) / corr**2, s / corr, (1 - beta) / (1 + beta)
+            var = (sc - m2) / (1 - c)
+            noise = batch * var / (m2 - c * var)
+        out.append((cos, curvature, noise))
+        prev_g, prev_u = g, u
+    return out
+
+
+def _train(model, tracker, steps, batch=8, seed=1):
+    """Adam steps; returns the tracker's values and float64 references for them."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    params = list(model.parameters())
+    got, grads, updates, norms = [], [], [], []
+    for _ in range(steps):
+        x = torch.randn(batch, 6, generator=gen)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        g = [p.grad.double().reshape(-1) for p in params]
+        w = [p.detach().double().reshape(-1) for p in params]
+        tracker.before_step()
+        opt.step()
+        u = [p.detach().double().reshape(-1) - a for p, a in zip(params, w)]
+        got.append(tracker.after_step(batch_size=batch))
+        grads.append(torch.cat(g))
+        updates.append(torch.cat(u))
+
+        def layer_norms(ts):  # layers: scale (the root's own), fc1 (weight, bias), fc2
+            layers = [ts[0:1], ts[1:3], ts[3:5]]
+            return [float(torch.cat(ls).norm()) for ls in layers]
+
+        norms.append([layer_norms(g), layer_norms(w), layer_norms(u)])
+    return got, grads, updates, norms
+
+
+def test_default_set_matches_float64_on_uneven_layers():
+    model = _Mixed()
+    tracker = PhysicsTracker(model.named_parameters())
+    assert tracker.layer_names == ["scale", "fc1", "fc2"]
+    got, _, _, norms = _train(model, tracker, 5)
+    for phys, (g, w, u) in zip(got, norms):
+        for field, layers, total in zip(LAYER_FIELDS, (g, w, u), (phys.grad_norm, phys.weight_norm, phys.update_norm)):
+            assert torch.allclose(phys.layers(field).double(), torch.tensor(layers, dtype=torch.float64), rtol=1e-5)
+            assert math.isclose(float(total), math.sqrt(sum(x * x for x in layers)), rel_tol=1e-5)
+
+
+def test_extended_set_matches_float64_definitions():
+    model = _Mixed()
+    tracker = PhysicsTracker(model.named_parameters(), extended=True, noise_ema=0.9)
+    got, grads, updates, _ = _train(model, tracker, 8)
+    expected = _reference_extended(grads, updates, 0.9, batch=8)
+    for phys, (cos, curvature, noise) in zip(got, expected):
+        g_cos, g_curv, g_noise = phys.extended.tolist()
+        for a, b, tol in ((g_cos, cos, 1e-5), (g_curv, curvature, 1e-4), (g_noise, noise, 1e-4)):
+            assert (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=tol, abs_tol=1e-6), (a, b)
+
+
+def test_state_dict_carries_the_extended_set_to_a_fresh_tracker():
+    model = _Mixed()
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    _train(model, tracker, 3)
+    state = tracker.state_dict()
+    n = sum(p.numel() for p in model.parameters())
+    assert state["_t"] == 3 and state["_prev_grad"].shape == (n,) and state["_prev_update"].dtype == torch.float64
+    clone = copy.deepcopy(model)
+    fresh = PhysicsTracker(clone.named_parameters(), extended=True)
+    fresh.load_state_dict(state)
+    a, _, _, _ = _train(model, tracker, 3, seed=2)
+    b, _, _, _ = _train(clone, fresh, 3, seed=2)
+    for x, y in zip(a, b):
+        assert torch.allclose(x.values, y.values, rtol=1e-5, equal_nan=True)
+
+
+def test_float64_and_mixed_dtype_parameters():
+    model = _Mixed().double()
+    model.scale.data = model.scale.data.float()
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        (model.fc2(torch.tanh(model.fc1(torch.randn(4, 6, dtype=torch.float64)))).sum() * model.scale).backward()
+        tracker.before_step()
+        opt.step()
+        phys = tracker.after_step(batch_size=4)
+    assert phys.values.dtype == torch.float32 and torch.isfinite(phys.values).all()
+
+
+def test_extended_set_survives_zero_gradients():
+    model = _Mixed()
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    for _ in range(3):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        tracker.before_step()
+        phys = tracker.after_step(batch_size=4)
+    cos, curvature, noise = phys.extended.tolist()
+    assert cos == 0.0 and curvature == 0.0 and math.isnan(noise)
