@@ -7,9 +7,7 @@ They take turns in short blocks of steps, rotating the order every block, so tha
 elsewhere on a shared machine hits all three alike; a repeat's ratio is the summed time with
 the probe over the summed time without it, and the reported figure is the median over
 repeats (with the min and max). The probe's chunk flushes (pooling, Arrow, Parquet) happen
-inside the timed blocks (a full chunk's Parquet part is written by the probe's background
-thread, as in any run). Training uses one torch thread (``--threads``), the issue's setting.
-A second width (128, the foundation issue's example) shows how the
+inside the timed blocks. A second width (128, the foundation issue's example) shows how the
 ratio scales with the parameter count.
 
     python benchmarks/probe_overhead.py --quick     # < 1 minute, prints JSON
@@ -49,9 +47,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few short repeats (under a minute)")
     ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (the issue's setting: 1)")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
     blocks, block_steps = (10, 20) if args.quick else (40, 25)
     widths = (256,) if args.quick else (256, 128)
@@ -74,22 +70,17 @@ def main() -> None:
     main_w = per_width[256]
     summary = {
         "model": "mlp 784-256-256-10, adam 1e-3, batch 128",
-        "torch_threads": args.threads,
         "steps_per_repeat": main_w["steps_per_repeat"],
         "repeats": repeats,
         "ratio_default": round(main_w["ratio_median"]["default"], 4),
         "ratio_default_min_max": [round(x, 4) for x in main_w["ratio_min_max"]["default"]],
         "ratio_extended": round(main_w["ratio_median"]["extended"], 4),
-        "ratio_extended_min_max": [round(x, 4) for x in main_w["ratio_min_max"]["extended"]],
         "target_default": 1.05,
         "meets_target": main_w["ratio_median"]["default"] <= 1.05,
     }
     if 128 in per_width:
-        w128 = per_width[128]
-        summary["ratio_default_width128"] = round(w128["ratio_median"]["default"], 4)
-        summary["ratio_default_width128_min_max"] = [round(x, 4) for x in w128["ratio_min_max"]["default"]]
-        summary["ratio_extended_width128"] = round(w128["ratio_median"]["extended"], 4)
-        summary["ratio_extended_width128_min_max"] = [round(x, 4) for x in w128["ratio_min_max"]["extended"]]
+        summary["ratio_default_width128"] = round(per_width[128]["ratio_median"]["default"], 4)
+        summary["ratio_extended_width128"] = round(per_width[128]["ratio_median"]["extended"], 4)
     finish("probe_overhead", summary, {"per_width": per_width}, quick=args.quick)
 
 

@@ -19,27 +19,17 @@ measured at ``θ_t``:
 =================  ==========================================================================
 
 A "layer" is a module that owns parameters (its weight and bias together); its name is the
-module path (``"1"``, ``"features.0"``). Norms are squared dot products combined with one
-matrix product, so a step costs a handful of kernel launches and no per-parameter ``.item()``.
-
-The per-step cost is memory traffic, so the tracker keeps a persistent snapshot buffer with
-the parameters laid out layer by layer (one buffer per dtype and device), in which each
-layer's weights and update are one contiguous slice. A step is one squared norm per gradient
-tensor, one multi-tensor copy of the parameters into the snapshot and one squared norm per
-layer (``‖θ_t‖²``), then after the step one in-place multi-tensor subtract and one squared
-norm per layer (``‖θ_{t+1} − θ_t‖²``). On CPU the dot products go through NumPy's BLAS
-(about twice as fast as ``torch.dot`` there), so the scalars are Python floats and no small
-tensor ops run per step. The extended set copies the gradient into a buffer of the same
-layout and works on whole buffers, one kernel per quantity, swapping the current and
-previous gradient every step (float32 buffers, float64 scalar arithmetic).
+module path (``"1"``, ``"features.0"``). Norms are squared dot products
+combined with one matrix product, so a step costs a handful of kernel launches and no
+per-parameter ``.item()``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import Iterable, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -94,33 +84,22 @@ def layer_names(named_params: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[
     return names, assign
 
 
-
-class _Buffers(NamedTuple):
-    """Buffers shaped like the parameters, laid out layer by layer (see :class:`PhysicsTracker`)."""
-
-    flats: list[torch.Tensor]  # one contiguous buffer per (dtype, device) group
-    views: list[torch.Tensor]  # one per parameter, in the tracker's buffer order
-    dot_flats: list[Any]  # the flats as the dot product takes them (NumPy arrays on CPU)
-    dot_segments: list[Any]  # one flat slice per (group, layer), likewise
-
-
-def _pooling_matrix(rows: list[tuple[int, int]], n_layers: int) -> torch.Tensor:
-    """Maps a raw row of squared norms to the squares of ``[‖g‖, ‖w‖, ‖u‖, g layers (L),
-    w layers (L), u layers (L)]`` in one matrix product. Raw entry ``i`` is the squared norm
-    of quantity ``rows[i][0]`` (0 gradient, 1 weight, 2 update) over part of layer ``rows[i][1]``."""
-    M = torch.zeros(len(rows), 3 + 3 * n_layers, dtype=torch.float64)
-    for i, (k, layer) in enumerate(rows):
-        M[i, k] = 1.0
-        M[i, 3 + k * n_layers + layer] = 1.0
+def _pooling_matrix(assign: list[int], n_layers: int) -> torch.Tensor:
+    """Maps squared per-tensor norms ``[g (P), w (P), u (P)]`` to the squares of
+    ``[‖g‖, ‖w‖, ‖u‖, g layers, w layers, u layers]`` in one matrix product."""
+    P = len(assign)
+    M = torch.zeros(3 * P, 3 + 3 * n_layers)
+    for k in range(3):
+        for i, layer in enumerate(assign):
+            M[k * P + i, k] = 1.0
+            M[k * P + i, 3 + k * n_layers + layer] = 1.0
     return M
 
 
-def _np_dot(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.dot(a, b))
-
-
-def _at_least(x: float | torch.Tensor, lo: float) -> float | torch.Tensor:
-    return x.clamp_min(lo) if isinstance(x, torch.Tensor) else max(x, lo)
+def _squared_norms(flat: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``‖t‖²`` of each flat tensor as 0-d tensors. A BLAS dot product per tensor runs about
+    twice as fast on CPU as ``torch._foreach_norm``, which matters on the probe's hot path."""
+    return [torch.dot(f, f) for f in flat]
 
 
 class PhysicsTracker:
@@ -128,8 +107,7 @@ class PhysicsTracker:
 
     Call :meth:`before_step` just before ``optimizer.step()`` and :meth:`after_step` just
     after (the probe does this from optimizer step hooks). Gradients are read from ``.grad``;
-    a parameter without a gradient counts as a zero gradient. With ``extended``, the previous
-    gradient and update are those of the previous *tracked* step.
+    a parameter without a gradient counts as a zero gradient.
     """
 
     def __init__(
@@ -147,231 +125,95 @@ class PhysicsTracker:
         self.layer_names, assign = layer_names(named)
         self.n_layers = len(self.layer_names)
         self.width = 3 + 3 * self.n_layers + (len(EXTENDED_FIELDS) if extended else 0)
+        self._pool = _pooling_matrix(assign, self.n_layers).to(self.params[0].device)
+        self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
+        self._flat_before = [b.view(-1) for b in self._before]
+        self._flat_params = [p.detach().reshape(-1) for p in self.params]
+        if any(f.data_ptr() != p.data_ptr() for f, p in zip(self._flat_params, self.params)):
+            self._flat_params = None  # non-contiguous parameters: flatten at every step
+        self._pre_sq: list[torch.Tensor] = []
+        self._zeros: dict[int, torch.Tensor] = {}
         self.extended = extended
         self._beta = noise_ema
-        # CPU float32/float64: dot products in NumPy, scalars as Python floats
-        self._numpy = all(p.device.type == "cpu" and p.dtype in (torch.float32, torch.float64) for p in self.params)
-        self._dot: Callable[[Any, Any], Any] = _np_dot if self._numpy else torch.dot
-
-        # buffer layout: parameters grouped by (dtype, device), each group sorted by layer
-        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-        for i, p in enumerate(self.params):
-            groups.setdefault((p.dtype, p.device), []).append(i)
-        self._assign = assign
-        self._groups = [sorted(idx, key=assign.__getitem__) for idx in groups.values()]
-        self._order = [i for idx in self._groups for i in idx]
-        self._oparams = [self.params[i] for i in self._order]
-        self._seg_layers = [assign[idx[j]] for idx in self._groups for j in range(len(idx))
-                            if j == len(idx) - 1 or assign[idx[j + 1]] != assign[idx[j]]]  # fmt: skip
-        self._snap = self._buffers()  # θ_t between before and after a step, −u_t after it
-        self._zeros: dict[int, torch.Tensor] = {}
-        if extended:
-            # raw row: [g per layer (S), w per layer (S), u per layer (S)], from the buffers
-            rows = [(k, layer) for k in range(3) for layer in self._seg_layers]
-            self._grad, self._prev_buf, self._m_buf = self._buffers(), self._buffers(), self._buffers()
-        else:
-            # raw row: [g per parameter (P), w per layer (S), u per layer (S)]
-            rows = [(0, layer) for layer in assign] + [(k, layer) for k in (1, 2) for layer in self._seg_layers]
-        self._pool = _pooling_matrix(rows, self.n_layers).to(self.params[0].device)
-        self._pools = {torch.float64: self._pool}
-        self._sq: list[Any] = []  # this step's squared gradient and weight norms
-        # extended set: this step's g·g_prev, (g − g_prev)·u_prev, ‖m‖², then the state
-        # carried across steps (see state_dict)
-        self._ext: list[Any] = []
         self._t = 0
-        self._s: float | torch.Tensor = 0.0
-        self._has_prev = False
-        self._prev_g2: float | torch.Tensor = math.nan
-        self._prev_u2: float | torch.Tensor = math.nan
+        self._prev_grad: torch.Tensor | None = None
+        self._prev_update: torch.Tensor | None = None
+        self._m: torch.Tensor | None = None
+        self._s = torch.zeros((), dtype=torch.float64)
 
-    def _buffers(self) -> _Buffers:
-        flats, views, segments = [], [], []
-        for idx in self._groups:
-            ps = [self.params[i] for i in idx]
-            flat = torch.zeros(sum(p.numel() for p in ps), dtype=ps[0].dtype, device=ps[0].device)
-            start = offset = 0
-            for j, p in enumerate(ps):
-                views.append(flat[offset : offset + p.numel()].view(p.shape))
-                offset += p.numel()
-                if j == len(ps) - 1 or self._assign[idx[j + 1]] != self._assign[idx[j]]:
-                    segments.append(flat[start:offset])
-                    start = offset
-            flats.append(flat)
-        as_dot = (lambda t: t.numpy()) if self._numpy else (lambda t: t)  # noqa: E731
-        return _Buffers(flats, views, [as_dot(f) for f in flats], [as_dot(s) for s in segments])
-
-    def _grads(self, order: Iterable[int]) -> list[torch.Tensor]:
+    def _grads(self) -> list[torch.Tensor]:
         grads = []
-        for i in order:
-            g = self.params[i].grad
-            if g is None:
-                g = self._zeros.get(i)
-                if g is None:
-                    g = self._zeros[i] = torch.zeros_like(self.params[i])
-            grads.append(g)
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                if i not in self._zeros:
+                    self._zeros[i] = torch.zeros_like(p)
+                grads.append(self._zeros[i])
+            else:
+                grads.append(p.grad)
         return grads
 
-    def _grad_squares(self) -> list[Any]:
-        """``‖g‖²`` of each parameter's gradient, in parameter order."""
-        dot = self._dot
-        if self._numpy:
-            flats = [g.detach().numpy().reshape(-1) for g in self._grads(range(len(self.params)))]
-        else:
-            flats = [g.detach().reshape(-1) for g in self._grads(range(len(self.params)))]
-        return [dot(f, f) for f in flats]
-
-    def _row(self, values: list[Any]) -> list[float] | torch.Tensor:
-        return values if self._numpy else torch.stack(values)
-
-    @staticmethod
-    def stack_rows(rows: list[Any]) -> torch.Tensor:
-        """Rows (or extended values) of :meth:`after_step_raw` as one ``(n, R)`` tensor."""
-        if isinstance(rows[0], torch.Tensor):
-            return torch.stack(rows)
-        return torch.tensor(rows, dtype=torch.float64)
-
     @torch.no_grad()
-    @np.errstate(over="ignore", invalid="ignore")  # a diverged run's norms are inf, as in torch
     def before_step(self) -> None:
-        dot, snap = self._dot, self._snap
-        sq = self._extended_before() if self.extended else self._grad_squares()
-        torch._foreach_copy_(snap.views, self._oparams)
-        sq += [dot(s, s) for s in snap.dot_segments]
-        self._sq = sq
+        params = self._flat_params or [p.detach().reshape(-1) for p in self.params]
+        self._pre_sq = _squared_norms([g.reshape(-1) for g in self._grads()] + params)
+        torch._foreach_copy_(self._before, self.params)
 
     @torch.no_grad()
     def after_step(self, batch_size: int | None = None) -> StepPhysics:
-        """This step's physics, pooled now (what a learned optimizer reads), in float32."""
+        """This step's physics, pooled now (what a learned optimizer reads)."""
         squares, extended = self.after_step_raw(batch_size)
-        values = self.pool(self.stack_rows([squares])[0])
+        values = self.pool(torch.stack(squares))
         if extended is not None:
-            values = torch.cat([values, self.stack_rows([extended])[0].to(values)])
-        return StepPhysics(values.float(), self.n_layers)
+            values = torch.cat([values, extended])
+        return StepPhysics(values, self.n_layers)
 
     @torch.no_grad()
-    @np.errstate(over="ignore", invalid="ignore")
-    def after_step_raw(self, batch_size: int | None = None) -> tuple[Any, Any]:
-        """This step's raw row of squared norms and its extended values (or ``None``).
+    def after_step_raw(self, batch_size: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The unpooled squared norms ``[g (P), w (P), u (P)]`` and the extended values.
 
-        The row holds squared norms of the gradient, weights and update over pieces of
-        layers; its layout is internal. On CPU (float32/float64 parameters) the row and the
-        extended values are lists of Python floats, elsewhere tensors (no host sync).
-        :meth:`stack_rows` stacks rows and :meth:`pool` turns them into :class:`StepPhysics`
-        norms: the probe stores rows and pools a whole chunk at once.
+        The probe stores these and pools a whole chunk at once with :meth:`pool`, which keeps
+        its per-step cost to four vectorised passes over the parameters.
         """
-        dot, snap = self._dot, self._snap
-        torch._foreach_sub_(snap.views, self._oparams)  # now θ_t − θ_{t+1} = −u_t
-        row = self._sq + [dot(s, s) for s in snap.dot_segments]
-        if not self.extended:
-            return self._row(row), None
-        S = len(self._seg_layers)
-        if self._numpy:
-            g2, u2 = math.fsum(row[:S]), math.fsum(row[2 * S :])
-            scalars = self._ext
-        else:
-            g2, u2 = sum(x.double() for x in row[:S]), sum(x.double() for x in row[2 * S :])
-            scalars = [x.double() for x in self._ext]
-        return self._row(row), self._extended_values(*scalars, g2, u2, batch_size)
+        torch._foreach_sub_(self._before, self.params)  # now θ_t − θ_{t+1} = −update
+        squares = self._pre_sq + _squared_norms(self._flat_before)
+        extended = self._extended(self._grads(), batch_size) if self.extended else None
+        return squares, extended
 
     def pool(self, squares: torch.Tensor) -> torch.Tensor:
-        """Raw rows ``(..., R)`` from :meth:`after_step_raw` -> ``(..., 3 + 3L)`` global and
-        layer norms (float64 rows give float64 norms, anything else float32)."""
-        if squares.dtype != torch.float64:
-            squares = squares.float()
-        M = self._pools.get(squares.dtype)
-        if M is None:
-            M = self._pools[squares.dtype] = self._pool.to(squares.dtype)
-        return (squares @ M).sqrt()
-
-    # -- extended set -------------------------------------------------------------------
-    def _extended_before(self) -> list[Any]:
-        """Copy the gradient into its buffer and take the dot products that need the previous
-        gradient and update (the snapshot still holds −u_prev). Returns ``‖g‖²`` per layer."""
-        dot, grad, prev, m = self._dot, self._grad, self._prev_buf, self._m_buf
-        torch._foreach_copy_(grad.views, self._grads(self._order))
-        ext = []
-        if self._has_prev:
-            ext.append(sum(dot(a, b) for a, b in zip(grad.dot_flats, prev.dot_flats)))  # g·g_prev
-            torch._foreach_sub_(prev.flats, grad.flats)  # g_prev − g
-            ext.append(sum(dot(a, b) for a, b in zip(prev.dot_flats, self._snap.dot_flats)))  # (g − g_prev)·u
-        b = self._beta
-        if self._t == 0:
-            torch._foreach_mul_(m.flats, 0.0)
-        torch._foreach_lerp_(m.flats, grad.flats, 1 - b)  # m ← b·m + (1 − b)·g
-        ext.append(sum(dot(x, x) for x in m.dot_flats))  # ‖m‖²
-        self._ext = ext
-        self._grad, self._prev_buf = prev, grad  # this gradient is the next step's previous
-        return [dot(s, s) for s in grad.dot_segments]
-
-    def _extended_values(self, *args: float | torch.Tensor) -> torch.Tensor:
-        """``grad_cos``, ``curvature`` and ``noise_scale`` from this step's dot products
-        (``g·g_prev`` and ``(g − g_prev)·u_prev`` when there is a previous step, then
-        ``‖m‖²``), ``‖g‖²``, ``‖u‖²`` and the batch size; floats or 0-d float64 tensors."""
-        *dots, g2, u2, batch_size = args
-        cos = curvature = noise = math.nan
-        if self._has_prev:
-            gg, dgu, m2 = dots
-            cos = gg / _at_least(g2 * self._prev_g2, 1e-60) ** 0.5
-            curvature = dgu / _at_least(self._prev_u2, 1e-30)
-        else:
-            (m2,) = dots
-        self._t += 1
-        b = self._beta
-        self._s = self._s * b + (1 - b) * g2
-        if self._t >= 2 and batch_size:
-            corr = 1 - b**self._t
-            m2 = m2 / corr**2
-            s = self._s / corr
-            c = (1 - b) / (1 + b)  # variance of the EMA mean relative to one gradient's
-            var = (s - m2) / (1 - c)
-            true_sq = m2 - c * var
-            if not isinstance(true_sq, torch.Tensor):
-                true_sq = np.float64(true_sq)  # 0/0 is nan, not an exception
-            noise = float(batch_size * var / true_sq) if self._numpy else batch_size * var / true_sq
-        self._has_prev, self._prev_g2, self._prev_u2 = True, g2, u2
-        if self._numpy:
-            return [float(cos), float(curvature), float(noise)]
-        device = self.params[0].device
-        values = [torch.as_tensor(v, dtype=torch.float64, device=device) for v in (cos, curvature, noise)]
-        return torch.stack(values).float()
+        """Squared per-tensor norms ``(..., 3P)`` -> ``(..., 3 + 3L)`` global and layer norms."""
+        return (squares @ self._pool).sqrt()
 
     _STATE = ("_t", "_m", "_s", "_prev_grad", "_prev_update")  # what the extended set carries
 
     def state_dict(self) -> dict[str, object]:
-        """The extended set's memory across steps (previous gradient and update, noise EMAs),
-        as flat float64 tensors in parameter order (``None`` before the first step)."""
-        started = self.extended and self._t > 0
-        prev = started and self._has_prev
-        return {
-            "_t": self._t,
-            "_m": self._in_param_order(self._m_buf.views) if started else None,
-            "_s": torch.as_tensor(self._s, dtype=torch.float64).clone(),
-            "_prev_grad": self._in_param_order(self._prev_buf.views) if prev else None,
-            "_prev_update": -self._in_param_order(self._snap.views) if prev else None,
-        }
+        """The extended set's memory across steps (previous gradient and update, noise EMAs)."""
+        return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
-        self._t = int(state["_t"])
-        s = state["_s"]
-        self._s = float(s) if self._numpy else torch.as_tensor(s, dtype=torch.float64).clone()
-        self._has_prev = self.extended and state["_prev_grad"] is not None
-        if not self.extended:
-            return
-        if state["_m"] is not None:
-            self._from_param_order(state["_m"], self._m_buf.views)
-        if self._has_prev:
-            self._from_param_order(state["_prev_grad"], self._prev_buf.views)
-            self._from_param_order(-state["_prev_update"], self._snap.views)
-            dot = self._dot
-            g2 = sum(dot(x, x) for x in self._prev_buf.dot_flats)
-            u2 = sum(dot(x, x) for x in self._snap.dot_flats)
-            self._prev_g2, self._prev_u2 = (g2, u2) if self._numpy else (g2.double(), u2.double())
+        for k in self._STATE:
+            setattr(self, k, copy.deepcopy(state[k]))
 
-    def _in_param_order(self, views: list[torch.Tensor]) -> torch.Tensor:
-        by_param = dict(zip(self._order, views))
-        return torch.cat([by_param[i].reshape(-1).double() for i in range(len(self.params))])
-
-    def _from_param_order(self, flat: torch.Tensor, views: list[torch.Tensor]) -> None:
-        pieces = torch.split(flat.reshape(-1), [p.numel() for p in self.params])
-        for i, view in zip(self._order, views):
-            view.copy_(pieces[i].view(view.shape))
+    def _extended(self, grads: list[torch.Tensor], batch_size: int | None) -> torch.Tensor:
+        g = torch.cat([x.reshape(-1) for x in grads]).double()
+        update = -torch.cat([x.reshape(-1) for x in self._before]).double()
+        nan = torch.tensor(math.nan, dtype=torch.float64, device=g.device)
+        cos = curvature = nan
+        if self._prev_grad is not None:
+            cos = torch.nn.functional.cosine_similarity(g, self._prev_grad, dim=0, eps=1e-30)
+            u = self._prev_update
+            curvature = torch.dot(g - self._prev_grad, u) / torch.dot(u, u).clamp_min(1e-30)
+        self._t += 1
+        b = self._beta
+        self._m = g * (1 - b) if self._m is None else self._m.mul_(b).add_(g, alpha=1 - b)
+        self._s = self._s * b + (1 - b) * torch.dot(g, g)
+        noise = nan
+        if self._t >= 2 and batch_size:
+            corr = 1 - b**self._t
+            m2 = torch.dot(self._m, self._m) / corr**2
+            s = self._s / corr
+            c = (1 - b) / (1 + b)  # variance of the EMA mean relative to one gradient's
+            var = (s - m2) / (1 - c)
+            true_sq = m2 - c * var
+            noise = batch_size * var / true_sq
+        self._prev_grad, self._prev_update = g, update
+        return torch.stack([cos, curvature, noise]).float()

@@ -13,12 +13,11 @@ accuracy) before ``optimizer.step()`` and the validation metrics when you evalua
     probe.log_eval(val_loss, val_acc)
     probe.close(final={"test_acc": ...})
 
-Per step the probe only runs the passes of
-:class:`~metalearner.observe.physics.PhysicsTracker` and keeps references; pooling into
-layer norms, accuracy, and the move to the host happen once per chunk (``chunk_size``
-steps). A full chunk's Parquet part is written (and fsynced) by a background thread, so
-training does not wait on the disk; :meth:`Probe.flush` and :meth:`Probe.close` wait for
-it. Columns follow :data:`metalearner.observe.store.COLUMNS`.
+Per step the probe only launches the four passes of
+:meth:`~metalearner.observe.physics.PhysicsTracker.after_step_raw` and keeps references;
+pooling into layer norms, accuracy, and the move to the host happen once per chunk
+(``chunk_size`` steps), when a Parquet part is written. Columns follow
+:data:`metalearner.observe.store.COLUMNS`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import math
 import platform
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
@@ -123,8 +121,6 @@ class Probe:
         self.step = 0  # optimizer steps recorded so far
         self.status = "partial"
         self._t0 = time.perf_counter()
-        self._writer: ThreadPoolExecutor | None = None  # writes Parquet parts in the background
-        self._writes: list[Future] = []
         self._hooks = [
             optimizer.register_step_pre_hook(lambda *_: self.tracker.before_step()),
             optimizer.register_step_post_hook(lambda *_: self._record()),
@@ -155,10 +151,10 @@ class Probe:
     # -- hooks --------------------------------------------------------------------------
     def _record(self) -> None:
         if len(self._rows) == self.chunk_size:
-            self._flush()
+            self.flush()
         loss, preds, targets, epoch, batch = self._pending
         squares, extended = self.tracker.after_step_raw(None if targets is None else len(targets))
-        self._rows.append((loss, preds, targets, squares, extended))
+        self._rows.append((loss, preds, targets, torch.stack(squares), extended))
         lr, momentum = optimizer_hparams(self.optimizer)
         h = self._host
         h["epoch"].append(epoch)
@@ -174,42 +170,24 @@ class Probe:
         :class:`StepPhysics` values, all rows at once."""
         rows = self._rows
         n = len(rows)
-        losses = [r[0] for r in rows]
-        if all(x is not None for x in losses):
-            loss = torch.stack(losses).float().cpu()
-        else:
-            nan = torch.tensor(math.nan)
-            loss = torch.stack([x.float().cpu() if x is not None else nan for x in losses])
+        nan = torch.tensor(math.nan)
+        loss = torch.stack([r[0].float().cpu() if r[0] is not None else nan for r in rows])
         acc = torch.full((n,), math.nan)
         seen = [i for i, r in enumerate(rows) if r[1] is not None]
         if seen:
-            counts = torch.tensor([rows[i][2].shape[0] for i in seen])
+            counts = torch.tensor([len(rows[i][2]) for i in seen])
             hits = (torch.cat([rows[i][1] for i in seen]) == torch.cat([rows[i][2] for i in seen])).float().cpu()
-            if counts[0] > 0 and bool((counts == counts[0]).all()):  # equal batches: one reshape
-                per_row = hits.view(len(seen), -1).mean(1)
-            else:
-                owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
-                per_row = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
-            if len(seen) == n:
-                acc = per_row
-            else:
-                acc[torch.tensor(seen)] = per_row
-        stack = self.tracker.stack_rows
-        parts = [loss[:, None], acc[:, None], self.tracker.pool(stack([r[3] for r in rows])).double().cpu()]
+            owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
+            acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
+        squares = torch.stack([r[3] for r in rows])
+        parts = [loss[:, None], acc[:, None], self.tracker.pool(squares.float()).cpu()]
         if self.extended:
-            parts.append(stack([r[4] for r in rows]).float().cpu())
+            parts.append(torch.stack([r[4] for r in rows]).float().cpu())
         return torch.cat(parts, dim=1).double().numpy()
 
     # -- output -------------------------------------------------------------------------
     def flush(self) -> None:
-        """Move buffered rows to the host as an Arrow chunk (and a Parquet part on disk);
-        every part is on disk when this returns."""
-        self._flush()
-        self._wait_writes()
-
-    def _flush(self) -> None:
-        """Move buffered rows to the host as an Arrow chunk; its Parquet part is written in
-        the background."""
+        """Move buffered rows to the host as an Arrow chunk (and a Parquet part on disk)."""
         if not self._rows:
             return
         n, L = len(self._rows), self.tracker.n_layers
@@ -262,7 +240,7 @@ class Probe:
                 cols[name] = pa.array(ext[:, j], pa.float32())
         table = pa.table(cols)
         if self.out_dir is not None:
-            self._write_part(len(self._tables), table)
+            store.write_part(self.out_dir, len(self._tables), table)
         self._tables.append(table)
         for sink in self.sinks:
             sink.write(table)
@@ -270,26 +248,6 @@ class Probe:
             h[k].clear()
         self._evals = {s: v for s, v in self._evals.items() if s >= self.step}
         self._rows = []
-
-    def _write_part(self, index: int, table: pa.Table) -> None:
-        self._check_writes()
-        if len(self._writes) >= 2:  # the disk is slower than training: wait for it
-            self._writes.pop(0).result()
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe-writer")
-        self._writes.append(self._writer.submit(store.write_part, self.out_dir, index, table))
-
-    def _check_writes(self) -> None:
-        """Raise the error of a failed background write, if any."""
-        done = [f for f in self._writes if f.done()]
-        self._writes = [f for f in self._writes if not f.done()]
-        for f in done:
-            f.result()
-
-    def _wait_writes(self) -> None:
-        writes, self._writes = self._writes, []
-        for f in writes:
-            f.result()
 
     def table(self) -> pa.Table:
         """Everything recorded so far as one Arrow table."""
@@ -313,15 +271,10 @@ class Probe:
 
     def close(self, status: str = "complete", final: dict[str, Any] | None = None) -> None:
         """Flush, detach the hooks, and (with ``out_dir``) write the final files."""
+        self.flush()
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        try:
-            self.flush()
-        finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
         self.status = status
         if self.out_dir is not None:
             store.finalize(self.out_dir, self._tables)
