@@ -128,6 +128,17 @@ def _plt():
     return plt
 
 
+def _grid(plt, n: int, row_height: float, ncols: int = 3):
+    """``n`` panels in rows of ``ncols``; returns the figure and the used axes (the rest hidden)."""
+    cols = min(ncols, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, row_height * rows), squeeze=False, constrained_layout=True)
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
 def _median_curve(seeds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
     by_epoch: dict[float, list[float]] = {}
     for s in seeds:
@@ -140,8 +151,8 @@ def _median_curve(seeds: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
 def plot_curves(results: dict[str, Any], path: Path, ruleset: str = "self_tuning") -> Path:
     plt = _plt()
     cells = list(results["cells"])
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 3.6), squeeze=False, constrained_layout=True)
-    for ax, cell in zip(axes[0], cells):
+    fig, axes = _grid(plt, len(cells), 3.6)
+    for ax, cell in zip(axes, cells):
         c = results["cells"][cell]
         accs = []
         for i, (m, e) in enumerate(c["rulesets"][ruleset].items()):
@@ -155,7 +166,7 @@ def plot_curves(results: dict[str, Any], path: Path, ruleset: str = "self_tuning
         ax.set_title(cell, fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation accuracy (median over seeds)")
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    axes[0].legend(fontsize=7, loc="lower right")
     fig.suptitle(f"validation curves, {RULESET_TITLES[ruleset]}", fontsize=10)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -167,10 +178,9 @@ def plot_epochs_to_target(results: dict[str, Any], path: Path) -> Path:
     cells = list(results["cells"])
     methods = list(results["methods"])
     cap = results["protocol"]["reference_epochs"] * 1.15
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.2 * len(cells), 0.45 * len(methods) + 1.6), squeeze=False,
-                             sharey=True, constrained_layout=True)  # fmt: skip
+    fig, axes = _grid(plt, len(cells), 0.45 * len(methods) + 1.6)
     y = np.arange(len(methods))
-    for ax, cell in zip(axes[0], cells):
+    for ax, cell in zip(axes, cells):
         for k, (ruleset, color) in enumerate((("self_tuning", "C0"), ("tuned", "C1"))):
             for i, m in enumerate(methods):
                 s = results["cells"][cell]["rulesets"][ruleset][m]["summary"]
@@ -190,7 +200,7 @@ def plot_epochs_to_target(results: dict[str, Any], path: Path) -> Path:
         ax.set_title(cell, fontsize=9)
     from matplotlib.patches import Patch
 
-    axes[0][0].legend(handles=[Patch(color="C0", label="self-tuning"), Patch(color="C1", label="tuned")], fontsize=7)
+    axes[0].legend(handles=[Patch(color="C0", label="self-tuning"), Patch(color="C1", label="tuned")], fontsize=7)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
