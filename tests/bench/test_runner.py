@@ -151,3 +151,12 @@ def test_suite_validation():
     assert {"quick", "full"} <= set(SUITES)
     full = SUITES["full"]
     assert full.seeds >= 5 and full.reference_epochs == 10 and full.budgets == (1, 2, 3, 4, 5, 6, 8, 10)
+
+
+def test_a_shift_of_any_size_counts_as_unseen_data():
+    from metalearner.bench.summary import meta_training_exposure, seen
+
+    exposure = meta_training_exposure()
+    for options, shifted in (({}, False), ({"mean": 1.0}, True), ({"scale": 1.0}, False), ({"scale": 2.0}, True), ({"noise": 0.0}, False)):
+        task = _mlp("synthetic", 2, 64, "relu", **options).to_dict()
+        assert seen(task, exposure)["data"] is not shifted, options

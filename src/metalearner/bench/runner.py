@@ -84,12 +84,16 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     return {"key": job_key(job), "job": {k: v for k, v in job.items() if k != "data_dir"}, "runs": runs}
 
 
+def reached(result: dict[str, Any], target: float) -> dict[float, bool]:
+    """For each run of a finished job, keyed by its budget: did it reach ``target``?"""
+    return {r["budget"]: epochs_to_target(r["curve"], target) < math.inf for r in result["runs"]}
+
+
 def score(result: dict[str, Any], target: float) -> float:
     """Epochs to target of a finished job (the budget rule for budget jobs)."""
-    runs = result["runs"]
     if not result["job"].get("budgets"):
-        return epochs_to_target(runs[0]["curve"], target)
-    return budget_epochs_to_target({r["budget"]: epochs_to_target(r["curve"], target) < math.inf for r in runs})
+        return epochs_to_target(result["runs"][0]["curve"], target)
+    return budget_epochs_to_target(reached(result, target))
 
 
 class Bench:
@@ -202,13 +206,13 @@ class Bench:
                     seeds = []
                     for s in range(self.suite.seeds):
                         res = self.result(self.job(c, m, lr, s, target=target))
-                        ref = res["runs"][0]
+                        ref, hits = res["runs"][0], reached(res, target)
                         seeds.append({
                             "seed": s, "epochs_to_target": score(res, target), "status": ref["status"],
                             "test_acc": ref["test_acc"], "val_acc": ref["val_acc"], "wall_s": ref["wall_s"],
                             "ms_per_step": ref["ms_per_step"], "curve": ref["curve"],
-                            "budget_runs": [{"budget": b["budget"], "reached": epochs_to_target(b["curve"], target) < math.inf,
-                                             "wall_s": b["wall_s"]} for b in res["runs"]],
+                            "budget_runs": [{"budget": b["budget"], "reached": hits[b["budget"]], "wall_s": b["wall_s"]}
+                                            for b in res["runs"]],
                         })  # fmt: skip
                     rulesets[r][m] = {"lr": lr, "seeds": seeds}
             tuning = {m: [{"lr": j["lr"], "val_acc": self.result(j)["runs"][0]["val_acc"]} for j in js]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -30,10 +31,12 @@ def meta_training_exposure() -> dict[str, Any]:
 
 def seen(task: dict[str, Any], exposure: dict[str, Any]) -> dict[str, bool]:
     """Whether a cell's data set (its unshifted concept) and architecture were in meta-training."""
+    from metalearner.tasks.synthetic import Shift
+
     any_kind = list(exposure.values())
     m = task["model"]
-    shifted = any(v not in (0, 0.0, 1.0) and k in ("mean", "rotation", "noise", "imbalance", "scale")
-                  for k, v in task.get("data_options", {}).items())  # fmt: skip
+    options = task.get("data_options", {})
+    shifted = any(f.name in options and float(options[f.name]) != f.default for f in dataclasses.fields(Shift))
     data = any(task["dataset"] in e["datasets"] and (task["dataset"] != "synthetic" or task["seed"] in e["data_seeds"]) for e in any_kind)
     arch = any(m["family"] == "mlp" and m["depth"] in e["depths"] and m["width"] in e["widths"] and m["activation"] in e["activations"]
                for e in any_kind)  # fmt: skip

@@ -33,19 +33,16 @@ def ema(x: np.ndarray, alpha: float) -> np.ndarray:
     return m
 
 
-def linear(x: np.ndarray, ahead: float) -> np.ndarray:
-    """Least-squares line through each window (positions ``0..H−1``), at ``H−1+ahead``."""
-    H = x.shape[1]
-    s = np.arange(H, dtype=np.float64) - (H - 1) / 2
-    slope = (x - x.mean(1, keepdims=True)) @ s / (s @ s)
-    return x.mean(1) + slope * ((H - 1) / 2 + ahead)
-
-
 def slope(x: np.ndarray) -> np.ndarray:
     """Least-squares slope (per step) through each window."""
     H = x.shape[1]
     s = np.arange(H, dtype=np.float64) - (H - 1) / 2
     return (x - x.mean(1, keepdims=True)) @ s / (s @ s)
+
+
+def linear(x: np.ndarray, ahead: float) -> np.ndarray:
+    """Least-squares line through each window (positions ``0..H−1``), at ``H−1+ahead``."""
+    return x.mean(1) + slope(x) * ((x.shape[1] - 1) / 2 + ahead)
 
 
 def ema_name(alpha: float) -> str:

@@ -27,7 +27,7 @@ def _ci(s: dict[str, Any]) -> str:
     lo, hi = s["ci95"]
     if lo is None or hi is None or not math.isfinite(lo):
         return ""
-    return f" [{fmt_epochs(lo)}, {fmt_epochs(hi) if math.isfinite(hi) else '>' + 'max'}]"
+    return f" [{fmt_epochs(lo)}, {fmt_epochs(hi) if math.isfinite(hi) else '>max'}]"
 
 
 def _pct(x: float | None) -> str:
