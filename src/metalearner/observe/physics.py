@@ -128,9 +128,6 @@ class PhysicsTracker:
         self._pool = _pooling_matrix(assign, self.n_layers).to(self.params[0].device)
         self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self._flat_before = [b.view(-1) for b in self._before]
-        self._flat_params = [p.detach().reshape(-1) for p in self.params]
-        if any(f.data_ptr() != p.data_ptr() for f, p in zip(self._flat_params, self.params)):
-            self._flat_params = None  # non-contiguous parameters: flatten at every step
         self._pre_sq: list[torch.Tensor] = []
         self._zeros: dict[int, torch.Tensor] = {}
         self.extended = extended
@@ -154,9 +151,10 @@ class PhysicsTracker:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        params = self._flat_params or [p.detach().reshape(-1) for p in self.params]
-        self._pre_sq = _squared_norms([g.reshape(-1) for g in self._grads()] + params)
         torch._foreach_copy_(self._before, self.params)
+        # ‖θ_t‖² from the fresh contiguous copy: it is still in cache, and the same values
+        # in the same order give the same dot products as the parameters themselves
+        self._pre_sq = _squared_norms([g.reshape(-1) for g in self._grads()] + self._flat_before)
 
     @torch.no_grad()
     def after_step(self, batch_size: int | None = None) -> StepPhysics:

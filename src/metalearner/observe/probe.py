@@ -154,7 +154,7 @@ class Probe:
             self.flush()
         loss, preds, targets, epoch, batch = self._pending
         squares, extended = self.tracker.after_step_raw(None if targets is None else len(targets))
-        self._rows.append((loss, preds, targets, torch.stack(squares), extended))
+        self._rows.append((loss, preds, targets, squares, extended))
         lr, momentum = optimizer_hparams(self.optimizer)
         h = self._host
         h["epoch"].append(epoch)
@@ -179,7 +179,7 @@ class Probe:
             hits = (torch.cat([rows[i][1] for i in seen]) == torch.cat([rows[i][2] for i in seen])).float().cpu()
             owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
             acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
-        squares = torch.stack([r[3] for r in rows])
+        squares = torch.stack([sq for r in rows for sq in r[3]]).view(n, -1)  # one stack per chunk
         parts = [loss[:, None], acc[:, None], self.tracker.pool(squares.float()).cpu()]
         if self.extended:
             parts.append(torch.stack([r[4] for r in rows]).float().cpu())
