@@ -19,7 +19,10 @@ Protocol:
   the training runs. The predictors see every baseline's smoother (the EMA and line over the
   baselines' whole tuning grid, :mod:`metalearner.mirror.trends`), learn the residual over
   the smoother with the least training MAE (zero output = that baseline), see loss levels
-  relative to it, and train on the median's pinball loss (the metric is an MAE);
+  relative to it, and train on the median's pinball loss (the metric is an MAE); each kind
+  is the median of 5 seeds (:func:`metalearner.mirror.pipeline.fit_ensemble`), its window,
+  width, depth and training stride (:data:`SETTINGS`) chosen on the validation runs
+  (``--search``), never on the test runs;
   ``noise_floor`` roughly estimates what no predictor can beat, the part of the target that
   is the next batches' sampling noise: ``mean |s_t − s_{t+k/2}|`` over the scored rows (with
   independent batch noise, two targets sharing half their batches differ by exactly as much
@@ -28,7 +31,8 @@ Protocol:
 - ``final_acc`` from the first 20% of a run: one row per test run, its last step at or
   before 20% of its budget; baselines persistence, linear, power-law and exponential fits;
 - ratio = MAE(model) / MAE(best baseline) on exactly the same rows, 95% CI by resampling
-  test runs (1000 bootstrap draws);
+  test runs (1000 bootstrap draws); the headline kind (or 'ensemble', the median of every
+  kind's members) is the one with the least validation MAE;
 - pruning is measured by *replaying* the recorded test runs (in run-id order, i.e. a
   shuffled sweep order, one worker) through each pruner: run everything, successive halving
   (eta 3, rungs at 1/9 and 1/3), and the curve-extrapolation pruner (the final_acc
@@ -38,12 +42,15 @@ Protocol:
 
     python benchmarks/mirror_eval.py --quick      # small zoo (built once, ~minutes), JSON last
     python benchmarks/mirror_eval.py              # 72-run zoo, three predictor kinds, results/mirror_eval.json
+    python benchmarks/mirror_eval.py --search     # validation ratio of every smooth-loss setting (MLP; ~minutes)
     python benchmarks/mirror_eval.py --zoo /tmp/metalearner_zoo_mnist100 --kinds mlp --stride 5   # results/mirror_eval_mnist100.json
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import shutil
 import tempfile
 import time
@@ -54,7 +61,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, finish
-from metalearner.mirror import CurvePruner, Dataset, build_dataset, fit_on_dataset, replay, save_predictor, score, split_runs
+from metalearner.mirror import CurvePruner, Dataset, build_dataset, fit_ensemble, fit_on_dataset, replay, save_predictor, score, split_runs
 from metalearner.mirror.dataset import group_of
 from metalearner.mirror.evaluate import plot_history
 from metalearner.mirror.models import Ensemble, TrainConfig
@@ -68,6 +75,16 @@ from metalearner.zoo import LocalExecutor, SuccessiveHalving, run_sweep
 CACHE = Path(__file__).resolve().parent / ".cache"
 LR_RANGES = {"sgd": (1e-2, 1.0), "momentum": (1e-3, 0.3), "adam": (1e-4, 3e-2), "rmsprop": (1e-4, 1e-2)}
 MARGINS = (0.0, 0.01, 0.02, 0.05, 0.1)
+# Predictor settings per target (``fit_ensemble`` keywords). smooth_loss's were chosen on the
+# validation runs over SEARCH (the MLP's grid; the other kinds reuse it; ``--search`` reprints
+# it): short windows (the log-loss smoothers already summarise the longer past) and every 2nd
+# step (--loss-stride) won there; a median of 5 seeds; scored by MAE, so trained on the
+# median's pinball loss (MAE / 2). final_acc's are the earlier settings, one model per kind.
+SETTINGS: dict[str, dict[str, Any]] = {
+    "smooth_loss": {"members": 5, "window": 4, "hidden": 32, "layers": 3, "quantiles": [0.5], "fraction": (0.0, 1.0)},
+    "final_acc": {"members": 1, "window": 32, "hidden": 32, "layers": 2, "quantiles": None, "fraction": (0.05, 0.95)},
+}
+SEARCH: dict[str, tuple[int, ...]] = {"window": (4, 8, 16, 32), "hidden": (32, 64), "layers": (2, 3), "stride": (2, 3)}
 
 
 def sibling_configs(n_bases: int, epochs: float, seed: int = 0) -> list[RunConfig]:
@@ -116,6 +133,19 @@ def noise_floor(ds: Dataset, split: dict[str, str], side: str) -> float:
     return float(np.mean(np.abs(s[idx[ok]] - s[j[ok]])))
 
 
+def search(ds: Dataset, split: dict[str, str], tc: TrainConfig) -> None:
+    """One JSON line per setting of :data:`SEARCH`: the validation ratio of the MLP
+    smooth-loss ensemble trained with it (the test runs are not scored); the best last."""
+    found = []
+    for values in itertools.product(*SEARCH.values()):
+        setting = dict(zip(SEARCH, values))
+        cfg = {**SETTINGS["smooth_loss"], **setting, "kind": "mlp"}
+        m, _ = fit_ensemble(ds, ["smooth_loss"], split, train=tc, **cfg)
+        found.append({**setting, "val_ratio": round(score(ds, m, "smooth_loss", split, "val", n_boot=10)["ratio"], 4)})
+        print(json.dumps(found[-1]), flush=True)
+    print(json.dumps({"best_on_validation": min(found, key=lambda f: f["val_ratio"])}))
+
+
 def pruning(zoo: Path, split: dict[str, str], model_dir: Path) -> dict[str, Any]:
     """Run-everything vs successive halving vs the curve pruner, replayed on the test runs;
     the curve pruner's margin is chosen on the validation runs."""
@@ -150,7 +180,11 @@ def main() -> None:
     p.add_argument("--zoo", type=Path, default=None, help="use this zoo instead of building the synthetic one")
     p.add_argument("--kinds", default=None, help="comma-separated predictor kinds (default: mlp quick, all three full)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--stride", type=int, default=3, help="training examples: every STRIDE-th step of each run (larger zoos: larger)")
+    p.add_argument("--stride", type=int, default=3,
+                   help="final-accuracy and LR training examples: every STRIDE-th step of each run (larger zoos: larger)")
+    p.add_argument("--loss-stride", type=int, default=2, help="smooth-loss training examples: every LOSS_STRIDE-th step")
+    p.add_argument("--search", action="store_true",
+                   help="print the validation ratio of every smooth-loss setting in SEARCH (how SETTINGS was chosen), then stop")
     a = p.parse_args()
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and the machine is shared
     t0 = time.perf_counter()
@@ -168,23 +202,28 @@ def main() -> None:
     figs = CACHE / "figures" if a.quick else RESULTS / name
     figs.mkdir(parents=True, exist_ok=True)
     models = CACHE / f"models_{zoo.name}"
+    if a.search:
+        search(ds, split, tc)
+        return
 
     results: dict[str, Any] = {"smooth_loss": {}, "final_acc_at_20pct": {}}
-    trained: dict[str, dict[str, Any]] = {"smooth_loss": {}, "final_acc_at_20pct": {}}
+    trained: dict[str, dict[str, Ensemble]] = {"smooth_loss": {}, "final_acc_at_20pct": {}}
     at = {"smooth_loss": None, "final_acc_at_20pct": 0.2}
+    strides = {"smooth_loss": a.loss_stride, "final_acc": a.stride}
     for kind in kinds:
-        for key, target, frac in (("smooth_loss", "smooth_loss", (0.0, 1.0)), ("final_acc_at_20pct", "final_acc", (0.05, 0.95))):
+        for key, target in (("smooth_loss", "smooth_loss"), ("final_acc_at_20pct", "final_acc")):
             t = time.perf_counter()
-            q = [0.5] if target == "smooth_loss" else None  # scored by MAE: trained on the median's pinball loss (MAE / 2)
-            m, h = fit_on_dataset(ds, [target], split, kind=kind, window=32, hidden=32, stride=a.stride, fraction=frac, train=tc, quantiles=q)
+            m, hs = fit_ensemble(ds, [target], split, kind=kind, stride=strides[target], train=tc, **SETTINGS[target])
             trained[key][kind] = m
-            results[key][kind] = {"epochs": len(h), "train_s": round(time.perf_counter() - t, 1), "anchor": m.cfg.anchors[target]}
-            plot_history(h, figs / f"{target}_{kind}_training.png", f"{kind}: {target}")
+            results[key][kind] = {"members": len(hs), "epochs": [len(h) for h in hs], "train_s": round(time.perf_counter() - t, 1),
+                                  "anchor": m.cfg.anchors[target]}  # fmt: skip
+            title = f"{kind}: {target}" + (f" (member 1 of {len(hs)})" if len(hs) > 1 else "")
+            plot_history(hs[0], figs / f"{target}_{kind}_training.png", title)
             if target == "final_acc":
-                save_predictor(m, models / f"final_acc_{kind}", h)
+                save_predictor(m.models[0], models / f"final_acc_{kind}", hs[0])
     if len(kinds) > 1:
         for key in trained:
-            trained[key]["ensemble"] = Ensemble(list(trained[key].values()))
+            trained[key]["ensemble"] = Ensemble([p for e in trained[key].values() for p in e.models])
             results[key]["ensemble"] = {"members": kinds}
     for key, by_kind in trained.items():
         target = "smooth_loss" if key == "smooth_loss" else "final_acc"
@@ -226,11 +265,14 @@ def main() -> None:
         "pruner_compute_saved": prune["curve_pruner"]["compute_saved"], "pruner_best_acc_gap_pp": prune["curve_pruner"]["best_acc_gap_pp"],
         "halving_compute_saved": prune["successive_halving"]["compute_saved"], "halving_best_acc_gap_pp": prune["successive_halving"]["best_acc_gap_pp"],
         "pruner_target_met": prune["curve_pruner"]["compute_saved"] >= 2 and prune["curve_pruner"]["best_acc_gap_pp"] <= 0.2,
-        "note": "ratios are model MAE / best baseline MAE on held-out-architecture test runs; the predictor kind (or the mean "
-                "of all kinds, 'ensemble') is chosen by validation MAE (every kind in details.per_kind); pruning replays recorded runs",
+        "note": "ratios are model MAE / best baseline MAE on held-out-architecture test runs; the predictor kind (or the median "
+                "of all kinds' members, 'ensemble') is chosen by validation MAE (every kind in details.per_kind); smooth_loss "
+                "predictors are medians of 5 seeds (details.settings, chosen on the validation runs); pruning replays recorded runs",
         "wall_s": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    finish(name, summary, {"per_kind": results, "lr_log_ratio": lr_rep, "pruning": prune, "figures": str(figs)}, quick=a.quick)
+    settings = {t: {**v, "stride": strides[t]} for t, v in SETTINGS.items()}
+    finish(name, summary, {"settings": settings, "per_kind": results, "lr_log_ratio": lr_rep, "pruning": prune, "figures": str(figs)},
+           quick=a.quick)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from metalearner.mirror import (
-    CurvePruner, Dataset, LRAdvisor, build_dataset, fit_on_dataset, load_predictor, replay, save_predictor, score, split_runs,
+    CurvePruner, Dataset, LRAdvisor, build_dataset, fit_ensemble, fit_on_dataset, load_predictor, replay, save_predictor, score, split_runs,
 )  # fmt: skip
 from metalearner.cli import app
 from metalearner.mirror.models import TrainConfig
@@ -65,6 +65,27 @@ def test_train_score_plot_on_held_out_architecture(ds, tmp_path):
     assert acc["model"]["n"] == 2  # one row per held-out run
     assert {"persistence", "power_law", "exponential", "linear"} == set(acc["baselines"])
     assert plot_heldout(ds, model, "smooth_loss", split, tmp_path / "h.png", n_runs=2).stat().st_size > 1000
+
+
+def test_fit_ensemble_members_are_the_seeded_fits(ds):
+    """Member i is exactly the fit with seed ``train.seed + i``; the ensemble is their median
+    and the same seed gives the same ensemble."""
+    from dataclasses import replace
+
+    from metalearner.mirror.dataset import examples, windows
+
+    split = split_runs(ds.runs, "arch", holdout=["1x16:tanh"], val=0.0)
+    kw = dict(kind="mlp", window=4, hidden=8, layers=1, quantiles=[0.5])
+    ens, hists = fit_ensemble(ds, ["smooth_loss"], split, members=3, train=QUICK, **kw)
+    assert len(ens.models) == len(hists) == 3 and all(len(h) == 3 for h in hists)
+    x = windows(ds.rows, ens.cfg.features, examples(ds, "smooth_loss", split, "test"), ens.cfg.window)
+    preds = [m.predict(x) for m in ens.models]
+    single, _ = fit_on_dataset(ds, ["smooth_loss"], split, train=replace(QUICK, seed=QUICK.seed + 1), **kw)
+    assert np.array_equal(single.predict(x), preds[1]) and not np.array_equal(preds[0], preds[1])
+    assert np.array_equal(ens.predict(x), np.median(preds, 0))
+    again, _ = fit_ensemble(ds, ["smooth_loss"], split, members=3, train=QUICK, **kw)
+    assert np.array_equal(again.predict(x), ens.predict(x))
+    assert score(ds, ens, "smooth_loss", split, n_boot=20)["model"]["n"] == len(x)
 
 
 def _recorded(zoo):
@@ -125,6 +146,33 @@ def test_cli(zoo, tmp_path):
     assert (tmp_path / "p" / "training.png").exists() and (tmp_path / "p" / "heldout.png").exists()
     r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "m"), str(tmp_path / "d")])
     assert "best baseline" in r.output
+
+
+def test_cli_ensemble(zoo, tmp_path):
+    """--members N saves N seeded members (member i is the single fit with seed + i) that load
+    back as their median, and eval scores and plots the ensemble."""
+    from metalearner.mirror.dataset import examples, windows
+    from metalearner.mirror.models import Ensemble
+
+    assert runner.invoke(app, ["dataset", "build", str(zoo), "--out", str(tmp_path / "d"), "--k", "5"]).exit_code == 0
+    common = ["--kind", "mlp", "--holdout", "1x8:relu", "--window", "4", "--hidden", "8", "--layers", "3", "--epochs", "2"]
+    r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "e"), "--members", "3", "--seed", "1", *common])
+    assert r.exit_code == 0, r.output
+    assert "x3" in r.output
+    r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "s"), "--seed", "2", *common])
+    assert r.exit_code == 0, r.output
+    ens, single = load_predictor(tmp_path / "e"), load_predictor(tmp_path / "s")
+    assert isinstance(ens, Ensemble) and len(ens.models) == 3 and ens.cfg.layers == 3
+    ds = Dataset.load(tmp_path / "d")
+    split = json.loads((tmp_path / "e" / "split.json").read_text())["split"]
+    x = windows(ds.rows, ens.cfg.features, examples(ds, "smooth_loss", split, "test"), ens.cfg.window)
+    assert np.array_equal(ens.models[1].predict(x), single.predict(x))  # member 1 is the seed-2 fit
+    assert np.array_equal(ens.predict(x), np.median([m.predict(x) for m in ens.models], axis=0))
+    r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "e"), str(tmp_path / "d"), "--plots", str(tmp_path / "p"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)[0]["target"] == "smooth_loss" and (tmp_path / "p" / "training.png").exists()
+    r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "x"), "--members", "0"])
+    assert r.exit_code != 0 and "--members must be >= 1" in str(r.exception)  # a ConfigError: one line, no traceback
 
 
 def test_live_features_match_the_dataset(ds, zoo):

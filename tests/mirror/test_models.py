@@ -10,7 +10,7 @@ from metalearner.errors import ConfigError, DataError
 from metalearner.mirror.baselines import ema, linear, persistence
 from metalearner.mirror.curves import curve_baselines, curve_features
 from metalearner.mirror.evaluate import bootstrap_ratio, compare, metrics
-from metalearner.mirror.models import KINDS, PredictorConfig, TrainConfig, load_predictor, save_predictor, train_predictor
+from metalearner.mirror.models import KINDS, Ensemble, PredictorConfig, TrainConfig, load_predictor, save_predictor, train_predictor
 
 
 def test_window_baselines():
@@ -100,6 +100,25 @@ def test_untrained_predictor_starts_at_its_anchor():
     model, _ = train_predictor(cfg, (x, y), None, TrainConfig(epochs=0))
     pred = model.predict(x)
     assert pred[:, 0] == pytest.approx(x[:, -1, 0] + model.cfg.y_mean[0], abs=1e-5)
+
+
+def test_ensemble_is_the_members_median():
+    """Element-wise median of the members: an outlying member does not move it, two members
+    give their mean, and members must share features, targets and window."""
+    x, y = _toy()
+    members = [train_predictor(_cfg("mlp"), (x, y), None, TrainConfig(epochs=2, seed=s))[0] for s in range(3)]
+    with torch.no_grad():
+        members[2].head.bias += 100.0  # one member far off
+    preds = np.stack([m.predict(x) for m in members])
+    got = Ensemble(members).predict(x)
+    assert got.shape == (len(x), 2) and np.array_equal(got, np.median(preds, 0))
+    assert (got >= preds[:2].min(0) - 1e-6).all() and (got <= preds[:2].max(0) + 1e-6).all()  # between the sane two
+    assert not np.allclose(preds[0], preds[1])  # seeds differ, so the median is not a copy of one member
+    assert Ensemble(members[:2]).predict(x) == pytest.approx(preds[:2].mean(0))
+    other = train_predictor(PredictorConfig(kind="mlp", features=["a", "b", "c"], targets=["y1", "y2"], window=4, hidden=8),
+                            (x[:, -4:], y), None, TrainConfig(epochs=0))[0]  # fmt: skip
+    with pytest.raises(ConfigError, match="same features"):
+        Ensemble([members[0], other])
 
 
 def test_predictor_errors(tmp_path):

@@ -23,11 +23,11 @@ from metalearner.mirror.baselines import baselines
 from metalearner.mirror.dataset import Dataset, DatasetConfig, build_dataset, split_runs, windows
 from metalearner.mirror.evaluate import compare, metrics
 from metalearner.mirror.models import Predictor, PredictorConfig, TrainConfig, load_predictor, save_predictor, train_predictor
-from metalearner.mirror.pipeline import fit_on_dataset, score
+from metalearner.mirror.pipeline import fit_ensemble, fit_on_dataset, score
 from metalearner.mirror.use import CurvePruner, LRAdvisor, replay
 
 __all__ = [
     "CurvePruner", "Dataset", "DatasetConfig", "LRAdvisor", "Predictor", "PredictorConfig", "TrainConfig", "baselines",
-    "build_dataset", "compare", "fit_on_dataset", "load_predictor", "metrics", "replay", "save_predictor", "score",
-    "split_runs", "train_predictor", "windows",
+    "build_dataset", "compare", "fit_ensemble", "fit_on_dataset", "load_predictor", "metrics", "replay", "save_predictor",
+    "score", "split_runs", "train_predictor", "windows",
 ]  # fmt: skip

@@ -46,6 +46,8 @@ def train(
     holdout: Optional[str] = typer.Option(None, help="Comma-separated test groups (else a seeded quarter)."),
     window: int = typer.Option(32, help="Window length H."),
     hidden: int = typer.Option(32, help="Hidden width."),
+    layers: int = typer.Option(2, help="Layers (MLP hidden layers, GRU layers, transformer blocks)."),
+    members: int = typer.Option(1, help="Train this many seeds (seed, seed+1, ...) and save their median as an ensemble."),
     epochs: int = typer.Option(20, help="Maximum epochs (early stopping on the validation runs)."),
     stride: int = typer.Option(3, help="Use every stride-th step as an example."),
     quantiles: Optional[str] = typer.Option(None, help="Comma-separated quantiles, e.g. 0.1,0.5,0.9."),
@@ -54,7 +56,7 @@ def train(
     """Train a predictor on the train runs of a grouped split."""
     from metalearner.mirror.dataset import TARGETS, Dataset
     from metalearner.mirror.models import TrainConfig, save_predictor
-    from metalearner.mirror.pipeline import fit_on_dataset
+    from metalearner.mirror.pipeline import fit_ensemble
 
     ds = Dataset.load(dataset)
     sp = _split(ds, split, seed, holdout)
@@ -68,11 +70,17 @@ def train(
         raise ConfigError(f"--quantiles must be numbers in (0, 1) separated by commas, got {quantiles!r}") from None
     if qs and not all(0 < q < 1 for q in qs):
         raise ConfigError(f"--quantiles must be numbers in (0, 1), got {quantiles!r}")
-    model, history = fit_on_dataset(ds, targets, sp, kind=kind, window=window, hidden=hidden, quantiles=qs,
-                                    stride=stride, train=TrainConfig(epochs=epochs, seed=seed))  # fmt: skip
-    save_predictor(model, out, history)
+    if members < 1:
+        raise ConfigError(f"--members must be >= 1, got {members}")
+    model, histories = fit_ensemble(ds, targets, sp, members=members, kind=kind, window=window, hidden=hidden, layers=layers,
+                                    quantiles=qs, stride=stride, train=TrainConfig(epochs=epochs, seed=seed))  # fmt: skip
+    if members == 1:
+        save_predictor(model.models[0], out, histories[0])
+    else:
+        save_predictor(model, out, histories)
     (out / "split.json").write_text(json.dumps({"by": split, "seed": seed, "split": sp}, indent=1))
-    typer.echo(f"{kind} trained {len(history)} epochs -> {out}")
+    epochs_run = ", ".join(str(len(h)) for h in histories)
+    typer.echo(f"{kind} x{members} trained ({epochs_run} epochs) -> {out}")
 
 
 @mirror_app.command("eval")

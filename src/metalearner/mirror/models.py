@@ -29,6 +29,7 @@ from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, DataError
 
 KINDS = ("mlp", "gru", "transformer")
+ENSEMBLE_JSON = "ensemble.json"  # marks a folder of saved ensemble members
 
 
 @dataclass
@@ -143,7 +144,10 @@ class Predictor(nn.Module):
 
 
 class Ensemble:
-    """The mean of several predictors' point predictions (same features, targets, window)."""
+    """The median of several predictors' point predictions (same features, targets, window):
+    members that differ in seed or kind err partly independently, and the median keeps the
+    typical forecast without letting one member's outlier move it (with two members it is
+    their mean)."""
 
     def __init__(self, models: list[Predictor]) -> None:
         if not models or any(m.cfg.features != models[0].cfg.features or m.cfg.targets != models[0].cfg.targets
@@ -153,7 +157,8 @@ class Ensemble:
         self.cfg = models[0].cfg
 
     def predict(self, x: np.ndarray | torch.Tensor, batch_size: int = 4096) -> np.ndarray:
-        return np.mean([m.predict(x, batch_size) for m in self.models], axis=0)
+        """Point predictions ``(B, T)``: the members' median, element by element."""
+        return np.median([m.predict(x, batch_size) for m in self.models], axis=0)
 
 
 def loss_fn(pred: torch.Tensor, y: torch.Tensor, quantiles: list[float]) -> torch.Tensor:
@@ -250,12 +255,19 @@ def train_predictor(
     return model, history
 
 
-def save_predictor(model: Predictor, out: str | Path, history: list[dict[str, float]] | None = None) -> Path:
-    """``out/model.safetensors`` + ``out/config.json`` (+ ``history.json``)."""
+def save_predictor(model: Predictor | Ensemble, out: str | Path, history: list[Any] | None = None) -> Path:
+    """``out/model.safetensors`` + ``out/config.json`` (+ ``history.json``). An
+    :class:`Ensemble` is saved as ``out/ensemble.json`` and one such folder per member
+    (``member-0``, ...); its ``history`` is the list of the members' histories."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, Ensemble):
+        for i, member in enumerate(model.models):
+            save_predictor(member, out / f"member-{i}", history[i] if history else None)
+        write_json(out / ENSEMBLE_JSON, {"members": len(model.models), "combine": "median"})
+        return out
     with atomic_path(out / "model.safetensors") as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     write_json(out / "config.json", asdict(model.cfg))
@@ -264,10 +276,14 @@ def save_predictor(model: Predictor, out: str | Path, history: list[dict[str, fl
     return out
 
 
-def load_predictor(path: str | Path) -> Predictor:
+def load_predictor(path: str | Path) -> Predictor | Ensemble:
+    """A predictor or ensemble saved by :func:`save_predictor` (safetensors, no pickle)."""
     from safetensors.torch import load_file
 
     path = Path(path)
+    if (path / ENSEMBLE_JSON).exists():
+        n = int(json.loads((path / ENSEMBLE_JSON).read_text())["members"])
+        return Ensemble([load_predictor(path / f"member-{i}") for i in range(n)])
     if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
         raise DataError(f"{path} is not a saved predictor (needs config.json and model.safetensors)")
     model = Predictor(PredictorConfig(**json.loads((path / "config.json").read_text())))
@@ -277,5 +293,7 @@ def load_predictor(path: str | Path) -> Predictor:
 
 
 def read_history(path: str | Path) -> list[dict[str, Any]]:
-    p = Path(path) / "history.json"
+    """A saved predictor's training curve (an ensemble's first member's)."""
+    path = Path(path)
+    p = (path / "member-0" if (path / ENSEMBLE_JSON).exists() else path) / "history.json"
     return json.loads(p.read_text()) if p.exists() else []

@@ -6,10 +6,12 @@
     split = split_runs(ds.runs, "arch", seed=0)
     model, history = fit_on_dataset(ds, ["smooth_loss"], split, kind="gru")
     report = score(ds, model, "smooth_loss", split, "test")   # model vs baselines, ratio, CI
+    ensemble, histories = fit_ensemble(ds, ["smooth_loss"], split, members=5, kind="mlp")  # median of 5 seeds
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +19,7 @@ import numpy as np
 from metalearner.mirror.baselines import LOSS_TARGETS, baselines, tune_loss_baselines
 from metalearner.mirror.dataset import Dataset, examples, windows
 from metalearner.mirror.evaluate import compare
-from metalearner.mirror.models import Predictor, PredictorConfig, TrainConfig, train_predictor
+from metalearner.mirror.models import Ensemble, Predictor, PredictorConfig, TrainConfig, train_predictor
 from metalearner.mirror.trends import LOSS_LEVELS
 
 # what a target is learned as a residual over (its persistence forecast)
@@ -79,8 +81,20 @@ def fit_on_dataset(
     return train_predictor(cfg, data["train"], data["val"], train)
 
 
+def fit_ensemble(
+    ds: Dataset, targets: list[str], split: dict[str, str], *, members: int = 5, train: TrainConfig = TrainConfig(), **kw: Any,
+) -> tuple[Ensemble, list[list[dict[str, float]]]]:
+    """``members`` predictors as :func:`fit_on_dataset` trains them (``kw``: its keywords),
+    differing only in their seed (``train.seed``, ``train.seed + 1``, ...), as one
+    :class:`~metalearner.mirror.models.Ensemble` (their median): the part of a model's error
+    that is the luck of its initialisation and minibatch order averages out. Returns the
+    ensemble and each member's training curve."""
+    fits = [fit_on_dataset(ds, targets, split, train=replace(train, seed=train.seed + i), **kw) for i in range(members)]
+    return Ensemble([m for m, _ in fits]), [h for _, h in fits]
+
+
 def score(
-    ds: Dataset, model: Predictor, target: str, split: dict[str, str], side: str = "test", *, stride: int = 1,
+    ds: Dataset, model: Predictor | Ensemble, target: str, split: dict[str, str], side: str = "test", *, stride: int = 1,
     fraction: tuple[float, float] = (0.0, 1.0), at_fraction: float | None = None, seed: int = 0, n_boot: int = 1000,
 ) -> dict[str, Any]:
     """The model beside every baseline of ``target`` on the same rows of ``side``; the EMA
@@ -102,10 +116,10 @@ def score(
     return out
 
 
-__all__ = ["ANCHORS", "choose_anchor", "fit_on_dataset", "score", "select"]
+__all__ = ["ANCHORS", "choose_anchor", "fit_ensemble", "fit_on_dataset", "score", "select"]
 
 
-def plot_heldout(ds: Dataset, model: Predictor, target: str, split: dict[str, str], path: Any, *, side: str = "test",
+def plot_heldout(ds: Dataset, model: Predictor | Ensemble, target: str, split: dict[str, str], path: Any, *, side: str = "test",
                  n_runs: int = 3, seed: int = 0) -> Any:  # fmt: skip
     """Figure: ``n_runs`` held-out runs, the true target along each with the model's
     prediction and the best baseline over it (and the per-batch log loss for loss targets)."""
