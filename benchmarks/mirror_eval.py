@@ -43,7 +43,7 @@ Protocol:
     python benchmarks/mirror_eval.py --quick      # small zoo (built once, ~minutes), JSON last
     python benchmarks/mirror_eval.py              # 72-run zoo, three predictor kinds, results/mirror_eval.json
     python benchmarks/mirror_eval.py --search     # validation ratio of every smooth-loss setting (MLP; ~minutes)
-    python benchmarks/mirror_eval.py --zoo /tmp/metalearner_zoo_mnist100 --kinds mlp --stride 5   # results/mirror_eval_mnist100.json
+    python benchmarks/mirror_eval.py --zoo /tmp/metalearner_zoo_mnist100 --kinds mlp --stride 5 --loss-stride 5   # results/mirror_eval_mnist100.json
 """
 
 from __future__ import annotations
