@@ -21,8 +21,8 @@ Protocol:
   the smoother with the least training MAE (zero output = that baseline), see loss levels
   relative to it, and train on the median's pinball loss (the metric is an MAE); each kind
   is the median of 5 seeds (:func:`metalearner.mirror.pipeline.fit_ensemble`), its window,
-  width, depth and training stride (:data:`SETTINGS`) chosen on the validation runs
-  (``--search``), never on the test runs;
+  width and depth (:data:`SETTINGS`) and training stride (``--loss-stride``) chosen on the
+  validation runs (``--search``), never on the test runs;
   ``noise_floor`` roughly estimates what no predictor can beat, the part of the target that
   is the next batches' sampling noise: ``mean |s_t − s_{t+k/2}|`` over the scored rows (with
   independent batch noise, two targets sharing half their batches differ by exactly as much

@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_target.py --quick    # the smoke suite: the whole protocol in about a minute
     python benchmarks/time_to_target.py --suite quick   # small tasks, ~10 min on 2 cores
-    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion, MNIST-1D CNN, shift; ~2 h on 2 cores)
+    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion, MNIST-1D CNN, shift; ~1.6 h on 2 cores)
 
 Runs ``metalearner bench`` into ``benchmarks/.cache/bench_SUITE`` (resumable: rerun to finish;
 the smoke suite into a fresh temporary directory),

@@ -155,7 +155,7 @@ def test_cli_ensemble(zoo, tmp_path):
     from metalearner.mirror.models import Ensemble
 
     assert runner.invoke(app, ["dataset", "build", str(zoo), "--out", str(tmp_path / "d"), "--k", "5"]).exit_code == 0
-    common = ["--kind", "mlp", "--holdout", "1x8:relu", "--window", "4", "--hidden", "8", "--layers", "3", "--epochs", "2"]
+    common = ["--kind", "mlp", "--holdout", "1x8:relu", "--window", "4", "--hidden", "8", "--layers", "3", "--epochs", "2", "--lr", "1e-3"]
     r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "e"), "--members", "3", "--seed", "1", *common])
     assert r.exit_code == 0, r.output
     assert "x3" in r.output

@@ -14,7 +14,7 @@ bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
 @bench_app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    suite: str = typer.Option("quick", help="quick (small tasks, ~10 min on 2 cores) or full (MNIST, Fashion, MNIST-1D CNN, shift; ~2 h)."),
+    suite: str = typer.Option("quick", help="quick (small tasks, ~10 min on 2 cores) or full (MNIST, Fashion, MNIST-1D CNN, shift; ~1.6 h)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (created; rerun the same command to resume)."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
     executor: str = typer.Option("local", help="local (process pool) or ray."),

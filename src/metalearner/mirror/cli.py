@@ -49,6 +49,7 @@ def train(
     layers: int = typer.Option(2, help="Layers (MLP hidden layers, GRU layers, transformer blocks)."),
     members: int = typer.Option(1, help="Train this many seeds (seed, seed+1, ...) and save their median as an ensemble."),
     epochs: int = typer.Option(20, help="Maximum epochs (early stopping on the validation runs)."),
+    lr: float = typer.Option(2e-3, help="Learning rate of the predictor's AdamW."),
     stride: int = typer.Option(3, help="Use every stride-th step as an example."),
     quantiles: Optional[str] = typer.Option(None, help="Comma-separated quantiles, e.g. 0.1,0.5,0.9."),
     seed: int = typer.Option(0, help="Seed of the split and the training."),
@@ -72,8 +73,10 @@ def train(
         raise ConfigError(f"--quantiles must be numbers in (0, 1), got {quantiles!r}")
     if members < 1:
         raise ConfigError(f"--members must be >= 1, got {members}")
+    if not lr > 0:
+        raise ConfigError(f"--lr must be > 0, got {lr}")
     model, histories = fit_ensemble(ds, targets, sp, members=members, kind=kind, window=window, hidden=hidden, layers=layers,
-                                    quantiles=qs, stride=stride, train=TrainConfig(epochs=epochs, seed=seed))  # fmt: skip
+                                    quantiles=qs, stride=stride, train=TrainConfig(epochs=epochs, lr=lr, seed=seed))  # fmt: skip
     if members == 1:
         save_predictor(model.models[0], out, histories[0])
     else:

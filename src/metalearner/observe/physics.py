@@ -170,7 +170,8 @@ class PhysicsTracker:
         """The unpooled squared norms ``[g (P), w (P), u (P)]`` and the extended values.
 
         The probe stores these and pools a whole chunk at once with :meth:`pool`, which keeps
-        its per-step cost to four vectorised passes over the parameters.
+        its per-step cost to five vectorised passes over the parameters (three in
+        :meth:`before_step`, two here).
         """
         torch._foreach_sub_(self._before, self.params)  # now θ_t − θ_{t+1} = −update
         squares = self._pre_sq + _squared_norms(self._flat_before)

@@ -13,9 +13,9 @@ accuracy) before ``optimizer.step()`` and the validation metrics when you evalua
     probe.log_eval(val_loss, val_acc)
     probe.close(final={"test_acc": ...})
 
-Per step the probe only launches the four passes of
-:meth:`~metalearner.observe.physics.PhysicsTracker.after_step_raw` and keeps references;
-pooling into layer norms, accuracy, and the move to the host happen once per chunk
+Per step the probe only launches the five passes of
+:class:`~metalearner.observe.physics.PhysicsTracker` (``before_step``, ``after_step_raw``)
+and keeps references; stacking, pooling into layer norms, accuracy, and the move to the host happen once per chunk
 (``chunk_size`` steps), when a Parquet part is written. Columns follow
 :data:`metalearner.observe.store.COLUMNS`.
 """
