@@ -160,3 +160,22 @@ def test_a_shift_of_any_size_counts_as_unseen_data():
     for options, shifted in (({}, False), ({"mean": 1.0}, True), ({"scale": 1.0}, False), ({"scale": 2.0}, True), ({"noise": 0.0}, False)):
         task = _mlp("synthetic", 2, 64, "relu", **options).to_dict()
         assert seen(task, exposure)["data"] is not shifted, options
+
+
+def test_shift_verdict_says_never_reached_instead_of_a_rank(finished):
+    """A method that never reaches a shift cell's target gets no rank there (a rank among the
+    methods that did would read as a placing)."""
+    import copy
+
+    from metalearner.report.bench import verdict
+
+    _, results, _ = finished
+    r = copy.deepcopy(results)
+    a, b = list(r["cells"])
+    r["cells"][a]["role"], r["cells"][b]["role"] = "shift A", "shift B"
+    for cell, controller_epochs in ((a, math.inf), (b, 2.0)):
+        times = {"adam": 1.0, "adamw_cosine": 3.0, "controller": controller_epochs}
+        for m, t in times.items():
+            r["cells"][cell]["rulesets"]["self_tuning"][m]["summary"]["epochs_to_target"] = t
+    line = next(s for s in verdict(r) if s.startswith("Shift") and "controller" in s)
+    assert "never reaches the target on task A" in line and "ranks 2 of 3 on the shifted task B" in line

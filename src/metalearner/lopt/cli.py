@@ -22,7 +22,7 @@ def meta_train_command(
     seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
     outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
-    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 256)."),
+    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default: opt2vec 256, controller 512)."),
     workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
     executor: str = typer.Option("local", help="local or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address."),
@@ -74,7 +74,7 @@ def card_command(
             raise DataError(f"{folder} is not a meta-train output folder (no state.json): run `metalearner meta-train` first")
 
     card = write_card(opt2vec, controller, data_dir=data_dir, epochs=epochs, seeds=seeds, ship=ship, out=out,
-                      command=" ".join(["metalearner lopt card", *sys.argv[2:]]))  # fmt: skip
+                      command=" ".join(["metalearner lopt card", *sys.argv[3:]]))  # fmt: skip
     typer.echo(json.dumps(card["evaluation"]["summary"]))
 
 
