@@ -131,7 +131,9 @@ def test_report_and_results_file(finished):
             for m, e in cell["rulesets"][r].items():
                 assert back["cells"][name]["rulesets"][r][m]["summary"]["epochs_to_target"] == e["summary"]["epochs_to_target"]
     assert set(back["meta_training"]) == {"opt2vec", "controller"}
-    assert back["cells"]["moons/mlp-1x16-relu"]["seen_in_meta_training"] == {"data": True, "architecture": True}
+    # the shipped optimizers meta-trained on MNIST-1D and synthetic MLPs of width 48-192 (the model card)
+    assert back["meta_training"]["opt2vec"]["datasets"] == ["mnist1d", "synthetic"]
+    assert back["cells"]["moons/mlp-1x16-relu"]["seen_in_meta_training"] == {"data": False, "architecture": False}
 
 
 def test_another_suite_in_the_same_directory_is_refused(finished):
@@ -160,6 +162,9 @@ def test_a_shift_of_any_size_counts_as_unseen_data():
     for options, shifted in (({}, False), ({"mean": 1.0}, True), ({"scale": 1.0}, False), ({"scale": 2.0}, True), ({"noise": 0.0}, False)):
         task = _mlp("synthetic", 2, 64, "relu", **options).to_dict()
         assert seen(task, exposure)["data"] is not shifted, options
+    # architectures: the meta-training widths (48, 96, 192) are seen, the benchmark's are not
+    assert seen(_mlp("synthetic", 2, 96, "relu").to_dict(), exposure) == {"data": True, "architecture": True}
+    assert seen(_mlp("synthetic", 2, 64, "relu").to_dict(), exposure)["architecture"] is False
 
 
 def test_shift_verdict_says_never_reached_instead_of_a_rank(finished):

@@ -22,7 +22,7 @@ def meta_train_command(
     seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
     outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
-    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default: opt2vec 256, controller 512)."),
+    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512)."),
     workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
     executor: str = typer.Option("local", help="local or ray."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address."),
