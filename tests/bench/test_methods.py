@@ -60,3 +60,26 @@ def test_every_method_gets_the_same_number_of_tuning_trials():
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown method"):
         get_method("sgdx")
+
+
+def test_learned_optimizer_jobs_are_keyed_by_their_weights(tmp_path):
+    """Re-shipped weights must not be served from the job cache: an ours job carries the
+    fingerprint of the tensors (stable across a save/load, changed by any value), a baseline's
+    job does not."""
+    from metalearner.bench import Bench
+    from metalearner.bench.protocol import SUITES
+    from metalearner.bench.runner import job_key
+    from metalearner.lopt.policy import PolicyWeights, default_weights
+
+    shipped = default_weights("controller")
+    shipped.save(tmp_path / "c.safetensors")
+    assert PolicyWeights.load(tmp_path / "c.safetensors").fingerprint() == shipped.fingerprint()
+    nudged = shipped.with_flat(shipped.flat() + 1e-6)
+    assert nudged.fingerprint() != shipped.fingerprint()
+
+    bench = Bench(SUITES["smoke"], tmp_path / "bench")
+    cell = SUITES["smoke"].cells[0]
+    ours, adam = bench.job(cell, "controller", 1e-3, 0), bench.job(cell, "adam", 1e-3, 0)
+    assert ours["weights"] == shipped.fingerprint() and "weights" not in adam
+    assert get_method("controller").ours and not get_method("adam").ours
+    assert job_key(ours) != job_key({k: v for k, v in ours.items() if k != "weights"})

@@ -9,6 +9,7 @@ used as their authors intend (Schedule-Free's train/eval switching happens in ``
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -27,7 +28,7 @@ class Method:
 
     ``budget_aware`` methods (a schedule or a policy that reads the budget) are run at each
     budget of the protocol and scored by the smallest budget whose run reaches the target.
-    ``ours`` marks the learned optimizers (frozen pretrained weights).
+    ``weights`` names the shipped pretrained weights a learned optimizer (ours) runs with.
     """
 
     name: str
@@ -35,8 +36,16 @@ class Method:
     factory: Factory
     default_lr: float
     budget_aware: bool = False
-    ours: bool = False
+    weights: str | None = None
     grid: tuple[float, ...] = GRID
+
+    @property
+    def ours(self) -> bool:
+        return self.weights is not None
+
+    def weights_fingerprint(self) -> str | None:
+        """What a job's result depends on beyond its code: the shipped weights' fingerprint."""
+        return None if self.weights is None else _fingerprint(self.weights)
 
     def build(self, params: Iterable[torch.nn.Parameter], lr: float | None = None, total_steps: int = 1) -> tuple[Any, Any]:
         """The optimizer and its scheduler (or None) for a run of ``total_steps`` steps."""
@@ -44,6 +53,13 @@ class Method:
 
     def tuning_lrs(self) -> list[float]:
         return [self.default_lr * m for m in self.grid]
+
+
+@functools.cache
+def _fingerprint(kind: str) -> str:
+    from metalearner.lopt.policy import default_weights
+
+    return default_weights(kind).fingerprint()
 
 
 def _plain(name: str) -> Factory:
@@ -73,8 +89,8 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("schedulefree_adamw", "Schedule-Free AdamW", _plain("schedulefree_adamw"), 2.5e-3),
     Method("prodigy", "Prodigy", _plain("prodigy"), 1.0),
     Method("dadapt_adam", "D-Adaptation Adam", _plain("dadapt_adam"), 1.0),
-    Method("opt2vec", "Opt2Vec (ours, frozen)", _opt2vec, 1e-3, budget_aware=True, ours=True),
-    Method("controller", "Adam + LR controller (ours, frozen)", _controller, 1e-3, ours=True),
+    Method("opt2vec", "Opt2Vec (ours, frozen)", _opt2vec, 1e-3, budget_aware=True, weights="opt2vec"),
+    Method("controller", "Adam + LR controller (ours, frozen)", _controller, 1e-3, weights="controller"),
 )}  # fmt: skip
 
 

@@ -117,14 +117,19 @@ class Bench:
                     f.unlink()  # unreadable: run it again
 
     def job(self, cell: Cell, method: str, lr: float, seed: int, *, target: float | None = None) -> dict[str, Any]:
-        s = self.suite
-        budget_aware = get_method(method).budget_aware and target is not None
-        return {
+        """A job's content, which is also its cache key (``job_key``): a learned optimizer's
+        jobs carry its weights' fingerprint, so that re-shipped weights rerun them."""
+        s, m = self.suite, get_method(method)
+        budget_aware = m.budget_aware and target is not None
+        job = {
             "cell": cell.name, "task": cell.task.to_dict(), "method": method, "lr": float(lr), "seed": int(seed),
             "epochs": s.reference_epochs, "evals_per_epoch": s.evals_per_epoch,
             "budgets": list(s.budgets) if budget_aware else None, "target": target if budget_aware else None,
             "data_dir": self.data_dir,
         }  # fmt: skip
+        if m.weights is not None:
+            job["weights"] = m.weights_fingerprint()
+        return job
 
     def result(self, job: dict[str, Any]) -> dict[str, Any]:
         return self.done[job_key(job)]

@@ -33,6 +33,7 @@ learned optimizers map to "do what the base optimizer does" (lr scale 1, momentu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -133,6 +134,13 @@ class PolicyWeights:
 
     def flat(self) -> torch.Tensor:
         return torch.cat([self.tensors[k].reshape(-1) for k in self.config.shapes()])
+
+    def fingerprint(self) -> str:
+        """A short hash of the config and the tensor values (not of the file's bytes, whose
+        header order differs between saves of the same weights)."""
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        h.update(self.flat().to(torch.float32).contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
 
     def with_flat(self, vector: torch.Tensor) -> "PolicyWeights":
         tensors, i = {}, 0
