@@ -29,7 +29,7 @@ ANCHORS = {"next_loss": "log_loss_ema", "smooth_loss": "log_loss_ema", "ahead_lo
 # targets: a baseline's smoother, so that the network learns the correction to the best one)
 _LOSS_ANCHORS = ("log_loss_ema", *LOSS_LEVELS)
 ANCHOR_CHOICES = {"final_acc": ("val_acc_last", "acc_fit_linear", "acc_fit_power", "acc_fit_exp"),
-                  **{t: _LOSS_ANCHORS for t in ("next_loss", "smooth_loss", "ahead_loss")}}  # fmt: skip
+                  **{t: _LOSS_ANCHORS for t in LOSS_TARGETS}}  # fmt: skip
 
 
 def choose_anchor(ds: Dataset, target: str, idx: np.ndarray, features: list[str] | None = None) -> str:

@@ -15,8 +15,8 @@ accuracy) before ``optimizer.step()`` and the validation metrics when you evalua
 
 Per step the probe only launches the five passes of
 :class:`~metalearner.observe.physics.PhysicsTracker` (``before_step``, ``after_step_raw``)
-and keeps references; stacking, pooling into layer norms, accuracy, and the move to the host happen once per chunk
-(``chunk_size`` steps), when a Parquet part is written. Columns follow
+and keeps references; stacking, pooling into layer norms, accuracy, and the move to the
+host happen once per chunk (``chunk_size`` steps), when a Parquet part is written. Columns follow
 :data:`metalearner.observe.store.COLUMNS`.
 """
 

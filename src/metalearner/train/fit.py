@@ -170,14 +170,12 @@ def fit(
     running = torch.zeros((), dtype=torch.float64)
     running_n = 0
 
-    eval_seconds = 0.0
-
     def run_eval() -> bool:
-        nonlocal running, running_n, eval_seconds
+        nonlocal running, running_n
         t0 = time.perf_counter()
         with _eval_mode(optimizer):
             val_loss, val_acc = evaluate(model, x_val, y_val, loss_fn)
-        eval_seconds += time.perf_counter() - t0
+        result.eval_seconds += time.perf_counter() - t0
         train_loss = float(running) / max(running_n, 1)
         running, running_n = torch.zeros((), dtype=torch.float64), 0
         result.history.append(
@@ -243,5 +241,4 @@ def fit(
             test_loss, test_acc = evaluate(model, data.x_test.to(device), data.y_test.to(device), loss_fn)
         result.final.update(test_loss=test_loss, test_acc=test_acc)
     result.final.update(status=result.status, steps=result.steps, epochs=result.epochs, steps_per_epoch=per_epoch)
-    result.eval_seconds = eval_seconds
     return result
