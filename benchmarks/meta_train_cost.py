@@ -22,7 +22,7 @@ import time
 
 from _common import finish
 from metalearner.lopt.meta_train import default_config, meta_train
-from metalearner.zoo.executor import InlineExecutor, LocalExecutor
+from metalearner.parallel import InlineExecutor, LocalExecutor
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ def main() -> None:
 
     from metalearner.bench import get_suite, run_suite
     from metalearner.report.bench import write_report
-    from metalearner.zoo.executor import make_executor
+    from metalearner.parallel import make_executor
 
     suite = get_suite(args.suite or ("smoke" if args.quick else "full"))
     args.quick = suite.name != "full"

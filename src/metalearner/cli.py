@@ -9,59 +9,22 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from metalearner.bench.cli import bench_app
 from metalearner.errors import MetalearnerError
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
 from metalearner.mirror.cli import dataset_app, mirror_app
+from metalearner.progress import STDERR, Progress
 from metalearner.zoo.cli import zoo_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning to optimize: observe, learn, train faster.")
-console = Console(stderr=True)
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(mirror_app, name="mirror")
 app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
 app.add_typer(lopt_app, name="lopt")
 app.add_typer(bench_app, name="bench")
-
-
-class Bar:
-    """Adapter from ``fit``'s progress protocol to a rich progress bar, shown from the first
-    update on (so an early error prints alone). Use as a context manager."""
-
-    def __init__(self, description: str, enabled: bool = True) -> None:
-        self.progress = progress_bar(enabled)
-        self.task = self.progress.add_task(description, total=None, loss=float("nan"), acc=float("nan"))
-        self.started = False
-
-    def update(self, step: int, total: int, **fields: float) -> None:
-        if not self.started:
-            self.progress.start()
-            self.started = True
-        self.progress.update(self.task, completed=step, total=total, **fields)
-
-    def __enter__(self) -> "Bar":
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self.progress.stop()
-
-
-def progress_bar(enabled: bool = True) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  val acc {task.fields[acc]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=not enabled,
-    )
 
 
 @app.command()
@@ -106,7 +69,8 @@ def train(
         epochs=epochs, steps=steps, eval_every=eval_every, target_acc=target_acc, seed=seed, extended=extended,
     )  # fmt: skip
     t0 = time.perf_counter()
-    with Bar(f"{task} {model}", enabled=progress) as bar:
+    with Progress(progress) as display:
+        bar = display.bar(f"{task} {model}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=float("nan"), acc=float("nan"))
         result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar)
     f = result.final
     parts = [f"{result.status}", f"{result.steps} steps ({result.epochs:.2f} epochs)"]
@@ -168,7 +132,7 @@ def main() -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
-        console.print("interrupted")
+        STDERR.print("interrupted")
         sys.exit(130)
     except Exception as e:  # usage errors (click's, or the copy of click that newer typer vendors)
         if any(c.__name__ == "ClickException" for c in type(e).__mro__):

@@ -9,7 +9,7 @@ import metalearner.bench.runner as runner
 from metalearner.bench import Bench, Cell, Suite, load_results, run_suite
 from metalearner.bench.protocol import SUITES, _mlp
 from metalearner.errors import ConfigError, MetalearnerError
-from metalearner.zoo.executor import InlineExecutor
+from metalearner.parallel import InlineExecutor
 
 TINY = Suite(
     name="tiny",

@@ -7,7 +7,7 @@ import torch
 
 from metalearner.lopt.meta_train import MetaTrainConfig, meta_loss, meta_train
 from metalearner.lopt.policy import PolicyWeights
-from metalearner.zoo.executor import InlineExecutor
+from metalearner.parallel import InlineExecutor
 
 # base lr far too small: the obvious improvement is a larger learned lr scale
 TINY = dict(

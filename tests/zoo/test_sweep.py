@@ -19,12 +19,9 @@ from metalearner.observe import read_run, read_trajectory
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
 from metalearner.train.run import RunConfig
-from metalearner.zoo import (
-    InlineExecutor, LocalExecutor, SuccessiveHalving, SweepLocked, load_spec, load_zoo, read_manifest, run_id,
-    run_sweep, sample_runs, summarize_zoo,
-)  # fmt: skip
+from metalearner.parallel import DirectoryLock, DirectoryLocked, InlineExecutor, LocalExecutor
+from metalearner.zoo import SuccessiveHalving, load_spec, load_zoo, read_manifest, run_id, run_sweep, sample_runs, summarize_zoo
 from metalearner.zoo.cli import zoo_app
-from metalearner.zoo.sweep import SweepLock
 
 TINY = sample_runs(load_spec("tiny"))  # 8 digits runs, two of them diverge
 
@@ -70,23 +67,14 @@ def test_tiny_sweep_with_two_workers_then_resume_is_a_no_op(tmp_path):
     assert set(runs.loc[runs["status"] == "diverged", "lr"]) == {30.0}
 
 
-def test_local_executor_reports_errors_and_limits_threads():
-    import math
-
-    with LocalExecutor(workers=2, threads_per_worker=1) as ex:
-        got = dict(ex.map_unordered(math.sqrt, [4.0, -1.0, 9.0]))
-        assert got[4.0] == 2.0 and got[9.0] == 3.0 and isinstance(got[-1.0], ValueError)
-        threads = [r for _, r in ex.map_unordered(os.getenv, ["OMP_NUM_THREADS"] * 2)]
-        assert threads == ["1", "1"]
-
-
 RESUME_SCRIPT = textwrap.dedent(
     """
     import sys
     from metalearner.tasks.models import ModelConfig
     from metalearner.tasks.task import TaskConfig
     from metalearner.train.run import RunConfig
-    from metalearner.zoo import LocalExecutor, run_sweep
+    from metalearner.parallel import LocalExecutor
+    from metalearner.zoo import run_sweep
 
     def runs():
         task = TaskConfig(dataset="digits", batch_size=32, model=ModelConfig(depth=2, width=64))
@@ -125,7 +113,7 @@ def test_resume_after_sigkill_finishes_only_what_is_missing(tmp_path):
         else:
             pytest.fail(f"sweep never had a finished and a running run: {_statuses(out)}")
         # while it runs, a second sweep into the same directory must refuse
-        with pytest.raises(SweepLocked, match="in use by another sweep"):
+        with pytest.raises(DirectoryLocked, match="in use by another process"):
             run_sweep([], out, InlineExecutor(), progress=False)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its workers
@@ -150,8 +138,8 @@ def test_resume_after_sigkill_finishes_only_what_is_missing(tmp_path):
 
 
 def test_second_sweep_refuses_while_the_lock_is_held(tmp_path):
-    with SweepLock(tmp_path):
-        with pytest.raises(SweepLocked, match=f"pid {os.getpid()}"):
+    with DirectoryLock(tmp_path):
+        with pytest.raises(DirectoryLocked, match=f"pid {os.getpid()}"):
             run_sweep(TINY[:1], tmp_path, InlineExecutor(), progress=False)
     res = run_sweep(TINY[:1], tmp_path, InlineExecutor(), progress=False)  # released: fine
     assert res.counts == {"complete": 1}
@@ -241,7 +229,7 @@ def test_cli_runs_resumes_and_summarises(tmp_path):
 
 def test_ray_executor_on_a_tiny_sweep(tmp_path):
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'metalearner[ray]')")
-    from metalearner.zoo import RayExecutor
+    from metalearner.parallel import RayExecutor
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:

@@ -1,7 +1,7 @@
 """The honest benchmark: time to target against tuned and tuning-free optimizers.
 
     from metalearner.bench import get_suite, run_suite
-    from metalearner.zoo.executor import make_executor
+    from metalearner.parallel import make_executor
     results = run_suite(get_suite("quick"), "bench-quick", make_executor("local"))
 
 The protocol is in :mod:`metalearner.bench.protocol` and docs/benchmark.md; methods are

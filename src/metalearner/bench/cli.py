@@ -31,15 +31,14 @@ def bench(
     from metalearner.bench import get_suite, run_suite
     from metalearner.report.bench import print_summary
     from metalearner.errors import ConfigError
-    from metalearner.zoo.executor import RayExecutor, make_executor
+    from metalearner.parallel import make_executor
 
     if out is None:
         raise ConfigError("give --out DIR for the benchmark")
     s = get_suite(suite)
     if seeds is not None:
         s = dataclasses.replace(s, seeds=seeds)
-    ex = RayExecutor(address=address) if executor == "ray" else make_executor(executor, workers)
-    with ex:
+    with make_executor(executor, workers, address=address) as ex:
         results = run_suite(s, out, ex, data_dir=str(data_dir) if data_dir else None, progress=progress)
     print_summary(results, out)
 

@@ -1,4 +1,4 @@
-"""Running a suite: every (cell, method, lr, seed) job through the zoo's executor, resumable.
+"""Running a suite: every (cell, method, lr, seed) job through an executor, resumable.
 
 Layout of ``OUT``::
 
@@ -29,6 +29,8 @@ from metalearner.bench.methods import get_method
 from metalearner.bench.metrics import budget_epochs_to_target, epochs_to_target, median
 from metalearner.bench.protocol import Cell, Suite
 from metalearner.errors import MetalearnerError
+from metalearner.parallel import DirectoryLock
+from metalearner.progress import Progress
 
 RULESETS = ("self_tuning", "tuned")
 
@@ -148,7 +150,7 @@ class Bench:
                 write_json(self.jobs_dir / f"{res['key']}.json", res)
                 self.done[res["key"]] = res
             if bar:
-                bar(1)
+                bar.advance()
         if failures:
             raise MetalearnerError(f"{len(failures)} benchmark job(s) failed (finished ones are kept; rerun to retry): " + "; ".join(failures[:3]))
 
@@ -180,9 +182,7 @@ class Bench:
         ]  # fmt: skip
 
     def run(self, executor: Any, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
-        from metalearner.zoo.sweep import SweepLock
-
-        with SweepLock(self.out):
+        with DirectoryLock(self.out):
             write_json(self.out / "suite.json", self.suite.to_dict())
             cells = self.suite.cells
             wave1 = [j for c in cells for js in self.tuning_jobs(c).values() for j in js]
@@ -239,33 +239,7 @@ def run_suite(suite: Suite, out_dir: str | Path, executor: Any, *, data_dir: str
     from metalearner.report.bench import write_report
 
     bench = Bench(suite, out_dir, data_dir=data_dir)
-    with _Progress(progress) as bar:
-        results = bench.run(executor, bar.wave if progress else None)
+    with Progress(progress) as display:
+        results = bench.run(executor, display.bar)
     write_report(results, out_dir)
     return results
-
-
-class _Progress:
-    """One rich bar per wave, on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.progress = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True))  # fmt: skip
-
-    def wave(self, label: str, total: int) -> Callable[[int], None]:
-        task = self.progress.add_task(label, total=total)
-        return lambda n: self.progress.update(task, advance=n)
-
-    def __enter__(self) -> "_Progress":
-        if self.progress:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self.progress:
-            self.progress.stop()

@@ -32,7 +32,7 @@ def meta_train_command(
     """Meta-train a learned optimizer by antithetic ES on the default task distribution."""
     from metalearner.errors import MetalearnerError
     from metalearner.lopt.meta_train import default_config, meta_train
-    from metalearner.zoo.executor import make_executor
+    from metalearner.parallel import make_executor
 
     overrides = {k: v for k, v in dict(seed=seed, outer_steps=outer_steps, pairs=pairs, unroll_steps=unroll_steps).items() if v is not None}
     try:

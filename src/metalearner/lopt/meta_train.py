@@ -22,7 +22,7 @@ backprop) can replace :func:`es_update` without touching the rest:
 
    .. math:: \\hat g = \\frac{1}{2σ N} \\sum_i (\\mathcal L(θ+σε_i) - \\mathcal L(θ-σε_i))\\, ε_i
 
-   The 2N unrolls of a step run through the zoo's executor (local processes, inline, Ray).
+   The 2N unrolls of a step run through an executor of :mod:`metalearner.parallel` (local processes, inline, Ray).
 
 Each outer step draws its tasks and noise from ``(seed, step)`` only, and the checkpoint
 (``checkpoint.safetensors``: θ and the Adam moments; ``state.json``: config, step, the
@@ -332,7 +332,8 @@ def meta_train(
     on_step: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[PolicyWeights, MetaState]:
     """Run (or resume) meta-training; writes ``out_dir/{kind}.safetensors`` and the state."""
-    from metalearner.zoo.executor import make_executor
+    from metalearner.parallel import make_executor
+    from metalearner.progress import Progress
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -343,13 +344,8 @@ def meta_train(
     t0 = time.perf_counter()
     earlier = state.curve[-1].get("elapsed_s", 0.0) if state.curve else 0.0  # cumulative across resumes
     try:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        bar = Progress(TextColumn(f"[bold]meta-train {cfg.kind}"), BarColumn(), MofNCompleteColumn(),
-                       TextColumn("meta-loss {task.fields[meta_loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                       disable=not progress)  # fmt: skip
-        with bar:
-            task = bar.add_task("meta", total=cfg.outer_steps, completed=state.step, meta_loss=math.nan)
+        with Progress(progress) as display:
+            bar = display.bar(f"meta-train {cfg.kind}", cfg.outer_steps, completed=state.step, info="meta-loss {meta_loss:.4f}", meta_loss=math.nan)
             if "initial" not in state.evaluation:
                 state.evaluation["initial"] = evaluate_theta(cfg, state.theta, ex)
                 save_checkpoint(out, cfg, state)
@@ -357,7 +353,7 @@ def meta_train(
                 record = es_update(cfg, state, ex)
                 record["elapsed_s"] = earlier + time.perf_counter() - t0
                 save_checkpoint(out, cfg, state)
-                bar.update(task, completed=state.step, meta_loss=record["meta_loss"])
+                bar.update(state.step, meta_loss=record["meta_loss"])
                 if on_step:
                     on_step(record)
             if state.evaluation.get("final_at") != state.step:

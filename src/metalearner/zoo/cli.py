@@ -38,7 +38,7 @@ def zoo(
     if ctx.invoked_subcommand is not None:
         return
     from metalearner.errors import ConfigError
-    from metalearner.zoo.executor import RayExecutor, make_executor
+    from metalearner.parallel import make_executor
     from metalearner.zoo.pruning import make_pruner
     from metalearner.zoo.spec import SweepSpec, load_spec, parse_assignment, run_id, sample_runs
     from metalearner.zoo.sweep import run_sweep
@@ -65,13 +65,7 @@ def zoo(
         return
     if out is None:
         raise ConfigError("give --out DIR for the zoo")
-    if executor == "ray":
-        ex = RayExecutor(address=address)
-    else:
-        if address:
-            raise ConfigError("--address needs --executor ray")
-        ex = make_executor(executor, workers)
-    with ex:
+    with make_executor(executor, workers, address=address) as ex:
         result = run_sweep(
             sweep_spec, out, ex, pruner=make_pruner(prune, eta=eta),
             data_dir=str(data_dir) if data_dir else None, progress=progress,

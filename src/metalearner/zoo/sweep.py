@@ -20,13 +20,11 @@ again, and retries failed ones. Run ids hash the full config, so matching is by 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import json
 import math
 import os
 import shutil
-import socket
 import sys
 import time
 import traceback
@@ -39,52 +37,14 @@ from metalearner.atomic import write_json
 from metalearner.errors import ConfigError, DataError, MetalearnerError
 from metalearner.observe.store import RUN_JSON, TRAJECTORY, read_run
 from metalearner.train.run import RunConfig
-from metalearner.zoo.executor import Executor, LocalExecutor
+from metalearner.parallel import DirectoryLock, Executor, LocalExecutor
+from metalearner.progress import Progress
 from metalearner.zoo.spec import SweepSpec, run_id, sample_runs
 
 MANIFEST = "manifest.json"
 RUNS = "runs"
 LOG = "log.txt"
 DONE = {"complete": "complete", "diverged": "diverged", "stopped": "pruned"}  # run.json -> manifest
-
-
-class SweepLocked(MetalearnerError):
-    """Another sweep holds the directory's lock."""
-
-
-class SweepLock:
-    """An exclusive ``flock`` on ``DIR/.lock``; released by the kernel if the holder dies."""
-
-    def __init__(self, out_dir: str | Path) -> None:
-        self.path = Path(out_dir) / ".lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> "SweepLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown process"
-            os.close(fd)
-            raise SweepLocked(
-                f"{self.path.parent} is in use by another sweep ({holder}); wait for it or use another --out"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = None
-
-    def __enter__(self) -> "SweepLock":
-        return self.acquire()
-
-    def __exit__(self, *_: Any) -> None:
-        self.release()
 
 
 # -- the worker side -----------------------------------------------------------------------
@@ -223,7 +183,7 @@ def run_sweep(
     """Train every run of a spec (or a list of configs) into ``out_dir``; resumable.
 
     Holds ``out_dir/.lock`` for the whole sweep (a second sweep into the same directory
-    raises :class:`SweepLocked`). Skips runs already done, reruns partial ones (and failed
+    raises :class:`~metalearner.parallel.DirectoryLocked`). Skips runs already done, reruns partial ones (and failed
     ones unless ``retry_failed=False``), records each run's status in ``manifest.json`` as it
     finishes. A run that raises is recorded ``failed`` with its error and does not stop the
     sweep. ``pruner`` (see :mod:`metalearner.zoo.pruning`) may stop runs early: ``pruned``.
@@ -240,7 +200,7 @@ def run_sweep(
     own_executor = executor is None
     executor = executor or LocalExecutor()
 
-    with SweepLock(out):
+    with DirectoryLock(out):
         manifest = read_manifest(out) if (out / MANIFEST).exists() else {"schema_version": 1, "runs": {}}
         entries: dict[str, dict[str, Any]] = manifest["runs"]
         if spec is not None:
@@ -279,9 +239,10 @@ def run_sweep(
              "data_dir": data_dir, "pruner": pruner, "isolated": isolated}
             for rid in todo
         ]  # fmt: skip
-        bar = _Bar(len(runs), skipped, enabled=progress)
+        counts = {"failed": 0, "diverged": 0, "pruned": 0}
         try:
-            with bar:
+            with Progress(progress) as display:
+                bar = display.bar("zoo", len(runs), completed=skipped, info="failed {failed}  diverged {diverged}  pruned {pruned}", **counts)
                 for item, res in executor.map_unordered(run_one, items):
                     entry = entries[item["run_id"]]
                     if isinstance(res, BaseException):
@@ -289,7 +250,9 @@ def run_sweep(
                     else:
                         entry.update(status=res["status"], final=_final_metrics(res["final"]), wall_s=round(res["wall_s"], 2))
                     save()
-                    bar.advance(entry["status"])
+                    if entry["status"] in counts:
+                        counts[entry["status"]] += 1
+                    bar.advance(**counts)
         finally:
             if own_executor:
                 executor.close()
@@ -305,41 +268,6 @@ def run_sweep(
 
 
 # -- terminal output -----------------------------------------------------------------------
-
-
-class _Bar:
-    """One overall bar: runs done of total, failed/diverged/pruned counts, elapsed, ETA."""
-
-    def __init__(self, total: int, done: int, enabled: bool) -> None:
-        self.enabled = enabled
-        self.counts = {"failed": 0, "diverged": 0, "pruned": 0}
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(
-            TextColumn("[bold]zoo"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("failed {task.fields[failed]}  diverged {task.fields[diverged]}  pruned {task.fields[pruned]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=Console(stderr=True),
-        )  # fmt: skip
-        self.task = self.progress.add_task("zoo", total=total, completed=done, **self.counts)
-
-    def advance(self, status: str) -> None:
-        if status in self.counts:
-            self.counts[status] += 1
-        if self.enabled:
-            self.progress.update(self.task, advance=1, **self.counts)
-
-    def __enter__(self) -> "_Bar":
-        if self.enabled:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        if self.enabled:
-            self.progress.stop()
 
 
 def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids: list[str] | None = None, top: int = 10) -> None:

@@ -216,11 +216,19 @@ class RayExecutor(_Base):
 
 
 def make_executor(kind: str = "local", workers: int | None = None, *, address: str | None = None) -> Executor:
-    """``local`` (a process pool; ``workers=0`` runs inline), or ``ray``."""
+    """The executor the command-line options ask for: ``local`` (a process pool of ``workers``
+    processes, default one per core; ``workers=0`` runs inline in this process), ``inline``,
+    or ``ray`` (the cluster at ``address``, else a local Ray instance). Every CLI command
+    that runs work in parallel calls this, so the options mean the same everywhere, and a
+    missing Ray installation fails here, before any work starts."""
+    if kind == "ray":
+        return RayExecutor(address=address)
+    if address:
+        raise ConfigError("--address needs --executor ray")
+    if workers is not None and workers < 0:
+        raise ConfigError(f"--workers must be >= 0, got {workers}")
     if kind == "local":
         return InlineExecutor() if workers == 0 else LocalExecutor(workers)
     if kind == "inline":
         return InlineExecutor()
-    if kind == "ray":
-        return RayExecutor(address=address)
     raise ConfigError(f"unknown executor {kind!r}; choose from local, ray")
