@@ -70,7 +70,8 @@ from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
 from metalearner.train.run import RunConfig
-from metalearner.zoo import LocalExecutor, SuccessiveHalving, run_sweep
+from metalearner.parallel import LocalExecutor
+from metalearner.zoo import SuccessiveHalving, run_sweep
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 LR_RANGES = {"sgd": (1e-2, 1.0), "momentum": (1e-3, 0.3), "adam": (1e-4, 3e-2), "rmsprop": (1e-4, 1e-2)}

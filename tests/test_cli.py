@@ -46,7 +46,7 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--optimizer", "adamax"], "unknown optimizer 'adamax'"),
+        (["train", "--optimizer", "adamax"], "unknown method 'adamax'"),
         (["train", "--activation", "swish"], "unknown activation 'swish'"),
         (["train", "--task", "cifar"], "unknown"),
         (["train", "--lr", "-1", "--task", "moons"], "learning rate"),

@@ -12,6 +12,7 @@ import typer
 
 from metalearner.bench.cli import bench_app
 from metalearner.errors import MetalearnerError
+from metalearner.methods import METHODS
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
 from metalearner.mirror.cli import dataset_app, mirror_app
@@ -35,20 +36,21 @@ def train(
     width: int = typer.Option(256, help="Hidden units (MLP) or first-block channels (CNN)."),
     activation: str = typer.Option("relu", help="relu, tanh, gelu, silu, sigmoid, leaky_relu, elu."),
     init: str = typer.Option("default", help="default, kaiming, xavier, orthogonal."),
-    optimizer: str = typer.Option("adam", help="sgd, momentum, nesterov, adam, adamw, rmsprop, adagrad, schedulefree_adamw, prodigy, dadapt_adam."),
-    lr: float = typer.Option(1e-3, help="Learning rate (peak LR with a schedule)."),
-    momentum: Optional[float] = typer.Option(None, help="Momentum (beta1 for Adam-likes); optimizer default if unset."),
-    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    optimizer: str = typer.Option("adam", help=f"A method: {', '.join(METHODS)}, or BASE+controller."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate (peak LR with a schedule); the method's default if unset."),
+    momentum: Optional[float] = typer.Option(None, help="Momentum (beta1 for Adam-likes); the method's default if unset."),
+    weight_decay: Optional[float] = typer.Option(None, help="Weight decay; the method's default if unset (0, AdamW 0.01)."),
     schedule: str = typer.Option("constant", help="constant, cosine, warmup_cosine, onecycle."),
     epochs: Optional[float] = typer.Option(10, help="Epoch budget."),
     steps: Optional[int] = typer.Option(None, help="Step budget (the smaller of the two budgets wins)."),
     batch_size: int = typer.Option(128, help="Batch size."),
     eval_every: Optional[int] = typer.Option(None, help="Also evaluate every N steps (always at each epoch end)."),
-    target_acc: Optional[float] = typer.Option(None, help="Stop when validation accuracy reaches this."),
+    target_acc: Optional[float] = typer.Option(None, help="Stop when validation accuracy reaches this fraction (e.g. 0.97)."),
     seed: int = typer.Option(0, help="Seed for the data split, weights and batch order."),
     n_train: Optional[int] = typer.Option(None, help="Subsample the training split (quick runs)."),
     extended: bool = typer.Option(False, help="Also log gradient cosine, curvature and noise scale."),
     out: Path = typer.Option(Path("runs/latest"), help="Run directory for trajectory.parquet and run.json."),
+    overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (else $METALEARNER_DATA, else a user cache)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
@@ -71,7 +73,7 @@ def train(
     t0 = time.perf_counter()
     with Progress(progress) as display:
         bar = display.bar(f"{task} {model}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=float("nan"), acc=float("nan"))
-        result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar)
+        result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar, overwrite=overwrite)
     f = result.final
     parts = [f"{result.status}", f"{result.steps} steps ({result.epochs:.2f} epochs)"]
     if "diverged_at_step" in f:

@@ -14,7 +14,7 @@ from metalearner.parallel import InlineExecutor
 TINY = Suite(
     name="tiny",
     cells=(Cell("moons/mlp-1x16-relu", _mlp("moons", 1, 16, "relu")), Cell("digits/mlp-1x16-tanh", _mlp("digits", 1, 16, "tanh"))),
-    methods=("adam", "adamw_cosine", "controller"),
+    methods=("adam", "adamw_cosine", "adam+controller"),
     seeds=2,
     reference_epochs=3,
     budgets=(1, 2, 3),
@@ -179,7 +179,7 @@ def test_shift_verdict_says_never_reached_instead_of_a_rank(finished):
     a, b = list(r["cells"])
     r["cells"][a]["role"], r["cells"][b]["role"] = "shift A", "shift B"
     for cell, controller_epochs in ((a, math.inf), (b, 2.0)):
-        times = {"adam": 1.0, "adamw_cosine": 3.0, "controller": controller_epochs}
+        times = {"adam": 1.0, "adamw_cosine": 3.0, "adam+controller": controller_epochs}
         for m, t in times.items():
             r["cells"][cell]["rulesets"]["self_tuning"][m]["summary"]["epochs_to_target"] = t
     line = next(s for s in verdict(r) if s.startswith("Shift") and "controller" in s)

@@ -234,7 +234,7 @@ def test_analysis_plots(tmp_path):
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
 
     task = make_task(TaskConfig(dataset="synthetic", model=ModelConfig(depth=1, width=16), batch_size=32, n_train=256))
-    traj = record_run(task, lambda p: Opt2Vec(p, 1e-3), steps=96)
+    traj = record_run(task, "opt2vec", lr=1e-3, steps=96)
     assert traj["embedding"].shape == (96 // 16, 64) and len(traj["lr"]) == 96
     plot_embedding(traj, tmp_path / "emb.png")
     plot_schedule(traj, tmp_path / "sched.png")

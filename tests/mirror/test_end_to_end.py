@@ -19,7 +19,8 @@ from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
 from metalearner.train.run import RunConfig
-from metalearner.zoo import InlineExecutor, SuccessiveHalving, run_sweep
+from metalearner.parallel import InlineExecutor
+from metalearner.zoo import SuccessiveHalving, run_sweep
 
 runner = CliRunner()
 QUICK = TrainConfig(epochs=3, batch_size=128)

@@ -10,7 +10,8 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.observe import Probe, read_run, read_trajectory
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
-from metalearner.train import RunConfig, fit, make_optimizer, make_schedule, train_run
+from metalearner.methods import METHODS, get_method, make_schedule
+from metalearner.train import RunConfig, fit, train_run
 
 MOONS = TaskConfig(dataset="moons", model=ModelConfig(depth=2, width=16), batch_size=50, n_train=400)
 
@@ -105,26 +106,62 @@ def test_cosine_schedule_is_recorded_by_the_probe(tmp_path):
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine", "onecycle"])
 def test_every_schedule_builds(schedule, moons):
     model = moons.build_model(seed=0)
-    opt = make_optimizer("sgd", model.parameters(), lr=0.1)
+    opt, _ = get_method("sgd").build(model.parameters(), lr=0.1)
     sched = make_schedule(schedule, opt, 10)
     assert (sched is None) == (schedule == "constant")
 
 
-@pytest.mark.parametrize(
-    "name", ["sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad", "schedulefree_adamw", "prodigy", "dadapt_adam"]
-)
-def test_every_optimizer_trains_one_epoch(name, moons):
-    lr = {"prodigy": 1.0, "dadapt_adam": 1.0}.get(name, 1e-2)
-    model = moons.build_model(seed=0)
-    opt = make_optimizer(name, model.parameters(), lr=lr)
-    r = fit(model, opt, moons, epochs=1, seed=0)
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_trains_one_epoch_through_train_run(name, tmp_path):
+    cfg = RunConfig(task=MOONS, optimizer=name, epochs=1)
+    r = train_run(cfg, tmp_path)
     assert r.status == "complete" and r.final["val_acc"] > 0.4
+    assert read_run(tmp_path)["config"]["optimizer"] == name
 
 
 def test_bad_optimizer_settings_fail_before_any_work():
-    with pytest.raises(ConfigError, match="unknown optimizer"):
+    with pytest.raises(ConfigError, match="unknown method 'adamax'"):
         RunConfig(optimizer="adamax")
     with pytest.raises(ConfigError, match="unknown schedule"):
         RunConfig(schedule="step")
     with pytest.raises(ConfigError, match="learning rate"):
-        make_optimizer("sgd", [nn.Parameter(torch.zeros(1))], lr=-1.0)
+        get_method("sgd").build([nn.Parameter(torch.zeros(1))], lr=-1.0)
+
+
+def test_fit_reads_the_device_only_every_few_steps(moons, monkeypatch):
+    """No host synchronisation per step: over 200 steps without a progress bar or probe,
+    device values are read at the periodic loss checks and the evaluations only."""
+    from metalearner.train.fit import CHECK_EVERY
+
+    reads = []
+    for name in ("__bool__", "__float__", "__int__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads.append(1)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model = moons.build_model(seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2)  # stateless: its steps read nothing either
+    r = fit(model, opt, moons, steps=200, seed=0, test=False)
+    evals = len(r.history)
+    assert r.steps == 200
+    assert len(reads) <= 200 // CHECK_EVERY + 8 * evals, (len(reads), evals)
+
+
+def test_divergence_is_reported_at_its_exact_step_between_checks(moons):
+    """A loss that turns NaN between two periodic checks is still reported at its own step."""
+
+    class Poison(torch.optim.SGD):
+        def step(self, closure=None):
+            super().step(closure)
+            self.t = getattr(self, "t", 0) + 1
+            if self.t == 11:
+                with torch.no_grad():
+                    for p in self.param_groups[0]["params"]:
+                        p.fill_(float("nan"))
+
+    model = moons.build_model(seed=0)
+    r = fit(model, Poison(model.parameters(), lr=0.01), moons, steps=100, seed=0)
+    assert r.status == "diverged" and r.final["diverged_at_step"] == 11 and r.steps <= 25

@@ -4,13 +4,12 @@
     from metalearner.parallel import make_executor
     results = run_suite(get_suite("quick"), "bench-quick", make_executor("local"))
 
-The protocol is in :mod:`metalearner.bench.protocol` and docs/benchmark.md; methods are
-registered in :data:`metalearner.bench.methods.METHODS`.
+The protocol is in :mod:`metalearner.bench.protocol` and docs/benchmark.md; methods are the
+registry's (:data:`metalearner.methods.METHODS`).
 """
 
-from metalearner.bench.methods import METHODS, Method, get_method
 from metalearner.bench.protocol import SUITES, Cell, Suite, get_suite
 from metalearner.bench.runner import Bench, run_suite
 from metalearner.bench.summary import load_results
 
-__all__ = ["METHODS", "SUITES", "Bench", "Cell", "Method", "Suite", "get_method", "get_suite", "load_results", "run_suite"]
+__all__ = ["SUITES", "Bench", "Cell", "Suite", "get_suite", "load_results", "run_suite"]

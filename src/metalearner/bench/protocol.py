@@ -19,11 +19,13 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from metalearner.bench.methods import METHODS, get_method
 from metalearner.errors import ConfigError
+from metalearner.methods import get_method
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
 
+# the benchmarked methods: tuned and tuning-free baselines, then ours (names from metalearner.methods)
+METHODS = ("adam", "adamw_cosine", "schedulefree_adamw", "prodigy", "dadapt_adam", "opt2vec", "adam+controller")
 SHIFT_B = {"mean": 1.0, "rotation": 0.6, "noise": 0.5, "imbalance": 0.5}  # task B of the shift experiment
 
 
@@ -47,7 +49,7 @@ class Cell:
 class Suite:
     name: str
     cells: tuple[Cell, ...]
-    methods: tuple[str, ...] = tuple(METHODS)
+    methods: tuple[str, ...] = METHODS
     seeds: int = 3
     tuning_seed: int = 1000
     reference_epochs: int = 10

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from metalearner.atomic import write_json
-from metalearner.bench.methods import get_method
 from metalearner.bench.metrics import budget_epochs_to_target, epochs_to_target, median
 from metalearner.bench.protocol import Cell, Suite
 from metalearner.errors import MetalearnerError
+from metalearner.methods import get_method
 from metalearner.parallel import DirectoryLock
 from metalearner.progress import Progress
 
@@ -49,18 +49,15 @@ def _task(task_json: str, data_dir: str | None) -> Any:
 
 def train_once(job: dict[str, Any], budget: float, target: float | None = None) -> dict[str, Any]:
     """One training run of ``job`` at ``budget`` epochs (stopping at ``target`` if given)."""
-    from metalearner.train.fit import fit
+    from metalearner.train import Budget, RunConfig, train_run
 
     task = _task(json.dumps(job["task"], sort_keys=True), job.get("data_dir"))
-    per_epoch = math.ceil(task.data.n_train / task.config.batch_size)
-    model = task.build_model(seed=job["seed"])
-    opt, sched = get_method(job["method"]).build(model.parameters(), job["lr"], math.ceil(budget * per_epoch))
+    per_epoch = Budget.of(task.data.n_train, task.config.batch_size, epochs=budget).per_epoch
+    cfg = RunConfig(task=task.config, optimizer=job["method"], lr=job["lr"], epochs=budget, seed=job["seed"],
+                    eval_every=max(1, per_epoch // job["evals_per_epoch"]), target_acc=target)  # fmt: skip
     t0 = time.perf_counter()
-    res = fit(model, opt, task, epochs=budget, scheduler=sched, eval_every=max(1, per_epoch // job["evals_per_epoch"]),
-              target_acc=target, seed=job["seed"], test=target is None)  # fmt: skip
+    res = train_run(cfg, task=task, probe=False, test=target is None)
     wall = time.perf_counter() - t0
-    if hasattr(opt, "close"):
-        opt.close()
     train_s = wall - res.eval_seconds
     return {
         "budget": budget, "status": res.status, "steps": res.steps,

@@ -8,7 +8,7 @@ import json
 import math
 from typing import Any
 
-from metalearner.bench.methods import get_method
+from metalearner.methods import get_method
 from metalearner.bench.metrics import bootstrap_median_ci, median, performance_profile, profile_score
 from metalearner.bench.protocol import Suite
 

@@ -1,6 +1,6 @@
 """Analysis of a learned optimizer's run: its embedding trajectory and its learned schedule.
 
-    traj = record_run(task, Opt2Vec, epochs=1)
+    traj = record_run(task, "opt2vec", steps=512)
     plot_embedding(traj, "embedding.png")      # PCA to 2-D, coloured by training phase
     plot_schedule(traj, "schedule.png")        # loss, learned lr and momentum over the run
 """
@@ -8,39 +8,40 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import torch
 
-from metalearner.train import train_step
+from metalearner.train import RunConfig, train_run
 
 PHASES = ("early", "middle", "late")
 
 
-def record_run(task: Any, make_optimizer: Callable[..., Any], *, steps: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Train ``task``'s model for ``steps`` steps; per step: loss, lr, momentum; per
-    observation: the step and the embedding."""
-    model = task.build_model(seed=seed)
-    opt = make_optimizer(model.parameters())
-    data, bs = task.data, task.config.batch_size
-    gen = torch.Generator().manual_seed(seed)
-    rows: dict[str, list] = {"loss": [], "lr": [], "momentum": [], "emb_step": [], "embedding": []}
-    last = None
-    for t in range(steps):
-        idx = torch.randint(0, data.n_train, (bs,), generator=gen)
-        loss, _ = train_step(model, opt, task.loss_fn, data.x_train[idx], data.y_train[idx])
-        group = opt.param_groups[0]
-        rows["loss"].append(float(loss.detach()))
-        rows["lr"].append(group["lr"])
-        rows["momentum"].append(group["betas"][0] if "betas" in group else group.get("momentum", np.nan))
-        emb = getattr(opt, "embedding", None)
-        if emb is not None and emb is not last:
-            rows["emb_step"].append(t)
-            rows["embedding"].append(emb.numpy().copy())
-            last = emb
-    out = {k: np.asarray(v) for k, v in rows.items() if k != "embedding"}
-    out["embedding"] = np.stack(rows["embedding"]) if rows["embedding"] else np.zeros((0, 0))
+def record_run(task: Any, method: str = "opt2vec", *, lr: float | None = None, steps: int, seed: int = 0,
+               options: dict[str, Any] | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Train ``task``'s model with ``method`` for ``steps`` steps (batches drawn with
+    replacement) through ``train_run``; per step: loss, lr, momentum (the probe's columns);
+    per observation: the step and the optimizer's embedding."""
+    emb_step: list[int] = []
+    embeddings: list[Any] = []
+
+    def attach(model: Any, opt: Any) -> None:
+        step = iter(range(steps))
+
+        def record(*_: Any) -> None:  # after each step: keep each new embedding once
+            t, emb = next(step), getattr(opt, "embedding", None)
+            if emb is not None and (not embeddings or emb is not embeddings[-1]):
+                emb_step.append(t)
+                embeddings.append(emb)
+
+        opt.register_step_post_hook(record)
+
+    cfg = RunConfig(task=task.config, optimizer=method, lr=lr, steps=steps, epochs=None, seed=seed, sampler="random",
+                    options=dict(options or {}))  # fmt: skip
+    result = train_run(cfg, task=task, test=False, attach=attach)
+    df = result.trajectory.to_pandas()
+    out = {"loss": df["loss"].to_numpy(), "lr": df["lr"].to_numpy(), "momentum": df["momentum"].to_numpy(), "emb_step": np.asarray(emb_step)}
+    out["embedding"] = np.stack([e.numpy() for e in embeddings]) if embeddings else np.zeros((0, 0))
     return out
 
 

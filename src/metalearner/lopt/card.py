@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -9,36 +10,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from metalearner.atomic import atomic_path, write_json
-from metalearner.lopt.controller import LRController
 from metalearner.lopt.meta_train import summarise_tasks
-from metalearner.lopt.opt2vec import Opt2Vec
 from metalearner.lopt.policy import PRETRAINED, PolicyWeights
 
 HELD_OUT = "mnist, MLP 784-256-256-10 relu (never seen in meta-training), batch 128"
 
 
-def evaluate_held_out(opt2vec: PolicyWeights, controller: PolicyWeights, *, data_dir: str | None, epochs: float,
+def evaluate_held_out(opt2vec: str | Path, controller: str | Path, *, data_dir: str | None, epochs: float,
                       seeds: int) -> dict[str, Any]:  # fmt: skip
-    """Adam 1e-3 against Opt2Vec(base_lr=1e-3) and Adam 1e-3 + controller, weights frozen."""
+    """Adam 1e-3 against Opt2Vec (lr 1e-3) and Adam 1e-3 + controller, with the weights files
+    ``opt2vec`` and ``controller`` frozen, through the registry and ``train_run``."""
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
-    from metalearner.train import fit
+    from metalearner.train import RunConfig, train_run
 
     task = make_task(TaskConfig(dataset="mnist", model=ModelConfig(depth=2, width=256)), data_dir=data_dir)
-    steps = int(np.ceil(epochs * np.ceil(task.data.n_train / 128)))
-    methods = {
-        "adam_1e-3": lambda p: torch.optim.Adam(p, lr=1e-3),
-        "opt2vec_1e-3": lambda p: Opt2Vec(p, 1e-3, weights=opt2vec, budget=steps),
-        "adam_1e-3+controller": lambda p: LRController(torch.optim.Adam(p, lr=1e-3), weights=controller, budget=steps),
-    }
+    methods = {"adam": {}, "opt2vec": {"weights": str(opt2vec)}, "adam+controller": {"weights": str(controller)}}
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
+    steps = 0
     for seed in range(seeds):
-        for name, make in methods.items():
-            model = task.build_model(seed=seed)
+        for name, options in methods.items():
+            cfg = RunConfig(task=task.config, optimizer=name, lr=1e-3, epochs=epochs, seed=seed, options=options)
+            steps = cfg.budget(task).total
+            cfg = dataclasses.replace(cfg, eval_every=max(1, steps // 8))
             t0 = time.perf_counter()
-            result = fit(model, make(model.parameters()), task, epochs=epochs, seed=seed, eval_every=max(1, steps // 8))
+            result = train_run(cfg, task=task, probe=False)
             runs[name].append({"seed": seed, "seconds": time.perf_counter() - t0, **result.final,
                                "val_acc_curve": [round(h["val_acc"], 4) for h in result.history]})  # fmt: skip
     summary = {
@@ -88,7 +85,8 @@ def write_card(opt2vec_dir: Path, controller_dir: Path, *, data_dir: str | None,
             "tasks_seen": summarise_tasks(state["tasks_seen"]),
             "meta_evaluation": state["evaluation"],
         }  # fmt: skip
-    evaluation = evaluate_held_out(weights["opt2vec"], weights["controller"], data_dir=data_dir, epochs=epochs, seeds=seeds)
+    evaluation = evaluate_held_out(Path(opt2vec_dir) / "opt2vec.safetensors", Path(controller_dir) / "controller.safetensors",
+                                   data_dir=data_dir, epochs=epochs, seeds=seeds)  # fmt: skip
     card = {"command": command, "optimizers": parts, "evaluation": evaluation}
     target = PRETRAINED if ship else Path(out or opt2vec_dir)
     target.mkdir(parents=True, exist_ok=True)

@@ -91,14 +91,13 @@ def analyse_command(
     """Plot Opt2Vec's embedding trajectory (PCA, by phase) and its learned lr/momentum next to the loss."""
     from metalearner.atomic import write_json
     from metalearner.lopt.analysis import plot_embedding, plot_schedule, record_run
-    from metalearner.lopt.opt2vec import Opt2Vec
     from metalearner.errors import ConfigError
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
 
     if steps < 1 or not base_lr > 0:
         raise ConfigError(f"--steps must be >= 1 and --base-lr > 0, got {steps} and {base_lr}")
     t = make_task(TaskConfig(dataset=task, model=ModelConfig(depth=2, width=128)), data_dir=data_dir)
-    traj = record_run(t, lambda p: Opt2Vec(p, base_lr, weights=weights, budget=steps), steps=steps, seed=seed)
+    traj = record_run(t, "opt2vec", lr=base_lr, steps=steps, seed=seed, options={"weights": weights})
     out.mkdir(parents=True, exist_ok=True)
     plot_embedding(traj, out / "embedding.png")
     plot_schedule(traj, out / "schedule.png")

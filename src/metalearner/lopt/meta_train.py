@@ -148,15 +148,14 @@ def _splits(dataset: str, data_seed: int, n_train: int):
 
 
 def _optimizer(kind: str, weights: PolicyWeights, params, spec: dict[str, Any], steps: int):
-    from metalearner.lopt.controller import LRController
-    from metalearner.lopt.opt2vec import Opt2Vec
-    from metalearner.train import make_optimizer
+    """The learned optimizer of an unroll, from the method registry."""
+    from metalearner.methods import get_method
 
     if kind == "opt2vec":
         ext = "budget_fraction" in weights.config.features
-        return Opt2Vec(params, spec["base_lr"], weights=weights, budget=steps, use_extended_features=ext)
+        return get_method("opt2vec").build(params, lr=spec["base_lr"], total_steps=steps, weights=weights, use_extended_features=ext)[0]
     lr = spec["base_lr"] * (30.0 if spec["optimizer"] == "momentum" else 1.0)
-    return LRController(make_optimizer(spec["optimizer"], params, lr=lr), weights=weights, budget=steps)
+    return get_method(spec["optimizer"] + "+controller").build(params, lr=lr, weights=weights)[0]
 
 
 def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int) -> tuple[list[float], float]:
@@ -175,9 +174,8 @@ def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int) 
     losses: list[float] = []
     for _ in range(steps):
         idx = torch.randint(0, len(x), (spec["batch_size"],), generator=gen)
-        loss, finite = train_step(model, opt, F.cross_entropy, x[idx], y[idx])
-        losses.append(float(loss.detach()))
-        if not finite:
+        losses.append(float(train_step(model, opt, F.cross_entropy, x[idx], y[idx]).detach()))
+        if not math.isfinite(losses[-1]):
             return losses, math.nan
     val_loss, _ = evaluate(model, data.x_val * spec["input_scale"], data.y_val, F.cross_entropy)
     return losses, val_loss

@@ -48,7 +48,7 @@ from metalearner.mirror.curves import curve_features
 from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
 from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.data import DATASETS
-from metalearner.train.optimizers import OPTIMIZERS
+from metalearner.methods import METHODS
 
 ROWS = "rows.parquet"
 META = "dataset.json"
@@ -123,7 +123,7 @@ def static_features(meta: dict[str, Any]) -> dict[str, float]:
     cfg = meta.get("config") or {}
     task = cfg.get("task") or {}
     out = {f"arch:{name}": float(v) for name, v in zip(arch.get("vector_fields", []), arch.get("vector", []))}
-    out.update({f"opt={o}": float(cfg.get("optimizer") == o) for o in OPTIMIZERS})
+    out.update({f"opt={o}": float(cfg.get("optimizer") == o) for o in METHODS})
     out.update({f"data={d}": float(task.get("dataset") == d) for d in DATASETS})
     out["log2_batch"] = math.log2(task.get("batch_size") or 1)
     return out

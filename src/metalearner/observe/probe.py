@@ -34,6 +34,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from metalearner.errors import ConfigError
 from metalearner.observe import store
 from metalearner.observe.physics import PhysicsTracker
 
@@ -64,6 +65,19 @@ def optimizer_hparams(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     return lr, momentum
 
 
+def guess_architecture(model: nn.Module) -> dict[str, Any]:
+    """``depth`` (hidden layers: layers with weights, minus the output layer), ``width`` (the
+    first layer's output size) and ``activation`` (the first activation module's name) of a
+    model built as a sequence of layers; empty for a model without weight layers."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))]
+    if not layers:
+        return {}
+    first = layers[0]
+    width = getattr(first, "out_features", None) or getattr(first, "out_channels", None)
+    acts = [type(m).__name__.lower() for m in model.modules() if type(m).__module__ == "torch.nn.modules.activation"]
+    return {"depth": len(layers) - 1, "width": width, "activation": acts[0] if acts else None}
+
+
 def versions() -> dict[str, str]:
     import metalearner
 
@@ -77,8 +91,11 @@ class Probe:
         out_dir: run directory for ``trajectory.parquet`` and ``run.json``; ``None`` keeps
             everything in memory (read it with :meth:`table`).
         extended: also log ``grad_cos``, ``curvature`` and ``noise_scale``.
-        meta: extra fields for ``run.json``; ``task`` and ``architecture`` (a dict with
-            ``depth``, ``width``, ``activation``) also fill the per-row columns.
+        task: the data set's name, for the ``task`` column and ``run.json``.
+        architecture: ``depth``, ``width`` and ``activation`` for the per-row columns; by
+            default read off the model (:func:`guess_architecture`: right for MLPs and CNNs
+            built as a sequence of layers; pass it for anything else).
+        meta: extra fields for ``run.json``.
         chunk_size: steps kept on the device before a Parquet part is written.
         sinks: extra receivers of each chunk, e.g. :class:`TensorBoardSink`.
     """
@@ -91,6 +108,8 @@ class Probe:
         out_dir: str | Path | None = None,
         run_id: str | None = None,
         extended: bool = False,
+        task: str | None = None,
+        architecture: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
         chunk_size: int = 1024,
         sinks: Iterable[Sink] = (),
@@ -99,11 +118,16 @@ class Probe:
         self.tracker = PhysicsTracker(model.named_parameters(), extended=extended)
         self.extended = extended
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ConfigError(f"{self.out_dir} exists and is not a directory; give the probe a run directory")
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.meta = dict(meta or {})
+        if task is not None:
+            self.meta["task"] = task
+        arch = {**guess_architecture(model), **(architecture or self.meta.get("architecture") or {})}
+        self.meta["architecture"] = arch
         self.sinks = list(sinks)
         self.chunk_size = chunk_size
-        arch = self.meta.get("architecture") or {}
         self._static = {
             "optimizer": type(optimizer).__name__,
             "task": self.meta.get("task"),
@@ -115,6 +139,7 @@ class Probe:
         self._rows: list[tuple] = []  # per step: loss, preds, targets, squared norms, extended
         self._host: dict[str, list] = {k: [] for k in ("epoch", "batch", "lr", "momentum", "wall_time")}
         self._evals: dict[int, tuple[float, float]] = {}
+        self._last_eval: dict[str, float] = {}
         self._pending: tuple = _NOTHING
         self._tables: list[pa.Table] = []
         self._last_loss = math.nan
@@ -147,6 +172,7 @@ class Probe:
         """Attach validation metrics to the latest recorded step."""
         if self.step > 0:
             self._evals[self.step - 1] = (float(val_loss), float(val_acc))
+        self._last_eval = {"val_loss": float(val_loss), "val_acc": float(val_acc)}
 
     # -- hooks --------------------------------------------------------------------------
     def _record(self) -> None:
@@ -266,11 +292,12 @@ class Probe:
             "extended": self.extended,
             "steps": self.step,
             "versions": versions(),
-            "final": final or {},
+            "final": {**self._last_eval, "steps": self.step, **(final or {})},
         }
 
     def close(self, status: str = "complete", final: dict[str, Any] | None = None) -> None:
-        """Flush, detach the hooks, and (with ``out_dir``) write the final files."""
+        """Flush, detach the hooks, and (with ``out_dir``) write the final files. ``final``
+        adds to what the probe knows (the last :meth:`log_eval` and the step count)."""
         self.flush()
         for h in self._hooks:
             h.remove()

@@ -61,6 +61,13 @@ def finalize(run_dir: Path, tables: list[pa.Table]) -> None:
     shutil.rmtree(run_dir / PARTS, ignore_errors=True)
 
 
+def remove_run(run_dir: Path) -> None:
+    """Delete a run's files (``run.json``, the trajectory and its parts), nothing else."""
+    for name in (RUN_JSON, TRAJECTORY):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / PARTS, ignore_errors=True)
+
+
 def write_run_json(run_dir: Path, meta: dict[str, Any]) -> None:
     write_json(run_dir / RUN_JSON, {"schema_version": SCHEMA_VERSION, **meta})
 

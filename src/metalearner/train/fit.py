@@ -4,12 +4,17 @@ The data lives in memory as tensors; each epoch draws a seeded permutation and s
 batches from it, so there is no per-batch data-loading overhead. The loop reads top to
 bottom:
 
-1. shuffle the training set with the run's generator;
-2. for each batch: :func:`train_step` (forward, loss, NaN/Inf check, backward, probe,
-   optimizer step), then the per-step scheduler;
-3. evaluate on the validation split every ``eval_every`` steps and at each epoch end,
+1. shuffle the training set with the run's generator (``sampler="epoch"``; or draw every
+   batch with replacement, ``sampler="random"``);
+2. for each batch: :func:`train_step` (forward, loss, backward, probe, optimizer step), then
+   the per-step scheduler;
+3. every ``CHECK_EVERY`` steps, and before each evaluation, look at the losses since the last
+   look: a NaN/Inf ends the run as ``diverged`` at the exact step where it first appeared.
+   This is the loop's only regular read of a device value (a host synchronisation on a
+   GPU), so steps in between never wait for the device;
+4. evaluate on the validation split every ``eval_every`` steps and at each epoch end,
    stopping early when ``target_acc`` is reached;
-4. at the end, evaluate once on the test split.
+5. at the end, evaluate once on the test split.
 
 Optimizers with a train/eval mode (Schedule-Free) are switched around evaluations, and
 optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss=...)``.
@@ -17,7 +22,6 @@ optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,8 +33,10 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.observe.probe import Probe
 from metalearner.tasks.task import Task
+from metalearner.train.budget import Budget
 
 Status = Literal["complete", "diverged", "target_reached", "stopped"]
+CHECK_EVERY = 25  # steps between looks at the losses (also the progress bar's update interval)
 
 
 @dataclass
@@ -44,6 +50,7 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
     final: dict[str, Any] = field(default_factory=dict)
     eval_seconds: float = 0.0
+    trajectory: Any = None  # the probe's Arrow table, when train_run kept it in memory
 
     @property
     def diverged(self) -> bool:
@@ -94,15 +101,13 @@ def train_step(
     probe: Probe | None = None,
     epoch: int = -1,
     batch: int = -1,
-) -> tuple[torch.Tensor, bool]:
-    """One optimizer step on a batch: forward, loss, backward, (probe), step.
-
-    Returns the loss and whether it was finite. Optimizers declaring ``takes_loss = True``
-    (the learned ones) are called as ``step(loss=...)``.
+) -> torch.Tensor:
+    """One optimizer step on a batch: forward, loss, backward, (probe), step; returns the
+    loss (still on the device: reading it is the caller's choice). Optimizers declaring
+    ``takes_loss = True`` (the learned ones) are called as ``step(loss=...)``.
     """
     logits = model(xb)
     loss = loss_fn(logits, yb)
-    finite = bool(torch.isfinite(loss))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if probe is not None:
@@ -111,7 +116,7 @@ def train_step(
         optimizer.step(loss=loss.detach())
     else:
         optimizer.step()
-    return loss, finite
+    return loss
 
 
 def fit(
@@ -131,6 +136,7 @@ def fit(
     test: bool = True,
     progress: Any = None,
     should_stop: Callable[[list[dict[str, float]]], bool] | None = None,
+    sampler: Literal["epoch", "random"] = "epoch",
 ) -> FitResult:
     """Train ``model`` on ``task`` with ``optimizer`` within a budget of epochs or steps.
 
@@ -145,23 +151,20 @@ def fit(
         progress: an object with ``update(step, total, loss=..., acc=...)`` (the CLI's bar).
         should_stop: called after each evaluation before the last with the history so far;
             returning True ends training with status ``"stopped"`` (the zoo's pruning hook).
+        sampler: ``"epoch"`` (each epoch a seeded permutation, sliced into batches) or
+            ``"random"`` (every batch drawn with replacement; an "epoch" is then
+            ``ceil(n / batch_size)`` steps).
     """
-    if epochs is None and steps is None:
-        raise ConfigError("give a budget: epochs or steps")
-    if (epochs is not None and epochs <= 0) or (steps is not None and steps <= 0):
-        raise ConfigError("the budget must be positive")
+    if sampler not in ("epoch", "random"):
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from epoch, random")
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     bs = batch_size or task.config.batch_size
     n = len(x_train)
-    per_epoch = math.ceil(n / bs)
-    total = min(
-        steps if steps is not None else math.inf,
-        math.ceil(epochs * per_epoch) if epochs is not None else math.inf,
-    )
-    total = int(total)
+    budget = Budget.of(n, bs, epochs=epochs, steps=steps)
+    per_epoch, total = budget.per_epoch, budget.total
     loss_fn = task.loss_fn
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -169,6 +172,23 @@ def fit(
     result = FitResult(status="complete", steps=0, epochs=0.0)
     running = torch.zeros((), dtype=torch.float64)
     running_n = 0
+    unchecked: list[torch.Tensor] = []  # losses of the steps since the last look
+
+    def diverged() -> bool:
+        """Look at the unchecked losses (one device read); record the first non-finite one."""
+        if not unchecked:
+            return False
+        losses = torch.stack(unchecked)
+        first = step - len(unchecked)
+        unchecked.clear()
+        bad = ~torch.isfinite(losses)
+        if not bool(bad.any()):
+            return False
+        i = int(bad.nonzero()[0, 0])
+        result.status = "diverged"
+        result.final["diverged_at_step"] = first + i
+        result.final["diverged_loss"] = float(losses[i])
+        return True
 
     def run_eval() -> bool:
         nonlocal running, running_n
@@ -201,25 +221,28 @@ def fit(
     stop = False
     epoch = 0
     while step < total and not stop:
-        perm = torch.randperm(n, generator=gen).to(device)
+        perm = torch.randperm(n, generator=gen).to(device) if sampler == "epoch" else None
         for b in range(per_epoch):
-            idx = perm[b * bs : (b + 1) * bs]
-            loss, finite = train_step(model, optimizer, loss_fn, x_train[idx], y_train[idx], probe=probe, epoch=epoch, batch=b)
+            if perm is not None:
+                idx = perm[b * bs : (b + 1) * bs]
+            else:
+                idx = torch.randint(0, n, (bs,), generator=gen).to(device)
+            loss = train_step(model, optimizer, loss_fn, x_train[idx], y_train[idx], probe=probe, epoch=epoch, batch=b)
             if scheduler is not None and scheduler_interval == "step":
                 scheduler.step()
             step += 1
-            running += loss.detach().double()
+            loss = loss.detach()
+            running += loss.double()
             running_n += 1
-            if not finite:
-                result.status = "diverged"
-                result.final["diverged_at_step"] = step - 1
-                result.final["diverged_loss"] = float(loss.detach())
+            unchecked.append(loss)
+            epoch_end = b == per_epoch - 1
+            evaluate_now = (eval_every and step % eval_every == 0) or epoch_end or step == total
+            if (step % CHECK_EVERY == 0 or evaluate_now) and diverged():
                 stop = True
                 break
-            if progress is not None and step % 25 == 0:
-                progress.update(step, total, loss=float(loss.detach()))
-            epoch_end = b == per_epoch - 1
-            if (eval_every and step % eval_every == 0) or epoch_end or step == total:
+            if progress is not None and step % CHECK_EVERY == 0:
+                progress.update(step, total, loss=float(loss))
+            if evaluate_now:
                 if run_eval():
                     stop = True
                     break

@@ -1,30 +1,40 @@
-"""One observed training run from a config: the unit the CLI, the zoo and benchmarks share."""
+"""One training run from a typed config: the unit the CLI, the zoo, the benchmark and the
+model card share. Everything a run needs (task, model, method from the registry, schedule,
+budget, probe) is built here from :class:`RunConfig`, and the loop is :func:`~metalearner.train.fit`."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import Any, Callable, Literal
 
 from metalearner.errors import ConfigError
+from metalearner.methods import get_method
 from metalearner.observe.probe import Probe
-from metalearner.tasks.task import TaskConfig, make_task
+from metalearner.observe.store import RUN_JSON
+from metalearner.tasks.task import Task, TaskConfig, make_task
+from metalearner.train.budget import Budget, check_budget
 from metalearner.train.fit import FitResult, fit
-from metalearner.train.optimizers import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A task plus how to train on it. Saved whole into every run's ``run.json``."""
+    """A task plus how to train on it. Saved whole into every run's ``run.json``.
+
+    ``optimizer`` names a method of :data:`metalearner.methods.METHODS`; ``lr`` and
+    ``weight_decay`` left as ``None`` take that method's defaults (resolved here, so the
+    saved config says what ran); ``momentum`` ``None`` is the method's default too.
+    ``options`` go to the method's factory (e.g. ``{"weights": "path.safetensors"}`` for a
+    learned optimizer). ``sampler``: ``epoch`` (a seeded permutation per epoch) or
+    ``random`` (batches drawn with replacement).
+    """
 
     task: TaskConfig = field(default_factory=TaskConfig)
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | None = None
     momentum: float | None = None
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     schedule: str = "constant"
     epochs: float | None = 10
     steps: int | None = None
@@ -32,25 +42,57 @@ class RunConfig:
     target_acc: float | None = None
     seed: int = 0
     extended: bool = False
+    sampler: Literal["epoch", "random"] = "epoch"
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
             object.__setattr__(self, "task", TaskConfig.from_dict(self.task))
-        if self.epochs is None and self.steps is None:
-            raise ConfigError("give a budget: epochs or steps")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        check_budget(self.epochs, self.steps)
+        method = get_method(self.optimizer)
+        if self.lr is None:
+            object.__setattr__(self, "lr", method.default_lr)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", method.weight_decay)
+        method.check_schedule(self.schedule)
+        if self.target_acc is not None and not 0 < self.target_acc <= 1:
+            hint = f" (a fraction: {self.target_acc / 100:g} for {self.target_acc:g}%)" if 1 < self.target_acc <= 100 else ""
+            raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_acc:g}{hint}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        if self.sampler not in ("epoch", "random"):
+            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from epoch, random")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        for key, default in (("sampler", "epoch"), ("options", {})):
+            if d[key] == default:
+                del d[key]  # configs from before these fields existed keep their run ids
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         return cls(**d)
+
+    def budget(self, task: Task) -> Budget:
+        return Budget.of(task.data.n_train, self.task.batch_size, epochs=self.epochs, steps=self.steps)
+
+
+def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
+    """Check that ``out_dir`` can take a new run: not a file, and not a finished or partial
+    run unless ``overwrite`` (whose old files are then removed)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
+    if (out / RUN_JSON).exists():
+        if not overwrite:
+            raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it, or choose another --out")
+        from metalearner.observe.store import remove_run
+
+        remove_run(out)
+    return out
 
 
 def train_run(
@@ -58,46 +100,63 @@ def train_run(
     out_dir: str | Path | None = None,
     *,
     data_dir: str | None = None,
+    task: Task | None = None,
     run_id: str | None = None,
     progress: Any = None,
     probe: bool = True,
+    test: bool = True,
+    overwrite: bool = False,
     should_stop: Callable[[Any, list[dict[str, float]], int], bool] | None = None,
+    attach: Callable[[Any, Any], None] | None = None,
 ) -> FitResult:
     """Build the task, model and optimizer of ``cfg``, train with the probe, write the run.
 
-    ``should_stop(trajectory, history, total_steps)`` is called after each evaluation with
-    the probe's trajectory so far (an Arrow table, ``None`` without the probe), ``fit``'s
-    evaluation history and the run's step budget; returning True stops the run, which is
-    then saved with status ``stopped``.
+    ``task`` reuses an already loaded task (it must be ``cfg.task``'s). ``out_dir`` must not
+    hold a run unless ``overwrite``. ``should_stop(trajectory, history, total_steps)`` is
+    called after each evaluation with the probe's trajectory so far (an Arrow table, ``None``
+    without the probe), ``fit``'s evaluation history and the run's step budget; returning
+    True stops the run, which is then saved with status ``stopped``. ``attach(model,
+    optimizer)`` is called once both exist (to register hooks of your own). Without
+    ``out_dir`` the probe's trajectory is returned in ``result.trajectory``.
     """
-    task = make_task(cfg.task, data_dir=data_dir)
+    if out_dir is not None:
+        out_dir = prepare_out_dir(out_dir, overwrite=overwrite)
+    task = task or make_task(cfg.task, data_dir=data_dir)
     model = task.build_model(seed=cfg.seed)
-    opt = make_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    per_epoch = math.ceil(task.data.n_train / cfg.task.batch_size)
-    total = min(cfg.steps or math.inf, math.ceil((cfg.epochs or math.inf) * per_epoch))
-    scheduler = make_schedule(cfg.schedule, opt, int(total))
+    budget = cfg.budget(task)
+    opt, scheduler = get_method(cfg.optimizer).build(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        total_steps=budget.total, schedule=cfg.schedule, **cfg.options,
+    )  # fmt: skip
+    if attach is not None:
+        attach(model, opt)
     p = None
     if probe:
-        meta = {"task": task.name, "architecture": task.architecture(model), "seed": cfg.seed, "config": cfg.to_dict()}
-        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, meta=meta)
+        meta = {"architecture": task.architecture(model), "seed": cfg.seed, "config": cfg.to_dict()}
+        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, task=task.name, meta=meta)
     stop_fn = None
     if should_stop is not None:
 
         def stop_fn(history: list[dict[str, float]]) -> bool:
-            return bool(should_stop(p.table() if p is not None else None, history, int(total)))
+            return bool(should_stop(p.table() if p is not None else None, history, budget.total))
 
     try:
         result = fit(
-            model, opt, task, epochs=cfg.epochs, steps=cfg.steps, scheduler=scheduler,
-            eval_every=cfg.eval_every, target_acc=cfg.target_acc, probe=p, seed=cfg.seed, progress=progress,
-            should_stop=stop_fn,
+            model, opt, task, epochs=cfg.epochs, steps=cfg.steps, scheduler=scheduler, eval_every=cfg.eval_every,
+            target_acc=cfg.target_acc, probe=p, seed=cfg.seed, progress=progress, should_stop=stop_fn, test=test,
+            sampler=cfg.sampler,
         )  # fmt: skip
     except BaseException:
         if p is not None:
             p.close("partial")
         raise
+    finally:
+        if callable(getattr(opt, "close", None)):
+            opt.close()  # a wrapper's hooks on the inner optimizer
     if p is not None:
         status = "diverged" if result.diverged else "stopped" if result.status == "stopped" else "complete"
         p.close(status, final=result.final)
+        if out_dir is None:
+            result.trajectory = p.table()
     result.final["n_params"] = sum(q.numel() for q in model.parameters())
     return result

@@ -52,7 +52,7 @@ import numpy as np
 from metalearner.errors import ConfigError
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
-from metalearner.train.optimizers import OPTIMIZERS
+from metalearner.methods import get_method
 from metalearner.train.run import RunConfig
 
 TASK_KEYS = {"dataset": "dataset", "n_train": "n_train", "batch_size": "batch_size", "data_seed": "seed", "data_options": "data_options"}
@@ -113,8 +113,10 @@ class SweepSpec:
         if not isinstance(by_opt, dict) or not all(isinstance(o, dict) for o in by_opt.values()):
             raise ConfigError("space.by_optimizer must be a table of tables, e.g. [space.by_optimizer.sgd]")
         for name in by_opt:
-            if name not in OPTIMIZERS:
-                raise ConfigError(f"unknown optimizer space.by_optimizer.{name}; choose from {', '.join(OPTIMIZERS)}")
+            try:
+                get_method(name)
+            except ConfigError as e:
+                raise ConfigError(f"space.by_optimizer.{name}: {e}") from None
         for where, table in [("space", self.space), *((f"space.by_optimizer.{k}", v) for k, v in by_opt.items())]:
             for key, value in table.items():
                 if key == "by_optimizer" and where == "space":
