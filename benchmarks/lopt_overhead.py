@@ -2,7 +2,7 @@
 plain Adam on the same MNIST MLP.
 
 Three copies of the README's main model (784-256-256-10 MLP, batch 128, same initial weights)
-train side by side in one process — Adam 1e-3, Opt2Vec(base_lr=1e-3, shipped weights),
+train side by side in one process — Adam 1e-3, Opt2Vec(lr=1e-3, shipped weights),
 Adam 1e-3 wrapped in the shipped LRController — on the same batches, through ``fit``'s own
 ``train_step``. They take turns in short blocks (a multiple of the policies' observation
 interval, so every block pays for its observations), rotating the order every block, so load

@@ -106,18 +106,35 @@ def test_untrained_is_exactly_adam():
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
-def test_param_groups_lr_and_betas_are_what_it_does():
+def test_lr_stays_the_users_and_the_group_records_what_is_applied():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
-    opt = Opt2Vec([{"params": model[0].parameters()}, {"params": model[2].parameters(), "base_lr": 1e-2}], 1e-3,
+    opt = Opt2Vec([{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 1e-2}], lr=1e-3,
                   weights=random_policy(), observe_every=2)  # fmt: skip
     descend(model, opt, torch.randn(32, 4), 6)
     g0, g1 = opt.param_groups
-    assert g1["lr"] / g0["lr"] == pytest.approx(10.0)
-    assert g0["lr"] != pytest.approx(1e-3)  # the learned scale acts
+    assert (g0["lr"], g1["lr"]) == (1e-3, 1e-2)  # never overwritten
+    assert g1["effective_lr"] / g0["effective_lr"] == pytest.approx(10.0)
+    assert g0["effective_lr"] != pytest.approx(1e-3)  # the learned scale acts
     lr, momentum = optimizer_hparams(opt)  # what the probe logs
-    assert lr == g0["lr"] and momentum == g0["betas"][0] and 0 <= momentum < 1
+    assert lr == g0["effective_lr"] and momentum == g0["effective_momentum"] and 0 <= momentum < 1
     assert opt.embedding is not None and opt.embedding.shape == (64,)
+
+
+def test_a_users_scheduler_composes_with_the_learned_scale():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    opt = Opt2Vec(model.parameters(), lr=1e-2, weights=random_policy(), observe_every=2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x = torch.randn(8, 3)
+    for k in range(4):
+        descend(model, opt, x)
+        sched.step()
+        group = opt.param_groups[0]
+        assert group["lr"] == pytest.approx(1e-2 * 0.5 ** (k + 1))
+        scale = opt.state_dict()["state"]["opt2vec"]["lr_scale"] * opt.state_dict()["state"]["opt2vec"]["backoff"]
+        opt._set_groups(opt.state["opt2vec"])
+        assert group["effective_lr"] == pytest.approx(group["lr"] * scale)
 
 
 def _run(model, opt, xs, start, stop):
@@ -143,7 +160,7 @@ def test_state_dict_round_trip_continues_identically(extended):
     _run(model2, opt2, xs, 7, 20)
     for p, q in zip(model.parameters(), model2.parameters()):
         assert torch.equal(p, q)
-    assert opt.param_groups[0]["lr"] == opt2.param_groups[0]["lr"]
+    assert opt.param_groups[0]["effective_lr"] == opt2.param_groups[0]["effective_lr"]
 
 
 def test_closure_and_loss_forms_agree():
@@ -168,8 +185,20 @@ def test_closure_and_loss_forms_agree():
                 opt.step(loss=loss) if form == "keyword" else opt.step(loss)
         results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(results[0], results[1]) and torch.equal(results[1], results[2])
-    with pytest.raises(ValueError, match="needs the loss"):
-        opt.step()
+
+
+def test_a_step_without_the_loss_still_updates_and_observes_later():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x = torch.randn(8, 3)
+    opt = Opt2Vec(model.parameters(), lr=1e-2, weights=random_policy(), observe_every=2)
+    before = model.weight.detach().clone()
+    for t in range(6):
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step() if t % 2 == 0 else opt.step(loss=loss)  # every observation window has one loss
+    assert not torch.equal(before, model.weight) and opt.embedding is not None
 
 
 def test_any_module_with_unused_params_and_zero_grad():
@@ -185,7 +214,7 @@ def test_any_module_with_unused_params_and_zero_grad():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"base_lr": -1.0}, "Invalid base_lr"), ({"beta2": 1.0}, "Invalid beta2"), ({"eps": -1.0}, "Invalid epsilon"),
+    [({"lr": -1.0}, "Invalid learning rate"), ({"beta2": 1.0}, "Invalid beta2"), ({"eps": -1.0}, "Invalid epsilon"),
      ({"weight_decay": -1.0}, "Invalid weight_decay"), ({"budget": 0}, "Invalid budget"),
      ({"embedding_dim": 7}, "embedding_dim")],
 )  # fmt: skip

@@ -24,26 +24,31 @@ def _steps(model, opt, x, n):
 
 
 @pytest.mark.parametrize("poison", ["loss", "grad_nan", "grad_inf"])
-def test_bad_step_is_skipped_backed_off_and_visible(poison):
+@pytest.mark.parametrize("at", [0, 1])  # inside the window, or on its observed (last) step
+def test_a_bad_window_is_rolled_back_backed_off_and_visible(poison, at):
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
-    opt = Opt2Vec(model.parameters(), 1e-2, observe_every=2)
+    opt = Opt2Vec(model.parameters(), 1e-2, observe_every=2, use_extended_features=True)
     probe = Probe(model, opt)
     x = torch.randn(8, 3)
-    _steps(model, opt, x, 5)
+    _steps(model, opt, x, 4)  # two full windows
     before = [p.detach().clone() for p in model.parameters()]
-    lr_before = opt.param_groups[0]["lr"]
-    loss = model(x).pow(2).mean()
-    opt.zero_grad()
-    loss.backward()
-    if poison == "loss":
-        loss = torch.tensor(math.nan)
-    else:
-        model.weight.grad[0, 0] = math.nan if poison == "grad_nan" else math.inf
-    opt.step(loss=loss)
-    assert opt.skipped_steps == 1
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    assert opt.param_groups[0]["lr"] == pytest.approx(lr_before / 2)
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    lr_before = opt.param_groups[0]["effective_lr"]
+    for t in range(2):  # the next window, poisoned at step `at`
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        if t == at:
+            if poison == "loss":
+                loss = torch.tensor(math.nan)
+            else:
+                model.weight.grad[0, 0] = math.nan if poison == "grad_nan" else math.inf
+        opt.step(loss=loss)
+    assert opt.skipped_steps == 2
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # back at the window's start
+    assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in zip(model.parameters(), moments))
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(lr_before / 2)
     assert probe._host["lr"][-1] == pytest.approx(lr_before / 2)  # the probe logged the back-off
     _steps(model, opt, x, 6)
     state = opt.state_dict()["state"]
@@ -52,12 +57,49 @@ def test_bad_step_is_skipped_backed_off_and_visible(poison):
     probe.close()
 
 
-def test_controller_backs_off_on_nan():
+def test_a_bad_first_window_restarts_the_moments():
     model = nn.Linear(3, 2)
-    ctrl = LRController(torch.optim.Adam(model.parameters(), lr=1e-2))
-    ctrl.adapt(torch.tensor(math.inf))
-    assert ctrl.skipped_steps == 1 and ctrl.param_groups[0]["lr"] == pytest.approx(5e-3)
+    start = [p.detach().clone() for p in model.parameters()]
+    opt = Opt2Vec(model.parameters(), 1e-2, observe_every=4)
+    for _ in range(4):
+        opt.zero_grad()
+        model(torch.randn(8, 3)).pow(2).mean().backward()
+        opt.step(loss=torch.tensor(math.inf))
+    assert opt.skipped_steps == 4 and all(torch.equal(p, q) for p, q in zip(model.parameters(), start))
+    assert all(p not in opt.state for p in model.parameters())
+
+
+def test_controller_backs_off_on_a_bad_window():
+    model = nn.Linear(3, 2)
+    ctrl = LRController(torch.optim.Adam(model.parameters(), lr=1e-2), observe_every=2)
+    x = torch.randn(8, 3)
+    for t in range(2):
+        loss = model(x).pow(2).mean()
+        ctrl.zero_grad()
+        loss.backward()
+        ctrl.step(loss=torch.tensor(math.inf) if t == 0 else loss)
+    assert ctrl.skipped_steps == 2 and ctrl.param_groups[0]["lr"] == pytest.approx(5e-3)
     assert torch.isfinite(ctrl.ctrl_state["history"]).all()
+
+
+def test_learned_optimizers_read_the_device_only_at_observations(monkeypatch):
+    """No host synchronisation on steps that do not observe."""
+    reads = []
+    for name in ("__bool__", "__float__", "item", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads.append(1)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    x = torch.randn(8, 3)
+    for opt in (Opt2Vec(model.parameters(), 1e-2, observe_every=16),
+                LRController(torch.optim.SGD(model.parameters(), lr=1e-2), observe_every=16)):  # fmt: skip
+        reads.clear()
+        _steps(model, opt, x, 64)
+        assert len(reads) <= 4 * 8, len(reads)  # 4 observations, a few reads each
 
 
 def test_weights_round_trip(tmp_path):

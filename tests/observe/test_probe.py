@@ -206,3 +206,39 @@ def test_sigkill_leaves_a_readable_partial_run(tmp_path):
     assert len(table) >= 100 and len(table) % 50 == 0
     assert table.column("step").to_pylist() == list(range(len(table)))
     assert not (run / "trajectory.parquet").exists()
+
+
+def test_probe_in_a_users_loop_fills_run_json_and_columns(tmp_path):
+    """What a hand-written loop gives the probe is enough for `inspect`: the last evaluation
+    lands in final, the architecture is read off the model, the task is what the user says."""
+    from metalearner.observe import read_run, read_trajectory, summarize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = Probe(model, opt, out_dir=tmp_path, task="my-data")
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    for _ in range(3):
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        probe.observe(loss, logits=logits, targets=y)
+        opt.step()
+    probe.log_eval(0.9, 0.6)
+    probe.close()
+    meta, df = read_run(tmp_path), read_trajectory(tmp_path, format="pandas")
+    assert meta["final"] == {"val_loss": 0.9, "val_acc": 0.6, "steps": 3} and meta["task"] == "my-data"
+    assert (df["task"] == "my-data").all() and (df["depth"] == 2).all() and (df["width"] == 16).all()
+    assert (df["activation"] == "tanh").all()
+    assert summarize(tmp_path)["final/val_acc"] == 0.6
+
+
+def test_probe_refuses_a_file_as_its_run_directory(tmp_path):
+    from metalearner.errors import ConfigError
+
+    f = tmp_path / "file"
+    f.write_text("x")
+    model = nn.Linear(2, 2)
+    with pytest.raises(ConfigError, match="exists and is not a directory"):
+        Probe(model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=f)

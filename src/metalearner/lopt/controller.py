@@ -21,9 +21,11 @@ Two ways to use it::
 
     inner.step(); controller.adapt(loss)          # as a scheduler after your own step
 
-A NaN/Inf loss halves ``backoff`` (and counts ``skipped_steps``); the wrapped optimizer's own
-update on such a step is its business, but the controller's state stays finite and the lower
-lr is visible to a probe.
+Only observations read device values: between them the loss is summed on the device. A
+window whose losses or observed physics are not finite halves ``backoff`` (and counts its
+steps in ``skipped_steps``) instead of updating the policy; the wrapped optimizer's own update
+on such steps is its business, but the controller's state stays finite and the lower lr is
+visible to a probe.
 """
 
 from __future__ import annotations
@@ -97,7 +99,8 @@ class LRController:
     def _fresh(self) -> dict[str, Any]:
         cfg = self.theta.config
         return {
-            "step": 0, "skipped_steps": 0, "backoff": 1.0, "lr_scale": 1.0, "loss_sum": 0.0, "loss_count": 0,
+            "step": 0, "skipped_steps": 0, "backoff": 1.0, "lr_scale": 1.0,
+            "loss_sum": torch.zeros((), dtype=torch.float64), "loss_count": 0,
             "first_loss": math.nan, "prev_loss": math.nan,
             "history": torch.zeros(cfg.history_length, cfg.n_features), "stats": new_stats(cfg.n_features),
             "embedding": None,
@@ -145,24 +148,25 @@ class LRController:
     def adapt(self, loss: Any) -> None:
         """Scheduler-style: call once after each optimizer step with that step's loss."""
         s = self.ctrl_state
-        value = float(loss)
         physics, self._physics = self._physics, None
-        if not math.isfinite(value) or (physics is not None and not bool(torch.isfinite(physics.values).all())):
-            s["skipped_steps"] += 1
-            s["backoff"] = max(MIN_BACKOFF, s["backoff"] * 0.5)
-            s["step"] += 1
-            self._set_groups()
-            return
-        s["loss_sum"] += value
+        s["loss_sum"] = s["loss_sum"] + torch.as_tensor(loss).detach().double()
         s["loss_count"] += 1
         s["backoff"] = min(1.0, s["backoff"] * 1.05)
-        if physics is not None:
+        if physics is not None:  # the observation: the window's one device read
+            values = physics.values.tolist()
+            loss_sum, count = float(s["loss_sum"]), s["loss_count"]
+            s["loss_sum"], s["loss_count"] = torch.zeros((), dtype=torch.float64), 0
+            if not (math.isfinite(loss_sum) and all(math.isfinite(v) for v in values)):
+                s["skipped_steps"] += count
+                s["backoff"] = max(MIN_BACKOFF, s["backoff"] * 0.5)
+                s["step"] += 1
+                self._set_groups()
+                return
             cfg = self.theta.config
-            mean_loss = s["loss_sum"] / s["loss_count"]
-            s["loss_sum"], s["loss_count"] = 0.0, 0
+            mean_loss = loss_sum / count
             if math.isnan(s["first_loss"]):
                 s["first_loss"] = s["prev_loss"] = mean_loss
-            phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), physics.values[:3].tolist()))
+            phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values[:3]))
             raw = raw_features(
                 cfg.features, loss=mean_loss, first_loss=s["first_loss"], prev_loss=s["prev_loss"], lr_scale=s["lr_scale"],
                 physics=phys, budget_fraction=min(1.0, s["step"] / self.budget) if self.budget else 0.0,

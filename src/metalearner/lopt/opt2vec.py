@@ -11,17 +11,24 @@ into an embedding ``e`` and two outputs ``z``; until the next observation every 
 
     m_t &= β_1 m_{t-1} + (1-β_1) g_t,\\qquad v_t = β_2 v_{t-1} + (1-β_2) g_t^2 \\\\
     θ_{t+1} &= θ_t - η_t \\frac{m_t / (1 - \\prod_s β_{1,s})}{\\sqrt{v_t / (1-β_2^t)} + ε},
-    \\qquad η_t = \\text{base\\_lr}\\cdot e^{3\\tanh(z_0/3)} \\cdot \\text{backoff},
+    \\qquad η_t = \\text{lr}\\cdot e^{3\\tanh(z_0/3)} \\cdot \\text{backoff},
     \\quad β_1 = σ(\\text{logit}(0.9) + z_1)
 
-so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``base_lr`` and
-β₁ = 0.9. ``param_groups[i]["lr"]`` holds the effective η and ``betas[0]`` the momentum, so a
-probe logs what the optimizer really did. A NaN/Inf loss or gradient skips the step (counted
-in ``skipped_steps``) and halves ``backoff``, which then recovers by 5% a step.
+so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``lr`` and β₁ = 0.9.
+The learned factor applies at step time: ``param_groups[i]["lr"]`` stays the user's (a
+torch LR scheduler on it composes with the learned scale), and the group records what was
+applied in ``effective_lr`` and ``effective_momentum``, which a probe logs.
+
+No step reads a device value except the observations (every ``observe_every`` steps): the
+loss is summed on the device and looked at only there. Safety without per-step checks: the
+optimizer snapshots weights and moments at the start of each observation window; if the
+window's losses or the observed step's physics are not finite, it rolls back to that
+snapshot, counts the window's steps in ``skipped_steps`` and halves ``backoff``, which then
+recovers by 5% a step. So no NaN/Inf stays in the weights or the state.
 
 Example::
 
-    opt = Opt2Vec(model.parameters(), base_lr=1e-3)           # shipped pretrained weights
+    opt = Opt2Vec(model.parameters(), lr=1e-3)                 # shipped pretrained weights
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(); loss.backward(); opt.step(loss=loss)      # or opt.step(closure)
     opt.embedding                                              # the latest embedding
@@ -95,8 +102,8 @@ class Opt2Vec(torch.optim.Optimizer):
     """Learned learning-rate scale and momentum on top of Adam (see the module docstring).
 
     Args:
-        params: parameters or param groups (each group may set ``base_lr``).
-        base_lr: the learning rate the learned scale multiplies.
+        params: parameters or param groups (each group may set its own ``lr``).
+        lr: the learning rate the learned scale multiplies.
         embedding_dim, history_length, activation: shape of the network; ``None`` takes
             them from the weights (64, 16, "gelu" for the shipped and the untrained ones).
         use_extended_features: also feed weight norm, update ratio, gradient cosine,
@@ -112,7 +119,7 @@ class Opt2Vec(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        base_lr: float = 1e-3,
+        lr: float = 1e-3,
         *,
         embedding_dim: int | None = None,
         history_length: int | None = None,
@@ -125,8 +132,8 @@ class Opt2Vec(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         weights: PolicyWeights | str | os.PathLike | None = "default",
     ) -> None:
-        if not (base_lr > 0 and math.isfinite(base_lr)):
-            raise ValueError(f"Invalid base_lr: {base_lr}")
+        if not (lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"Invalid learning rate: {lr}")
         if not 0.0 <= beta2 < 1.0:
             raise ValueError(f"Invalid beta2: {beta2}")
         if not eps >= 0.0:
@@ -153,14 +160,14 @@ class Opt2Vec(torch.optim.Optimizer):
         self.theta = theta
         self.observe_every = int(observe_every or cfg.observe_every)
         self.budget = budget
-        defaults = dict(base_lr=base_lr, lr=base_lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
+        defaults = dict(lr=lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
-        for group in self.param_groups:
-            group["lr"] = group["base_lr"]
         named = [(f"group{i}.{j}", p) for i, g in enumerate(self.param_groups) for j, p in enumerate(g["params"])]
         self._extended = use_extended_features
         self.tracker = PhysicsTracker(named, extended=use_extended_features)
         self.state[_GLOBAL] = self._fresh_global()
+        self._snapshot: tuple[list[torch.Tensor], list[torch.Tensor], dict[str, Any]] | None = None
+        self._set_groups(self.state[_GLOBAL])
 
     def _fresh_global(self) -> dict[str, Any]:
         cfg = self.theta.config
@@ -171,7 +178,7 @@ class Opt2Vec(torch.optim.Optimizer):
             "lr_scale": 1.0,
             "momentum": 0.9,
             "beta1_prod": 1.0,
-            "loss_sum": 0.0,
+            "loss_sum": torch.zeros((), dtype=torch.float64),  # on the device, read at observations
             "loss_count": 0,
             "first_loss": math.nan,
             "prev_loss": math.nan,
@@ -210,6 +217,10 @@ class Opt2Vec(torch.optim.Optimizer):
         elif g.get("tracker"):
             self.tracker.load_state_dict(g["tracker"])
             g["tracker"] = None
+        if g is not None and not torch.is_tensor(g["loss_sum"]):
+            g["loss_sum"] = torch.tensor(float(g["loss_sum"]), dtype=torch.float64)
+        self._snapshot = None
+        self._set_groups(self.state[_GLOBAL])
 
     # -- stepping -------------------------------------------------------------------------
     def _mid_observation(self, t: int) -> bool:
@@ -224,38 +235,71 @@ class Opt2Vec(torch.optim.Optimizer):
         return ends or primes, ends
 
     def _set_groups(self, g: dict[str, Any]) -> None:
+        """Record the learning rate and momentum the next step applies (``lr`` stays the user's)."""
         for group in self.param_groups:
-            group["lr"] = group["base_lr"] * g["lr_scale"] * g["backoff"]
-            group["betas"] = (g["momentum"], group["betas"][1])
+            group["effective_lr"] = group["lr"] * g["lr_scale"] * g["backoff"]
+            group["effective_momentum"] = g["momentum"]
+
+    def _window_tensors(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        params = [p for group in self.param_groups for p in group["params"]]
+        moments = [self.state[p][k] for p in params if self.state.get(p) for k in ("exp_avg", "exp_avg_sq")]
+        return params, moments
+
+    def _take_snapshot(self, g: dict[str, Any]) -> None:
+        """Weights, moments and counters at the start of an observation window (buffers reused)."""
+        old = self._snapshot
+        copies = []
+        for i, tensors in enumerate(self._window_tensors()):
+            reuse = old is not None and len(old[i]) == len(tensors)
+            buffers = old[i] if reuse else [torch.empty_like(x) for x in tensors]
+            if tensors:
+                torch._foreach_copy_(buffers, tensors)
+            copies.append(buffers)
+        counters = {k: g[k] for k in ("step", "beta1_prod")}
+        if self._extended:
+            counters["tracker"] = self.tracker.state_dict()
+        self._snapshot = (copies[0], copies[1], counters)
+
+    def _roll_back(self, g: dict[str, Any]) -> None:
+        """A non-finite window: back to its start, lr halved, the lost steps counted."""
+        params_then, moments_then, counters = self._snapshot
+        params, moments = self._window_tensors()
+        torch._foreach_copy_(params, params_then)
+        if len(moments) == len(moments_then):
+            if moments:
+                torch._foreach_copy_(moments, moments_then)
+        else:  # the moments were created inside the window: start them again
+            for p in params:
+                self.state.pop(p, None)
+        g["skipped_steps"] += g["step"] - counters["step"]
+        g["step"], g["beta1_prod"] = counters["step"], counters["beta1_prod"]
+        if "tracker" in counters:
+            self.tracker.load_state_dict(counters["tracker"])
+        g["backoff"] = max(MIN_BACKOFF, g["backoff"] * 0.5)
+        g["loss_sum"], g["loss_count"] = torch.zeros((), dtype=torch.float64), 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | torch.Tensor | float | None = None, *, loss: Any = None) -> Any:
         """One update. Give the loss (``step(loss=loss)``, ``step(loss)``) or a closure that
-        recomputes it (``step(closure)``)."""
+        recomputes it (``step(closure)``); a step without one updates as usual and leaves the
+        loss features to the steps that have one."""
         if closure is not None and not callable(closure):
             closure, loss = None, closure
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if loss is None:
-            raise ValueError("Opt2Vec needs the loss: call step(loss=loss) or step(closure)")
         g = self.state[_GLOBAL]
-        loss_value = float(loss)
+        t = g["step"]
+        track, ends = self._tracked(t)
+        if t % self.observe_every == 0 or self._snapshot is None:
+            self._take_snapshot(g)
+        if loss is not None:
+            g["loss_sum"] = g["loss_sum"] + torch.as_tensor(loss).detach().double()
+            g["loss_count"] += 1
         groups = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             groups.append((group, params, [p.grad for p in params]))
-        all_grads = [gr for _, _, grads in groups for gr in grads]
-        finite = math.isfinite(loss_value)
-        if finite and all_grads:
-            finite = bool(torch.isfinite(torch.stack(torch._foreach_norm(all_grads)).sum()))
-        if not finite:  # 0. never let NaN/Inf into the state: skip, back off, show it
-            g["skipped_steps"] += 1
-            g["backoff"] = max(MIN_BACKOFF, g["backoff"] * 0.5)
-            self._set_groups(g)
-            return loss
-        t = g["step"]
-        track, ends = self._tracked(t)
         if track:
             self.tracker.before_step()
         # 1. the base update with the current learned lr and momentum
@@ -275,12 +319,10 @@ class Opt2Vec(torch.optim.Optimizer):
             beta2 = group["betas"][1]
             adam_direction_(
                 params, grads, exp_avgs, exp_avg_sqs,
-                lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
+                lr=group["effective_lr"], beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=group["weight_decay"],
                 bias_correction1=1 - g["beta1_prod"], bias_correction2=1 - beta2 ** (t + 1),
             )  # fmt: skip
         g["step"] = t + 1
-        g["loss_sum"] += loss_value
-        g["loss_count"] += 1
         g["backoff"] = min(1.0, g["backoff"] * 1.05)
         # 2. at the end of an observation: features -> history -> new lr scale and momentum
         if track:
@@ -291,13 +333,21 @@ class Opt2Vec(torch.optim.Optimizer):
         return loss
 
     def _observe(self, g: dict[str, Any], physics: Any) -> None:
+        """The window's one device read: its loss and this step's physics. A non-finite
+        window rolls back; otherwise features -> history -> new lr scale and momentum."""
         cfg = self.theta.config
-        mean_loss = g["loss_sum"] / max(g["loss_count"], 1)
-        g["loss_sum"], g["loss_count"] = 0.0, 0
+        values = physics.values.tolist()
+        loss_sum, count = float(g["loss_sum"]), g["loss_count"]
+        if not (math.isfinite(loss_sum) and all(math.isfinite(v) for v in values[:3])):
+            self._roll_back(g)
+            return
+        g["loss_sum"], g["loss_count"] = torch.zeros((), dtype=torch.float64), 0
+        if count == 0:  # no loss given in this window: keep the current lr and momentum
+            return
+        mean_loss = loss_sum / count
         if math.isnan(g["first_loss"]):
             g["first_loss"] = g["prev_loss"] = mean_loss
-        values = physics.values[:3].tolist()
-        phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values))
+        phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values[:3]))
         if physics.extended is not None:
             phys.update(zip(("grad_cos", "curvature", "noise_scale"), physics.extended.tolist()))
         fraction = min(1.0, g["step"] / self.budget) if self.budget else 0.0

@@ -50,13 +50,18 @@ class Sink(Protocol):
 
 
 def optimizer_hparams(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
-    """Learning rate and momentum as the optimizer holds them (first param group).
+    """The learning rate and momentum the optimizer applies (first param group).
 
-    Momentum is ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam family); NaN if neither.
+    An optimizer whose learned or scheduled factor applies at step time records what it
+    applied in ``effective_lr`` / ``effective_momentum`` (Opt2Vec; Schedule-Free's
+    ``scheduled_lr``); otherwise ``lr``, and ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam
+    family); NaN if there is none.
     """
     group = optimizer.param_groups[0]
-    lr = float(group.get("lr", math.nan))
-    if "momentum" in group:
+    lr = float(group.get("effective_lr", group.get("scheduled_lr", group.get("lr", math.nan))))
+    if "effective_momentum" in group:
+        momentum = float(group["effective_momentum"])
+    elif "momentum" in group:
         momentum = float(group["momentum"])
     elif "betas" in group:
         momentum = float(group["betas"][0])
