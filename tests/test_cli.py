@@ -54,6 +54,7 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "--suite", "huge", "--out", "/tmp/x"], "unknown suite 'huge'"),
         (["bench", "--suite", "quick"], "give --out DIR"),
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
+        (["meta-train", "--kind", "opt2vecc", "--out", "/nonexistent/meta"], "unknown kind 'opt2vecc'"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
@@ -62,6 +63,28 @@ def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_a_command_exit_code_is_the_process_exit_code(monkeypatch):
+    import typer
+
+    from metalearner import cli as cli_module
+
+    def failing() -> None:
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(cli_module, "app", typer.Typer())
+    cli_module.app.command()(failing)
+    with pytest.raises(SystemExit) as e:
+        monkeypatch.setattr(sys, "argv", ["metalearner"])
+        cli_module.main()
+    assert e.value.code == 3
+
+
+def test_meta_train_is_one_top_level_command():
+    assert cli("meta-train", "--help").returncode == 0
+    r = cli("lopt", "meta-train", "--help")
+    assert r.returncode == 2 and "No such command" in r.stderr
 
 
 def test_usage_errors_show_usage_without_a_traceback():
