@@ -54,15 +54,18 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "--suite", "huge", "--out", "/tmp/x"], "unknown suite 'huge'"),
         (["bench", "--suite", "quick"], "give --out DIR"),
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
-        (["meta-train", "--kind", "opt2vecc", "--out", "/nonexistent/meta"], "unknown kind 'opt2vecc'"),
+        (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
+        (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
+    args, message = [a.format(tmp=tmp_path) for a in args], message.format(tmp=tmp_path)
     r = cli(*args, "--out", str(tmp_path)) if args[0] == "train" else cli(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "nonexistent").exists()  # nothing created at a mistyped path
 
 
 def test_a_command_exit_code_is_the_process_exit_code(monkeypatch):
@@ -100,6 +103,7 @@ def test_offline_missing_data_is_a_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "empty").mkdir()
     r = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--no-progress"])
     assert r.exit_code != 0
-    assert "METALEARNER_DATA" in str(r.exception)
+    assert "could not be downloaded" in str(r.exception) and "--data-dir" not in str(r.exception)
