@@ -107,3 +107,14 @@ def test_offline_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     r = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--no-progress"])
     assert r.exit_code != 0
     assert "could not be downloaded" in str(r.exception) and "--data-dir" not in str(r.exception)
+
+
+def test_zoo_results_go_to_stdout_and_progress_to_stderr(tmp_path):
+    zoo = tmp_path / "zoo"
+    r = cli("zoo", "--spec", "tiny", "--set", "optimizer=adam", "--set", "width=[16]", "--out", str(zoo), "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "2 runs (0 already done): 2 complete" in r.stdout and "best runs" in r.stdout
+    assert "best runs" not in r.stderr
+    r = cli("zoo", "summary", str(zoo))
+    assert r.returncode == 0, r.stderr
+    assert "2 runs: 2 complete" in r.stdout and "best runs" in r.stdout and r.stderr == ""
