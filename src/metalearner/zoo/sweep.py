@@ -270,6 +270,7 @@ def run_sweep(
 def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids: list[str] | None = None, top: int = 10) -> None:
     """Results on stdout (progress is on stderr): a line on what the sweep ``result`` did,
     then rich tables of the best runs by final val acc and of the diverged/failed/pruned."""
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
@@ -286,7 +287,7 @@ def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids:
         return
 
     def fmt(v: Any, f: str = "{:.4f}") -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
+        return "-" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else f.format(v)
 
     best = df[df["status"] == "complete"].sort_values("val_acc", ascending=False).head(top)
     t = Table(title=f"best runs (of {len(df)}) by final val acc")
