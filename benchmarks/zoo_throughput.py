@@ -1,16 +1,19 @@
-"""Zoo throughput: runs per minute with 1 and 2 local workers, and the probe's share.
+"""Zoo throughput: the speedup of 2 local workers over 1 on runs of realistic length.
 
-The same small sweep (MLPs on scikit-learn digits, a few epochs each) is trained into a fresh
-directory with ``LocalExecutor(1)`` and ``LocalExecutor(2)`` through ``run_sweep``; the
-wall time includes starting the worker processes, writing every trajectory, run.json and the
-manifest. Speedup = runs/min with 2 workers over 1.
-
-The probe's share is measured in-process on the same run configs, one thread: each run is
-trained by ``train_run`` with the probe (writing its files) and without (``probe=False``),
-alternating the order; share = 1 - time without / time with, summed over runs.
+The same sweep of MNIST MLPs (784-128-128-10 and 784-256-256-10, Adam and momentum, a
+subset of the training set, each run several seconds long like the ``mnist100`` preset's)
+is trained into a fresh directory through ``run_sweep`` with ``LocalExecutor(1)`` and
+``LocalExecutor(2)``, as ``metalearner zoo --workers 1`` and ``--workers 2`` do: one worker
+gets every core's threads, two workers one each (``threads_per_worker``). The wall time
+includes starting the workers, loading the data in each, writing every trajectory, run.json
+and the manifest. The two sweeps run side by side, in alternating order, several times;
+reported are the medians (wall time, runs/min, and the per-repeat speedup = wall with 1
+worker / wall with 2) and each run's own median length, to show that the runs are long
+enough for start-up not to dominate. (The probe's cost is measured by probe_overhead.py.)
 
     python benchmarks/zoo_throughput.py --quick          # < 1 minute, prints JSON
-    python benchmarks/zoo_throughput.py                  # bigger sweep: writes results/zoo_throughput.json
+    python benchmarks/zoo_throughput.py                  # 8 runs x 5 repeats (about 6 minutes on
+                                                         # 2 quiet cores): results/zoo_throughput.json
     python benchmarks/zoo_throughput.py --preset-run     # also time the 100-model MNIST preset, 2 workers
                                                          # (tens of minutes; resumable: rerun to finish;
                                                          # the committed zoo_mnist100_preset.json came from
@@ -26,53 +29,46 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from _common import RESULTS, default_data_dir, finish
+from _common import RESULTS, default_data_dir, finish, median
+from metalearner.parallel import LocalExecutor
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
-from metalearner.train.run import RunConfig, train_run
-from metalearner.zoo import LocalExecutor, load_spec, run_sweep, summarize_zoo
+from metalearner.train.run import RunConfig
+from metalearner.zoo import load_spec, run_sweep, summarize_zoo
 from metalearner.zoo.summary import summary_json
 
 
-def small_sweep(n: int, epochs: int) -> list[RunConfig]:
+def mnist_sweep(n: int, n_train: int, epochs: int) -> list[RunConfig]:
+    """``n`` MNIST MLP runs of a few seconds each: widths 128/256, Adam/momentum, seeds 0..n-1."""
     runs = []
     for i in range(n):
-        task = TaskConfig(dataset="digits", batch_size=32, model=ModelConfig(depth=1 + i % 3, width=(32, 64)[i % 2]))
-        runs.append(RunConfig(task=task, optimizer=("adam", "momentum")[i % 2], lr=(1e-3, 3e-2)[i % 2], epochs=epochs, seed=i))
+        task = TaskConfig(dataset="mnist", batch_size=128, n_train=n_train, model=ModelConfig(depth=2, width=(128, 256)[i % 2]))
+        runs.append(RunConfig(task=task, optimizer=("adam", "momentum")[i // 2 % 2], lr=(1e-3, 3e-2)[i // 2 % 2], epochs=epochs, seed=i))
     return runs
 
 
-def sweep_rate(runs: list[RunConfig], workers: int, root: Path) -> dict:
-    out = root / f"w{workers}"
+def sweep_once(runs: list[RunConfig], workers: int, out: Path, data_dir: str | None) -> dict:
+    """One sweep into a fresh ``out``: its wall time and its runs' own lengths."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     with LocalExecutor(workers) as ex:
-        res = run_sweep(runs, out, ex, progress=False)
+        res = run_sweep(runs, out, ex, data_dir=data_dir, progress=False)
+        threads = ex.threads_per_worker
     wall = time.perf_counter() - t0
-    return {"workers": workers, "runs": res.total, "wall_s": round(wall, 2), "runs_per_min": round(60 * res.total / wall, 2),
-            "counts": res.counts}  # fmt: skip
+    run_s = summarize_zoo(out)["wall_s"].dropna().tolist()
+    return {"workers": workers, "threads_per_worker": threads, "runs": res.total, "wall_s": round(wall, 2),
+            "median_run_s": round(median(run_s), 2), "counts": res.counts}  # fmt: skip
 
 
-def probe_share(runs: list[RunConfig], root: Path) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    on = off = 0.0
-    try:
-        train_run(runs[0], root / "warm", probe=True)
-        for i, cfg in enumerate(runs):
-            for with_probe in ((True, False) if i % 2 == 0 else (False, True)):
-                t0 = time.perf_counter()
-                train_run(cfg, root / f"p{i}" if with_probe else None, probe=with_probe)
-                dt = time.perf_counter() - t0
-                if with_probe:
-                    on += dt
-                else:
-                    off += dt
-    finally:
-        torch.set_num_threads(threads)
-    return {"with_probe_s": round(on, 3), "without_probe_s": round(off, 3), "probe_share": round(1 - off / on, 4)}
+def side_by_side(runs: list[RunConfig], repeats: int, root: Path, data_dir: str | None) -> list[dict]:
+    """``repeats`` pairs of sweeps (1 and 2 workers), the order alternating from pair to pair."""
+    pairs = []
+    for r in range(repeats):
+        order = (1, 2) if r % 2 == 0 else (2, 1)
+        by_workers = {w: sweep_once(runs, w, root / f"r{r}w{w}", data_dir) for w in order}
+        pairs.append({"repeat": r, "order": list(order), "sweeps": [by_workers[1], by_workers[2]],
+                      "speedup_2_over_1": round(by_workers[1]["wall_s"] / by_workers[2]["wall_s"], 3)})  # fmt: skip
+    return pairs
 
 
 def preset_run(zoo_dir: Path, data_dir: str | None, workers: int) -> dict:
@@ -95,24 +91,33 @@ def preset_run(zoo_dir: Path, data_dir: str | None, workers: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a small sweep, 1 vs 2 workers (under a minute)")
+    ap.add_argument("--quick", action="store_true", help="4 runs of ~2 s, 2 repeats (under a minute); prints JSON only")
+    ap.add_argument("--repeats", type=int, default=None, help="pairs of sweeps (default 5, quick 2)")
     ap.add_argument("--preset-run", action="store_true", help="also train the mnist100 preset with 2 workers")
     ap.add_argument("--zoo-dir", type=Path, default=Path(tempfile.gettempdir()) / "metalearner_zoo_mnist100")
     ap.add_argument("--data-dir", default=default_data_dir())
     args = ap.parse_args()
-    n, epochs, n_probe = (8, 6, 4) if args.quick else (16, 12, 8)
-    runs = small_sweep(n, epochs)
+    n, n_train, epochs, repeats = (4, 8000, 2, 2) if args.quick else (8, 20000, 2, 5)
+    repeats = args.repeats or repeats
+    runs = mnist_sweep(n, n_train, epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rates = [sweep_rate(runs, w, root) for w in (1, 2)]
-        probe = probe_share(runs[:n_probe], root / "probe")
+        pairs = side_by_side(runs, repeats, Path(tmp), args.data_dir)
+    walls = {w: [p["sweeps"][w - 1]["wall_s"] for p in pairs] for w in (1, 2)}
+    run_s = {w: median([p["sweeps"][w - 1]["median_run_s"] for p in pairs]) for w in (1, 2)}
     summary = {
-        "runs": n, "epochs": epochs, "cores": len(os.sched_getaffinity(0)),
-        "runs_per_min_1": rates[0]["runs_per_min"], "runs_per_min_2": rates[1]["runs_per_min"],
-        "speedup_2_over_1": round(rates[1]["runs_per_min"] / rates[0]["runs_per_min"], 3),
-        "probe_share": probe["probe_share"],
+        "runs": n, "n_train": n_train, "epochs": epochs, "repeats": repeats, "cores": len(os.sched_getaffinity(0)),
+        "median_run_s_1": round(run_s[1], 2), "median_run_s_2": round(run_s[2], 2),
+        "wall_s_1": round(median(walls[1]), 2), "wall_s_2": round(median(walls[2]), 2),
+        "runs_per_min_1": round(60 * n / median(walls[1]), 2), "runs_per_min_2": round(60 * n / median(walls[2]), 2),
+        "speedup_2_over_1": round(median([p["speedup_2_over_1"] for p in pairs]), 3),
+        "speedup_range": [min(p["speedup_2_over_1"] for p in pairs), max(p["speedup_2_over_1"] for p in pairs)],
     }  # fmt: skip
-    details = {"sweeps": rates, "probe": probe, "probe_method": "in-process train_run with vs without probe, 1 thread"}
+    details = {
+        "method": "the same MNIST MLP sweep with LocalExecutor(1) (all cores' threads) and LocalExecutor(2) "
+                  "(one thread each), side by side in alternating order; speedup = wall(1) / wall(2) per repeat, "
+                  "median over repeats; median_run_s = a run's own training time (run.json wall_s)",
+        "pairs": pairs,
+    }  # fmt: skip
     if args.preset_run:
         preset = preset_run(args.zoo_dir, args.data_dir, workers=2)
         summary.update(preset_wall_min=preset["wall_min"], preset_counts=preset["counts"])

@@ -54,14 +54,40 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "--suite", "huge", "--out", "/tmp/x"], "unknown suite 'huge'"),
         (["bench", "--suite", "quick"], "give --out DIR"),
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
+        (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
+        (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
+    args, message = [a.format(tmp=tmp_path) for a in args], message.format(tmp=tmp_path)
     r = cli(*args, "--out", str(tmp_path)) if args[0] == "train" else cli(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert not (tmp_path / "nonexistent").exists()  # nothing created at a mistyped path
+
+
+def test_a_command_exit_code_is_the_process_exit_code(monkeypatch):
+    import typer
+
+    from metalearner import cli as cli_module
+
+    def failing() -> None:
+        raise typer.Exit(3)
+
+    monkeypatch.setattr(cli_module, "app", typer.Typer())
+    cli_module.app.command()(failing)
+    with pytest.raises(SystemExit) as e:
+        monkeypatch.setattr(sys, "argv", ["metalearner"])
+        cli_module.main()
+    assert e.value.code == 3
+
+
+def test_meta_train_is_one_top_level_command():
+    assert cli("meta-train", "--help").returncode == 0
+    r = cli("lopt", "meta-train", "--help")
+    assert r.returncode == 2 and "No such command" in r.stderr
 
 
 def test_usage_errors_show_usage_without_a_traceback():
@@ -77,6 +103,18 @@ def test_offline_missing_data_is_a_clear_error(tmp_path, monkeypatch):
         raise urllib.error.URLError("offline")
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "empty").mkdir()
     r = runner.invoke(app, ["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--no-progress"])
     assert r.exit_code != 0
-    assert "METALEARNER_DATA" in str(r.exception)
+    assert "could not be downloaded" in str(r.exception) and "--data-dir" not in str(r.exception)
+
+
+def test_zoo_results_go_to_stdout_and_progress_to_stderr(tmp_path):
+    zoo = tmp_path / "zoo"
+    r = cli("zoo", "--spec", "tiny", "--set", "optimizer=adam", "--set", "width=[16]", "--out", str(zoo), "--workers", "0")
+    assert r.returncode == 0, r.stderr
+    assert "2 runs (0 already done): 2 complete" in r.stdout and "best runs" in r.stdout
+    assert "best runs" not in r.stderr
+    r = cli("zoo", "summary", str(zoo))
+    assert r.returncode == 0, r.stderr
+    assert "2 runs: 2 complete" in r.stdout and "best runs" in r.stdout and r.stderr == ""

@@ -127,9 +127,13 @@ def _fmt(v: Any) -> str:
 
 
 def main() -> None:
-    """Entry point: user errors print one line (no traceback) and exit with status 2."""
+    """Entry point: user errors print one line (no traceback) and exit with status 2.
+
+    With ``standalone_mode=False`` click returns a command's ``typer.Exit`` code instead of
+    exiting, so a non-zero return value is passed on as the process's exit status.
+    """
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except MetalearnerError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
@@ -141,6 +145,8 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        sys.exit(rc)
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_missing_file_without_download(tmp_path, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
     with pytest.raises(DataError, match="downloading is disabled") as info:
         load_dataset("fashion_mnist", data_dir=tmp_path, download=False)
-    assert "METALEARNER_DATA" in str(info.value) and "--data-dir" in str(info.value)
+    assert "fashion-mnist/train-images-idx3-ubyte.gz" in str(info.value) and str(tmp_path) in str(info.value)
 
 
 def test_offline_missing_file(tmp_path, monkeypatch):
@@ -140,8 +140,9 @@ def test_offline_missing_file(tmp_path, monkeypatch):
         load_dataset("mnist", data_dir=tmp_path)
     message = str(info.value)
     assert "\n" not in message
-    for part in ("train-images-idx3-ubyte.gz", str(tmp_path / "mnist"), "--data-dir", "METALEARNER_DATA"):
+    for part in ("train-images-idx3-ubyte.gz", str(tmp_path / "mnist"), "check that the data directory"):
         assert part in message
+    assert "--data-dir" not in message  # the user already gave it
     assert [u.split("/")[2] for u in tried] == ["ossci-datasets.s3.amazonaws.com", "yann.lecun.com"]
     assert list((tmp_path / "mnist").iterdir()) == []
 
@@ -164,6 +165,7 @@ def test_download_into_empty_dir(shared_data, tmp_path, monkeypatch, name, folde
     files = {f"{stem}.gz": (shared_data / folder / f"{stem}.gz").read_bytes() for stem in _IMAGE_FILES}
     tried: list[str] = []
     monkeypatch.setattr(urllib.request, "urlopen", serve(files, tried, fail_hosts=("ossci-datasets",)))
+    (tmp_path / "new").mkdir()
     splits = load_dataset(name, data_dir=tmp_path / "new", n_train=100)
     assert splits.x_test.shape == (10000, 1, 28, 28)
     assert sorted(p.name for p in (tmp_path / "new" / folder).iterdir()) == sorted(files)
@@ -210,6 +212,48 @@ def test_interrupted_download_leaves_no_partial_file(shared_data, tmp_path, monk
 
 
 # ------------------------------------------------------------------ data directory
+
+
+@pytest.mark.parametrize("from_env", [False, True], ids=["argument", "env"])
+def test_a_named_data_dir_that_does_not_exist_is_an_error_and_stays_absent(tmp_path, monkeypatch, from_env):
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("must not download"))
+    missing = tmp_path / "nonexistent" / "data"
+    if from_env:
+        monkeypatch.setenv("METALEARNER_DATA", str(missing))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", data_dir=None if from_env else missing)
+    source = " (from $METALEARNER_DATA)" if from_env else ""
+    assert str(info.value) == f"data directory {missing}{source} does not exist"
+    assert not (tmp_path / "nonexistent").exists()
+
+
+@pytest.mark.parametrize(
+    "origin, hint",
+    [
+        ("env", "$METALEARNER_DATA is {root}: set it (or pass --data-dir) to a folder that has mnist/"),
+        ("cache", "pass --data-dir or set METALEARNER_DATA to a folder that has mnist/"),
+    ],
+)
+def test_missing_file_hint_depends_on_where_the_data_dir_came_from(tmp_path, monkeypatch, origin, hint):
+    monkeypatch.delenv("METALEARNER_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = tmp_path / "xdg" / "metalearner" / "data"
+    if origin == "env":
+        root = tmp_path / "env"
+        root.mkdir()
+        monkeypatch.setenv("METALEARNER_DATA", str(root))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", download=False)
+    assert hint.format(root=root) in str(info.value)
+
+
+def test_only_the_default_cache_is_created(shared_data, tmp_path, monkeypatch):
+    monkeypatch.delenv("METALEARNER_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    files = {f"{stem}.gz": (shared_data / "mnist" / f"{stem}.gz").read_bytes() for stem in _IMAGE_FILES}
+    monkeypatch.setattr(urllib.request, "urlopen", serve(files, []))
+    assert load_dataset("mnist", n_train=10).n_train == 10
+    assert sorted(p.name for p in (tmp_path / "xdg" / "metalearner" / "data" / "mnist").iterdir()) == sorted(files)
 
 
 def test_resolve_data_dir(tmp_path, monkeypatch):

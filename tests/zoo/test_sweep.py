@@ -220,7 +220,16 @@ def test_cli_runs_resumes_and_summarises(tmp_path):
     assert r.exit_code == 0, r.output
     rows = [json.loads(line) for line in r.output.strip().splitlines()]
     assert len(rows) == 2 and {row["optimizer"] for row in rows} == {"adam"}
-    assert len(pd.read_csv(tmp_path / "s.csv")) == 2
+    assert all(isinstance(row[c], int) for row in rows for c in ("n_params", "steps_done", "width"))
+    csv = pd.read_csv(tmp_path / "s.csv")
+    assert len(csv) == 2
+    # digits (64 inputs) -> 16 hidden -> 10 classes
+    assert csv["n_params"].tolist() == [64 * 16 + 16 + 16 * 10 + 10] * 2
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    for line in lines[1:]:
+        cell = dict(zip(header, line.split(",")))
+        assert cell["steps_done"].isdigit() and cell["width"] == "16" and cell["steps"] == ""  # integers, a missing one empty
     r = runner.invoke(app, ["zoo", "--spec", "mnist100", "--dry-run"])
     assert r.exit_code == 0 and r.output.strip().endswith("100 runs")
     r = runner.invoke(app, ["zoo", "--spec", "nope", "--out", str(out)])

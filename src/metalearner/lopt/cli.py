@@ -1,4 +1,6 @@
-"""``metalearner meta-train`` (and ``metalearner lopt ...``): thin commands over the library.
+"""``metalearner meta-train`` and ``metalearner lopt ...``: thin commands over the library.
+
+``meta_train_command`` is registered once, at the top level (``metalearner.cli``).
 
     metalearner meta-train --kind opt2vec --out runs/meta/opt2vec
     metalearner lopt card --opt2vec runs/meta/opt2vec --controller runs/meta/controller --ship
@@ -13,7 +15,7 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned optimizers: meta-train, evaluate, ship.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned optimizers: evaluate, ship, analyse (meta-train is `metalearner meta-train`).")
 
 
 def meta_train_command(
@@ -30,27 +32,19 @@ def meta_train_command(
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Meta-train a learned optimizer by antithetic ES on the default task distribution."""
-    from metalearner.errors import MetalearnerError
     from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.parallel import make_executor
 
     overrides = {k: v for k, v in dict(seed=seed, outer_steps=outer_steps, pairs=pairs, unroll_steps=unroll_steps).items() if v is not None}
+    cfg = default_config(kind, **overrides)
+    ex = make_executor(executor, workers, address=address)
     try:
-        cfg = default_config(kind, **overrides)
-        ex = make_executor(executor, workers, address=address)
-        try:
-            weights, state = meta_train(cfg, out, executor=ex, resume=resume, progress=progress)
-        finally:
-            ex.close()
-    except MetalearnerError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2)
+        weights, state = meta_train(cfg, out, executor=ex, resume=resume, progress=progress)
+    finally:
+        ex.close()
     ev = state.evaluation
     typer.echo(json.dumps({"kind": kind, "out": str(out), "outer_steps": state.step, "n_params": weights.n_params,
                            "eval_meta_loss_initial": ev["initial_mean"], "eval_meta_loss_final": ev["final_mean"]}))  # fmt: skip
-
-
-app.command("meta-train")(meta_train_command)
 
 
 @app.command("card")

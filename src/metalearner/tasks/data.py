@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 DOWNLOAD_TIMEOUT = 30.0
 DATA_ENV_VAR = "METALEARNER_DATA"
-_HINT = f"pass --data-dir or set {DATA_ENV_VAR}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -136,14 +135,44 @@ def _read_verified_idx(path: Path, md5: str) -> np.ndarray:
 # ------------------------------------------------------------------ data dir and download
 
 
+class _DataDir(NamedTuple):
+    """The data directory and where it came from: ``"given"``, ``"env"`` or ``"cache"``.
+
+    Only the default per-user cache may be created; a directory the user named must exist.
+    """
+
+    path: Path
+    origin: str
+
+    def check(self) -> None:
+        """Fail in one line when a directory the user named does not exist."""
+        if self.origin == "cache" or self.path.is_dir():
+            return
+        source = f" (from ${DATA_ENV_VAR})" if self.origin == "env" else ""
+        problem = "is not a directory" if self.path.exists() else "does not exist"
+        raise DataError(f"data directory {self.path}{source} {problem}")
+
+    def hint(self, needed: str) -> str:
+        """How to point at a folder that has ``needed``, without repeating what the user did."""
+        if self.origin == "given":
+            return f"check that the data directory {self.path} is the folder that has {needed}"
+        if self.origin == "env":
+            return f"${DATA_ENV_VAR} is {self.path}: set it (or pass --data-dir) to a folder that has {needed}"
+        return f"pass --data-dir or set {DATA_ENV_VAR} to a folder that has {needed}"
+
+
+def _data_dir(data_dir: str | os.PathLike | None) -> _DataDir:
+    if data_dir is not None and str(data_dir) != "":
+        return _DataDir(Path(data_dir).expanduser().resolve(), "given")
+    if os.environ.get(DATA_ENV_VAR):
+        return _DataDir(Path(os.environ[DATA_ENV_VAR]).expanduser().resolve(), "env")
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return _DataDir((Path(cache) / "metalearner" / "data").expanduser().resolve(), "cache")
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory: ``data_dir``, else $METALEARNER_DATA, else a per-user cache."""
-    if data_dir is None or str(data_dir) == "":
-        data_dir = os.environ.get(DATA_ENV_VAR) or None
-    if data_dir is None:
-        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        data_dir = Path(cache) / "metalearner" / "data"
-    return Path(data_dir).expanduser().resolve()
+    return _data_dir(data_dir).path
 
 
 class _ImageSource(NamedTuple):
@@ -180,23 +209,24 @@ _IMAGE_SOURCES = {
 }
 
 
-def _download(urls: Sequence[str], dest: Path, md5: str) -> None:
+def _download(urls: Sequence[str], dest: Path, md5: str, root: _DataDir) -> None:
     """Fetch the first mirror that works into a temp file, verify it, then move it into place.
 
     A partial or corrupt download never appears under ``dest``; when every mirror fails the
-    DataError lists why.
+    DataError lists why. Only the default cache directory is created when missing.
     """
+    needed = f"{dest.parent.name}/{dest.name}"
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.parent.mkdir(parents=root.origin == "cache", exist_ok=True)
     except OSError as exc:
-        raise DataError(f"cannot create data folder {dest.parent} ({_one_line(exc)}); {_HINT}") from exc
+        raise DataError(f"cannot create data folder {dest.parent} ({_one_line(exc)}); {root.hint(needed)}") from exc
     failures = []
     for url in urls:
         log.info("downloading %s to %s", url, dest)
         try:
             fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         except OSError as exc:
-            raise DataError(f"cannot write to data folder {dest.parent} ({_one_line(exc)}); {_HINT}") from exc
+            raise DataError(f"cannot write to data folder {dest.parent} ({_one_line(exc)}); {root.hint(needed)}") from exc
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
@@ -212,33 +242,33 @@ def _download(urls: Sequence[str], dest: Path, md5: str) -> None:
             tmp.unlink(missing_ok=True)
     raise DataError(
         f"{dest.name} is missing from {dest.parent} and could not be downloaded "
-        f"({'; '.join(failures)}); {_HINT} to a folder that has {dest.parent.name}/{dest.name}"
+        f"({'; '.join(failures)}); {root.hint(needed)}"
     )
 
 
-def _locate(source: _ImageSource, root: Path, stem: str, download: bool) -> Path:
+def _locate(source: _ImageSource, root: _DataDir, stem: str, download: bool) -> Path:
     """Path of ``stem`` (.gz preferred, raw accepted) under ``root``, downloading it if allowed."""
-    folder = root / source.folder
+    folder = root.path / source.folder
     for candidate in (folder / f"{stem}.gz", folder / stem):
         if candidate.is_file():
             return candidate
+    root.check()
     gz = folder / f"{stem}.gz"
     if not download:
         raise DataError(
-            f"{gz.name} is missing from {folder} (downloading is disabled); "
-            f"{_HINT} to a folder that has {source.folder}/{gz.name}"
+            f"{gz.name} is missing from {folder} (downloading is disabled); {root.hint(f'{source.folder}/{gz.name}')}"
         )
-    _download([mirror + gz.name for mirror in source.mirrors], gz, source.md5[stem])
+    _download([mirror + gz.name for mirror in source.mirrors], gz, source.md5[stem], root)
     return gz
 
 
-def _image_arrays(name: str, root: Path, download: bool) -> list[np.ndarray]:
+def _image_arrays(name: str, root: _DataDir, download: bool) -> list[np.ndarray]:
     """The four decoded uint8 arrays (train x, train y, test x, test y) of an image set."""
     source = _IMAGE_SOURCES[name]
     arrays = [_read_verified_idx(_locate(source, root, stem, download), source.md5[stem]) for stem in _IMAGE_FILES]
     for x, y in (arrays[:2], arrays[2:]):
         if len(x) != len(y):
-            raise DataError(f"{name} in {root} has {len(x)} images but {len(y)} labels; delete it to re-download")
+            raise DataError(f"{name} in {root.path} has {len(x)} images but {len(y)} labels; delete it to re-download")
     return arrays
 
 
@@ -258,7 +288,7 @@ class _Raw(NamedTuple):
 
 def _images(name: str, *, data_dir: str | os.PathLike | None, download: bool, **_: Any) -> _Raw:
     # Kept as uint8: scaling to [0, 1] before standardising would cancel out exactly.
-    x, y, x_test, y_test = _image_arrays(name, resolve_data_dir(data_dir), download)
+    x, y, x_test, y_test = _image_arrays(name, _data_dir(data_dir), download)
     return _Raw(x[:, None], y, x_test[:, None], y_test, 10, per_feature=False)
 
 

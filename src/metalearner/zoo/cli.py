@@ -32,7 +32,7 @@ def zoo(
     eta: float = typer.Option(3.0, help="Successive halving: keep the top 1/eta at each rung."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
     dry_run: bool = typer.Option(False, help="List the runs the spec gives and exit."),
-    progress: bool = typer.Option(True, help="Show the progress bar and the final tables."),
+    progress: bool = typer.Option(True, help="Show a progress bar (on stderr; the result tables go to stdout)."),
 ) -> None:
     """Run the sweep SPEC into OUT; rerun the same command to finish what is missing."""
     if ctx.invoked_subcommand is not None:
@@ -41,7 +41,7 @@ def zoo(
     from metalearner.parallel import make_executor
     from metalearner.zoo.pruning import make_pruner
     from metalearner.zoo.spec import SweepSpec, load_spec, parse_assignment, run_id, sample_runs
-    from metalearner.zoo.sweep import run_sweep
+    from metalearner.zoo.sweep import print_report, run_sweep
 
     if spec is None and not set_:
         typer.echo(ctx.get_help())
@@ -70,9 +70,7 @@ def zoo(
             sweep_spec, out, ex, pruner=make_pruner(prune, eta=eta),
             data_dir=str(data_dir) if data_dir else None, progress=progress,
         )  # fmt: skip
-    if not progress:
-        parts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-        typer.echo(f"{result.total} runs ({result.skipped} already done): {parts} -> {out}")
+    print_report(out, result, ids=[run_id(r) for r in runs])
 
 
 @zoo_app.command()

@@ -37,6 +37,10 @@ CONFIG_TYPES: dict[str, pa.DataType] = {
 }  # fmt: skip
 METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "steps_done",
            "epochs_done", "diverged_at_step", "stopped_at_step", "n_params", "wall_s")  # fmt: skip
+# Whole-number columns of summarize_zoo: nullable Int64, so a missing value stays empty and
+# a present one is written 15, not 15.0.
+INTEGER_COLUMNS = (*(k for k, t in CONFIG_TYPES.items() if t == pa.int64()), "steps_done", "diverged_at_step",
+                   "stopped_at_step", "n_params")  # fmt: skip
 
 
 def flatten_config(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -69,6 +73,7 @@ def zoo_runs(out_dir: str | Path) -> dict[str, dict[str, Any]]:
         if meta is not None:
             entry["status"] = DONE[meta["status"]]
             entry["final"] = meta.get("final") or {}
+            entry["n_params"] = meta.get("n_params")
             entry.setdefault("config", meta.get("config"))
         elif entry.get("status") not in ("failed",):
             entry["status"] = "partial"
@@ -81,13 +86,18 @@ def zoo_runs(out_dir: str | Path) -> dict[str, dict[str, Any]]:
 
 
 def summarize_zoo(out_dir: str | Path) -> pd.DataFrame:
-    """One row per run: id, status, the flat config, final metrics, best val acc, error."""
+    """One row per run: id, status, the flat config, final metrics, best val acc, error.
+
+    Whole-number columns (:data:`INTEGER_COLUMNS`) are nullable ``Int64``; ``n_params`` is
+    the run's parameter count from its ``run.json``."""
     rows = []
     for rid, e in sorted(zoo_runs(out_dir).items()):
         final = e.get("final") or {}
         row: dict[str, Any] = {"run_id": rid, "status": e.get("status"), **flatten_config(e.get("config") or {})}
         row.update({k: final.get(k) for k in ("val_acc", "val_loss", "test_acc", "test_loss", "diverged_at_step", "stopped_at_step", "n_params")})
         row.update(steps_done=final.get("steps"), epochs_done=final.get("epochs"), wall_s=e.get("wall_s"), error=e.get("error"))
+        if row["n_params"] is None:
+            row["n_params"] = e.get("n_params")
         path = Path(out_dir) / RUNS / rid / TRAJECTORY
         row["best_val_acc"] = row["final_train_loss"] = None
         if path.exists() and row["status"] in DONE.values():
@@ -101,6 +111,8 @@ def summarize_zoo(out_dir: str | Path) -> pd.DataFrame:
     df = pd.DataFrame(rows).reindex(columns=cols)
     for c in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "lr", "wall_s"):
         df[c] = pd.to_numeric(df[c], errors="coerce")
+    for c in INTEGER_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     return df
 
 
@@ -164,8 +176,8 @@ def load_zoo(
 
 
 def summary_json(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of :func:`summarize_zoo` as JSON-safe dicts (NaN -> None)."""
+    """Rows of :func:`summarize_zoo` as JSON-safe dicts (NaN and NA -> None)."""
     out = []
     for row in df.to_dict(orient="records"):
-        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()})
+        out.append({k: (None if v is pd.NA or (isinstance(v, float) and not math.isfinite(v)) else v) for k, v in row.items()})
     return json.loads(json.dumps(out, default=str))

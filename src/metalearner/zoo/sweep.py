@@ -261,34 +261,33 @@ def run_sweep(
     for rid in runs:
         s = entries[rid]["status"]
         counts[s] = counts.get(s, 0) + 1
-    result = SweepResult(out_dir=out, total=len(runs), skipped=skipped, ran=len(todo), counts=counts, wall_s=time.perf_counter() - t0)
-    if progress:
-        print_report(out, result, ids=list(runs))
-    return result
+    return SweepResult(out_dir=out, total=len(runs), skipped=skipped, ran=len(todo), counts=counts, wall_s=time.perf_counter() - t0)
 
 
 # -- terminal output -----------------------------------------------------------------------
 
 
 def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids: list[str] | None = None, top: int = 10) -> None:
-    """Rich tables on stderr: the best runs by final val acc, then diverged/failed/pruned."""
+    """Results on stdout (progress is on stderr): a line on what the sweep ``result`` did,
+    then rich tables of the best runs by final val acc and of the diverged/failed/pruned."""
+    import pandas as pd
     from rich.console import Console
     from rich.table import Table
 
     from metalearner.zoo.summary import summarize_zoo
 
-    console = Console(stderr=True)
+    console = Console()  # stdout, so `metalearner zoo ... > out.txt` keeps the tables
     df = summarize_zoo(out_dir)
     if ids is not None:
         df = df[df["run_id"].isin(ids)]
     if result is not None:
         parts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-        console.print(f"{result.total} runs ({result.skipped} already done, {result.ran} run now): {parts} in {result.wall_s:.0f}s")
+        console.print(f"{result.total} runs ({result.skipped} already done): {parts} in {result.wall_s:.0f}s -> {result.out_dir}", soft_wrap=True)
     if df.empty:
         return
 
     def fmt(v: Any, f: str = "{:.4f}") -> str:
-        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f.format(v)
+        return "-" if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else f.format(v)
 
     best = df[df["status"] == "complete"].sort_values("val_acc", ascending=False).head(top)
     t = Table(title=f"best runs (of {len(df)}) by final val acc")
