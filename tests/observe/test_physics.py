@@ -5,7 +5,8 @@ import math
 import torch
 from torch import nn
 
-from metalearner.observe.physics import LAYER_FIELDS, PhysicsTracker, layer_names
+from metalearner.observe.physics import PhysicsTracker, layer_names
+from metalearner.observe.schema import LAYERS
 
 
 def tiny_model() -> nn.Sequential:
@@ -40,18 +41,18 @@ def test_sgd_step_matches_hand_computation():
     def norm(ts):
         return math.sqrt(sum(float((t**2).sum()) for t in ts))
 
-    assert math.isclose(float(phys.grad_norm), norm(grads), rel_tol=1e-5)
-    assert math.isclose(float(phys.weight_norm), norm(weights), rel_tol=1e-5)
+    assert math.isclose(float(phys["grad_norm"]), norm(grads), rel_tol=1e-5)
+    assert math.isclose(float(phys["weight_norm"]), norm(weights), rel_tol=1e-5)
     # plain SGD moves every parameter by -lr * grad
-    assert math.isclose(float(phys.update_norm), 0.1 * norm(grads), rel_tol=1e-5)
-    layer_g = phys.layers("grad_norm_layers")
+    assert math.isclose(float(phys["update_norm"]), 0.1 * norm(grads), rel_tol=1e-5)
+    layer_g = phys["grad_norm_layers"]
     assert torch.allclose(layer_g, torch.tensor([norm(grads[:2]), norm(grads[2:])]), rtol=1e-5)
-    layer_w = phys.layers("weight_norm_layers")
+    layer_w = phys["weight_norm_layers"]
     assert torch.allclose(layer_w, torch.tensor([norm(weights[:2]), norm(weights[2:])]), rtol=1e-5)
     assert phys.extended is None
     # global norm is the root of the summed squared layer norms
-    for field, total in zip(LAYER_FIELDS, (phys.grad_norm, phys.weight_norm, phys.update_norm)):
-        assert math.isclose(float(phys.layers(field).square().sum().sqrt()), float(total), rel_tol=1e-5)
+    for field, total in zip(LAYERS, (phys["grad_norm"], phys["weight_norm"], phys["update_norm"])):
+        assert math.isclose(float(phys[field].square().sum().sqrt()), float(total), rel_tol=1e-5)
 
 
 def test_missing_gradient_counts_as_zero():

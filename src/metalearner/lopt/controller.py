@@ -42,10 +42,10 @@ from metalearner.lopt.policy import (
     PolicyConfig,
     PolicyWeights,
     lr_scale_from,
+    close_window,
     new_stats,
-    normalise,
     policy_forward,
-    raw_features,
+    push_observation,
     resolve_weights,
 )
 from metalearner.observe.physics import PhysicsTracker
@@ -153,28 +153,14 @@ class LRController:
         s["loss_count"] += 1
         s["backoff"] = min(1.0, s["backoff"] * 1.05)
         if physics is not None:  # the observation: the window's one device read
-            values = physics.values.tolist()
-            loss_sum, count = float(s["loss_sum"]), s["loss_count"]
-            s["loss_sum"], s["loss_count"] = torch.zeros((), dtype=torch.float64), 0
-            if not (math.isfinite(loss_sum) and all(math.isfinite(v) for v in values)):
+            finite, count, mean_loss, phys = close_window(s, physics)
+            if not finite:
                 s["skipped_steps"] += count
                 s["backoff"] = max(MIN_BACKOFF, s["backoff"] * 0.5)
-                s["step"] += 1
-                self._set_groups()
-                return
-            cfg = self.theta.config
-            mean_loss = loss_sum / count
-            if math.isnan(s["first_loss"]):
-                s["first_loss"] = s["prev_loss"] = mean_loss
-            phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values[:3]))
-            raw = raw_features(
-                cfg.features, loss=mean_loss, first_loss=s["first_loss"], prev_loss=s["prev_loss"], lr_scale=s["lr_scale"],
-                physics=phys, budget_fraction=min(1.0, s["step"] / self.budget) if self.budget else 0.0,
-            )  # fmt: skip
-            row = torch.tensor(normalise(raw, cfg.features, s["stats"]), dtype=torch.float32)
-            s["history"] = torch.cat([s["history"][1:], row[None]])
-            s["prev_loss"] = mean_loss
-            s["lr_scale"], s["embedding"] = controller_step(self.theta, s["history"])
+            else:
+                fraction = min(1.0, s["step"] / self.budget) if self.budget else 0.0
+                history = push_observation(s, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=fraction)
+                s["lr_scale"], s["embedding"] = controller_step(self.theta, history)
         s["step"] += 1
         self._set_groups()
 

@@ -50,10 +50,10 @@ from metalearner.lopt.policy import (
     PolicyWeights,
     lr_scale_from,
     momentum_from,
+    close_window,
     new_stats,
-    normalise,
     policy_forward,
-    raw_features,
+    push_observation,
     resolve_weights,
 )
 from metalearner.observe.physics import PhysicsTracker
@@ -276,7 +276,6 @@ class Opt2Vec(torch.optim.Optimizer):
         if "tracker" in counters:
             self.tracker.load_state_dict(counters["tracker"])
         g["backoff"] = max(MIN_BACKOFF, g["backoff"] * 0.5)
-        g["loss_sum"], g["loss_count"] = torch.zeros((), dtype=torch.float64), 0
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | torch.Tensor | float | None = None, *, loss: Any = None) -> Any:
@@ -335,27 +334,12 @@ class Opt2Vec(torch.optim.Optimizer):
     def _observe(self, g: dict[str, Any], physics: Any) -> None:
         """The window's one device read: its loss and this step's physics. A non-finite
         window rolls back; otherwise features -> history -> new lr scale and momentum."""
-        cfg = self.theta.config
-        values = physics.values.tolist()
-        loss_sum, count = float(g["loss_sum"]), g["loss_count"]
-        if not (math.isfinite(loss_sum) and all(math.isfinite(v) for v in values[:3])):
+        finite, count, mean_loss, phys = close_window(g, physics)
+        if not finite:
             self._roll_back(g)
             return
-        g["loss_sum"], g["loss_count"] = torch.zeros((), dtype=torch.float64), 0
         if count == 0:  # no loss given in this window: keep the current lr and momentum
             return
-        mean_loss = loss_sum / count
-        if math.isnan(g["first_loss"]):
-            g["first_loss"] = g["prev_loss"] = mean_loss
-        phys = dict(zip(("grad_norm", "weight_norm", "update_norm"), values[:3]))
-        if physics.extended is not None:
-            phys.update(zip(("grad_cos", "curvature", "noise_scale"), physics.extended.tolist()))
         fraction = min(1.0, g["step"] / self.budget) if self.budget else 0.0
-        raw = raw_features(
-            cfg.features, loss=mean_loss, first_loss=g["first_loss"], prev_loss=g["prev_loss"],
-            lr_scale=g["lr_scale"], physics=phys, budget_fraction=fraction,
-        )  # fmt: skip
-        row = torch.tensor(normalise(raw, cfg.features, g["stats"]), dtype=torch.float32)
-        g["history"] = torch.cat([g["history"][1:], row[None]])
-        g["prev_loss"] = mean_loss
-        g["lr_scale"], g["momentum"], g["embedding"] = policy_step(self.theta, g["history"])
+        history = push_observation(g, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=fraction)
+        g["lr_scale"], g["momentum"], g["embedding"] = policy_step(self.theta, history)

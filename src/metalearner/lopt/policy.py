@@ -8,6 +8,7 @@ definition the probe also logs) plus the loss and the optimizer's own learning r
 feature                raw value                                                 scaling
 =====================  ========================================================  ==========
 ``log_loss``           ``log L`` (mean batch loss since the last observation)    online
+                       (every ``log`` is the schema's :func:`~metalearner.observe.schema.log_feature`)
 ``log_loss_rel``       ``log L − log L₀`` (progress since the first observation)  raw
 ``log_loss_delta``     ``log L − log L_prev`` (slope between observations)       raw
 ``log_grad_norm``      ``log ‖g‖``                                               online
@@ -39,13 +40,17 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from metalearner.atomic import atomic_path
 from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.observe.schema import PHYSICS, feature, log_feature
+
+if TYPE_CHECKING:
+    from metalearner.observe.physics import StepPhysics
 
 BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
 EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
@@ -236,8 +241,11 @@ def momentum_from(z: torch.Tensor | float, base: float = 0.9) -> float:
 # -- features -------------------------------------------------------------------------------
 
 
-def _log(x: float) -> float:
-    return math.log(x) if x > 0 and math.isfinite(x) else math.log(1e-12) if x == 0 else math.nan
+# features read from the physics, each the schema's transform of the named column
+PHYSICS_FEATURES: dict[str, str] = {
+    "log_grad_norm": "grad_norm", "log_weight_norm": "weight_norm", "log_update_ratio": "update_ratio",
+    "grad_cos": "grad_cos", "curvature": "curvature",
+}  # fmt: skip
 
 
 def raw_features(
@@ -250,22 +258,43 @@ def raw_features(
     physics: Mapping[str, float],
     budget_fraction: float,
 ) -> list[float]:
-    """One observation's raw feature values, in the order of ``names`` (NaN -> 0 later)."""
-    grad, weight, update = physics.get("grad_norm", math.nan), physics.get("weight_norm", math.nan), physics.get("update_norm", math.nan)
-    curv = physics.get("curvature", math.nan)
+    """One observation's raw feature values, in the order of ``names`` (non-finite -> 0 later).
+    ``physics`` maps schema names to host floats (:meth:`StepPhysics.scalars`)."""
+    log_loss, log_first, log_prev, log_scale = log_feature([loss, first_loss, prev_loss, lr_scale]).tolist()
     values = {
-        "log_loss": _log(loss),
-        "log_loss_rel": _log(loss) - _log(first_loss),
-        "log_loss_delta": _log(loss) - _log(prev_loss),
-        "log_grad_norm": _log(grad),
-        "log_lr_scale": _log(lr_scale),
-        "log_weight_norm": _log(weight),
-        "log_update_ratio": _log(update / weight) if weight > 0 else math.nan,
-        "grad_cos": physics.get("grad_cos", math.nan),
-        "curvature": math.copysign(math.log1p(abs(curv)), curv) if math.isfinite(curv) else math.nan,
-        "budget_fraction": budget_fraction,
-    }
+        "log_loss": log_loss, "log_loss_rel": log_loss - log_first, "log_loss_delta": log_loss - log_prev,
+        "log_lr_scale": log_scale, "budget_fraction": budget_fraction,
+    }  # fmt: skip
+    wanted = [(n, PHYSICS_FEATURES[n]) for n in names if n in PHYSICS_FEATURES]
+    for name, field in wanted:
+        values[name] = float(feature(field, physics.get(field, math.nan)))
     return [values[n] for n in names]
+
+
+def close_window(state: dict, physics: "StepPhysics") -> tuple[bool, int, float, dict[str, float]]:
+    """End an observation window with the one device read both learned optimizers make:
+    ``state["loss_sum"]`` (a device tensor) and this step's physics. Returns whether the
+    window was finite, its number of losses, their mean, and the physics as host floats;
+    the loss sum starts again."""
+    phys = physics.scalars()  # a non-finite layer makes its global norm non-finite too
+    loss_sum, count = float(state["loss_sum"]), state["loss_count"]
+    state["loss_sum"], state["loss_count"] = torch.zeros((), dtype=torch.float64), 0
+    finite = math.isfinite(loss_sum) and all(math.isfinite(phys[k]) for k in PHYSICS)
+    return finite, count, loss_sum / max(count, 1), phys
+
+
+def push_observation(state: dict, config: PolicyConfig, *, mean_loss: float, physics: Mapping[str, float],
+                     budget_fraction: float) -> torch.Tensor:  # fmt: skip
+    """Features of one observation, normalised online, appended to ``state["history"]``
+    (``state`` holds ``first_loss``, ``prev_loss``, ``lr_scale``, ``stats``, ``history``)."""
+    if math.isnan(state["first_loss"]):
+        state["first_loss"] = state["prev_loss"] = mean_loss
+    raw = raw_features(config.features, loss=mean_loss, first_loss=state["first_loss"], prev_loss=state["prev_loss"],
+                       lr_scale=state["lr_scale"], physics=physics, budget_fraction=budget_fraction)  # fmt: skip
+    row = torch.tensor(normalise(raw, config.features, state["stats"]), dtype=torch.float32)
+    state["history"] = torch.cat([state["history"][1:], row[None]])
+    state["prev_loss"] = mean_loss
+    return state["history"]
 
 
 def normalise(raw: list[float], names: tuple[str, ...], stats: dict[str, list[float]], decay: float = 0.9) -> list[float]:

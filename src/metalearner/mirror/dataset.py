@@ -1,8 +1,8 @@
 """Learning data from a zoo: per-step features, targets, windows and grouped splits.
 
-Features are the probe's trajectory columns (:mod:`metalearner.observe.physics` is their one
-definition), transformed, never re-derived: ``log`` of ``loss``, ``grad_norm``,
-``weight_norm``, ``update_ratio`` and ``lr``; ``momentum``; ``train_acc``; the last
+Features are the probe's trajectory columns (:mod:`metalearner.observe.schema` is their one
+definition, with the one log transform), transformed, never re-derived: ``log`` of ``loss``,
+``grad_norm``, ``weight_norm``, ``update_ratio`` and ``lr``; ``momentum``; ``train_acc``; the last
 validation loss/accuracy seen so far (forward filled); the step fraction ``t / T``;
 ``log_loss_ema``, a causal EMA (α = 0.1) of the log loss; the learning-curve extrapolations
 of the validation accuracy so far (:mod:`metalearner.mirror.curves`); plus the run's static description:
@@ -46,6 +46,7 @@ from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, DataError
 from metalearner.mirror.curves import curve_features
 from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
+from metalearner.observe.schema import feature
 from metalearner.observe.store import read_run, read_trajectory
 from metalearner.tasks.data import DATASETS
 from metalearner.methods import METHODS
@@ -56,7 +57,6 @@ DYNAMIC = ("log_loss", "log_loss_ema", "log_grad_norm", "log_weight_norm", "log_
            "log_val_loss_last", "val_acc_last", "has_eval", "fraction", "acc_fit_linear", "acc_fit_power", "acc_fit_exp")  # fmt: skip
 TARGETS = ("next_loss", "smooth_loss", "ahead_loss", "val_loss_next", "val_acc_next", "final_acc", "steps_to_acc", "lr_log_ratio")
 SPLITS = ("run", "arch", "task", "optimizer")
-EPS = 1e-12
 LOG_LOSS_CAP = math.log(1e3)  # a loss of 1000 nats has diverged; larger values carry no signal
 EMA_ALPHA = 0.1  # of the log_loss_ema feature (a smoothed view of the logged loss)
 
@@ -70,10 +70,6 @@ class DatasetConfig:
     ahead: int = 50
     acc_threshold: float = 0.9
     seed: int = 0
-
-
-def _log(x: Any) -> np.ndarray:
-    return np.log(np.maximum(np.asarray(x, dtype=np.float64), EPS))
 
 
 def forward_mean(x: np.ndarray, k: int, offset: int = 1) -> np.ndarray:
@@ -133,14 +129,14 @@ def step_features(traj: pd.DataFrame, total: int, start: int = 0) -> pd.DataFram
     """The dynamic features of every step (see :data:`DYNAMIC`), from the probe's columns
     (the curve fits only from index ``start`` on)."""
     val_loss = traj["val_loss"].ffill()
-    log_loss = np.minimum(_log(traj["loss"].fillna(np.inf)), LOG_LOSS_CAP)
+    log_loss = np.minimum(feature("loss", traj["loss"].fillna(np.inf)), LOG_LOSS_CAP)
     val_acc = traj["val_acc"].ffill()
+    logs = {f"log_{name}": feature(name, traj[name]) for name in ("grad_norm", "weight_norm", "update_ratio", "lr")}
     return pd.DataFrame({
-        "log_loss": log_loss, "log_loss_ema": causal_ema(log_loss, EMA_ALPHA), "log_grad_norm": _log(traj["grad_norm"]),
-        "log_weight_norm": _log(traj["weight_norm"]), "log_update_ratio": _log(traj["update_ratio"]),
-        "log_lr": _log(traj["lr"]), "momentum": traj["momentum"].fillna(0.0).to_numpy(float),
+        "log_loss": log_loss, "log_loss_ema": causal_ema(log_loss, EMA_ALPHA), **logs,
+        "momentum": traj["momentum"].fillna(0.0).to_numpy(float),
         "train_acc": traj["train_acc"].fillna(0.0).to_numpy(float),
-        "log_val_loss_last": np.where(val_loss.notna(), _log(val_loss.fillna(1.0)), 0.0),
+        "log_val_loss_last": np.where(val_loss.notna(), feature("val_loss", val_loss.fillna(1.0)), 0.0),
         "val_acc_last": val_acc.fillna(0.0).to_numpy(float), "has_eval": val_acc.notna().to_numpy(float),
         "fraction": traj["step"].to_numpy(float) / max(total, 1),
         **curve_features(traj["step"].to_numpy(), traj["val_acc"].to_numpy(float), float(total), start),
@@ -177,13 +173,13 @@ def final_accuracy(traj: pd.DataFrame, meta: dict[str, Any]) -> float:
 
 def run_targets(traj: pd.DataFrame, meta: dict[str, Any], cfg: DatasetConfig) -> pd.DataFrame:
     """Every target of :data:`TARGETS` but ``lr_log_ratio`` (which needs the siblings)."""
-    log_loss = np.minimum(_log(traj["loss"]), LOG_LOSS_CAP)
+    log_loss = np.minimum(feature("loss", traj["loss"]), LOG_LOSS_CAP)
     log_loss[~np.isfinite(traj["loss"].to_numpy(float))] = np.nan
     steps = traj["step"].to_numpy()
     nxt = np.full(len(traj), np.nan)
     nxt[:-1] = log_loss[1:]
     # next evaluation strictly after t: shift by one, then backward fill
-    val_loss_next = np.log(traj["val_loss"].shift(-1).bfill().to_numpy(float).clip(EPS))
+    val_loss_next = feature("val_loss", traj["val_loss"].shift(-1).bfill())
     val_acc_next = traj["val_acc"].shift(-1).bfill().to_numpy(float)
     hit = np.flatnonzero(traj["val_acc"].to_numpy(float) >= cfg.acc_threshold)
     if len(hit):

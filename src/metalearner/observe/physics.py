@@ -1,7 +1,8 @@
-"""The physics of a training step, defined once.
+"""The physics of a training step, computed once.
 
 The probe logs these quantities, the mirror learns from them, and the learned optimizers read
-them as inputs, so all three use this module. Every quantity refers to one optimizer step
+them as inputs, so all three use this module; their names, types, meanings and feature
+transforms are :mod:`metalearner.observe.schema`'s. Every quantity refers to one optimizer step
 ``t`` that moves the parameters from ``θ_t`` to ``θ_{t+1}`` using the gradient ``g_t``
 measured at ``θ_t``:
 
@@ -33,43 +34,45 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import nn
 
-DEFAULT_FIELDS: tuple[str, ...] = ("grad_norm", "weight_norm", "update_norm")
-EXTENDED_FIELDS: tuple[str, ...] = ("grad_cos", "curvature", "noise_scale")
-LAYER_FIELDS: tuple[str, ...] = ("grad_norm_layers", "weight_norm_layers", "update_norm_layers")
+from metalearner.observe.schema import EXTENDED_COLUMNS, LAYERS, PHYSICS
 
 
 class StepPhysics(NamedTuple):
     """One step's physics in one flat tensor (no host sync), with named views.
 
-    Layout: ``[grad_norm, weight_norm, update_norm, grad_norm_layers (L),
-    weight_norm_layers (L), update_norm_layers (L), grad_cos, curvature, noise_scale]``,
-    the last three only with the extended set.
+    Layout: :data:`~metalearner.observe.schema.PHYSICS` (3), then each of
+    :data:`~metalearner.observe.schema.LAYERS` (L values each), then
+    :data:`~metalearner.observe.schema.EXTENDED_COLUMNS` (3, only with the extended set).
     """
 
     values: torch.Tensor
     n_layers: int
 
-    @property
-    def grad_norm(self) -> torch.Tensor:
-        return self.values[0]
-
-    @property
-    def weight_norm(self) -> torch.Tensor:
-        return self.values[1]
-
-    @property
-    def update_norm(self) -> torch.Tensor:
-        return self.values[2]
-
-    def layers(self, field: str) -> torch.Tensor:
-        """Per-layer norms for ``field`` in ``LAYER_FIELDS``."""
-        k, L = LAYER_FIELDS.index(field), self.n_layers
-        return self.values[3 + k * L : 3 + (k + 1) * L]
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """One quantity by its schema name: a 0-d tensor, or ``(L,)`` for a layer field."""
+        if name in PHYSICS:
+            return self.values[PHYSICS.index(name)]
+        if name in LAYERS:
+            k, L = LAYERS.index(name), self.n_layers
+            return self.values[3 + k * L : 3 + (k + 1) * L]
+        if name in EXTENDED_COLUMNS and self.extended is not None:
+            return self.extended[EXTENDED_COLUMNS.index(name)]
+        raise KeyError(name)
 
     @property
     def extended(self) -> torch.Tensor | None:
         ext = self.values[3 + 3 * self.n_layers :]
         return ext if len(ext) else None
+
+    def scalars(self) -> dict[str, float]:
+        """The global quantities (and the extended ones, if measured) as host floats, read
+        from the device in one transfer; ``update_ratio`` is derived as in the probe."""
+        values = self.values.tolist()
+        out = dict(zip(PHYSICS, values[:3]))
+        out["update_ratio"] = out["update_norm"] / out["weight_norm"] if out["weight_norm"] > 0 else float("nan")
+        if self.extended is not None:
+            out.update(zip(EXTENDED_COLUMNS, values[3 + 3 * self.n_layers :]))
+        return out
 
 
 def layer_names(named_params: Iterable[tuple[str, nn.Parameter]]) -> tuple[list[str], list[int]]:
@@ -124,7 +127,7 @@ class PhysicsTracker:
         self.params = [p for _, p in named]
         self.layer_names, assign = layer_names(named)
         self.n_layers = len(self.layer_names)
-        self.width = 3 + 3 * self.n_layers + (len(EXTENDED_FIELDS) if extended else 0)
+        self.width = len(PHYSICS) + len(LAYERS) * self.n_layers + (len(EXTENDED_COLUMNS) if extended else 0)
         self._pool = _pooling_matrix(assign, self.n_layers).to(self.params[0].device)
         self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self._flat_before = [b.view(-1) for b in self._before]

@@ -16,8 +16,8 @@ accuracy) before ``optimizer.step()`` and the validation metrics when you evalua
 Per step the probe only launches the five passes of
 :class:`~metalearner.observe.physics.PhysicsTracker` (``before_step``, ``after_step_raw``)
 and keeps references; stacking, pooling into layer norms, accuracy, and the move to the
-host happen once per chunk (``chunk_size`` steps), when a Parquet part is written. Columns follow
-:data:`metalearner.observe.store.COLUMNS`.
+host happen once per chunk (``chunk_size`` steps), when a Parquet part is written. Columns are
+:mod:`metalearner.observe.schema`'s, in its order and with its types.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.observe import store
 from metalearner.observe.physics import PhysicsTracker
+from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS, LAYERS, PHYSICS
 
-N_SCALARS = 5  # row layout: loss, train_acc, then StepPhysics.values (grad, weight, update, ...)
 _NOTHING: tuple = (None, None, None, -1, -1)  # a step the training loop did not report
 
 
@@ -87,6 +87,20 @@ def versions() -> dict[str, str]:
     import metalearner
 
     return {"metalearner": metalearner.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _column(name: str, value: Any, n: int) -> pa.Array:
+    """Column ``name`` of a chunk of ``n`` rows with the schema's type: a constant, a list per
+    row (layer fields), or one value per row (metrics between evaluations are null)."""
+    field = FIELDS[name]
+    if field.group == "static" or name == "run_id":
+        return pa.repeat(pa.scalar(value, type=field.type), n)
+    if field.group == "layers":
+        block = np.asarray(value, dtype=np.float32)
+        return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), block.shape[1])
+    array = np.asarray(value)
+    mask = np.isnan(array) if name in ("val_loss", "val_acc") else None
+    return pa.array(array, field.type, mask=mask)
 
 
 class Probe:
@@ -196,11 +210,11 @@ class Probe:
         self._pending = _NOTHING
         self.step += 1
 
-    def _chunk_values(self) -> np.ndarray:
-        """Pool the buffered rows into ``(n, 2 + width)``: loss, train_acc, then
-        :class:`StepPhysics` values, all rows at once."""
+    def _chunk_values(self) -> dict[str, np.ndarray]:
+        """Pool the buffered rows, all at once, into ``loss``, ``train_acc`` and the
+        :class:`StepPhysics` quantities by schema name (layer fields as ``(n, L)`` arrays)."""
         rows = self._rows
-        n = len(rows)
+        n, L = len(rows), self.tracker.n_layers
         nan = torch.tensor(math.nan)
         loss = torch.stack([r[0].float().cpu() if r[0] is not None else nan for r in rows])
         acc = torch.full((n,), math.nan)
@@ -211,72 +225,42 @@ class Probe:
             owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
             acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
         squares = torch.stack([sq for r in rows for sq in r[3]]).view(n, -1)  # one stack per chunk
-        parts = [loss[:, None], acc[:, None], self.tracker.pool(squares.float()).cpu()]
+        physics = self.tracker.pool(squares.float()).cpu().double().numpy()  # the StepPhysics layout
+        out = {"loss": loss.double().numpy(), "train_acc": acc.double().numpy()}
+        out.update({name: physics[:, i] for i, name in enumerate(PHYSICS)})
+        start = len(PHYSICS)
+        out.update({name: physics[:, start + k * L : start + (k + 1) * L] for k, name in enumerate(LAYERS)})
         if self.extended:
-            parts.append(torch.stack([r[4] for r in rows]).float().cpu())
-        return torch.cat(parts, dim=1).double().numpy()
+            ext = torch.stack([r[4] for r in rows]).float().cpu().double().numpy()
+            out.update({name: ext[:, j] for j, name in enumerate(EXTENDED_COLUMNS)})
+        return out
 
     # -- output -------------------------------------------------------------------------
     def flush(self) -> None:
         """Move buffered rows to the host as an Arrow chunk (and a Parquet part on disk)."""
         if not self._rows:
             return
-        n, L = len(self._rows), self.tracker.n_layers
+        n = len(self._rows)
         values = self._chunk_values()
         first = self.step - n
         steps = np.arange(first, self.step, dtype=np.int64)
-        loss = values[:, 0]
-        loss_delta = np.diff(loss, prepend=self._last_loss)
-        self._last_loss = float(loss[-1])
+        loss = values["loss"]
         val = np.array([self._evals.get(int(s), (math.nan, math.nan)) for s in steps]).reshape(n, 2)
-        h = self._host
-
-        def layers(i: int) -> pa.Array:
-            block = values[:, N_SCALARS + i * L : N_SCALARS + (i + 1) * L].astype(np.float32)
-            return pa.FixedSizeListArray.from_arrays(pa.array(block.reshape(-1)), L)
-
-        def const(v: Any, type_: pa.DataType) -> pa.Array:
-            return pa.repeat(pa.scalar(v, type=type_), n)
-
-        cols: dict[str, pa.Array] = {
-            "run_id": const(self.run_id, pa.string()),
-            "step": pa.array(steps),
-            "epoch": pa.array(h["epoch"], pa.int32()),
-            "batch": pa.array(h["batch"], pa.int32()),
-            "loss": pa.array(loss, pa.float32()),
-            "loss_delta": pa.array(loss_delta, pa.float32()),
-            "train_acc": pa.array(values[:, 1], pa.float32()),
-            "val_loss": pa.array(val[:, 0], pa.float32(), mask=np.isnan(val[:, 0])),
-            "val_acc": pa.array(val[:, 1], pa.float32(), mask=np.isnan(val[:, 1])),
-            "grad_norm": pa.array(values[:, 2], pa.float32()),
-            "weight_norm": pa.array(values[:, 3], pa.float32()),
-            "update_norm": pa.array(values[:, 4], pa.float32()),
-            "update_ratio": pa.array(values[:, 4] / values[:, 3], pa.float32()),
-            "lr": pa.array(h["lr"], pa.float64()),
-            "momentum": pa.array(h["momentum"], pa.float64()),
-            "optimizer": const(self._static["optimizer"], pa.string()),
-            "task": const(self._static["task"], pa.string()),
-            "depth": const(self._static["depth"], pa.int32()),
-            "width": const(self._static["width"], pa.int32()),
-            "activation": const(self._static["activation"], pa.string()),
-            "n_params": const(self._static["n_params"], pa.int64()),
-            "wall_time": pa.array(h["wall_time"], pa.float64()),
-            "grad_norm_layers": layers(0),
-            "weight_norm_layers": layers(1),
-            "update_norm_layers": layers(2),
-        }
-        if self.extended:
-            ext = values[:, N_SCALARS + 3 * L :]
-            for j, name in enumerate(store.EXTENDED_COLUMNS):
-                cols[name] = pa.array(ext[:, j], pa.float32())
-        table = pa.table(cols)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            values.update(
+                run_id=self.run_id, step=steps, loss_delta=np.diff(loss, prepend=self._last_loss), val_loss=val[:, 0],
+                val_acc=val[:, 1], update_ratio=values["update_norm"] / values["weight_norm"], **self._host, **self._static,
+            )  # fmt: skip
+        self._last_loss = float(loss[-1])
+        names = COLUMNS + (EXTENDED_COLUMNS if self.extended else ())
+        table = pa.table({name: _column(name, values[name], n) for name in names})
         if self.out_dir is not None:
             store.write_part(self.out_dir, len(self._tables), table)
         self._tables.append(table)
         for sink in self.sinks:
             sink.write(table)
-        for k in h:
-            h[k].clear()
+        for k in self._host:
+            self._host[k].clear()
         self._evals = {s: v for s, v in self._evals.items() if s >= self.step}
         self._rows = []
 

@@ -1,4 +1,5 @@
-"""On-disk run format: ``trajectory.parquet`` + ``run.json`` (schema version 1).
+"""On-disk run format: ``trajectory.parquet`` + ``run.json`` (schema version 1; the columns
+are :mod:`metalearner.observe.schema`'s).
 
 A run directory holds
 
@@ -26,19 +27,12 @@ import pyarrow.parquet as pq
 
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import DataError
+from metalearner.observe.schema import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 TRAJECTORY = "trajectory.parquet"
 PARTS = "trajectory.parts"
 RUN_JSON = "run.json"
 
-COLUMNS: tuple[str, ...] = (
-    "run_id", "step", "epoch", "batch", "loss", "loss_delta", "train_acc", "val_loss", "val_acc",
-    "grad_norm", "weight_norm", "update_norm", "update_ratio", "lr", "momentum", "optimizer",
-    "task", "depth", "width", "activation", "n_params", "wall_time",
-    "grad_norm_layers", "weight_norm_layers", "update_norm_layers",
-)  # fmt: skip
-EXTENDED_COLUMNS: tuple[str, ...] = ("grad_cos", "curvature", "noise_scale")
 _METADATA = {b"metalearner.schema_version": str(SCHEMA_VERSION).encode()}
 
 
