@@ -189,7 +189,7 @@ def _controlled(base: "Method") -> Factory:
 
 
 def _controller_method(base: Method) -> Method:
-    return replace(base, name=base.name + CONTROLLER, label=f"{base.label} + LR controller (ours, frozen)",
+    return replace(base, name=base.name + CONTROLLER, label=f"{base.label.split(' (')[0]} + LR controller (ours, frozen)",
                    make=_controlled(base), weights="controller")  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.tasks.data import Splits, dataset_key, load_dataset
 from metalearner.tasks.models import ACTIVATIONS, ModelConfig, build_model, count_params, encode_architecture
+from metalearner.tasks.sampling import check_value, draw
 
 
 @dataclass(frozen=True)
@@ -84,37 +85,50 @@ def make_task(config: TaskConfig, *, data_dir: str | None = None, download: bool
     return Task(config=config, data=data)
 
 
-def _choice(rng: np.random.Generator, options: tuple) -> Any:
-    return options[int(rng.integers(len(options)))]
-
-
 @dataclass(frozen=True)
 class TaskFamily:
-    """A distribution over tasks: each field lists the values to sample uniformly from."""
+    """A distribution over tasks: each field is a value spec of :mod:`~metalearner.tasks.sampling`
+    (a tuple to draw uniformly from, a plain value, or a distribution table).
 
-    datasets: tuple[str, ...] = ("mnist1d", "moons", "digits", "synthetic")
-    families: tuple[str, ...] = ("mlp",)
-    depths: tuple[int, ...] = (1, 2, 3, 4)
-    widths: tuple[int, ...] = (32, 64, 128, 256)
-    activations: tuple[str, ...] = tuple(ACTIVATIONS)
-    inits: tuple[str, ...] = ("default",)
-    batch_sizes: tuple[int, ...] = (64, 128)
-    n_train: int | None = None
+    ``data_seeds`` ``None`` draws a fresh data seed for every task; ``data_options`` gives
+    per-data-set options (e.g. ``{"mnist1d": {"num_samples": 2000}}``). Meta-training samples
+    its inner problems from a family; :meth:`sample` draws in a fixed order (data set, data
+    seed, family, depth, width, activation, init, batch size).
+    """
+
+    datasets: Any = ("mnist1d", "moons", "digits", "synthetic")
+    families: Any = ("mlp",)
+    depths: Any = (1, 2, 3, 4)
+    widths: Any = (32, 64, 128, 256)
+    activations: Any = tuple(ACTIVATIONS)
+    inits: Any = ("default",)
+    batch_sizes: Any = (64, 128)
+    n_train: Any = None
+    data_seeds: Any = None
+    data_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for f in ("datasets", "families", "depths", "widths", "activations", "inits", "batch_sizes", "n_train", "data_seeds"):
+            value = getattr(self, f)
+            if isinstance(value, list):
+                object.__setattr__(self, f, tuple(value))
+            if value is not None:
+                check_value(f, value)
 
     def sample(self, rng: np.random.Generator | int) -> TaskConfig:
         """Draw one task config; pass a seeded generator (or an int seed) for reproducibility."""
         rng = np.random.default_rng(rng)
+        dataset = draw(self.datasets, rng)
+        seed = int(rng.integers(2**31)) if self.data_seeds is None else int(draw(self.data_seeds, rng))
         model = ModelConfig(
-            family=_choice(rng, self.families),
-            depth=_choice(rng, self.depths),
-            width=_choice(rng, self.widths),
-            activation=_choice(rng, self.activations),
-            init=_choice(rng, self.inits),
+            family=draw(self.families, rng),
+            depth=int(draw(self.depths, rng)),
+            width=int(draw(self.widths, rng)),
+            activation=draw(self.activations, rng),
+            init=draw(self.inits, rng),
         )
+        n_train = draw(self.n_train, rng)
         return TaskConfig(
-            dataset=_choice(rng, self.datasets),
-            model=model,
-            batch_size=_choice(rng, self.batch_sizes),
-            seed=int(rng.integers(2**31)),
-            n_train=self.n_train,
-        )
+            dataset=dataset, model=model, batch_size=int(draw(self.batch_sizes, rng)), seed=seed,
+            n_train=None if n_train is None else int(n_train), data_options=dict(self.data_options.get(dataset, {})),
+        )  # fmt: skip

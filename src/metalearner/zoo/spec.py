@@ -23,10 +23,11 @@ A spec is a TOML (or YAML) file::
 Keys of ``[space]`` (see :data:`SPACE_KEYS`) name fields of :class:`~metalearner.train.run.RunConfig`,
 its :class:`~metalearner.tasks.task.TaskConfig` (``dataset``, ``n_train``, ``batch_size``,
 ``data_seed``, ``data_options``) and :class:`~metalearner.tasks.models.ModelConfig` (``family``,
-``depth``, ``width``, ``activation``, ``init``). A distribution is a one-key table:
-``log_uniform = [lo, hi]``, ``uniform = [lo, hi]``, ``int_uniform = [lo, hi]`` (inclusive) or
-``int_log_uniform = [lo, hi]``; in grid mode it needs ``num = N`` (evenly, or log-evenly,
-spaced points).
+``depth``, ``width``, ``activation``, ``init``). Values are drawn with
+:mod:`metalearner.tasks.sampling` (the same primitive a :class:`~metalearner.tasks.TaskFamily`
+uses): a distribution is a one-key table, ``log_uniform = [lo, hi]``, ``uniform = [lo, hi]``,
+``int_uniform = [lo, hi]`` (inclusive) or ``int_log_uniform = [lo, hi]``; in grid mode it needs
+``num = N`` (evenly, or log-evenly, spaced points).
 
 Grid sampling takes the product of all lists (per optimizer, with its overrides), in a fixed
 key order. Random sampling draws ``n_runs`` configs from a generator seeded by ``seed``: the
@@ -40,7 +41,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -51,6 +51,7 @@ import numpy as np
 
 from metalearner.errors import ConfigError
 from metalearner.tasks.models import ModelConfig
+from metalearner.tasks.sampling import check_value, draw, grid_values, is_distribution
 from metalearner.tasks.task import TaskConfig
 from metalearner.methods import get_method
 from metalearner.train.run import RunConfig
@@ -60,35 +61,6 @@ MODEL_KEYS = ("family", "depth", "width", "activation", "init")
 RUN_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "steps", "eval_every", "target_acc", "seed", "extended")  # fmt: skip
 SPACE_KEYS: tuple[str, ...] = (*TASK_KEYS, *MODEL_KEYS, *RUN_KEYS)
 TOP_KEYS = ("name", "description", "sampling", "n_runs", "seed", "space")
-DISTRIBUTIONS = ("log_uniform", "uniform", "int_uniform", "int_log_uniform")
-
-
-def _is_dist(v: Any) -> bool:
-    return isinstance(v, dict) and any(k in v for k in DISTRIBUTIONS)
-
-
-def _check_value(key: str, v: Any) -> None:
-    if key == "data_options":
-        if not isinstance(v, (dict, list)):
-            raise ConfigError(f"space.{key} must be a table (or a list of tables)")
-        return
-    if isinstance(v, dict):
-        dist = [k for k in v if k in DISTRIBUTIONS]
-        extra = [k for k in v if k not in DISTRIBUTIONS and k != "num"]
-        if len(dist) != 1 or extra:
-            raise ConfigError(
-                f"space.{key}: a distribution is one of {', '.join(DISTRIBUTIONS)} (plus optional num), got {sorted(v)}"
-            )
-        bounds = v[dist[0]]
-        if not (isinstance(bounds, list) and len(bounds) == 2 and all(isinstance(b, (int, float)) for b in bounds)):
-            raise ConfigError(f"space.{key}.{dist[0]} must be [low, high], got {bounds!r}")
-        lo, hi = bounds
-        if lo > hi or ("log" in dist[0] and lo <= 0):
-            raise ConfigError(f"space.{key}.{dist[0]} = {bounds}: need 0 < low <= high for log, low <= high otherwise")
-        if "num" in v and not (isinstance(v["num"], int) and v["num"] >= 1):
-            raise ConfigError(f"space.{key}.num must be a positive integer, got {v['num']!r}")
-    elif isinstance(v, list) and not v:
-        raise ConfigError(f"space.{key} is an empty list")
 
 
 @dataclass(frozen=True)
@@ -123,8 +95,12 @@ class SweepSpec:
                     continue
                 if key not in SPACE_KEYS or (key == "optimizer" and where != "space"):
                     raise ConfigError(f"unknown key {where}.{key}; valid keys: {', '.join(SPACE_KEYS)}")
-                _check_value(key, value)
-                if self.sampling == "grid" and _is_dist(value) and "num" not in value:
+                if key == "data_options":
+                    if not isinstance(value, (dict, list)):
+                        raise ConfigError(f"{where}.{key} must be a table (or a list of tables)")
+                else:
+                    check_value(f"{where}.{key}", value)
+                if self.sampling == "grid" and is_distribution(value) and "num" not in value:
                     raise ConfigError(f"{where}.{key}: a distribution in a grid needs num = N (or use sampling = 'random')")
 
     @classmethod
@@ -198,36 +174,6 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 # -- sampling ------------------------------------------------------------------------------
 
 
-def _round(x: float) -> float:
-    return float(f"{x:.4g}")
-
-
-def _grid_values(v: Any) -> list[Any]:
-    if _is_dist(v):
-        (kind,) = [k for k in v if k in DISTRIBUTIONS]
-        lo, hi = v[kind]
-        n = v["num"]
-        pts = np.geomspace(lo, hi, n) if "log" in kind else np.linspace(lo, hi, n)
-        return [int(round(p)) for p in pts] if kind.startswith("int") else [_round(p) for p in pts]
-    return list(v) if isinstance(v, list) else [v]
-
-
-def _draw(v: Any, rng: np.random.Generator) -> Any:
-    if _is_dist(v):
-        (kind,) = [k for k in v if k in DISTRIBUTIONS]
-        lo, hi = v[kind]
-        if kind == "uniform":
-            return _round(rng.uniform(lo, hi))
-        if kind == "log_uniform":
-            return _round(math.exp(rng.uniform(math.log(lo), math.log(hi))))
-        if kind == "int_uniform":
-            return int(rng.integers(lo, hi + 1))
-        return min(int(hi), int(math.exp(rng.uniform(math.log(lo), math.log(hi + 1)))))
-    if isinstance(v, list):
-        return v[int(rng.integers(len(v)))]
-    return v
-
-
 def build_run(values: dict[str, Any]) -> RunConfig:
     """A :class:`RunConfig` from flat space values (missing keys take the config defaults)."""
     task = {TASK_KEYS[k]: values[k] for k in TASK_KEYS if k in values}
@@ -249,20 +195,20 @@ def sample_runs(spec: SweepSpec) -> list[RunConfig]:
     """The runs of ``spec``: a grid or a seeded random sample; duplicates are dropped."""
     base = {k: v for k, v in spec.space.items() if k != "by_optimizer"}
     by_opt = spec.space.get("by_optimizer", {})
-    optimizers = _grid_values(base.pop("optimizer", "adam"))
+    optimizers = grid_values(base.pop("optimizer", "adam"))
     runs: list[RunConfig] = []
     if spec.sampling == "grid":
         for opt in optimizers:
             sub = {**base, **by_opt.get(opt, {})}
             keys = [k for k in SPACE_KEYS if k in sub]
-            for combo in itertools.product(*(_grid_values(sub[k]) for k in keys)):
+            for combo in itertools.product(*(grid_values(sub[k]) for k in keys)):
                 runs.append(build_run({"optimizer": opt, **dict(zip(keys, combo))}))
     else:
         rng = np.random.default_rng(spec.seed)
         for _ in range(spec.n_runs or 0):
             opt = optimizers[int(rng.integers(len(optimizers)))]
             sub = {**base, **by_opt.get(opt, {})}
-            runs.append(build_run({"optimizer": opt, **{k: _draw(sub[k], rng) for k in sorted(sub)}}))
+            runs.append(build_run({"optimizer": opt, **{k: draw(sub[k], rng) for k in sorted(sub)}}))
     seen: set[str] = set()
     unique = []
     for r in runs:
