@@ -75,15 +75,19 @@ def interleaved_seconds(
     repeats: int,
     blocks: int,
     block_steps: int,
+    step_fn: Callable[..., Any] | None = None,
 ) -> dict[str, list[float]]:
     """Seconds of training per repeat for each mode, timed side by side.
 
     ``make_run(mode, repeat)`` returns ``(model, optimizer, probe or None)``. Within a repeat
     the modes take turns in blocks of ``block_steps`` steps on the same batches, rotating the
     order every block, so load from elsewhere on a shared machine hits all modes alike. Each
-    step is :func:`metalearner.train.train_step`; closing a probe (its last flush) is timed.
+    step is ``step_fn(model, opt, loss_fn, x, y, probe=probe)``, by default
+    :func:`metalearner.train.train_step`; closing a probe (its last flush) is timed.
     """
     from metalearner.train import train_step
+
+    step_fn = step_fn or train_step
 
     data, bs = task.data, task.config.batch_size
     gen = torch.Generator().manual_seed(0)
@@ -97,7 +101,7 @@ def interleaved_seconds(
                 model, opt, probe = runs[mode]
                 t0 = time.perf_counter()
                 for i in idx:
-                    train_step(model, opt, task.loss_fn, data.x_train[i], data.y_train[i], probe=probe)
+                    step_fn(model, opt, task.loss_fn, data.x_train[i], data.y_train[i], probe=probe)
                 total[mode] += time.perf_counter() - t0
         for mode, (_, _, probe) in runs.items():
             if probe is not None:

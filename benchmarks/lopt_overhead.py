@@ -1,10 +1,11 @@
 """Learned-optimizer overhead: per-step wall time of Opt2Vec and of Adam + LR controller over
-plain Adam on the same MNIST MLP.
+plain Adam on the same MNIST MLP, in a plain user loop.
 
 Three copies of the README's main model (784-256-256-10 MLP, batch 128, same initial weights)
 train side by side in one process — Adam 1e-3, Opt2Vec(lr=1e-3, shipped weights),
-Adam 1e-3 wrapped in the shipped LRController — on the same batches, through ``fit``'s own
-``train_step``. They take turns in short blocks (a multiple of the policies' observation
+Adam 1e-3 wrapped in the shipped LRController — on the same batches, each step written as a
+user writes it (:func:`user_step`: forward, loss, ``zero_grad``, backward, ``step``; the
+learned ones get ``step(loss=loss)``), not through ``fit``. They take turns in short blocks (a multiple of the policies' observation
 interval, so every block pays for its observations), rotating the order every block, so load
 from elsewhere on a shared machine hits all three alike. A repeat's ratio is the summed time
 over Adam's; the reported figure is the median over repeats (with the min and max).
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 from _common import default_data_dir, finish, interleaved_seconds, median
 from metalearner.lopt import LRController, Opt2Vec
@@ -30,8 +32,19 @@ def make(mode: str, params):
     if mode == "adam":
         return torch.optim.Adam(params, lr=1e-3)
     if mode == "opt2vec":
-        return Opt2Vec(params, 1e-3)
+        return Opt2Vec(params, lr=1e-3)
     return LRController(torch.optim.Adam(params, lr=1e-3))
+
+
+def user_step(model, opt, loss_fn, x, y, probe=None):
+    """One step of a hand-written training loop."""
+    loss = F.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    if isinstance(opt, torch.optim.Adam):
+        opt.step()
+    else:
+        opt.step(loss=loss)
 
 
 def measure(task, *, repeats: int, blocks: int, block_steps: int) -> dict[str, list[float]]:
@@ -39,7 +52,7 @@ def measure(task, *, repeats: int, blocks: int, block_steps: int) -> dict[str, l
         model = task.build_model(seed=r)
         return model, make(mode, model.parameters()), None
 
-    return interleaved_seconds(task, MODES, make_run, repeats=repeats, blocks=blocks, block_steps=block_steps)
+    return interleaved_seconds(task, MODES, make_run, repeats=repeats, blocks=blocks, block_steps=block_steps, step_fn=user_step)
 
 
 def main() -> None:
@@ -56,7 +69,7 @@ def main() -> None:
     steps = blocks * block_steps
     ratios = {m: [t / a for t, a in zip(seconds[m], seconds["adam"])] for m in MODES[1:]}
     summary = {
-        "model": "mlp 784-256-256-10, batch 128, base lr 1e-3, shipped weights",
+        "model": "mlp 784-256-256-10, batch 128, lr 1e-3, shipped weights, plain user loop (forward, backward, step)",
         "steps_per_repeat": steps,
         "repeats": repeats,
         "ms_per_step_adam": round(1e3 * median(seconds["adam"]) / steps, 3),

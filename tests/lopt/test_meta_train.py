@@ -47,3 +47,16 @@ def test_meta_loss_penalises_divergence():
     good = meta_loss([2.0, 1.0, 0.5], 0.5, 3)
     diverged = meta_loss([2.0, float("nan")], float("nan"), 3)
     assert good < 0 < diverged
+
+
+def test_meta_training_draws_its_tasks_from_a_task_family():
+    import numpy as np
+
+    from metalearner.lopt.meta_train import default_config, sample_task, task_family
+
+    cfg = default_config("opt2vec")
+    spec = sample_task(cfg, np.random.default_rng(3))
+    task = task_family(cfg).sample(np.random.default_rng(3))
+    assert (spec["dataset"], spec["data_seed"], spec["depth"], spec["width"], spec["activation"], spec["batch_size"]) == (
+        task.dataset, task.seed, task.model.depth, task.model.width, task.model.activation, task.batch_size)
+    assert spec["n_train"] == task.n_train == cfg.n_train

@@ -74,3 +74,18 @@ def test_task_family_sampling_is_reproducible_and_builds_tasks():
     model = task.build_model(seed=0)
     assert model(task.data.x_train[:3]).shape == (3, task.data.n_classes)
     assert task.architecture(model)["n_params"] == sum(p.numel() for p in model.parameters())
+
+
+def test_task_family_takes_the_zoos_value_specs():
+    """TaskFamily and zoo sweep specs draw with the same primitive: tuples, plain values and
+    distributions; fixed data seeds and per-data-set options."""
+    from metalearner.errors import ConfigError
+
+    family = TaskFamily(datasets=("mnist1d", "digits"), depths={"int_uniform": [1, 3]}, widths={"int_log_uniform": [16, 256]},
+                        activations="relu", data_seeds=(0, 1), n_train=300, data_options={"mnist1d": {"num_samples": 2000}})  # fmt: skip
+    configs = [family.sample(np.random.default_rng(s)) for s in range(30)]
+    assert {c.model.depth for c in configs} == {1, 2, 3} and all(16 <= c.model.width <= 256 for c in configs)
+    assert {c.seed for c in configs} == {0, 1} and {c.model.activation for c in configs} == {"relu"}
+    assert all(c.data_options == ({"num_samples": 2000} if c.dataset == "mnist1d" else {}) for c in configs)
+    with pytest.raises(ConfigError, match="widths"):
+        TaskFamily(widths={"log_uniform": [0, 3]})

@@ -48,6 +48,8 @@ import torch
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, PolicyConfig, PolicyWeights
+from metalearner.tasks.sampling import draw
+from metalearner.tasks.task import TaskFamily
 
 
 @dataclass(frozen=True)
@@ -120,19 +122,27 @@ def default_config(kind: str = "opt2vec", **overrides: Any) -> MetaTrainConfig:
 # -- tasks ------------------------------------------------------------------------------------
 
 
+def task_family(cfg: MetaTrainConfig) -> TaskFamily:
+    """The distribution of inner problems' tasks (data set, data seed, architecture, batch size)."""
+    return TaskFamily(datasets=cfg.datasets, depths=cfg.depths, widths=cfg.widths, activations=cfg.activations,
+                      batch_sizes=cfg.batch_sizes, n_train=cfg.n_train, data_seeds=cfg.data_seeds)  # fmt: skip
+
+
 def sample_task(cfg: MetaTrainConfig, rng: np.random.Generator) -> dict[str, Any]:
-    """One inner problem as a plain dict (picklable, JSON-able)."""
-    pick = lambda xs: xs[int(rng.integers(len(xs)))]  # noqa: E731
+    """One inner problem as a plain dict (picklable, JSON-able): a task from
+    :func:`task_family`, then the optimizer side (base lr, input-scale augmentation, base
+    optimizer) and the seeds of the initial weights and of the batches."""
+    task = task_family(cfg).sample(rng)
     return {
-        "dataset": pick(cfg.datasets),
-        "data_seed": int(pick(cfg.data_seeds)),
-        "depth": int(pick(cfg.depths)),
-        "width": int(pick(cfg.widths)),
-        "activation": pick(cfg.activations),
-        "batch_size": int(pick(cfg.batch_sizes)),
-        "base_lr": float(pick(cfg.base_lrs)),
-        "input_scale": float(pick(cfg.input_scales)),
-        "optimizer": pick(cfg.base_optimizers),
+        "dataset": task.dataset,
+        "data_seed": task.seed,
+        "depth": task.model.depth,
+        "width": task.model.width,
+        "activation": task.model.activation,
+        "batch_size": task.batch_size,
+        "base_lr": float(draw(cfg.base_lrs, rng)),
+        "input_scale": float(draw(cfg.input_scales, rng)),
+        "optimizer": draw(cfg.base_optimizers, rng),
         "init_seed": int(rng.integers(2**31)),
         "batch_seed": int(rng.integers(2**31)),
         "n_train": cfg.n_train,
