@@ -56,6 +56,11 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
         (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
         (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),
+        (["train", "--task", "moons", "--epochs", "0"], "epochs must be a positive number, got 0"),
+        (["train", "--task", "moons", "--steps", "0"], "steps must be >= 1"),
+        (["train", "--task", "moons", "--target-acc", "97"], "(a fraction: 0.97 for 97%)"),
+        (["train", "--task", "moons", "--optimizer", "sgd", "--momentum", "0.9"], "sgd has no momentum"),
+        (["train", "--task", "moons", "--optimizer", "opt2vec+controller"], "unknown method"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
@@ -118,3 +123,19 @@ def test_zoo_results_go_to_stdout_and_progress_to_stderr(tmp_path):
     r = cli("zoo", "summary", str(zoo))
     assert r.returncode == 0, r.stderr
     assert "2 runs: 2 complete" in r.stdout and "best runs" in r.stdout and r.stderr == ""
+
+
+def test_train_refuses_a_file_or_an_existing_run_as_out_unless_overwrite(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("mine")
+    args = ["train", "--task", "moons", "--width", "8", "--steps", "3", "--no-progress"]
+    r = cli(*args, "--out", str(f))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and f.read_text() == "mine"
+    assert r.stderr.strip().splitlines() == [f"error: {f} exists and is not a directory; choose another --out"]
+    out = tmp_path / "run"
+    assert cli(*args, "--out", str(out)).returncode == 0
+    first = read_run(out)["run_id"]
+    r = cli(*args, "--out", str(out))
+    assert r.returncode == 2 and "already holds a run; pass --overwrite" in r.stderr and read_run(out)["run_id"] == first
+    r = cli(*args, "--out", str(out), "--overwrite")
+    assert r.returncode == 0 and read_run(out)["run_id"] != first
