@@ -146,6 +146,19 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
 
 
+def default_init_bound(layout: ParamLayout) -> torch.Tensor:
+    """``(N,)``: PyTorch's default initialisation of ``Linear`` and ``Conv`` layers draws each
+    weight and bias from ``U(−b, b)``, ``b = 1/√fan_in``, tensor after tensor; so
+    ``(2u − 1)·b`` with ``u = torch.rand(N)`` under seed ``s`` is bit for bit the flat
+    ``build_model(..., seed=s)``, without building a module per member."""
+    shapes = dict(zip(layout.names, layout.shapes))
+    bounds = []
+    for name, size in zip(layout.names, layout.sizes):
+        weight = shapes[name.rsplit(".", 1)[0] + ".weight"]
+        bounds.append(torch.full((size,), math.prod(weight[1:]) ** -0.5))
+    return torch.cat(bounds)
+
+
 @dataclass
 class PopulationState:
     """The truncated state of a population of ``P`` members (all ``(P, ...)`` unless noted)."""
@@ -175,6 +188,7 @@ class PopulationStep:
         self.layout = ParamLayout.of(self.module)
         self.forward = batched_forward(config.model(), self.layout, self.module)
         self.sync = math.lcm(config.eval_every, lopt.observe_every)
+        self.init_bound = default_init_bound(self.layout)
         self.x_val, self.y_val = self.data.x_val[: config.n_val], self.data.y_val[: config.n_val]
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -204,8 +218,8 @@ class PopulationStep:
         key = int(state.key)
         for i in rows:
             task = self._task(key, int(state.slot[i]), int(state.episode[i]))
-            model = build_model(self.config.model(), self.data.input_shape, self.data.n_classes, seed=task["init_seed"])
-            params[i] = self.layout.flatten(model)
+            u = torch.rand(self.layout.n_params, generator=torch.Generator().manual_seed(task["init_seed"]))
+            params[i] = (2 * u - 1) * self.init_bound
             perm[i] = torch.randperm(self.data.n_train, generator=torch.Generator().manual_seed(task["data_seed"]))
             horizon_t[i] = task["horizon"] if horizon is None else horizon
             base_lr[i], scale[i] = task["base_lr"], task["input_scale"]
