@@ -205,7 +205,7 @@ def test_log_ratio_terms_are_clipped_and_divergence_costs_the_maximum(x, ref, ex
 
 # base lr 10x too small: the obvious improvement is a larger learned lr scale
 TINY_RUN = EngineConfig(
-    seed=0, outer_steps=8, pairs=8, sigma=0.1, truncation=16, outer_lr=0.1,
+    seed=0, outer_steps=16, pairs=8, sigma=0.1, truncation=16, outer_lr=0.1,
     populations=(PopulationConfig(**{**TINY_POP, "base_lrs": (3e-4,), "input_scales": (1.0,)}, horizon_epochs=(1.0, 2.0)),),
     history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4, eval_members=4, eval_epochs=2.0,
 )  # fmt: skip
@@ -221,7 +221,7 @@ def trained(tmp_path_factory):
 def test_tiny_meta_training_improves_the_meta_loss(trained):
     out, theta, record = trained
     ev = record.evaluation
-    assert np.mean(ev["final"]) < np.mean(ev["initial"]) - 0.02, ev
+    assert np.mean(ev["final"]) < np.mean(ev["initial"]) - 0.1, ev
     assert len(record.curve) == TINY_RUN.outer_steps and (out / "learned_adam.safetensors").is_file()
 
 

@@ -61,10 +61,6 @@ class ParamLayout:
     def n_params(self) -> int:
         return sum(self.sizes)
 
-    @property
-    def n_tensors(self) -> int:
-        return len(self.names)
-
     def flatten(self, model: nn.Module) -> torch.Tensor:
         """One model's parameters as a flat ``(N,)`` row."""
         return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
@@ -160,7 +156,7 @@ class LearnedAdam:
         return PolicyWeights.init(self.config, seed=seed).flat()
 
     def init_state(self, n_members: int, layout: ParamLayout, dtype: torch.dtype = torch.float32) -> LearnedAdamState:
-        P, N, J, H, F = n_members, layout.n_params, layout.n_tensors, self.config.history_length, len(KERNEL_FEATURES)
+        P, N, J, H, F = n_members, layout.n_params, len(layout.names), self.config.history_length, len(KERNEL_FEATURES)
         z = partial(torch.zeros, dtype=dtype)
         return LearnedAdamState(m=z(P, N), v=z(P, N), count=z(P), z=z(P, J), history=z(P, J, H, F), feat_mean=z(P, J, F),
                                 feat_sq=z(P, J, F), n_obs=z(P), loss_sum=z(P), loss_n=z(P), first_loss=z(P), prev_loss=z(P))  # fmt: skip

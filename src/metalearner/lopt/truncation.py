@@ -88,7 +88,7 @@ class PopulationConfig:
     input_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # augmentation: inputs times this factor
     horizon_epochs: tuple[float, float] = (0.5, 10.0)  # log-uniform
     eval_every: int = 16
-    n_val: int = 512  # validation examples scored at every evaluation
+    n_val: int = 256  # validation examples scored at every evaluation (the same for every member)
     train_weight: float = 0.0
     val_weight: float = 1.0
     final_weight: float = 1.0
