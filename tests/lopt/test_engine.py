@@ -122,6 +122,19 @@ def test_batched_population_matches_members_one_by_one(family):
         assert torch.equal(out_i.done[0], out.done[i])
 
 
+def test_a_diverging_member_costs_the_maximum_and_leaves_the_others_alone():
+    cfg = replace(FAMILIES["mlp"], base_lrs=(3e-3,), horizon_epochs=(1.0, 1.0))
+    step = PopulationStep(cfg, LOPT)
+    base_lr = torch.tensor([3e-3, 1e6])  # member 1 explodes
+    calm = step.init_step_state(torch.tensor([0]), key=1)
+    both = step.init_step_state(torch.tensor([0, 1]), key=1)
+    _, out = step.unroll_step(LOPT.init_theta().expand(2, -1), replace(both, base_lr=base_lr), 16)
+    _, alone = step.unroll_step(LOPT.init_theta()[None], calm, 16)
+    assert torch.isfinite(out.loss).all()
+    assert float(out.loss[1].sum()) > 1.0  # +2 per evaluation, at every evaluation after it blew up
+    torch.testing.assert_close(out.loss[0], alone.loss[0], rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_member_initial_weights_are_build_models(family):
     step = PopulationStep(FAMILIES[family], LOPT)

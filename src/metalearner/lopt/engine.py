@@ -172,9 +172,7 @@ class Engine:
         theta = self.theta.detach() if theta is None else theta
         out = []
         for i, step in enumerate(self.steps):
-            c = step.config
-            horizon = max(1, round(self.cfg.eval_epochs * step.data.n_train / c.batch_size / step.sync)) * step.sync
-            n = self.cfg.eval_members
+            horizon, n = step.horizon_steps(self.cfg.eval_epochs), self.cfg.eval_members
             state = step.init_step_state(torch.arange(n), _key(self.cfg.seed, 10**9, i), horizon=horizon)
             _, res = step.unroll_step(theta.expand(n, -1), state, horizon)
             out.append(float(res.loss.sum(1).mean()))

@@ -193,11 +193,14 @@ class PopulationStep:
 
     # -- tasks ---------------------------------------------------------------------------------
 
-    def sample_horizon(self, rng: np.random.Generator) -> int:
-        lo, hi = self.config.horizon_epochs
-        epochs = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    def horizon_steps(self, epochs: float) -> int:
+        """``epochs`` of the training set in steps, rounded up to a multiple of ``sync``."""
         steps = epochs * self.data.n_train / self.config.batch_size
         return max(1, math.ceil(steps / self.sync)) * self.sync
+
+    def sample_horizon(self, rng: np.random.Generator) -> int:
+        lo, hi = self.config.horizon_epochs
+        return self.horizon_steps(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
     def _task(self, key: int, slot: int, episode: int) -> dict[str, Any]:
         rng = np.random.default_rng([key, slot, episode])
