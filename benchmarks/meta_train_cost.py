@@ -33,6 +33,7 @@ import argparse
 import concurrent.futures
 import dataclasses
 import multiprocessing
+import os
 import resource
 import tempfile
 import time
@@ -105,6 +106,18 @@ def unroll_throughput(task: dict[str, Any], *, horizon: int, members: int, one_b
     return out
 
 
+def _own_peak_rss_mb() -> float:
+    """Peak resident memory of this process image (``VmHWM``). ``ru_maxrss`` would also count
+    the parent's pages that a spawned child held between its fork and its exec."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def engine_cost(outer_steps: int) -> dict[str, Any]:
     """Seconds per outer step and peak RSS of the default engine config (run in a fresh
     process, 1 thread, ``outer_steps`` steps, no evaluation)."""
@@ -122,7 +135,7 @@ def engine_cost(outer_steps: int) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - t0, 1),
         "seconds_per_outer_step": round(per_step, 2),
         "inner_steps_per_outer_step": cfg.truncation * 2 * cfg.pairs * len(cfg.populations),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(_own_peak_rss_mb(), 1),
         "config": dataclasses.asdict(cfg),
     }
 
@@ -169,6 +182,7 @@ def main() -> None:
         engine_summary, engine_details = engine_figures(args.quick)
         summary.update(engine_summary)
         details.update(engine_details)
+    details["load_average_1_5_15_min_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other work on a shared machine
     name = "meta_train_cost" if args.workers == 2 else f"meta_train_cost_workers{args.workers}"
     finish(name if args.only is None else f"{name}_{args.only}", summary, details, quick=args.quick)
 
