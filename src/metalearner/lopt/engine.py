@@ -1,0 +1,259 @@
+"""The meta-training engine: estimators × batched populations × a torch outer optimizer.
+
+One outer step::
+
+    g_i  = estimator_i.estimate(θ, state_i, key(seed, step, i)).grad   # one per population
+    θ.grad = mean_i g_i;  torch.optim.Adam([θ]).step()
+
+Three things are kept apart (``docs/meta_training.md``):
+
+- the **meta-parameters** θ, a flat vector owned by the learned optimizer
+  (:class:`~metalearner.lopt.functional.LearnedAdam`: ``init_theta``; saved as its policy's
+  safetensors);
+- the **truncated state** of each population of inner problems
+  (:class:`~metalearner.lopt.truncation.PopulationStep`), carried across outer steps by PES;
+- the **estimator** (:class:`~metalearner.lopt.estimators.PES` or
+  :class:`~metalearner.lopt.estimators.AntitheticES`).
+
+Every random choice comes from ``(seed, step)`` or from the population's key, so the same
+config gives the same θ, and a resumed run continues bit for bit: the checkpoint
+(``engine.safetensors``, written atomically every ``checkpoint_every`` steps) holds θ, the
+outer Adam's ``state_dict`` and every estimator's state (PES: the populations' weights,
+optimizer states, data positions and accumulators); its metadata holds the config, the step
+and the meta-loss curve (also written to ``engine.json`` for reading).
+
+    cfg = EngineConfig(outer_steps=100)
+    theta, record = run(cfg, "runs/engine")
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from metalearner.atomic import atomic_path, write_json
+from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.lopt.estimators import PES, AntitheticES, GradientEstimator
+from metalearner.lopt.functional import LearnedAdam
+from metalearner.lopt.policy import PolicyWeights
+from metalearner.lopt.truncation import PopulationConfig, PopulationStep
+
+ESTIMATORS = ("pes", "es")
+CHECKPOINT = "engine.safetensors"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything a meta-training run depends on; saved whole in its checkpoint."""
+
+    seed: int = 0
+    outer_steps: int = 200
+    estimator: str = "pes"  # or "es" (full unrolls)
+    pairs: int = 16  # antithetic pairs per population: 2 * pairs members run batched
+    sigma: float = 0.05
+    truncation: int = 64  # PES: inner steps per outer step
+    outer_lr: float = 3e-3
+    populations: tuple[PopulationConfig, ...] = (
+        PopulationConfig(dataset="mnist1d", depth=2, width=48, activation="relu"),
+        PopulationConfig(dataset="synthetic", depth=1, width=96, activation="tanh", batch_size=128),
+    )
+    # the policy of LearnedAdam
+    history_length: int = 8
+    hidden_dim: int = 16
+    embedding_dim: int = 16
+    activation: str = "tanh"
+    observe_every: int = 16
+    # the yardstick: θ unperturbed on fixed tasks, before and after
+    eval_members: int = 8
+    eval_epochs: float = 2.0
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        pops = tuple(p if isinstance(p, PopulationConfig) else PopulationConfig(**p) for p in self.populations)
+        object.__setattr__(self, "populations", pops)
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
+            raise ConfigError("outer_steps >= 0, outer_lr > 0, at least one population, checkpoint_every >= 1 and eval_members >= 1 are required")
+
+    def lopt(self) -> LearnedAdam:
+        return LearnedAdam(LearnedAdam.policy_config(self.history_length, self.hidden_dim, self.embedding_dim,
+                                                     self.activation, self.observe_every))  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
+        return cls(**d)
+
+
+def make_estimator(cfg: EngineConfig, step: PopulationStep) -> GradientEstimator:
+    if cfg.estimator == "pes":
+        return PES(step, pairs=cfg.pairs, sigma=cfg.sigma, truncation=cfg.truncation)
+    return AntitheticES(step, pairs=cfg.pairs, sigma=cfg.sigma)
+
+
+def _key(*parts: int) -> int:
+    return int(np.random.default_rng(list(parts)).integers(2**62))
+
+
+# -- state trees (dataclasses of tensors) <-> flat safetensors dicts ---------------------------
+
+
+def tree_tensors(obj: Any, prefix: str) -> dict[str, torch.Tensor]:
+    """Every tensor in a (nested) dataclass, keyed by its path."""
+    if obj is None:
+        return {}
+    if isinstance(obj, torch.Tensor):
+        return {prefix: obj.contiguous()}
+    if is_dataclass(obj):
+        return {k: v for f in fields(obj) for k, v in tree_tensors(getattr(obj, f.name), f"{prefix}/{f.name}").items()}
+    raise TypeError(f"cannot checkpoint {type(obj).__name__} at {prefix}")
+
+
+def tree_load(template: Any, tensors: dict[str, torch.Tensor], prefix: str) -> Any:
+    """``template`` with every tensor replaced by ``tensors[path]`` (the inverse of :func:`tree_tensors`)."""
+    if template is None:
+        return None
+    if isinstance(template, torch.Tensor):
+        return tensors[prefix]
+    return replace(template, **{f.name: tree_load(getattr(template, f.name), tensors, f"{prefix}/{f.name}") for f in fields(template)})
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineRecord:
+    """What a run reports besides θ (also in ``engine.json``)."""
+
+    step: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """θ, the outer ``torch.optim.Adam``, and one estimator (with its state) per population."""
+
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.lopt = cfg.lopt()
+        self.steps = [PopulationStep(p, self.lopt) for p in cfg.populations]
+        self.estimators = [make_estimator(cfg, s) for s in self.steps]
+        self.theta = torch.nn.Parameter(self.lopt.init_theta(cfg.seed))
+        self.outer = torch.optim.Adam([self.theta], lr=cfg.outer_lr)
+        with torch.no_grad():
+            self.states = [e.init(self.theta.detach(), _key(cfg.seed, 2**32, i)) for i, e in enumerate(self.estimators)]
+        self.record = EngineRecord()
+
+    @torch.no_grad()
+    def step(self) -> dict[str, float]:
+        """One outer step; returns its record (``meta_loss``: mean over populations)."""
+        theta, k = self.theta.detach(), self.record.step
+        ests = [e.estimate(theta, s, _key(self.cfg.seed, k, i)) for i, (e, s) in enumerate(zip(self.estimators, self.states))]
+        self.states = [e.state for e in ests]
+        grad = torch.stack([e.grad for e in ests]).mean(0)
+        self.theta.grad = grad
+        self.outer.step()
+        self.record.step += 1
+        rec = {"step": self.record.step, "meta_loss": float(np.mean([e.loss for e in ests])), "grad_norm": float(grad.norm())}
+        self.record.curve.append(rec)
+        return rec
+
+    @torch.no_grad()
+    def meta_loss(self, theta: torch.Tensor | None = None) -> list[float]:
+        """The yardstick: the meta-loss of θ (unperturbed) per population, each a mean over
+        ``eval_members`` fixed tasks of ``eval_epochs`` epochs."""
+        theta = self.theta.detach() if theta is None else theta
+        out = []
+        for i, step in enumerate(self.steps):
+            horizon, n = step.horizon_steps(self.cfg.eval_epochs), self.cfg.eval_members
+            state = step.init_step_state(torch.arange(n), _key(self.cfg.seed, 10**9, i), horizon=horizon)
+            _, res = step.unroll_step(theta.expand(n, -1), state, horizon)
+            out.append(float(res.loss.sum(1).mean()))
+        return out
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        outer = self.outer.state_dict()
+        tensors = {"theta": self.theta.detach().contiguous()}
+        for pid, st in outer["state"].items():
+            tensors.update({f"outer/{pid}/{k}": v.contiguous() for k, v in st.items()})
+        for i, s in enumerate(self.states):
+            tensors.update(tree_tensors(s, f"estimator/{i}"))
+        meta = {"config": asdict(self.cfg), "outer_param_groups": outer["param_groups"], **asdict(self.record)}
+        with atomic_path(out_dir / CHECKPOINT) as tmp:
+            save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
+        write_json(out_dir / "engine.json", meta)
+
+    def load(self, out_dir: Path) -> bool:
+        """Restore from ``out_dir``'s checkpoint; False when there is none."""
+        path = out_dir / CHECKPOINT
+        if not path.is_file():
+            return False
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads(f.metadata()["state"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as e:
+            raise MetalearnerError(f"{path} is not a readable engine checkpoint: {e}") from None
+        mine = json.loads(json.dumps(asdict(self.cfg)))
+        if {**meta["config"], "outer_steps": 0} != {**mine, "outer_steps": 0}:  # a run may be extended; nothing else may change
+            raise ConfigError(f"{out_dir} holds a run with a different config; use a new directory or the same config")
+        with torch.no_grad():
+            self.theta.copy_(tensors["theta"])
+        state = {}
+        for k, v in tensors.items():
+            if k.startswith("outer/"):
+                _, pid, name = k.split("/", 2)
+                state.setdefault(int(pid), {})[name] = v
+        self.outer.load_state_dict({"state": state, "param_groups": meta["outer_param_groups"]})
+        self.states = [tree_load(s, tensors, f"estimator/{i}") for i, s in enumerate(self.states)]
+        self.record = EngineRecord(step=meta["step"], curve=meta["curve"], evaluation=meta["evaluation"])
+        return True
+
+    def weights(self) -> PolicyWeights:
+        return PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
+
+
+def run(
+    cfg: EngineConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = True,
+    evaluate: bool = True,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[torch.Tensor, EngineRecord]:
+    """Run (or resume) meta-training to ``cfg.outer_steps``; writes the checkpoint and
+    ``learned_adam.safetensors`` (θ as policy weights) to ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    engine = Engine(cfg)
+    if resume:
+        engine.load(out)
+    rec = engine.record
+    if evaluate and "initial" not in rec.evaluation:
+        rec.evaluation["initial"] = engine.meta_loss()
+    t0, earlier = time.perf_counter(), rec.curve[-1]["elapsed_s"] if rec.curve else 0.0
+    while rec.step < cfg.outer_steps:
+        r = engine.step()
+        r["elapsed_s"] = earlier + time.perf_counter() - t0
+        if rec.step % cfg.checkpoint_every == 0 or rec.step == cfg.outer_steps:
+            engine.save(out)
+        if on_step:
+            on_step(r)
+    if evaluate and rec.evaluation.get("final_at") != rec.step:
+        rec.evaluation.update(final=engine.meta_loss(), final_at=rec.step)
+    engine.save(out)
+    engine.weights().save(out / "learned_adam.safetensors", metadata={"engine_config": json.dumps(asdict(cfg)), "outer_steps_done": str(rec.step)})
+    return engine.theta.detach().clone(), rec

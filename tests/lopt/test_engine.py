@@ -1,0 +1,248 @@
+"""The meta-training engine: estimators, the batched population, the kernel, checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metalearner.errors import ConfigError
+from metalearner.lopt.engine import EngineConfig, run
+from metalearner.lopt.estimators import PES, AntitheticES
+from metalearner.lopt.functional import LearnedAdam, ParamLayout
+from metalearner.lopt.truncation import PopulationConfig, PopulationStep, UnrollOut, log_ratio
+from metalearner.tasks.models import build_model
+
+torch.set_num_threads(1)
+
+# -- a toy truncated step whose meta-gradient autograd knows ---------------------------------
+
+
+@dataclass
+class ToyState:
+    s: torch.Tensor  # (P, 2)
+    step: torch.Tensor  # (P,)
+
+
+class LinearQuadratic:
+    """``s ← A s + θ``, terms ``½‖s − c‖² / T``: the episode meta-loss is quadratic in θ, so
+    antithetic estimates are exactly unbiased, and ``s`` carries θ across truncations."""
+
+    A = torch.tensor([[0.8, -0.3], [0.3, 0.8]])
+    c = torch.tensor([1.0, -1.0])
+
+    def __init__(self, horizon: int):
+        self.horizon = horizon
+
+    def sample_horizon(self, rng: np.random.Generator) -> int:
+        return self.horizon
+
+    def init_step_state(self, slots: torch.Tensor, key: int, horizon: int | None = None) -> ToyState:
+        return ToyState(torch.zeros(len(slots), 2), torch.zeros(len(slots), dtype=torch.int64))
+
+    def unroll_step(self, theta: torch.Tensor, state: ToyState, n_steps: int) -> tuple[ToyState, UnrollOut]:
+        terms, dones = [], []
+        s, step = state.s, state.step
+        for _ in range(n_steps):
+            s, step = s @ self.A.T + theta, step + 1
+            terms.append(0.5 * (s - self.c).square().sum(1) / self.horizon)
+            done = step >= self.horizon
+            dones.append(done)
+            s, step = torch.where(done[:, None], 0.0, s), torch.where(done, 0, step)
+        return ToyState(s, step), UnrollOut(torch.stack(terms, 1), torch.stack(dones, 1))
+
+
+def exact_gradient(toy: LinearQuadratic, theta: torch.Tensor, n_steps: int) -> torch.Tensor:
+    theta = theta.clone().requires_grad_(True)
+    _, out = toy.unroll_step(theta[None], toy.init_step_state(torch.zeros(1), 0), n_steps)
+    return torch.autograd.grad(out.loss.sum(), theta)[0]
+
+
+def summed_estimate(estimator, theta: torch.Tensor, calls: int) -> torch.Tensor:
+    """Per-pair estimates summed over ``calls`` consecutive calls (θ fixed): ``(N, D)``."""
+    state, total = estimator.init(theta, 0), 0
+    for k in range(calls):
+        est = estimator.estimate(theta, state, 100 + k)
+        state, total = est.state, total + est.per_pair
+    return total
+
+
+THETA = torch.tensor([0.1, 0.3])
+# (estimator, calls, steps covered): the horizon is 5; PES's truncations of 3 end episodes mid-truncation
+ESTIMATOR_CASES = {
+    "es": (lambda toy: AntitheticES(toy, pairs=20000, sigma=0.1), 1, 5),
+    "pes": (lambda toy: PES(toy, pairs=20000, sigma=0.1, truncation=3), 3, 9),
+}
+
+
+@pytest.mark.parametrize("name", ESTIMATOR_CASES)
+def test_estimator_is_unbiased_on_a_quadratic(name):
+    make, calls, steps = ESTIMATOR_CASES[name]
+    toy = LinearQuadratic(horizon=5)
+    per_pair = summed_estimate(make(toy), THETA, calls)
+    mean, se = per_pair.mean(0), per_pair.std(0) / len(per_pair) ** 0.5
+    target = exact_gradient(toy, THETA, steps)
+    assert target.abs().min() > 10 * se.max()  # a gradient worth estimating
+    assert ((mean - target).abs() < 5 * se).all(), (mean, target, se)
+
+
+def test_truncated_es_without_the_accumulator_is_biased():
+    toy = LinearQuadratic(horizon=5)
+    per_pair = summed_estimate(PES(toy, pairs=20000, sigma=0.1, truncation=3, persistent=False), THETA, 3)
+    mean, se = per_pair.mean(0), per_pair.std(0) / len(per_pair) ** 0.5
+    assert ((mean - exact_gradient(toy, THETA, 9)).abs() > 10 * se).any()
+
+
+# -- the batched population ------------------------------------------------------------------
+
+LOPT = LearnedAdam(LearnedAdam.policy_config(history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4))
+TINY_POP = dict(dataset="digits", n_train=256, depth=1, width=8, activation="tanh", batch_size=16,
+                base_lrs=(1e-3, 1e-2), input_scales=(0.5, 1.0), eval_every=4, n_val=64)  # fmt: skip
+FAMILIES = {
+    "mlp": PopulationConfig(**TINY_POP, horizon_epochs=(0.25, 0.5)),
+    "cnn": PopulationConfig(**{**TINY_POP, "family": "cnn", "depth": 1, "width": 4}, horizon_epochs=(0.25, 0.5)),
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_population_matches_members_one_by_one(family):
+    step = PopulationStep(FAMILIES[family], LOPT)
+    theta0 = LOPT.init_theta()
+    gen = torch.Generator().manual_seed(0)
+    thetas = theta0 + 0.5 * torch.randn(4, len(theta0), generator=gen)  # members differ in θ, task, batches
+    state, out = step.unroll_step(thetas, step.init_step_state(torch.arange(4), key=7), 24)
+    assert out.done.any(1).all()  # every member finished an episode and restarted inside the unroll
+    for i in range(4):
+        alone, out_i = step.unroll_step(thetas[i : i + 1], step.init_step_state(torch.tensor([i]), key=7), 24)
+        torch.testing.assert_close(out_i.loss[0], out.loss[i], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(alone.params[0], state.params[i], rtol=1e-4, atol=1e-6)
+        assert torch.equal(out_i.done[0], out.done[i])
+
+
+def test_a_diverging_member_costs_the_maximum_and_leaves_the_others_alone():
+    cfg = replace(FAMILIES["mlp"], base_lrs=(3e-3,), horizon_epochs=(1.0, 1.0))
+    step = PopulationStep(cfg, LOPT)
+    base_lr = torch.tensor([3e-3, 1e6])  # member 1 explodes
+    calm = step.init_step_state(torch.tensor([0]), key=1)
+    both = step.init_step_state(torch.tensor([0, 1]), key=1)
+    _, out = step.unroll_step(LOPT.init_theta().expand(2, -1), replace(both, base_lr=base_lr), 16)
+    _, alone = step.unroll_step(LOPT.init_theta()[None], calm, 16)
+    assert torch.isfinite(out.loss).all()
+    assert float(out.loss[1].sum()) > 1.0  # +2 per evaluation, at every evaluation after it blew up
+    torch.testing.assert_close(out.loss[0], alone.loss[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_member_initial_weights_are_build_models(family):
+    step = PopulationStep(FAMILIES[family], LOPT)
+    state = step.init_step_state(torch.arange(3), key=5)
+    for i in range(3):
+        seed = step._task(5, i, 0)["init_seed"]
+        model = build_model(FAMILIES[family].model(), step.data.input_shape, step.data.n_classes, seed=seed)
+        assert torch.equal(state.params[i], step.layout.flatten(model))
+
+
+def test_untrained_kernel_is_torch_adam():
+    step = PopulationStep(FAMILIES["mlp"], LOPT)
+    model = build_model(FAMILIES["mlp"].model(), step.data.input_shape, step.data.n_classes, seed=3)
+    layout = ParamLayout.of(model)
+    params, state = layout.flatten(model)[None], LOPT.init_state(1, layout)
+    adam = torch.optim.Adam(model.parameters(), lr=3e-3)
+    theta = LOPT.init_theta()[None]
+    for t in range(12):
+        x, y = step.data.x_train[16 * t : 16 * t + 16], step.data.y_train[16 * t : 16 * t + 16]
+        w = params.detach().requires_grad_(True)
+        loss = F.cross_entropy(step.forward(w, x[None])[0], y)
+        (grad,) = torch.autograd.grad(loss, w)
+        params, state = LOPT.update(theta, state, layout, params, grad, loss.detach()[None], torch.tensor([3e-3]),
+                                    observe=(t + 1) % 4 == 0)  # fmt: skip
+        adam.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        adam.step()
+    torch.testing.assert_close(params[0], layout.flatten(model), rtol=1e-5, atol=1e-6)
+
+
+class Projected:
+    """θ₂ (2-D) -> ``base + U θ₂``: a truncated step over a 2-D slice of the policy."""
+
+    def __init__(self, step, base, U):
+        self.step, self.base, self.U = step, base, U
+
+    def sample_horizon(self, rng):
+        return self.step.sample_horizon(rng)
+
+    def init_step_state(self, slots, key, horizon=None):
+        return self.step.init_step_state(slots, key, horizon)
+
+    def unroll_step(self, theta, state, n_steps):
+        return self.step.unroll_step(self.base + theta @ self.U.T, state, n_steps)
+
+
+def test_pes_over_truncations_matches_the_full_unroll_in_expectation():
+    # every episode is one epoch: 256 examples in batches of 8, 32 steps
+    cfg = PopulationConfig(**{**TINY_POP, "batch_size": 8, "base_lrs": (3e-3,)}, horizon_epochs=(1.0, 1.0))
+    step = PopulationStep(cfg, LOPT)
+    assert step.sample_horizon(np.random.default_rng(0)) == 32
+    base = LOPT.init_theta()
+    U = torch.zeros(len(base), 2)
+    names = list(LOPT.config.shapes())
+    offsets = np.cumsum([0] + [int(np.prod(s)) for s in LOPT.config.shapes().values()])
+    U[offsets[names.index("head.bias")], 0] = 1.0  # the log lr scale itself
+    U[offsets[names.index("skip.weight")] + 2, 1] = 1.0  # its response to the gradient norm
+    toy = Projected(step, base, U)
+    theta = torch.zeros(2)
+    es = summed_estimate(AntitheticES(toy, pairs=400, sigma=0.05), theta, 1)
+    pes = summed_estimate(PES(toy, pairs=400, sigma=0.05, truncation=8), theta, 4)
+    se = lambda g: g.std(0) / len(g) ** 0.5  # noqa: E731
+    diff, tol = es.mean(0) - pes.mean(0), 4 * (se(es) ** 2 + se(pes) ** 2).sqrt()
+    assert es.mean(0)[0].abs() > 5 * se(es)[0]  # a higher lr helps this short run: a real signal
+    assert (diff.abs() < tol).all(), (es.mean(0), pes.mean(0), tol)
+
+
+# -- the meta-objective ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x, ref, expected",
+    [(1.0, 1.0, 0.0), (0.5, 1.0, np.log(0.5)), (1e-9, 1.0, -10.0), (100.0, 1.0, 2.0), (float("nan"), 1.0, 2.0),
+     (float("inf"), 1.0, 2.0)],
+)  # fmt: skip
+def test_log_ratio_terms_are_clipped_and_divergence_costs_the_maximum(x, ref, expected):
+    assert float(log_ratio(torch.tensor(x), torch.tensor(ref))) == pytest.approx(expected, abs=1e-6)
+
+
+# -- meta-training: improves, checkpoints, resumes ----------------------------------------------
+
+# base lr 10x too small: the obvious improvement is a larger learned lr scale
+TINY_RUN = EngineConfig(
+    seed=0, outer_steps=16, pairs=8, sigma=0.1, truncation=16, outer_lr=0.1,
+    populations=(PopulationConfig(**{**TINY_POP, "base_lrs": (3e-4,), "input_scales": (1.0,)}, horizon_epochs=(1.0, 2.0)),),
+    history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4, eval_members=4, eval_epochs=2.0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine")
+    theta, record = run(TINY_RUN, out)
+    return out, theta, record
+
+
+def test_tiny_meta_training_improves_the_meta_loss(trained):
+    out, theta, record = trained
+    ev = record.evaluation
+    assert np.mean(ev["final"]) < np.mean(ev["initial"]) - 0.1, ev
+    assert len(record.curve) == TINY_RUN.outer_steps and (out / "learned_adam.safetensors").is_file()
+
+
+def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
+    _, theta, record = trained
+    run(replace(TINY_RUN, outer_steps=3), tmp_path, evaluate=False)
+    resumed, rec2 = run(TINY_RUN, tmp_path, evaluate=False)
+    assert torch.equal(resumed, theta)
+    assert [r["meta_loss"] for r in rec2.curve] == [r["meta_loss"] for r in record.curve]
+    with pytest.raises(ConfigError, match="different config"):
+        run(replace(TINY_RUN, sigma=0.2), tmp_path, evaluate=False)
