@@ -229,10 +229,11 @@ def test_controller_is_a_drop_in_optimizer():
     inner = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     ctrl = LRController(inner, weights=random_policy("controller", history_length=8, hidden_dim=16, embedding_dim=16,
                                                      activation="tanh"), observe_every=2)  # fmt: skip
+    assert isinstance(ctrl, torch.optim.Optimizer)
     x = torch.randn(8, 3)
     descend(model, ctrl, x, 10)
     assert ctrl.param_groups is inner.param_groups
-    assert inner.param_groups[0]["lr"] != pytest.approx(0.1) and inner.param_groups[0]["base_lr"] == 0.1
+    assert inner.param_groups[0]["lr"] == 0.1 and inner.param_groups[0]["effective_lr"] != pytest.approx(0.1)
     sd = copy.deepcopy(ctrl.state_dict())  # as if saved: torch state dicts share buffers in-process
     model2 = nn.Linear(3, 1)
     model2.load_state_dict(model.state_dict())
@@ -242,7 +243,28 @@ def test_controller_is_a_drop_in_optimizer():
     for m, c in ((model, ctrl), (model2, ctrl2)):  # identical continuation after the round trip
         descend(m, c, x, 7)
     assert torch.equal(model.weight, model2.weight) and torch.equal(model.bias, model2.bias)
-    assert inner.param_groups[0]["lr"] == ctrl2.param_groups[0]["lr"]
+    assert ctrl.param_groups[0]["effective_lr"] == ctrl2.param_groups[0]["effective_lr"]
+
+
+def test_controller_composes_with_a_torch_lr_scheduler_and_steps_without_a_loss():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    ctrl = LRController(torch.optim.Adam(model.parameters(), lr=1e-2), observe_every=2,
+                        weights=random_policy("controller", history_length=8, hidden_dim=16, embedding_dim=16, activation="tanh"))  # fmt: skip
+    sched = torch.optim.lr_scheduler.StepLR(ctrl, step_size=1, gamma=0.5)  # torch accepts it as an optimizer
+    x = torch.randn(8, 3)
+    for k in range(6):
+        before = model.weight.detach().clone()
+        loss = model(x).pow(2).mean()
+        ctrl.zero_grad()
+        loss.backward()
+        ctrl.step() if k % 2 else ctrl.step(loss=loss)  # a step without a loss still steps
+        assert not torch.equal(before, model.weight)
+        group = ctrl.param_groups[0]
+        assert group["lr"] == pytest.approx(1e-2 * 0.5**k)  # the user's lr, as the scheduler set it
+        assert group["effective_lr"] == pytest.approx(group["lr"] * ctrl.ctrl_state["lr_scale"] * ctrl.ctrl_state["backoff"]) or k % 2 == 1
+        sched.step()
+    assert ctrl.embedding is not None
 
 
 def test_works_in_fit():

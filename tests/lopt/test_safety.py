@@ -34,7 +34,8 @@ def test_a_bad_window_is_rolled_back_backed_off_and_visible(poison, at):
     _steps(model, opt, x, 4)  # two full windows
     before = [p.detach().clone() for p in model.parameters()]
     moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
-    lr_before = opt.param_groups[0]["effective_lr"]
+    g = opt.state["opt2vec"]
+    lr_before = opt.param_groups[0]["lr"] * g["lr_scale"] * g["backoff"]  # what the next step would apply
     for t in range(2):  # the next window, poisoned at step `at`
         loss = model(x).pow(2).mean()
         opt.zero_grad()
@@ -48,9 +49,10 @@ def test_a_bad_window_is_rolled_back_backed_off_and_visible(poison, at):
     assert opt.skipped_steps == 2
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # back at the window's start
     assert all(torch.equal(opt.state[p]["exp_avg"], m) for p, m in zip(model.parameters(), moments))
-    assert opt.param_groups[0]["effective_lr"] == pytest.approx(lr_before / 2)
+    _steps(model, opt, x, 1)
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(lr_before / 2)  # what the next step applied
     assert probe._host["lr"][-1] == pytest.approx(lr_before / 2)  # the probe logged the back-off
-    _steps(model, opt, x, 6)
+    _steps(model, opt, x, 5)
     state = opt.state_dict()["state"]
     assert all(torch.isfinite(t).all() for s in state.values() if isinstance(s, dict) for t in s.values() if torch.is_tensor(t))
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -78,7 +80,9 @@ def test_controller_backs_off_on_a_bad_window():
         ctrl.zero_grad()
         loss.backward()
         ctrl.step(loss=torch.tensor(math.inf) if t == 0 else loss)
-    assert ctrl.skipped_steps == 2 and ctrl.param_groups[0]["lr"] == pytest.approx(5e-3)
+    assert ctrl.skipped_steps == 2
+    _steps(model, ctrl, x, 1)
+    assert ctrl.param_groups[0]["lr"] == 1e-2 and ctrl.param_groups[0]["effective_lr"] == pytest.approx(5e-3)
     assert torch.isfinite(ctrl.ctrl_state["history"]).all()
 
 

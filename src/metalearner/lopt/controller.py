@@ -1,31 +1,32 @@
 """The LR controller: a small learned policy that scales the learning rate of any optimizer.
 
-It wraps an existing ``torch.optim`` optimizer like a scheduler that reads the training
-state. Every ``observe_every`` steps it measures the step's physics with
-:class:`~metalearner.observe.physics.PhysicsTracker` (attached through the wrapped
-optimizer's step hooks, on those steps only), builds the feature row of
-:data:`~metalearner.lopt.policy.CONTROLLER_FEATURES` (loss trajectory, gradient norm,
-weight norm, update ratio, its own current scale), and sets
+It wraps an existing ``torch.optim`` optimizer and is itself a ``torch.optim.Optimizer``
+(it shares the wrapped optimizer's ``param_groups``), so torch's LR schedulers, probes and
+anything checking ``isinstance(opt, Optimizer)`` accept it. Every ``observe_every`` steps it
+measures the step's physics with :class:`~metalearner.observe.physics.PhysicsTracker`
+(attached through the wrapped optimizer's step hooks, on those steps only), builds the
+feature row of :data:`~metalearner.lopt.policy.CONTROLLER_FEATURES` (loss trajectory,
+gradient norm, weight norm, update ratio, its own current scale), and from then on applies
 
-.. math:: \\text{lr}_i = \\text{base\\_lr}_i \\cdot e^{3\\tanh(z/3)} \\cdot \\text{backoff}
+.. math:: \\text{lr}_i = \\text{group}_i[\\text{lr}] \\cdot e^{3\\tanh(z/3)} \\cdot \\text{backoff}
 
-for every param group ``i`` (``base_lr`` is each group's lr when wrapped). Untrained
+at step time: for the wrapped optimizer's step each group's ``lr`` is multiplied, then put
+back, so ``group["lr"]`` stays the user's (a scheduler on it composes with the learned scale)
+and ``group["effective_lr"]`` records what was applied (the probe logs it). Untrained
 (zero-head) weights give z = 0: the wrapped optimizer unchanged. Meta-training maximises a
 reward of loss improvement (minimises the mean log-loss ratio of the unroll, see
-:mod:`metalearner.lopt.meta_train`).
-
-Two ways to use it::
+:mod:`metalearner.lopt.meta_train`)::
 
     opt = LRController(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9))
-    ...; loss.backward(); opt.step(loss=loss)     # as an optimizer (fit() does this)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=1000)   # composes
+    ...; loss.backward(); opt.step(loss=loss); sched.step()
 
-    inner.step(); controller.adapt(loss)          # as a scheduler after your own step
-
-Only observations read device values: between them the loss is summed on the device. A
-window whose losses or observed physics are not finite halves ``backoff`` (and counts its
-steps in ``skipped_steps``) instead of updating the policy; the wrapped optimizer's own update
-on such steps is its business, but the controller's state stays finite and the lower lr is
-visible to a probe.
+``step()`` without a loss steps with the current scale; the observation waits for a window
+that had one. Only observations read device values: between them the loss is summed on the
+device. A window whose losses or observed physics are not finite halves ``backoff`` (and
+counts its steps in ``skipped_steps``) instead of updating the policy; the wrapped
+optimizer's own update on such steps is its business, but the controller's state stays
+finite and the lower lr is visible to a probe.
 """
 
 from __future__ import annotations
@@ -60,12 +61,9 @@ def controller_step(theta: PolicyWeights, history: torch.Tensor) -> tuple[float,
     return lr_scale_from(out[0]), emb
 
 
-class LRController:
-    """Learned lr scaling around ``optimizer`` (see the module docstring).
-
-    Attribute access falls through to the wrapped optimizer (``param_groups``, ``state``,
-    ``zero_grad``, step hooks), so probes and loops treat it as that optimizer.
-    """
+class LRController(torch.optim.Optimizer):
+    """Learned lr scaling around ``optimizer`` (see the module docstring). Attributes it does
+    not have (e.g. Schedule-Free's ``train``/``eval``) fall through to the wrapped optimizer."""
 
     takes_loss = True
 
@@ -75,7 +73,6 @@ class LRController:
         *,
         weights: PolicyWeights | str | os.PathLike | None = "default",
         observe_every: int | None = None,
-        budget: int | None = None,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"LRController wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -84,9 +81,8 @@ class LRController:
         self.theta = resolve_weights(weights, "controller", untrained)
         self.optimizer = optimizer
         self.observe_every = int(observe_every or self.theta.config.observe_every)
-        self.budget = budget
-        for group in optimizer.param_groups:
-            group.setdefault("base_lr", group["lr"])
+        super().__init__(optimizer.param_groups, optimizer.defaults)
+        self.param_groups, self.state = optimizer.param_groups, optimizer.state  # shared, not copied
         named = [(f"group{i}.{j}", p) for i, g in enumerate(optimizer.param_groups) for j, p in enumerate(g["params"])]
         self.tracker = PhysicsTracker(named, extended=False)
         self._physics = None
@@ -95,6 +91,7 @@ class LRController:
             optimizer.register_step_post_hook(lambda *_: self._after()),
         ]
         self.ctrl_state = self._fresh()
+        self._set_groups()
 
     def _fresh(self) -> dict[str, Any]:
         cfg = self.theta.config
@@ -107,7 +104,7 @@ class LRController:
         }  # fmt: skip
 
     def __getattr__(self, name: str) -> Any:  # only called for attributes not found here
-        if name == "optimizer":
+        if name in ("optimizer", "__setstate__") or name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.optimizer, name)
 
@@ -131,53 +128,57 @@ class LRController:
         return self.ctrl_state["skipped_steps"]
 
     def step(self, closure: Callable[[], Any] | torch.Tensor | float | None = None, *, loss: Any = None) -> Any:
-        """Step the wrapped optimizer, then :meth:`adapt` to the loss."""
+        """Step the wrapped optimizer with the learned scale applied, then observe the loss
+        (``step(loss=loss)``, ``step(loss)`` or ``step(closure)``; none: no observation data)."""
         if closure is not None and not callable(closure):
             closure, loss = None, closure
-        if closure is not None:
-            out = self.optimizer.step(closure)
-            loss = out if loss is None else loss
-        else:
-            self.optimizer.step()
-        if loss is None:
-            raise ValueError("LRController needs the loss: call step(loss=loss) or step(closure)")
-        self.adapt(loss)
+        self._set_groups()
+        users = [group["lr"] for group in self.param_groups]
+        for group in self.param_groups:
+            group["lr"] = group["effective_lr"]
+        try:
+            out = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        finally:
+            for group, lr in zip(self.param_groups, users):
+                group["lr"] = lr
+        loss = out if loss is None else loss
+        self._adapt(loss)
         return loss
 
     @torch.no_grad()
-    def adapt(self, loss: Any) -> None:
-        """Scheduler-style: call once after each optimizer step with that step's loss."""
+    def _adapt(self, loss: Any) -> None:
+        """After each step: sum the loss; at an observation, update the learned scale."""
         s = self.ctrl_state
         physics, self._physics = self._physics, None
-        s["loss_sum"] = s["loss_sum"] + torch.as_tensor(loss).detach().double()
-        s["loss_count"] += 1
+        if loss is not None:
+            s["loss_sum"] = s["loss_sum"] + torch.as_tensor(loss).detach().double()
+            s["loss_count"] += 1
         s["backoff"] = min(1.0, s["backoff"] * 1.05)
         if physics is not None:  # the observation: the window's one device read
             finite, count, mean_loss, phys = close_window(s, physics)
             if not finite:
                 s["skipped_steps"] += count
                 s["backoff"] = max(MIN_BACKOFF, s["backoff"] * 0.5)
-            else:
-                fraction = min(1.0, s["step"] / self.budget) if self.budget else 0.0
-                history = push_observation(s, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=fraction)
+            elif count:
+                history = push_observation(s, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=0.0)
                 s["lr_scale"], s["embedding"] = controller_step(self.theta, history)
         s["step"] += 1
-        self._set_groups()
 
     def _set_groups(self) -> None:
+        """Record the learning rate this step applies (``lr`` stays the user's)."""
         s = self.ctrl_state
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base_lr"] * s["lr_scale"] * s["backoff"]
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
+        for group in self.param_groups:
+            group["effective_lr"] = group["lr"] * s["lr_scale"] * s["backoff"]
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict(), "controller": copy.deepcopy(self.ctrl_state)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.param_groups = self.optimizer.param_groups  # torch replaces the group dicts on load
+        self.state = self.optimizer.state
         self.ctrl_state = copy.deepcopy(state_dict["controller"])
+        self._set_groups()
 
     def close(self) -> None:
         """Detach the hooks from the wrapped optimizer."""

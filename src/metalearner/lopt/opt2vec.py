@@ -235,7 +235,7 @@ class Opt2Vec(torch.optim.Optimizer):
         return ends or primes, ends
 
     def _set_groups(self, g: dict[str, Any]) -> None:
-        """Record the learning rate and momentum the next step applies (``lr`` stays the user's)."""
+        """Record the learning rate and momentum this step applies (``lr`` stays the user's)."""
         for group in self.param_groups:
             group["effective_lr"] = group["lr"] * g["lr_scale"] * g["backoff"]
             group["effective_momentum"] = g["momentum"]
@@ -288,6 +288,7 @@ class Opt2Vec(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         g = self.state[_GLOBAL]
+        self._set_groups(g)
         t = g["step"]
         track, ends = self._tracked(t)
         if t % self.observe_every == 0 or self._snapshot is None:
@@ -328,7 +329,6 @@ class Opt2Vec(torch.optim.Optimizer):
             physics = self.tracker.after_step()
             if ends:
                 self._observe(g, physics)
-        self._set_groups(g)
         return loss
 
     def _observe(self, g: dict[str, Any], physics: Any) -> None:
