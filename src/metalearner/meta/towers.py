@@ -42,10 +42,11 @@ Use it like any optimizer::
     loss.backward(); opt.step()
     opt.param_groups[0]["lr"], opt.param_groups[0]["hyper_lrs"]   # the learned values
 
-Hyperparameters in ``param_groups`` are plain floats, as in ``torch.optim``. ``learn="lr"`` (the default, cheapest) learns the base's
-learning rate only; ``learn="all"`` also its momentum or betas. ``hyper_lrs[k-1]`` is level k's step size; the last one
-is the fixed top. A scheduler or user that overwrites ``group["lr"]`` is respected: the tower
-continues from the value it finds. All parameters of a group share one step counter.
+Hyperparameters in ``param_groups`` are plain floats, as in ``torch.optim``. ``learn="lr"``
+(the default, cheapest) learns the base's learning rate only; ``learn="all"`` also its
+momentum or betas. ``hyper_lrs[k-1]`` is level k's step size; the last one is the fixed top.
+A scheduler or user that overwrites a value is respected: the tower continues from the value
+it finds (so a scheduler resets rather than scales it). A group shares one step counter.
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ BASES = tuple(LEARNABLE)
 HYPERS = ("adam", "sgd")
 HYPER_BETAS = (0.9, 0.99)  # the hyper levels' Adam moments (fixed, not learned)
 HYPER_EPS = 1e-12
+LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
+LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
@@ -185,8 +188,9 @@ class Tower(torch.optim.Optimizer):
         betas, momentum, eps: the base's other hyperparameters (start values).
         learn: ``"lr"`` (the base's learning rate) or ``"all"`` (also its momentum or betas).
         height: number of hyper levels (>= 1); level k learns level k-1's hyperparameters.
-        hyper_lr: the hyper levels' step sizes on the log/logit scale, one float for all
-            levels or one per level; the top one stays fixed, the others are learned.
+        hyper_lr: the hyper levels' step sizes on the log/logit scale: level 1's, each level
+            above 10x smaller (slower timescales up the tower), or a sequence, one per level.
+            The top one stays fixed, the others are learned.
         hyper: the hyper levels' rule, ``"adam"`` (scale-free steps) or ``"sgd"``.
     """
 
@@ -201,7 +205,7 @@ class Tower(torch.optim.Optimizer):
         eps: float = 1e-8,
         learn: str = "lr",
         height: int = 1,
-        hyper_lr: float | Sequence[float] = 0.01,
+        hyper_lr: float | Sequence[float] = 0.03,
         hyper: str = "adam",
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
@@ -211,7 +215,10 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"tower height must be an integer >= 1, got {height}")
         _check_rate("learning rate", lr)
         _check_rate("eps", eps)
-        rates = [float(hyper_lr)] * height if isinstance(hyper_lr, (int, float)) else [float(r) for r in hyper_lr]
+        if isinstance(hyper_lr, (int, float)):
+            rates = [float(hyper_lr) * LEVEL_RATIO**k for k in range(height)]
+        else:
+            rates = [float(r) for r in hyper_lr]
         if len(rates) != height:
             raise ConfigError(f"hyper_lr needs one value per level ({height}), got {len(rates)}")
         for r in rates:
@@ -250,7 +257,8 @@ class Tower(torch.optim.Optimizer):
         if tower["step"] > 1:
             dots = basis_dots(grads, [[s["basis"][b] for s in states] for b in range(len(tower["coef"][0]))])
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in tower["coef"]]
-            directions = hyper_directions(group["hyper"], hypergradients(grad0, tower["moves"]), tower)
+            tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
+            directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
             tower["moves"] = climb(tower["z"], directions)
             _write_back(group, tower["z"], names)
         tower["written"] = _visible(group)
@@ -288,7 +296,9 @@ def _read_z(group: dict[str, Any], names: Sequence[str]) -> Levels:
 
 
 def _write_back(group: dict[str, Any], z: Levels, names: Sequence[str]) -> None:
-    """Store the levels' new values in the group (the top step size stays as given)."""
+    """Store the levels' new values in the group (the top step size stays as given); logits
+    are kept within ±LOGIT_BOUND so a beta or momentum stays below 1 in floating point."""
+    z[0] = [x if n == "lr" else max(-LOGIT_BOUND, min(LOGIT_BOUND, x)) for n, x in zip(names, z[0])]
     values = {n: _exp(x) if n == "lr" else _sigmoid(x) for n, x in zip(names, z[0])}
     group["lr"] = values["lr"]
     if "momentum" in values:
@@ -302,7 +312,7 @@ def _new_tower_state(n0: int, height: int) -> dict[str, Any]:
     """Step counters, the levels ``z`` and their last moves, the hyper levels' Adam moments."""
     zeros = lambda: [[0.0] * n0] + [[0.0] for _ in range(height - 1)]  # noqa: E731
     return {"step": 0, "hyper_step": 0, "z": None, "written": None, "coef": None,
-            "moves": zeros(), "m": zeros(), "v": zeros()}  # fmt: skip
+            "moves": zeros(), "m": zeros(), "v": zeros(), "hypergrads": zeros()}  # fmt: skip
 
 
 def tower_hparams(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str, float]:
@@ -319,7 +329,7 @@ def tower_hparams(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str,
 
 
 def make_tower(
-    params: Iterable[Any], lr: float, *, base: str = "adam", height: int = 2, hyper_lr: float = 0.01, **kwargs: Any
+    params: Iterable[Any], lr: float, *, base: str = "adam", height: int = 2, hyper_lr: float = 0.03, **kwargs: Any
 ) -> torch.optim.Optimizer:
     """Factory for a method registry: ``base`` whose hyperparameters a ``height``-tower learns."""
     return Tower(params, lr=lr, base=base, height=height, hyper_lr=hyper_lr, **kwargs)
