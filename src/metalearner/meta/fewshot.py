@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, grad_and_value, vmap
+from torch.func import functional_call, grad, vmap
 
 from metalearner.errors import ConfigError
 from metalearner.meta.towers import Tower
@@ -223,11 +223,11 @@ class MetaLearner:
 
 def init_learner(model: nn.Module, config: FewShotConfig) -> MetaLearner:
     """``θ_0`` from the model's initialisation; rates ``inner_lr`` (per parameter if learned)."""
-    weights = {k: v.detach().clone() for k, v in model.named_parameters()}
+    weights = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
     if config.method == "maml":
-        rates = {f"rate/{k}": torch.tensor(config.inner_lr) for k in weights}
+        rates = {f"rate/{k}": torch.tensor(config.inner_lr, dtype=torch.float64) for k in weights}
         return MetaLearner(model, weights, rates, config)
-    rates = {f"rate/{k}": torch.full_like(v, config.inner_lr) for k, v in weights.items()}
+    rates = {f"rate/{k}": torch.full_like(v, config.inner_lr).requires_grad_() for k, v in weights.items()}
     return MetaLearner(model, {**weights, **rates}, {}, config)
 
 
@@ -246,16 +246,15 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
     learner = init_learner(family.model(), config)
     opt = outer_optimizer(learner.meta, config)
     gen = torch.Generator().manual_seed(config.seed)
-    value_and_grad = grad_and_value(meta_loss)
     history, running = [], 0.0
     for it in range(1, config.iterations + 1):
         batch = family.sample(config.meta_batch, gen)
-        grads, loss = value_and_grad(learner.meta, learner.fixed, learner.model, family.loss, config.inner_steps,
-                                     config.first_order, batch)  # fmt: skip
-        for k, p in learner.meta.items():
-            p.grad = grads[k]
+        loss = meta_loss(learner.meta, learner.fixed, learner.model, family.loss, config.inner_steps,
+                         config.first_order, batch)  # fmt: skip
+        opt.zero_grad(set_to_none=True)
+        loss.backward()  # the outer level is plain autograd through the vmapped torch.func inner loop
         opt.step()
-        running += float(loss)
+        running += float(loss.detach())
         if it % log_every == 0 or it == config.iterations:
             n = it % log_every or log_every
             history.append({"iteration": it, "meta_loss": running / n, "outer_lr": float(opt.param_groups[0]["lr"])})

@@ -63,7 +63,7 @@ from metalearner.errors import ConfigError
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
 BASES = tuple(LEARNABLE)
 HYPERS = ("adam", "sgd")
-HYPER_BETAS = (0.9, 0.99)  # the hyper levels' Adam moments (fixed, not learned)
+HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
