@@ -19,12 +19,11 @@ full run fits about 15 minutes of one CPU core; the result says how many were ru
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 
 import torch
 
-from _common import default_data_dir, finish
+from _common import finish, parse_args
 from metalearner.meta.fewshot import METHODS, FewShotConfig, make_families, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
@@ -52,10 +51,7 @@ def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a few meta-iterations per cell (about a minute)")
-    ap.add_argument("--data-dir", default=default_data_dir())
-    args = ap.parse_args()
+    args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)")
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
     iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 1000, "mnist": 300, "fashion": 300}

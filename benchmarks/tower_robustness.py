@@ -17,12 +17,11 @@ Adam's is tens of points, at under 5% extra time per level.
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from _common import default_data_dir, finish, interleaved_seconds, median
+from _common import finish, interleaved_seconds, median, parse_args
 from metalearner.meta.towers import make_tower
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from metalearner.train import evaluate, fit
@@ -76,10 +75,7 @@ def step_time_ratios(task, *, repeats: int, blocks: int, block_steps: int) -> di
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="fewer steps and a subsample (about a minute)")
-    ap.add_argument("--data-dir", default=default_data_dir())
-    args = ap.parse_args()
+    args = parse_args(__doc__, "fewer steps and a subsample (about a minute)")
     torch.set_num_threads(1)
     steps, n_train, width = (150, 5000, 64) if args.quick else (1500, None, 128)
     config = TaskConfig(dataset="mnist", model=ModelConfig(depth=2, width=width), batch_size=128, n_train=n_train)

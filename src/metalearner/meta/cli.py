@@ -15,6 +15,12 @@ tower_app = typer.Typer(add_completion=False, invoke_without_command=True,
 fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True,
                           help="Few-shot meta-learning: MAML, Meta-SGD, or Meta-SGD with a learned meta-learning rate.")  # fmt: skip
 
+# options both commands take
+SEED = typer.Option(0, help="Seed for the initial weights and the data (batches or tasks).")
+PLOT = typer.Option(None, help="Write the command's figure (see above) to this PNG.")
+DATA_DIR = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache).")
+PROGRESS = typer.Option(True, help="Show a progress bar.")
+
 
 @tower_app.callback(invoke_without_command=True)
 def tower(
@@ -29,12 +35,13 @@ def tower(
     steps: int = typer.Option(1000, help="Training steps."),
     batch_size: int = typer.Option(128, help="Batch size."),
     n_train: Optional[int] = typer.Option(None, help="Subsample the training split."),
-    seed: int = typer.Option(0, help="Seed for the weights and batch order."),
-    plot: Optional[Path] = typer.Option(None, help="Write each level's hyperparameters over training to this PNG."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    seed: int = SEED,
+    plot: Optional[Path] = PLOT,
+    data_dir: Optional[Path] = DATA_DIR,
+    progress: bool = PROGRESS,
 ) -> None:
-    """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON."""
+    """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON.
+    The figure: each level's hyperparameters over training."""
     from metalearner.cli import Bar
     from metalearner.meta.towers import Tower, tower_hparams
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
@@ -74,12 +81,13 @@ def fewshot(
     hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
     eval_tasks: int = typer.Option(600, help="Test tasks for the score and its 95% interval."),
     eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
-    seed: int = typer.Option(0, help="Seed for the initialisation and the task stream."),
-    plot: Optional[Path] = typer.Option(None, help="Write the adaptation curve and meta-training curves to this PNG."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    seed: int = SEED,
+    plot: Optional[Path] = PLOT,
+    data_dir: Optional[Path] = DATA_DIR,
+    progress: bool = PROGRESS,
 ) -> None:
-    """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON."""
+    """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
+    The figure: the adaptation curve, the meta-loss and the meta-learning rate."""
     from metalearner.cli import Bar
     from metalearner.errors import ConfigError
     from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
