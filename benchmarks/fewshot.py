@@ -5,7 +5,8 @@ Sinusoid regression (amplitude 0.1-5, phase 0-π, x in [-5, 5]; the 1-40-40-1 Re
 and 10 shots; MSE on 100 query points after one inner step, as in the Meta-SGD paper) and
 5-way 1- and 5-shot classification on MNIST and Fashion-MNIST, meta-trained on classes 0-4
 (training images) and meta-tested on classes 5-9 (test images); all second order. Every score
-is a mean over fresh test tasks with a 95% interval. Sensitivity: each method is rerun with its
+is a mean over fresh test tasks with a 95% interval; ``no_meta_training`` adapts the same
+network from its random initialisation (what meta-training adds). Sensitivity: each method is rerun with its
 meta-learning rate (Adam's, 1e-3) 10x too high and 10x too low, on sinusoid K = 5 and MNIST
 5-way 1-shot; ``meta_meta`` starts from those rates and learns its own.
 
@@ -24,7 +25,7 @@ import dataclasses
 import torch
 
 from _common import finish, parse_args
-from metalearner.meta.fewshot import METHODS, FewShotConfig, make_families, train_and_evaluate
+from metalearner.meta.fewshot import METHODS, FewShotConfig, evaluate, init_learner, make_families, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
 # setting -> (task, k_shot, config shared by the methods)
@@ -50,6 +51,15 @@ def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], 
     return result
 
 
+def without_meta_training(setting: str, n_tasks: int, data_dir) -> dict:
+    """The baseline: the same network from its random initialisation, adapted the same way."""
+    task, k, shared = SETTINGS[setting]
+    train, test = make_families(task, k_shot=k, data_dir=data_dir)
+    config = FewShotConfig(**shared)
+    torch.manual_seed(config.seed)  # the initial weights meta-training starts from
+    return evaluate(init_learner(train.model(), config), test, n_tasks=n_tasks, steps=config.inner_steps)
+
+
 def main() -> None:
     args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)")
     torch.set_num_threads(1)
@@ -59,6 +69,8 @@ def main() -> None:
     base_lr = FewShotConfig().outer_lr
 
     cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in METHODS} for s in SETTINGS}
+    for s in SETTINGS:
+        cells[s]["no_meta_training"] = without_meta_training(s, n_tasks, args.data_dir)
     sensitivity = {s: {m: {f: run(s, m, base_lr * x, iterations, n_tasks, args.data_dir) for f, x in FACTORS.items()}
                        for m in METHODS} for s in SENSITIVITY}  # fmt: skip
 
@@ -77,7 +89,7 @@ def main() -> None:
                 for m, d in per.items()}
             for s, per in sensitivity.items()
         },  # fmt: skip
-        "seconds": round(sum(r["train_seconds"] for c in cells.values() for r in c.values())
+        "seconds": round(sum(r.get("train_seconds", 0.0) for c in cells.values() for r in c.values())
                          + sum(r["train_seconds"] for p in sensitivity.values() for d in p.values() for r in d.values()), 1),
     }  # fmt: skip
     details = {"settings": {s: [t, k, shared] for s, (t, k, shared) in SETTINGS.items()}, "cells": cells,
