@@ -64,7 +64,7 @@ def main() -> None:
     args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)")
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
-    iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 1000, "mnist": 300, "fashion": 300}
+    iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 8000, "mnist": 800, "fashion": 800}
     n_tasks = 50 if args.quick else 600
     base_lr = FewShotConfig().outer_lr
 

@@ -250,7 +250,9 @@ class Tower(torch.optim.Optimizer):
     def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         grads, states = [p.grad for p in params], [self.state[p] for p in params]
         names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
-        tower = group.get("tower_state") or group.setdefault("tower_state", _new_tower_state(len(names), len(group["hyper_lrs"])))
+        if "tower_state" not in group:
+            group["tower_state"] = _new_tower_state(len(names), len(group["hyper_lrs"]))
+        tower = group["tower_state"]
         if _visible(group) != tower["written"]:  # the first step, or someone set a value: start from it
             tower["z"] = _read_z(group, names)
         tower["step"] += 1
@@ -262,24 +264,27 @@ class Tower(torch.optim.Optimizer):
             tower["moves"] = climb(tower["z"], directions)
             _write_back(group, tower["z"], names)
         tower["written"] = _visible(group)
-        u, basis, tower["coef"] = self._base_update(group, grads, states, params, learn_more=len(names) > 1)
+        u, basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
         torch._foreach_sub_(params, u)
         for i, s in enumerate(states):
             s["basis"] = [b[i] for b in basis]
 
-    def _base_update(self, group, grads, states, params, *, learn_more):  # type: ignore[no-untyped-def]
-        """The base kernel on the group's current hyperparameters (state made on first use)."""
-        buffers = {"adam": ("exp_avg", "exp_avg_sq"), "momentum": ("momentum_buffer",), "sgd": ()}[group["base"]]
-        for s, p in zip(states, params):
-            if buffers and buffers[0] not in s:
-                s.update({key: torch.zeros_like(p) for key in buffers})
-        bufs = [[s[key] for s in states] for key in buffers]
-        step = group["tower_state"]["step"]
-        if group["base"] == "adam":
-            return adam_update(grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
-        if group["base"] == "momentum":
-            return sgd_update(grads, bufs[0], group["lr"], group["momentum"], learn_momentum=learn_more)
-        return sgd_update(grads, None, group["lr"])
+
+def _base_update(
+    group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
+) -> tuple[list[Tensor], list[list[Tensor]], Levels]:
+    """The base kernel on the group's current hyperparameters (its state made on first use)."""
+    buffers = {"adam": ("exp_avg", "exp_avg_sq"), "momentum": ("momentum_buffer",), "sgd": ()}[group["base"]]
+    for s, p in zip(states, params):
+        if buffers and buffers[0] not in s:
+            s.update({key: torch.zeros_like(p) for key in buffers})
+    bufs = [[s[key] for s in states] for key in buffers]
+    step = group["tower_state"]["step"]
+    if group["base"] == "adam":
+        return adam_update(grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
+    if group["base"] == "momentum":
+        return sgd_update(grads, bufs[0], group["lr"], group["momentum"], learn_momentum=learn_more)
+    return sgd_update(grads, None, group["lr"])
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
