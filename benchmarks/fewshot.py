@@ -10,7 +10,7 @@ network from its random initialisation (what meta-training adds). Sensitivity: e
 meta-learning rate (Adam's, 1e-3) 10x too high and 10x too low, on sinusoid K = 5 and MNIST
 5-way 1-shot; ``meta_meta`` starts from those rates and learns its own.
 
-Calibration (Meta-SGD paper, Li et al. 2017, Table 1, after 60k+ meta-iterations): sinusoid
+Calibration (Meta-SGD paper, Li et al. 2017, Table 1, far longer meta-training): sinusoid
 MSE MAML 1.13 (K=5) / 0.77 (K=10), Meta-SGD 0.90 / 0.53. Our meta-iterations are scaled so a
 full run fits about 15 minutes of one CPU core; the result says how many were run.
 
