@@ -110,3 +110,13 @@ def interleaved_seconds(
                 total[mode] += time.perf_counter() - t0
             seconds[mode].append(total[mode])
     return seconds
+
+
+def parse_args(doc: str | None, quick_help: str) -> Any:
+    """The flags of a benchmark: ``--quick`` (about a minute, JSON only) and ``--data-dir``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--data-dir", default=default_data_dir())
+    return ap.parse_args()

@@ -1,0 +1,109 @@
+"""``metalearner tower ...`` and ``metalearner fewshot ...``: results as JSON on stdout, progress
+on stderr, figures as PNG. Register with ``app.add_typer(tower_app, name="tower")`` and
+``app.add_typer(fewshot_app, name="fewshot")``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+tower_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                        help="Train a model with a hyperoptimizer tower (its hyperparameters learned by gradient descent).")  # fmt: skip
+fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True,
+                          help="Few-shot meta-learning: MAML, Meta-SGD, or Meta-SGD with a learned meta-learning rate.")  # fmt: skip
+
+# options both commands take
+SEED = typer.Option(0, help="Seed for the initial weights and the data (batches or tasks).")
+PLOT = typer.Option(None, help="Write the command's figure (see above) to this PNG.")
+DATA_DIR = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache).")
+PROGRESS = typer.Option(True, help="Show a progress bar.")
+
+
+@tower_app.callback(invoke_without_command=True)
+def tower(
+    task: str = typer.Option("mnist", help="Data set: mnist, fashion_mnist, mnist1d, moons, digits, synthetic."),
+    base: str = typer.Option("adam", help="Base optimizer: sgd, momentum, adam."),
+    height: int = typer.Option(2, help="Hyper levels above the base (>= 1)."),
+    lr: float = typer.Option(1e-3, help="Initial learning rate of the base (learned)."),
+    hyper_lr: float = typer.Option(0.03, help="Level 1's step size on the log scale; each level above 10x smaller."),
+    learn: str = typer.Option("lr", help="lr (the base's learning rate) or all (also momentum/betas)."),
+    depth: int = typer.Option(2, help="Hidden layers of the MLP."),
+    width: int = typer.Option(128, help="Hidden units."),
+    steps: int = typer.Option(1000, help="Training steps."),
+    batch_size: int = typer.Option(128, help="Batch size."),
+    n_train: Optional[int] = typer.Option(None, help="Subsample the training split."),
+    seed: int = SEED,
+    plot: Optional[Path] = PLOT,
+    data_dir: Optional[Path] = DATA_DIR,
+    progress: bool = PROGRESS,
+) -> None:
+    """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON.
+    The figure: each level's hyperparameters over training."""
+    from metalearner.cli import Bar
+    from metalearner.meta.towers import Tower, tower_hparams
+    from metalearner.tasks import ModelConfig, TaskConfig, make_task
+    from metalearner.train import fit
+
+    config = TaskConfig(dataset=task, model=ModelConfig(depth=depth, width=width), batch_size=batch_size, seed=seed,
+                        n_train=n_train)  # fmt: skip
+    model_task = make_task(config, data_dir=str(data_dir) if data_dir else None)
+    model = model_task.build_model(seed=seed)
+    opt = Tower(model.parameters(), lr=lr, base=base, height=height, hyper_lr=hyper_lr, learn=learn)
+    rows: list[dict[str, float]] = [tower_hparams(opt)]
+    opt.register_step_post_hook(lambda o, *_: rows.append(tower_hparams(o)))
+    with Bar(f"tower {base} h{height}", enabled=progress) as bar:
+        result = fit(model, opt, model_task, steps=steps, seed=seed, progress=bar)
+    if plot is not None:
+        from metalearner.meta.plots import plot_tower
+
+        plot_tower(rows, plot, title=f"{task}: {base} + tower of height {height}")
+    out = {"task": config.to_dict(), "tower": {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr,
+           "learn": learn}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
+    typer.echo(json.dumps(out))
+
+
+@fewshot_app.callback(invoke_without_command=True)
+def fewshot(
+    task: str = typer.Option("sinusoid", help="sinusoid, mnist or fashion_mnist (meta-tested on unseen classes)."),
+    method: str = typer.Option("maml", help="maml, meta_sgd or meta_meta (Meta-SGD whose meta-learning rate a tower learns)."),
+    k_shot: int = typer.Option(5, help="Support examples per task (per class for images)."),
+    n_way: int = typer.Option(5, help="Classes per episode (images)."),
+    first_order: bool = typer.Option(False, help="First-order meta-gradients."),
+    inner_steps: int = typer.Option(1, help="Inner adaptation steps."),
+    inner_lr: float = typer.Option(0.01, help="Inner step size (MAML's, Meta-SGD's initial one)."),
+    outer_lr: float = typer.Option(1e-3, help="Meta-learning rate (Adam; meta_meta's initial one)."),
+    meta_batch: int = typer.Option(25, help="Tasks per meta-iteration."),
+    iterations: int = typer.Option(1000, help="Meta-iterations."),
+    height: int = typer.Option(1, help="meta_meta: tower height over the outer Adam."),
+    hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
+    eval_tasks: int = typer.Option(600, help="Test tasks for the score and its 95% interval."),
+    eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
+    seed: int = SEED,
+    plot: Optional[Path] = PLOT,
+    data_dir: Optional[Path] = DATA_DIR,
+    progress: bool = PROGRESS,
+) -> None:
+    """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
+    The figure: the adaptation curve, the meta-loss and the meta-learning rate."""
+    from metalearner.cli import Bar
+    from metalearner.errors import ConfigError
+    from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
+
+    config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
+                           outer_lr=outer_lr, meta_batch=meta_batch, iterations=iterations, height=height,
+                           hyper_lr=hyper_lr, seed=seed)  # fmt: skip
+    for name, value in (("k_shot", k_shot), ("n_way", n_way), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
+        if value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None)
+    with Bar(f"{method} {task}", enabled=progress) as bar:
+        result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps,
+                                    progress=lambda i, n, loss: bar.update(i, n, loss=loss))  # fmt: skip
+    if plot is not None:
+        from metalearner.meta.plots import plot_fewshot
+
+        plot_fewshot(result, plot, title=f"{method} on {task}, {k_shot}-shot")
+    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way, **result, "plot": str(plot) if plot else None}))

@@ -1,0 +1,340 @@
+"""Hyperoptimizer towers: optimizers whose hyperparameters are learned by gradient descent.
+
+After "Gradient Descent: The Ultimate Optimizer" (Chandra et al., NeurIPS 2022). A base
+optimizer (SGD, SGD with momentum, or Adam) moves the weights; level 1 of the tower moves the
+base's hyperparameters, level 2 moves level 1's step size, and so on up to the height ``h``;
+the top step size is fixed. Every level lives in an unconstrained space, so every value is
+valid by construction::
+
+    z_0 = (log lr, logit momentum)             SGD (momentum > 0; plain SGD learns lr only)
+    z_0 = (log lr, logit beta1, logit beta2)   Adam
+    z_k = log hyper_lr_k                       level k = 1 .. h
+
+The math (one-step hypergradients). The base made ``θ_t = θ_{t-1} − u_{t-1}(z_0)``, so the
+new loss depends on ``z_0`` through that last update only:
+
+    ∂L(θ_t)/∂z_0 = −g_t · ∂u_{t-1}/∂z_0,          ∂u/∂log lr = u,
+
+i.e. ``−lr g_t·g_{t-1}`` for plain SGD and ``−g_t·u_{t-1}`` for Adam. Level ``k`` moved
+``z_{k-1}`` by ``u^k = rule(∂L/∂z_{k-1}; step e^{z_k})``, so by the same chain rule
+
+    ∂L/∂z_k = −∂L/∂z_{k-1} · u^k_{t-1}.
+
+Adam's betas, holding last step's moments fixed (``c_i = 1 − β_i^t``, ``k_i = tβ_i^{t-1}/c_i``,
+``r = g/(√v̂ + ε)``, and an ε inside the root so nothing is NaN at ``v̂ = 0``)::
+
+    ∂u/∂logit β1 = (1−β1)(1 + k1β1) u − (1−β1)(lr/c1) r
+    ∂u/∂logit β2 = −(1−β2)/(2c2) · u/((√v̂ + ε)√(v̂ + ε²)) · ((1 + k2β2) v − g²)
+    ∂u/∂logit μ  = (1−μ) u − lr(1−μ) g                          (SGD with momentum)
+
+so each is a combination of a few stored vectors (the "basis") with scalar coefficients.
+Each step computes the hypergradients bottom-up from those and the levels' last moves, then
+moves the levels top-down (level h first, the weights last), as the paper's recursive step
+does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
+published ``create_graph`` version leaks), memory is O(parameters), and the hyper levels are
+O(1) scalar work. One host read per step (the few dot products of the hypergradient, one
+``tolist``) buys that: the levels are then Python arithmetic on a handful of floats, which
+measured far cheaper than the dozens of tiny tensor ops (kernel launches) they would be.
+
+Use it like any optimizer::
+
+    opt = Tower(model.parameters(), lr=1e-3, base="adam", height=2, learn="all")
+    loss.backward(); opt.step()
+    opt.param_groups[0]["lr"], opt.param_groups[0]["hyper_lrs"]   # the learned values
+
+Hyperparameters in ``param_groups`` are plain floats, as in ``torch.optim``. ``learn="lr"``
+(the default, cheapest) learns the base's learning rate only; ``learn="all"`` also its
+momentum or betas. ``hyper_lrs[k-1]`` is level k's step size; the last one is the fixed top.
+A scheduler or user that overwrites a value is respected: the tower continues from the value
+it finds (so a scheduler resets rather than scales it). A group shares one step counter.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from metalearner.errors import ConfigError
+
+# base -> the hyperparameters that learn="all" learns, in the order of z_0
+LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
+BASES = tuple(LEARNABLE)
+HYPERS = ("adam", "sgd")
+HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
+HYPER_EPS = 1e-12
+LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
+LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
+Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
+
+# ------------------------------------------------------------------------- functional kernel
+# A base kernel returns (u, basis, coef): the update (θ -= u), vectors to keep for the next
+# step, and coef (len z_0 × len basis) with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b]; basis[0] = u.
+
+
+def adam_update(
+    grads: list[Tensor], m: list[Tensor], v: list[Tensor], lr: float, beta1: float, beta2: float, eps: float,
+    step: int, *, learn_betas: bool = False,
+) -> tuple[list[Tensor], list[list[Tensor]], Levels]:  # fmt: skip
+    """Adam, ``u = lr m̂/(√v̂ + ε)``; moves ``m, v`` in place."""
+    c1, c2 = 1 - beta1**step, 1 - beta2**step
+    torch._foreach_lerp_(m, grads, 1 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
+    denom = torch._foreach_sqrt(v)
+    torch._foreach_div_(denom, math.sqrt(c2))
+    torch._foreach_add_(denom, eps)
+    u = torch._foreach_div(m, denom)
+    torch._foreach_mul_(u, lr / c1)
+    if not learn_betas:
+        return u, [u], [[1.0]]
+    r = torch._foreach_div(grads, denom)
+    w = torch._foreach_sqrt(torch._foreach_add(torch._foreach_div(v, c2), eps * eps))
+    torch._foreach_mul_(w, denom)
+    w = torch._foreach_div(u, w)
+    k1, k2 = step * beta1 ** (step - 1) / c1, step * beta2 ** (step - 1) / c2
+    coef = [
+        [1.0, 0.0, 0.0, 0.0],
+        [(1 - beta1) * (1 + k1 * beta1), -(1 - beta1) * lr / c1, 0.0, 0.0],
+        [0.0, 0.0, -(1 - beta2) * (1 + k2 * beta2) / (2 * c2), (1 - beta2) / (2 * c2)],
+    ]
+    return u, [u, r, torch._foreach_mul(w, v), torch._foreach_mul(torch._foreach_mul(w, grads), grads)], coef
+
+
+def sgd_update(
+    grads: list[Tensor], buf: list[Tensor] | None, lr: float, momentum: float = 0.0, *, learn_momentum: bool = False
+) -> tuple[list[Tensor], list[list[Tensor]], Levels]:
+    """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` in place."""
+    if buf is None:
+        u = torch._foreach_mul(grads, lr)
+        return u, [u], [[1.0]]
+    torch._foreach_mul_(buf, momentum)
+    torch._foreach_add_(buf, grads)
+    u = torch._foreach_mul(buf, lr)
+    if not learn_momentum:
+        return u, [u], [[1.0]]
+    return u, [u, [g.clone() for g in grads]], [[1.0, 0.0], [1 - momentum, -lr * (1 - momentum)]]
+
+
+def basis_dots(grads: list[Tensor], basis: list[list[Tensor]]) -> list[float]:
+    """``[Σ_i ⟨g_i, b_i⟩ for each basis vector b]``, read to the host at once."""
+    dots = torch.stack([torch.dot(g.reshape(-1), b.reshape(-1)) for vecs in basis for g, b in zip(grads, vecs)])
+    return dots.reshape(len(basis), len(grads)).sum(1).tolist()
+
+
+def hypergradients(grad0: list[float], last_moves: Levels) -> Levels:
+    """``[∂L/∂z_0, …, ∂L/∂z_{h-1}]``: ``∂L/∂z_k = −∂L/∂z_{k-1} · (level k's last move of
+    z_{k-1})`` from ``grad0 = ∂L/∂z_0``; non-finite values (a diverged step) count as zero."""
+    out = [grad0]
+    for moves in last_moves[:-1]:
+        out.append([-sum(g * u for g, u in zip(out[-1], moves))])
+    return [[g if math.isfinite(g) else 0.0 for g in level] for level in out]
+
+
+def hyper_directions(rule: str, grads: Levels, state: dict[str, Any]) -> Levels:
+    """The hyper levels' step directions: the hypergradient (SGD) or Adam's ``m̂/(√v̂ + ε)``."""
+    if rule == "sgd":
+        return grads
+    state["hyper_step"] = t = state["hyper_step"] + 1
+    b1, b2 = HYPER_BETAS
+    out = []
+    for g, m, v in zip(grads, state["m"], state["v"]):
+        m[:] = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
+        v[:] = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g)]
+        out.append([mi / (1 - b1**t) / (math.sqrt(vi / (1 - b2**t)) + HYPER_EPS) for mi, vi in zip(m, v)])
+    return out
+
+
+def climb(z: Levels, directions: Levels) -> Levels:
+    """Move the levels top-down in place: level k moves ``z_{k-1}`` by ``e^{z_k} · direction``,
+    its step size just moved by level k+1; returns the moves (the top ``z_h`` stays)."""
+    moves: Levels = [[] for _ in directions]
+    for k in range(len(directions), 0, -1):
+        moves[k - 1] = [_exp(z[k][0]) * d for d in directions[k - 1]]
+        z[k - 1] = [a - b for a, b in zip(z[k - 1], moves[k - 1])]
+    return moves
+
+
+def _exp(x: float) -> float:
+    return math.exp(min(x, 700.0))
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+# ---------------------------------------------------------------------------- class front
+
+
+def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
+    ok = value >= 0 if zero_ok else value > 0
+    if not (ok and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
+
+
+class Tower(torch.optim.Optimizer):
+    """A base optimizer whose hyperparameters a tower of ``height`` hyper levels learns.
+
+    Args:
+        params: parameters or param groups, as for any ``torch.optim`` optimizer.
+        lr: the base learning rate (its start value; learned).
+        base: ``"adam"``, ``"momentum"`` (SGD with momentum) or ``"sgd"``.
+        betas, momentum, eps: the base's other hyperparameters (start values).
+        learn: ``"lr"`` (the base's learning rate) or ``"all"`` (also its momentum or betas).
+        height: number of hyper levels (>= 1); level k learns level k-1's hyperparameters.
+        hyper_lr: the hyper levels' step sizes on the log/logit scale: level 1's, each level
+            above 10x smaller (slower timescales up the tower), or a sequence, one per level.
+            The top one stays fixed, the others are learned.
+        hyper: the hyper levels' rule, ``"adam"`` (scale-free steps) or ``"sgd"``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        *,
+        base: str = "adam",
+        betas: tuple[float, float] = (0.9, 0.999),
+        momentum: float = 0.9,
+        eps: float = 1e-8,
+        learn: str = "lr",
+        height: int = 1,
+        hyper_lr: float | Sequence[float] = 0.03,
+        hyper: str = "adam",
+    ) -> None:
+        for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
+            if value not in choices:
+                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
+        if not (isinstance(height, int) and height >= 1):
+            raise ConfigError(f"tower height must be an integer >= 1, got {height}")
+        _check_rate("learning rate", lr)
+        _check_rate("eps", eps)
+        if isinstance(hyper_lr, (int, float)):
+            rates = [float(hyper_lr) * LEVEL_RATIO**k for k in range(height)]
+        else:
+            rates = [float(r) for r in hyper_lr]
+        if len(rates) != height:
+            raise ConfigError(f"hyper_lr needs one value per level ({height}), got {len(rates)}")
+        for r in rates:
+            _check_rate("hyper_lr", r, zero_ok=True)
+        defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates))
+        if base == "adam":
+            if not all(0 < b < 1 for b in betas):
+                raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
+            defaults["betas"] = tuple(map(float, betas))
+        elif base == "momentum":
+            if not 0 < momentum < 1:
+                raise ConfigError(f"momentum must be in (0, 1), got {momentum}")
+            defaults["momentum"] = float(momentum)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One step per group: hypergradients, the hyper levels top-down, then the weights."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._group_step(group, params)
+        return loss
+
+    def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        grads, states = [p.grad for p in params], [self.state[p] for p in params]
+        names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
+        if "tower_state" not in group:
+            group["tower_state"] = _new_tower_state(len(names), len(group["hyper_lrs"]))
+        tower = group["tower_state"]
+        if _visible(group) != tower["written"]:  # the first step, or someone set a value: start from it
+            tower["z"] = _read_z(group, names)
+        tower["step"] += 1
+        if tower["step"] > 1:
+            dots = basis_dots(grads, [[s["basis"][b] for s in states] for b in range(len(tower["coef"][0]))])
+            grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in tower["coef"]]
+            tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
+            directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
+            tower["moves"] = climb(tower["z"], directions)
+            _write_back(group, tower["z"], names)
+        tower["written"] = _visible(group)
+        u, basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
+        torch._foreach_sub_(params, u)
+        for i, s in enumerate(states):
+            s["basis"] = [b[i] for b in basis]
+
+
+def _base_update(
+    group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
+) -> tuple[list[Tensor], list[list[Tensor]], Levels]:
+    """The base kernel on the group's current hyperparameters (its state made on first use)."""
+    buffers = {"adam": ("exp_avg", "exp_avg_sq"), "momentum": ("momentum_buffer",), "sgd": ()}[group["base"]]
+    for s, p in zip(states, params):
+        if buffers and buffers[0] not in s:
+            s.update({key: torch.zeros_like(p) for key in buffers})
+    bufs = [[s[key] for s in states] for key in buffers]
+    step = group["tower_state"]["step"]
+    if group["base"] == "adam":
+        return adam_update(grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
+    if group["base"] == "momentum":
+        return sgd_update(grads, bufs[0], group["lr"], group["momentum"], learn_momentum=learn_more)
+    return sgd_update(grads, None, group["lr"])
+
+
+def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
+    """The group's current hyperparameter values, to notice one that someone else changed."""
+    return (group["lr"], *group.get("betas", ()), group.get("momentum"), *group["hyper_lrs"])
+
+
+def _read_z(group: dict[str, Any], names: Sequence[str]) -> Levels:
+    """``[z_0, z_1, …, z_h]`` from the group's current values."""
+    betas = group.get("betas", (None, None))
+    value = {"lr": group["lr"], "momentum": group.get("momentum"), "beta1": betas[0], "beta2": betas[1]}
+    z0 = [math.log(value[n]) if n == "lr" else _logit(value[n]) for n in names]
+    return [z0, *([math.log(r)] if r > 0 else [-math.inf] for r in group["hyper_lrs"])]
+
+
+def _write_back(group: dict[str, Any], z: Levels, names: Sequence[str]) -> None:
+    """Store the levels' new values in the group (the top step size stays as given); logits
+    are kept within ±LOGIT_BOUND so a beta or momentum stays below 1 in floating point."""
+    z[0] = [x if n == "lr" else max(-LOGIT_BOUND, min(LOGIT_BOUND, x)) for n, x in zip(names, z[0])]
+    values = {n: _exp(x) if n == "lr" else _sigmoid(x) for n, x in zip(names, z[0])}
+    group["lr"] = values["lr"]
+    if "momentum" in values:
+        group["momentum"] = values["momentum"]
+    if "beta1" in values:
+        group["betas"] = (values["beta1"], values["beta2"])
+    group["hyper_lrs"] = (*(_exp(zk[0]) for zk in z[1:-1]), group["hyper_lrs"][-1])
+
+
+def _new_tower_state(n0: int, height: int) -> dict[str, Any]:
+    """Step counters, the levels ``z`` and their last moves, the hyper levels' Adam moments."""
+    zeros = lambda: [[0.0] * n0] + [[0.0] for _ in range(height - 1)]  # noqa: E731
+    return {"step": 0, "hyper_step": 0, "z": None, "written": None, "coef": None,
+            "moves": zeros(), "m": zeros(), "v": zeros(), "hypergrads": zeros()}  # fmt: skip
+
+
+def tower_hparams(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str, float]:
+    """Every level's hyperparameters of one group, flat (for logs and plots)."""
+    g = optimizer.param_groups[group]
+    out = {"lr": float(g["lr"])}
+    if "betas" in g:
+        out["beta1"], out["beta2"] = (float(b) for b in g["betas"])
+    if "momentum" in g:
+        out["momentum"] = float(g["momentum"])
+    for k, r in enumerate(g.get("hyper_lrs", ()), start=1):
+        out[f"hyper_lr_{k}"] = float(r)
+    return out
+
+
+def make_tower(
+    params: Iterable[Any], lr: float, *, base: str = "adam", height: int = 2, hyper_lr: float = 0.03, **kwargs: Any
+) -> torch.optim.Optimizer:
+    """Factory for a method registry: ``base`` whose hyperparameters a ``height``-tower learns."""
+    return Tower(params, lr=lr, base=base, height=height, hyper_lr=hyper_lr, **kwargs)

@@ -1,0 +1,79 @@
+"""``metalearner tower`` and ``metalearner fewshot`` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import typer
+from typer.testing import CliRunner
+
+from metalearner.errors import ConfigError
+from metalearner.meta.cli import fewshot_app, tower_app
+
+app = typer.Typer()
+app.add_typer(tower_app, name="tower")
+app.add_typer(fewshot_app, name="fewshot")
+runner = CliRunner()
+
+# the main command with both registered, run as a user does (until the lead's registration lands)
+MAIN = """
+from metalearner.cli import app, main
+from metalearner.meta.cli import fewshot_app, tower_app
+names = {g.name for g in app.registered_groups}
+for sub, name in ((tower_app, "tower"), (fewshot_app, "fewshot")):
+    if name not in names:
+        app.add_typer(sub, name=name)
+main()
+"""
+
+
+def invoke(*args: str) -> dict:
+    r = runner.invoke(app, [*args, "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_tower_trains_prints_json_and_plots_every_level(tmp_path):
+    out = invoke("tower", "--task", "moons", "--steps", "12", "--width", "16", "--height", "2",
+                 "--plot", str(tmp_path / "levels.png"))  # fmt: skip
+    assert out["final"]["steps"] == 12 and 0 <= out["final"]["test_acc"] <= 1
+    assert list(out["hyperparameters"]) == ["lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
+    assert (tmp_path / "levels.png").stat().st_size > 10_000
+
+
+def test_fewshot_prints_json_with_interval_and_plots_the_adaptation(tmp_path):
+    out = invoke("fewshot", "--task", "sinusoid", "--method", "meta_meta", "--iterations", "6", "--meta-batch", "4",
+                 "--eval-tasks", "30", "--eval-steps", "3", "--plot", str(tmp_path / "adapt.png"))  # fmt: skip
+    assert out["metric"] == "mse" and out["ci95"][0] <= out["mean"] <= out["ci95"][1] and len(out["curve"]) == 4
+    assert out["config"]["method"] == "meta_meta" and out["history"][-1]["iteration"] == 6
+    assert (tmp_path / "adapt.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["tower", "--base", "rmsprop", "--task", "moons"], "unknown tower base 'rmsprop'"),
+        (["tower", "--height", "0", "--task", "moons"], "tower height must be an integer >= 1"),
+        (["tower", "--task", "cifar"], "unknown data set 'cifar'"),
+        (["fewshot", "--method", "reptile"], "unknown few-shot method 'reptile'"),
+        (["fewshot", "--task", "omniglot"], "unknown few-shot task 'omniglot'"),
+        (["fewshot", "--k-shot", "0"], "k_shot must be >= 1"),
+        (["fewshot", "--outer-lr", "-1"], "outer_lr must be a positive number"),
+    ],
+)
+def test_user_mistakes_are_config_errors(args, message):
+    r = runner.invoke(app, [*args, "--no-progress"])
+    assert isinstance(r.exception, ConfigError) and message in str(r.exception)
+    assert "\n" not in str(r.exception)
+
+
+def test_the_main_command_prints_one_line_and_exits_2():
+    r = subprocess.run([sys.executable, "-c", MAIN, "fewshot", "--method", "reptile"], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert lines == ["error: unknown few-shot method 'reptile'; choose from maml, meta_sgd, meta_meta"]

@@ -1,0 +1,199 @@
+"""Hyperoptimizer towers: exact against torch.optim, exact hypergradients, bounded, plug-and-play."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+
+import pytest
+import torch
+
+from metalearner.errors import ConfigError
+from metalearner.meta.towers import Tower, make_tower, tower_hparams
+from metalearner.observe.probe import optimizer_hparams
+
+# base -> the plain optimizer a zero-step tower must reproduce
+PLAIN = {
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "momentum": lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9),
+    "sgd": lambda p: torch.optim.SGD(p, lr=1e-2),
+}
+
+
+def tiny(seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A 3-6-1 tanh regressor and its full-batch loss ``loss(model)``."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1)).to(dtype)
+    x, y = torch.randn(32, 3, dtype=dtype), torch.randn(32, 1, dtype=dtype)
+    return model, lambda m: ((m(x) - y) ** 2).mean()
+
+
+def backward(model, loss) -> float:
+    model.zero_grad(set_to_none=True)
+    value = loss(model)
+    value.backward()
+    return float(value.detach())
+
+
+@pytest.mark.parametrize("base", list(PLAIN))
+def test_height_one_with_zero_hyper_lr_is_the_plain_optimizer_step_for_step(base):
+    (m1, loss), (m2, _) = tiny(), tiny()
+    plain, tower = PLAIN[base](m1.parameters()), Tower(m2.parameters(), lr=1e-2, base=base, learn="all", hyper_lr=0.0)
+    for _ in range(30):
+        backward(m1, loss), backward(m2, loss)
+        plain.step(), tower.step()
+        for a, b in zip(m1.parameters(), m2.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert tower.param_groups[0]["lr"] == pytest.approx(1e-2, rel=1e-12)
+
+
+def _perturbations(group, delta):
+    """z-space moves of every learned value: log for rates, logit for betas/momentum."""
+    out = {"lr": lambda g, s: g.update(lr=g["lr"] * math.exp(s * delta))}
+
+    def logit_shift(p, s):
+        return 1 / (1 + math.exp(-(math.log(p / (1 - p)) + s * delta)))
+
+    if "betas" in group:
+        out["beta1"] = lambda g, s: g.update(betas=(logit_shift(g["betas"][0], s), g["betas"][1]))
+        out["beta2"] = lambda g, s: g.update(betas=(g["betas"][0], logit_shift(g["betas"][1], s)))
+    if "momentum" in group:
+        out["momentum"] = lambda g, s: g.update(momentum=logit_shift(g["momentum"], s))
+    for k in range(len(group["hyper_lrs"]) - 1):  # the top level is fixed
+        out[f"hyper_lr_{k + 1}"] = lambda g, s, k=k: g.update(
+            hyper_lrs=tuple(r * math.exp(s * delta) if i == k else r for i, r in enumerate(g["hyper_lrs"]))
+        )
+    return out
+
+
+@pytest.mark.parametrize("base, hyper", [("adam", "adam"), ("momentum", "adam"), ("sgd", "sgd")])
+def test_hypergradients_of_every_level_match_finite_differences(base, hyper):
+    model, loss = tiny(dtype=torch.float64)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper)
+    for _ in range(6):
+        backward(model, loss)
+        opt.step()
+    snapshot = (model, opt)  # we differentiate through its next step
+
+    def loss_after_step(perturb=None, sign=0):
+        m, o = copy.deepcopy(snapshot)
+        backward(m, loss)
+        if perturb is not None:
+            perturb(o.param_groups[0], sign)
+        o.step()
+        return m, o
+
+    # analytic: the step after reports dL(θ_new)/dz for the values this step used, every level
+    m, o = loss_after_step()
+    backward(m, loss)
+    o.step()
+    analytic = [g for level in o.param_groups[0]["tower_state"]["hypergrads"] for g in level]
+
+    delta = 1e-5
+    perturb = _perturbations(snapshot[1].param_groups[0], delta)
+    numeric = [
+        (float(loss(loss_after_step(f, +1)[0]).detach()) - float(loss(loss_after_step(f, -1)[0]).detach())) / (2 * delta)
+        for f in perturb.values()
+    ]
+    assert len(analytic) == len(numeric) == {"adam": 5, "momentum": 4, "sgd": 3}[base]
+    for name, a, n in zip(perturb, analytic, numeric):
+        assert a == pytest.approx(n, rel=1e-4, abs=1e-10), name
+
+
+def test_state_dict_round_trip_continues_identically():
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=1e-2, learn="all", height=2)
+    for _ in range(5):
+        backward(model, loss)
+        opt.step()
+    twin = copy.deepcopy(model)
+    twin_opt = Tower(twin.parameters(), lr=0.5, learn="all", height=2)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    for _ in range(5):
+        for m, o in ((model, opt), (twin, twin_opt)):
+            backward(m, loss)
+            o.step()
+    assert tower_hparams(opt) == tower_hparams(twin_opt)
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_memory_stays_flat_over_thousands_of_steps():
+    torch.manual_seed(0)
+    params = [torch.zeros(128, 128, requires_grad=True)]  # 64 KiB: a graph kept per step would be > 80 MiB
+    opt = Tower(params, lr=1e-3, base="adam", learn="all", height=3)
+    target, noise = torch.randn(128, 128), torch.randn(8, 128, 128)
+    rss = []
+    for step in range(1500):
+        params[0].grad = params[0].detach() - target + noise[step % 8]  # a noisy quadratic
+        opt.step()
+        if step in (200, 1499):
+            rss.append(_rss_bytes())
+    assert rss[1] - rss[0] < 8 * 2**20
+    state = opt.state[params[0]]
+    tensors = [t for v in state.values() for t in (v if isinstance(v, list) else [v]) if torch.is_tensor(t)]
+    assert len(tensors) == 2 + 4  # Adam's moments + the basis kept for the next hypergradient
+    assert all(t.grad_fn is None and not t.requires_grad for t in tensors)
+
+
+def test_hyperparameters_stay_valid_when_training_diverges():
+    x = torch.ones(4, requires_grad=True)
+    opt = Tower([x], lr=3.0, base="adam", learn="all", height=3, hyper_lr=1.0)
+    for step in range(200):
+        x.grad = torch.full_like(x, float("nan")) if step % 7 == 3 else 1e30 * torch.sign(torch.randn(4))
+        opt.step()
+        hp = tower_hparams(opt)
+        assert all(math.isfinite(v) for v in hp.values())
+        assert hp["lr"] > 0 and 0 < hp["beta1"] < 1 and 0 < hp["beta2"] < 1
+
+
+@pytest.mark.parametrize("start", [1e-3, 0.9])
+def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(start):
+    """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a."""
+    a = 2.0
+    x = torch.linspace(1, 2, 10, requires_grad=True)
+    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1)
+    for _ in range(300):
+        x.grad = a * x.detach()
+        opt.step()
+        if x.abs().max() < 1e-20:  # converged: nothing left to learn from
+            break
+    assert 0.5 / 1.5 < opt.param_groups[0]["lr"] < 0.5 * 1.5
+
+
+def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
+    model, loss = tiny()
+    opt = make_tower(model.parameters(), lr=1e-2, base="adam", height=2)
+    first = backward(model, lambda m: loss(m))
+    for _ in range(50):
+        opt.step(lambda: backward(model, loss))
+    assert float(loss(model).detach()) < first
+    lr, beta1 = optimizer_hparams(opt)
+    assert lr == opt.param_groups[0]["lr"] != 1e-2 and beta1 == 0.9
+    assert list(tower_hparams(opt)) == ["lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), "learning rate must be a positive"),
+        (dict(base="rmsprop"), "unknown tower base 'rmsprop'; choose from sgd, momentum, adam"),
+        (dict(hyper="lion"), "unknown hyper rule 'lion'"),
+        (dict(learn="betas"), "unknown learn 'betas'"),
+        (dict(height=0), "tower height must be an integer >= 1"),
+        (dict(height=2, hyper_lr=[0.1]), "hyper_lr needs one value per level (2)"),
+        (dict(hyper_lr=-0.1), "hyper_lr must be a non-negative"),
+        (dict(betas=(0.9, 1.0)), "betas must be in (0, 1)"),
+        (dict(base="momentum", momentum=0.0), "momentum must be in (0, 1)"),
+    ],
+)
+def test_invalid_settings_are_one_line_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        Tower([torch.zeros(2, requires_grad=True)], **kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
