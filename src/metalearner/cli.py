@@ -12,6 +12,7 @@ import typer
 
 from metalearner.bench.cli import bench_app
 from metalearner.errors import MetalearnerError
+from metalearner.meta.cli import fewshot_app, tower_app
 from metalearner.methods import METHODS
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
@@ -26,6 +27,8 @@ app.add_typer(mirror_app, name="mirror")
 app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
 app.add_typer(lopt_app, name="lopt")
 app.add_typer(bench_app, name="bench")
+app.add_typer(tower_app, name="tower")
+app.add_typer(fewshot_app, name="fewshot")
 
 
 @app.command()

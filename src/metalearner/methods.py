@@ -10,7 +10,9 @@ shipped weights it runs with). Adding a method is one entry::
 
 The LR controller wraps any base method: ``NAME+controller`` (for example
 ``sgd+controller``) is Adam's or SGD's own update with the learned learning-rate multiplier
-on top; ``adam+controller`` is the benchmarked entry. Baselines come from their maintained
+on top; ``adam+controller`` is the benchmarked entry. ``hyper_sgd``, ``hyper_momentum`` and
+``hyper_adam`` are hyperoptimizer towers (:mod:`metalearner.meta.towers`): the base's learning
+rate learned online by gradient descent, itself tuned by one more level. Baselines come from their maintained
 packages (``schedulefree``, ``prodigyopt``, ``dadaptation``: ``pip install
 'metalearner[baselines]'``), used as their authors intend (Schedule-Free's train/eval
 switching happens in ``fit``).
@@ -176,6 +178,20 @@ def _opt2vec(params: Params, *, lr: float, momentum: float | None, weight_decay:
     return Opt2Vec(params, lr, weight_decay=weight_decay, budget=budget, **options)
 
 
+def _tower(base: str) -> Factory:
+    """``base`` with its learning rate learned by a height-2 hyperoptimizer tower (``meta``)."""
+
+    def make(params: Params, *, lr: float, momentum: float | None, weight_decay: float, budget: int | None, **options: Any) -> torch.optim.Optimizer:
+        from metalearner.meta.towers import make_tower
+
+        if weight_decay:
+            raise ConfigError("hyperoptimizer towers have no weight decay; drop --weight-decay")
+        kw = {"betas": (momentum, 0.999)} if base == "adam" else {"momentum": momentum} if base == "momentum" else {}
+        return make_tower(params, lr, base=base, **{"height": 2, **kw, **options})
+
+    return make
+
+
 def _controlled(base: "Method") -> Factory:
     """``base``'s optimizer with the learned LR controller on top."""
 
@@ -208,6 +224,9 @@ _BASES: tuple[Method, ...] = (
     Method("prodigy", "Prodigy", _lazy("prodigyopt", "Prodigy"), 1.0, momentum=0.9),
     Method("dadapt_adam", "D-Adaptation Adam", _lazy("dadaptation", "DAdaptAdam"), 1.0, momentum=0.9),
     Method("opt2vec", "Opt2Vec (ours, frozen)", _opt2vec, 1e-3, budget_aware=True, weights="opt2vec"),
+    Method("hyper_sgd", "SGD, lr learned by a height-2 tower", _tower("sgd"), 0.1),
+    Method("hyper_momentum", "SGD + momentum, lr learned by a height-2 tower", _tower("momentum"), 0.01, momentum=0.9),
+    Method("hyper_adam", "Adam, lr learned by a height-2 tower", _tower("adam"), 1e-3, momentum=0.9),
 )  # fmt: skip
 
 METHODS: dict[str, Method] = {m.name: m for m in (*_BASES, _controller_method(_ADAM))}

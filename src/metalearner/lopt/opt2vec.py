@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from metalearner.kernels import adam_moments_
 from metalearner.lopt.policy import (
     BASE_FEATURES,
     EXTENDED_FEATURES,
@@ -79,12 +80,7 @@ def adam_direction_(
     """The base update, in place: decoupled weight decay, then an Adam step with ``beta1``."""
     if weight_decay:
         torch._foreach_mul_(params, 1 - lr * weight_decay)
-    torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-    torch._foreach_mul_(exp_avg_sqs, beta2)
-    torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-    denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, math.sqrt(bias_correction2))
-    torch._foreach_add_(denom, eps)
+    denom = adam_moments_(grads, exp_avgs, exp_avg_sqs, beta1=beta1, beta2=beta2, bias_correction2=bias_correction2, eps=eps)
     torch._foreach_addcdiv_(params, exp_avgs, denom, value=-lr / bias_correction1)
 
 

@@ -80,12 +80,7 @@ def adam_update(
 ) -> tuple[list[Tensor], list[list[Tensor]], Levels]:  # fmt: skip
     """Adam, ``u = lr m̂/(√v̂ + ε)``; moves ``m, v`` in place."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
-    torch._foreach_lerp_(m, grads, 1 - beta1)
-    torch._foreach_mul_(v, beta2)
-    torch._foreach_addcmul_(v, grads, grads, 1 - beta2)
-    denom = torch._foreach_sqrt(v)
-    torch._foreach_div_(denom, math.sqrt(c2))
-    torch._foreach_add_(denom, eps)
+    denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
     u = torch._foreach_div(m, denom)
     torch._foreach_mul_(u, lr / c1)
     if not learn_betas:
