@@ -16,6 +16,7 @@ from metalearner.methods import METHODS
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
 from metalearner.mirror.cli import dataset_app, mirror_app
+from metalearner.pipeline.cli import report_command, run_command
 from metalearner.progress import STDERR, Progress
 from metalearner.zoo.cli import zoo_app
 
@@ -26,6 +27,8 @@ app.add_typer(mirror_app, name="mirror")
 app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
 app.add_typer(lopt_app, name="lopt")
 app.add_typer(bench_app, name="bench")
+app.command("run", help="The whole pipeline, raw data to report: zoo, dataset, mirror, meta-train, bench, report.")(run_command)
+app.command("report", help="Rebuild a pipeline folder's report.html/report.md from its artifacts.")(report_command)
 
 
 @app.command()
