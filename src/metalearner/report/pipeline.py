@@ -54,25 +54,33 @@ def plot_zoo(zoo: Any, runs: Any, path: Path) -> Path:
     opts = sorted(runs["optimizer"].dropna().unique())
     colours = {o: plt.get_cmap("tab10")(i % 10) for i, o in enumerate(opts)}
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.4))
+    top, low = -np.inf, np.inf
+    diverged = []
     for rid, df in zoo.groupby("run_id"):
         run = runs.loc[runs["run_id"] == rid].iloc[0]
         c = colours.get(run["optimizer"], "0.5")
         loss = smooth(np.log10(np.clip(df["loss"].to_numpy(float), 1e-8, None)))
-        ep = df["epoch"].to_numpy(float) + df["batch"].to_numpy(float) / max(float(df["batch"].max()) + 1, 1)
+        per_epoch = float(df["batch"].max()) + 1
+        ep = df["epoch"].to_numpy(float) + (df["batch"].to_numpy(float) + 1) / max(per_epoch, 1)  # epochs done after each step
         a.plot(ep, loss, color=c, lw=0.9, alpha=0.8)
-        ev = df[df["val_acc"].notna()]
-        b.plot(ev["epoch"].to_numpy(float) + 1, ev["val_acc"], color=c, lw=0.9, alpha=0.8, marker=".", ms=3)
+        fin = np.isfinite(loss)
+        if fin.any():
+            top, low = max(top, loss[fin][0]), min(low, np.nanmin(loss[fin]))
+        ev = df["val_acc"].notna().to_numpy()
+        b.plot(ep[ev], df["val_acc"].to_numpy(float)[ev], color=c, lw=0.9, alpha=0.8, marker=".", ms=3)
         if run["status"] == "diverged":
-            fin = np.isfinite(loss)
-            x = ep[fin][-1] if fin.any() else 0.0
-            y = loss[fin][-1] if fin.any() else 0.0
-            a.scatter([x], [y], marker="x", s=60, color="red", zorder=5)
+            diverged.append(ep[fin][-1] if fin.any() else 0.0)
+    # the y range of the runs that train; a diverged run leaves through the top, marked there
+    ylim = (low - 0.1 * (top - low + 0.1), top + 0.5 * (top - low + 0.1)) if np.isfinite(top) else None
+    if ylim:
+        a.set_ylim(*ylim)
+        a.scatter(diverged, [ylim[1]] * len(diverged), marker="x", s=60, color="red", zorder=5, clip_on=False)
     for o in opts:
         a.plot([], [], color=colours[o], label=o)
     a.scatter([], [], marker="x", color="red", label="diverged")
     a.set_xlabel("epoch")
     a.set_ylabel("training loss (log10, smoothed)")
-    a.set_title("training loss of every run")
+    a.set_title("training loss of every run (x: diverged)")
     a.legend(title="optimizer", fontsize=8)
     b.set_xlabel("epoch")
     b.set_ylabel("validation accuracy")
