@@ -17,6 +17,7 @@ from metalearner.methods import METHODS
 from metalearner.lopt.cli import app as lopt_app
 from metalearner.lopt.cli import meta_train_command
 from metalearner.mirror.cli import dataset_app, mirror_app
+from metalearner.pipeline.cli import report_command, run_command
 from metalearner.progress import STDERR, Progress
 from metalearner.zoo.cli import zoo_app
 
@@ -29,6 +30,8 @@ app.add_typer(lopt_app, name="lopt")
 app.add_typer(bench_app, name="bench")
 app.add_typer(tower_app, name="tower")
 app.add_typer(fewshot_app, name="fewshot")
+app.command("run", help="The whole pipeline, raw data to report: zoo, dataset, mirror, meta-train, bench, report.")(run_command)
+app.command("report", help="Rebuild a pipeline folder's report.html/report.md from its artifacts.")(report_command)
 
 
 @app.command()

@@ -10,6 +10,10 @@ alone::
             bar.advance(failed=n_failed, diverged=n_diverged)
 
 A :class:`Bar` also speaks ``fit``'s progress protocol, ``update(step, total, **fields)``.
+
+Displays nest: a :class:`Progress` opened while another is open adds its bars to that one
+(rich allows one live display at a time), so ``metalearner run`` shows one display with a
+bar per stage and the bars of the zoo, meta-training and benchmark it calls.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsed
 from rich.progress import Progress as _RichProgress
 
 STDERR = Console(stderr=True)
+_OPEN: list["Progress"] = []  # the displays open now, outermost first
 
 
 class Bar:
@@ -64,12 +69,15 @@ class Progress:
             TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=STDERR, disable=not enabled,
         )  # fmt: skip
         self._started = False
+        self._outer: Progress | None = None
 
     def bar(self, label: str, total: float | None = None, *, completed: float = 0, info: str = "", **fields: Any) -> Bar:
         return Bar(self, label, total, completed, info, fields)
 
     def start(self) -> None:
-        if not self._started:
+        if self._outer is not None:
+            self._outer.start()
+        elif not self._started:
             self.rich.start()
             self._started = True
 
@@ -79,7 +87,12 @@ class Progress:
             self._started = False
 
     def __enter__(self) -> "Progress":
+        outer = next((p for p in reversed(_OPEN) if not p.rich.disable), None)
+        if outer is not None and not self.rich.disable:
+            self._outer, self.rich = outer, outer.rich  # one display: add our bars to the open one
+        _OPEN.append(self)
         return self
 
     def __exit__(self, *_: Any) -> None:
+        _OPEN.remove(self)
         self.stop()

@@ -36,7 +36,7 @@ RULESETS = ("self_tuning", "tuned")
 
 
 def job_key(job: dict[str, Any]) -> str:
-    body = {k: v for k, v in job.items() if k != "data_dir"}
+    body = {k: v for k, v in job.items() if k not in ("data_dir", "options")}  # options: a path; its weights' fingerprint counts
     return hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -54,7 +54,8 @@ def train_once(job: dict[str, Any], budget: float, target: float | None = None) 
     task = _task(json.dumps(job["task"], sort_keys=True), job.get("data_dir"))
     per_epoch = Budget.of(task.data.n_train, task.config.batch_size, epochs=budget).per_epoch
     cfg = RunConfig(task=task.config, optimizer=job["method"], lr=job["lr"], epochs=budget, seed=job["seed"],
-                    eval_every=max(1, per_epoch // job["evals_per_epoch"]), target_acc=target)  # fmt: skip
+                    eval_every=max(1, per_epoch // job["evals_per_epoch"]), target_acc=target,
+                    options=job.get("options", {}), device=job.get("device", "cpu"))  # fmt: skip
     t0 = time.perf_counter()
     res = train_run(cfg, task=task, probe=False, test=target is None)
     wall = time.perf_counter() - t0
@@ -98,8 +99,11 @@ def score(result: dict[str, Any], target: float) -> float:
 class Bench:
     """The state of one suite in one directory: finished jobs, tuned lrs, targets."""
 
-    def __init__(self, suite: Suite, out_dir: str | Path, *, data_dir: str | None = None) -> None:
+    def __init__(self, suite: Suite, out_dir: str | Path, *, data_dir: str | None = None, device: str = "cpu",
+                 weights: dict[str, str] | None = None) -> None:  # fmt: skip
+        """``weights``: method name -> a safetensors file to run it with instead of its shipped weights."""
         self.suite, self.out, self.data_dir = suite, Path(out_dir), data_dir
+        self.device, self.weights = device, dict(weights or {})
         self.jobs_dir = self.out / "jobs"
         self.done: dict[str, dict[str, Any]] = {}
         saved = self.out / "suite.json"
@@ -128,6 +132,13 @@ class Bench:
         }  # fmt: skip
         if m.weights is not None:
             job["weights"] = m.weights_fingerprint()
+        if method in self.weights:
+            from metalearner.lopt.policy import PolicyWeights
+
+            job["options"] = {"weights": str(self.weights[method])}
+            job["weights"] = PolicyWeights.load(self.weights[method]).fingerprint()
+        if self.device != "cpu":
+            job["device"] = self.device  # absent on the CPU: the keys of earlier results stay valid
         return job
 
     def result(self, job: dict[str, Any]) -> dict[str, Any]:
@@ -231,11 +242,12 @@ def _cost(job: dict[str, Any]) -> float:
 
 
 def run_suite(suite: Suite, out_dir: str | Path, executor: Any, *, data_dir: str | None = None,
-              progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Run (or finish) ``suite`` into ``out_dir`` and render its report; returns the results."""
+              progress: bool = True, device: str = "cpu", weights: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run (or finish) ``suite`` into ``out_dir`` and render its report; returns the results.
+    ``device`` and ``weights`` as :class:`Bench` takes them."""
     from metalearner.report.bench import write_report
 
-    bench = Bench(suite, out_dir, data_dir=data_dir)
+    bench = Bench(suite, out_dir, data_dir=data_dir, device=device, weights=weights)
     with Progress(progress) as display:
         results = bench.run(executor, display.bar)
     write_report(results, out_dir)

@@ -337,7 +337,7 @@ def _inline(s: str) -> str:
     return s
 
 
-def to_html(bl: list[tuple[str, Any]]) -> str:
+def to_html(bl: list[tuple[str, Any]], title: str = "metalearner benchmark") -> str:
     parts = []
     for kind, x in bl:
         if kind in ("h1", "h2", "h3"):
@@ -356,7 +356,7 @@ def to_html(bl: list[tuple[str, Any]]) -> str:
     style = ("body{font-family:system-ui,sans-serif;max-width:1400px;margin:2em auto;padding:0 1em;line-height:1.45}"
              "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
              "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3;padding:0 3px}")  # fmt: skip
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>metalearner benchmark</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>\n"
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:

@@ -27,7 +27,8 @@ class RunConfig:
     saved config says what ran); ``momentum`` ``None`` is the method's default too.
     ``options`` go to the method's factory (e.g. ``{"weights": "path.safetensors"}`` for a
     learned optimizer). ``sampler``: ``epoch`` (a seeded permutation per epoch) or
-    ``random`` (batches drawn with replacement).
+    ``random`` (batches drawn with replacement). ``device``: ``cpu``, ``cuda`` (or
+    ``cuda:N``) or ``auto`` (a GPU when torch sees one; see :func:`resolve_device`).
     """
 
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -44,6 +45,7 @@ class RunConfig:
     extended: bool = False
     sampler: Literal["epoch", "random"] = "epoch"
     options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if isinstance(self.task, dict):
@@ -64,10 +66,11 @@ class RunConfig:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.sampler not in ("epoch", "random"):
             raise ConfigError(f"unknown sampler {self.sampler!r}; choose from epoch, random")
+        check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key, default in (("sampler", "epoch"), ("options", {})):
+        for key, default in (("sampler", "epoch"), ("options", {}), ("device", "cpu")):
             if d[key] == default:
                 del d[key]  # configs from before these fields existed keep their run ids
         return d
@@ -78,6 +81,26 @@ class RunConfig:
 
     def budget(self, task: Task) -> Budget:
         return Budget.of(task.data.n_train, self.task.batch_size, epochs=self.epochs, steps=self.steps)
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names one this option accepts: cpu, cuda, cuda:N or auto."""
+    if device not in ("cpu", "cuda", "auto") and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"unknown device {device!r}; choose from cpu, cuda, auto")
+    return device
+
+
+def resolve_device(device: str = "cpu") -> str:
+    """The device a run uses: ``auto`` is ``cuda`` when torch sees a GPU, else ``cpu``;
+    asking for ``cuda`` without one is a one-line error."""
+    import torch
+
+    check_device(device)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no GPU (use --device cpu or auto)")
+    return device
 
 
 def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
@@ -123,6 +146,8 @@ def train_run(
         out_dir = prepare_out_dir(out_dir, overwrite=overwrite)
     task = task or make_task(cfg.task, data_dir=data_dir)
     model = task.build_model(seed=cfg.seed)
+    if cfg.device != "cpu":
+        model = model.to(resolve_device(cfg.device))  # fit moves the data to the model's device
     budget = cfg.budget(task)
     opt, scheduler = get_method(cfg.optimizer).build(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,

@@ -58,7 +58,7 @@ from metalearner.train.run import RunConfig
 
 TASK_KEYS = {"dataset": "dataset", "n_train": "n_train", "batch_size": "batch_size", "data_seed": "seed", "data_options": "data_options"}
 MODEL_KEYS = ("family", "depth", "width", "activation", "init")
-RUN_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "steps", "eval_every", "target_acc", "seed", "extended")  # fmt: skip
+RUN_KEYS = ("optimizer", "lr", "momentum", "weight_decay", "schedule", "epochs", "steps", "eval_every", "target_acc", "seed", "extended", "device")  # fmt: skip
 SPACE_KEYS: tuple[str, ...] = (*TASK_KEYS, *MODEL_KEYS, *RUN_KEYS)
 TOP_KEYS = ("name", "description", "sampling", "n_runs", "seed", "space")
 
