@@ -5,6 +5,7 @@ on stderr, figures as PNG. Register with ``app.add_typer(tower_app, name="tower"
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -42,8 +43,8 @@ def tower(
 ) -> None:
     """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON.
     The figure: each level's hyperparameters over training."""
-    from metalearner.cli import Bar
     from metalearner.meta.towers import Tower, tower_hparams
+    from metalearner.progress import Progress
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
     from metalearner.train import fit
 
@@ -54,7 +55,8 @@ def tower(
     opt = Tower(model.parameters(), lr=lr, base=base, height=height, hyper_lr=hyper_lr, learn=learn)
     rows: list[dict[str, float]] = [tower_hparams(opt)]
     opt.register_step_post_hook(lambda o, *_: rows.append(tower_hparams(o)))
-    with Bar(f"tower {base} h{height}", enabled=progress) as bar:
+    with Progress(progress) as display:
+        bar = display.bar(f"tower {base} h{height}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=math.nan, acc=math.nan)
         result = fit(model, opt, model_task, steps=steps, seed=seed, progress=bar)
     if plot is not None:
         from metalearner.meta.plots import plot_tower
@@ -88,8 +90,8 @@ def fewshot(
 ) -> None:
     """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
     The figure: the adaptation curve, the meta-loss and the meta-learning rate."""
-    from metalearner.cli import Bar
     from metalearner.errors import ConfigError
+    from metalearner.progress import Progress
     from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
@@ -99,7 +101,8 @@ def fewshot(
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None)
-    with Bar(f"{method} {task}", enabled=progress) as bar:
+    with Progress(progress) as display:
+        bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
         result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps,
                                     progress=lambda i, n, loss: bar.update(i, n, loss=loss))  # fmt: skip
     if plot is not None:

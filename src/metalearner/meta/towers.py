@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from metalearner.errors import ConfigError
+from metalearner.kernels import adam_moments_
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
