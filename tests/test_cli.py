@@ -139,3 +139,12 @@ def test_train_refuses_a_file_or_an_existing_run_as_out_unless_overwrite(tmp_pat
     assert r.returncode == 2 and "already holds a run; pass --overwrite" in r.stderr and read_run(out)["run_id"] == first
     r = cli(*args, "--out", str(out), "--overwrite")
     assert r.returncode == 0 and read_run(out)["run_id"] != first
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("args", [["train", "--task", "moons"], ["zoo", "--spec", "tiny"], ["bench", "--suite", "smoke"]])
+def test_device_cuda_without_a_gpu_fails_at_the_start_in_one_line(args, tmp_path):
+    r = cli(*args, "--device", "cuda", "--out", str(tmp_path / "out"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["error: device 'cuda' asked for, but torch sees no GPU (use --device cpu or auto)"]
+    assert not (tmp_path / "out").exists()

@@ -57,13 +57,16 @@ def train(
     extended: bool = typer.Option(False, help="Also log gradient cosine, curvature and noise scale."),
     out: Path = typer.Option(Path("runs/latest"), help="Run directory for trajectory.parquet and run.json."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+    device: str = typer.Option("cpu", help="cpu, cuda (cuda:N) or auto (a GPU when torch sees one)."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (else $METALEARNER_DATA, else a user cache)."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
     """Train one model with the probe attached; writes OUT/trajectory.parquet and OUT/run.json."""
     from metalearner.tasks.models import ModelConfig
     from metalearner.tasks.task import TaskConfig
-    from metalearner.train.run import RunConfig, train_run
+    from metalearner.train.run import RunConfig, resolve_device, train_run
+
+    resolve_device(device)  # a missing GPU fails here, in one line
 
     cfg = RunConfig(
         task=TaskConfig(
@@ -75,6 +78,7 @@ def train(
         ),
         optimizer=optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
         epochs=epochs, steps=steps, eval_every=eval_every, target_acc=target_acc, seed=seed, extended=extended,
+        device=device,
     )  # fmt: skip
     t0 = time.perf_counter()
     with Progress(progress) as display:

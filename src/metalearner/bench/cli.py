@@ -21,6 +21,7 @@ def bench(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
     seeds: Optional[int] = typer.Option(None, help="Override the suite's number of scoring seeds."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto (a GPU when torch sees one) for every job."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run SUITE into OUT: results.json, report.md, report.html and figures/."""
@@ -35,11 +36,14 @@ def bench(
 
     if out is None:
         raise ConfigError("give --out DIR for the benchmark")
+    from metalearner.train.run import resolve_device
+
+    resolve_device(device)  # a missing GPU fails here, in one line, before any job
     s = get_suite(suite)
     if seeds is not None:
         s = dataclasses.replace(s, seeds=seeds)
     with make_executor(executor, workers, address=address) as ex:
-        results = run_suite(s, out, ex, data_dir=str(data_dir) if data_dir else None, progress=progress)
+        results = run_suite(s, out, ex, data_dir=str(data_dir) if data_dir else None, progress=progress, device=device)
     print_summary(results, out)
 
 

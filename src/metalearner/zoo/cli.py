@@ -31,6 +31,7 @@ def zoo(
     prune: str = typer.Option("none", help="Early stopping: none or halving (successive halving)."),
     eta: float = typer.Option(3.0, help="Successive halving: keep the top 1/eta at each rung."),
     data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda or auto for every run (overrides the spec's device key)."),
     dry_run: bool = typer.Option(False, help="List the runs the spec gives and exit."),
     progress: bool = typer.Option(True, help="Show a progress bar (on stderr; the result tables go to stdout)."),
 ) -> None:
@@ -49,6 +50,11 @@ def zoo(
     base = load_spec(spec) if spec is not None else None
     d = base.to_dict() if base is not None else SweepSpec().to_dict()
     d["space"] = {**d["space"], **dict(parse_assignment(s) for s in set_ or [])}
+    if device is not None:
+        from metalearner.train.run import resolve_device
+
+        resolve_device(device)  # a missing GPU fails here, in one line, before any run
+        d["space"]["device"] = device
     if sampling is not None:
         d["sampling"] = sampling
     if n_runs is not None:
