@@ -1,7 +1,7 @@
 """Zoo throughput: the speedup of 2 local workers over 1 on runs of realistic length.
 
 The same sweep of MNIST MLPs (784-128-128-10 and 784-256-256-10, Adam and momentum, a
-subset of the training set, each run several seconds long like the ``mnist100`` preset's)
+training set, 3 epochs: each run several seconds long like the ``mnist100`` preset's)
 is trained into a fresh directory through ``run_sweep`` with ``LocalExecutor(1)`` and
 ``LocalExecutor(2)``, as ``metalearner zoo --workers 1`` and ``--workers 2`` do: one worker
 gets every core's threads, two workers one each (``threads_per_worker``). The wall time
@@ -9,10 +9,11 @@ includes starting the workers, loading the data in each, writing every trajector
 and the manifest. The two sweeps run side by side, in alternating order, several times;
 reported are the medians (wall time, runs/min, and the per-repeat speedup = wall with 1
 worker / wall with 2) and each run's own median length, to show that the runs are long
-enough for start-up not to dominate. (The probe's cost is measured by probe_overhead.py.)
+enough for start-up not to dominate. A third sweep, 1 worker on 1 thread, separates the
+process pool's scaling from what intra-op threads already give a single worker. (The probe's cost is measured by probe_overhead.py.)
 
     python benchmarks/zoo_throughput.py --quick          # < 1 minute, prints JSON
-    python benchmarks/zoo_throughput.py                  # 8 runs x 5 repeats (about 6 minutes on
+    python benchmarks/zoo_throughput.py                  # 8 runs x 4 repeats (about 5 minutes on
                                                          # 2 quiet cores): results/zoo_throughput.json
     python benchmarks/zoo_throughput.py --preset-run     # also time the 100-model MNIST preset, 2 workers
                                                          # (tens of minutes; resumable: rerun to finish;
@@ -47,11 +48,18 @@ def mnist_sweep(n: int, n_train: int, epochs: int) -> list[RunConfig]:
     return runs
 
 
-def sweep_once(runs: list[RunConfig], workers: int, out: Path, data_dir: str | None) -> dict:
+CONFIGS = ((1, None), (1, 1), (2, None))  # (workers, threads per worker; None: the cores split among the workers)
+
+
+def name(workers: int, threads: int | None) -> str:
+    return f"{workers}w" + ("" if threads is None else f"_{threads}t")
+
+
+def sweep_once(runs: list[RunConfig], workers: int, threads: int | None, out: Path, data_dir: str | None) -> dict:
     """One sweep into a fresh ``out``: its wall time and its runs' own lengths."""
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    with LocalExecutor(workers) as ex:
+    with LocalExecutor(workers, threads_per_worker=threads) as ex:
         res = run_sweep(runs, out, ex, data_dir=data_dir, progress=False)
         threads = ex.threads_per_worker
     wall = time.perf_counter() - t0
@@ -61,14 +69,15 @@ def sweep_once(runs: list[RunConfig], workers: int, out: Path, data_dir: str | N
 
 
 def side_by_side(runs: list[RunConfig], repeats: int, root: Path, data_dir: str | None) -> list[dict]:
-    """``repeats`` pairs of sweeps (1 and 2 workers), the order alternating from pair to pair."""
-    pairs = []
+    """``repeats`` rounds of one sweep per configuration, the order rotating from round to round."""
+    rounds = []
     for r in range(repeats):
-        order = (1, 2) if r % 2 == 0 else (2, 1)
-        by_workers = {w: sweep_once(runs, w, root / f"r{r}w{w}", data_dir) for w in order}
-        pairs.append({"repeat": r, "order": list(order), "sweeps": [by_workers[1], by_workers[2]],
-                      "speedup_2_over_1": round(by_workers[1]["wall_s"] / by_workers[2]["wall_s"], 3)})  # fmt: skip
-    return pairs
+        order = CONFIGS[r % len(CONFIGS) :] + CONFIGS[: r % len(CONFIGS)]
+        sweeps = {name(w, t): sweep_once(runs, w, t, root / f"r{r}{name(w, t)}", data_dir) for w, t in order}
+        rounds.append({"repeat": r, "order": [name(w, t) for w, t in order], "sweeps": sweeps,
+                       "speedup_2_over_1": round(sweeps["1w"]["wall_s"] / sweeps["2w"]["wall_s"], 3),
+                       "speedup_2_over_1_one_thread": round(sweeps["1w_1t"]["wall_s"] / sweeps["2w"]["wall_s"], 3)})  # fmt: skip
+    return rounds
 
 
 def preset_run(zoo_dir: Path, data_dir: str | None, workers: int) -> dict:
@@ -97,26 +106,33 @@ def main() -> None:
     ap.add_argument("--zoo-dir", type=Path, default=Path(tempfile.gettempdir()) / "metalearner_zoo_mnist100")
     ap.add_argument("--data-dir", default=default_data_dir())
     args = ap.parse_args()
-    n, n_train, epochs, repeats = (4, 8000, 2, 2) if args.quick else (8, 20000, 2, 5)
+    n, n_train, epochs, repeats = (4, 8000, 2, 2) if args.quick else (8, 50000, 3, 4)
     repeats = args.repeats or repeats
     runs = mnist_sweep(n, n_train, epochs)
     with tempfile.TemporaryDirectory() as tmp:
-        pairs = side_by_side(runs, repeats, Path(tmp), args.data_dir)
-    walls = {w: [p["sweeps"][w - 1]["wall_s"] for p in pairs] for w in (1, 2)}
-    run_s = {w: median([p["sweeps"][w - 1]["median_run_s"] for p in pairs]) for w in (1, 2)}
+        rounds = side_by_side(runs, repeats, Path(tmp), args.data_dir)
+    names = [name(w, t) for w, t in CONFIGS]
+    walls = {k: median([r["sweeps"][k]["wall_s"] for r in rounds]) for k in names}
+    run_s = {k: median([r["sweeps"][k]["median_run_s"] for r in rounds]) for k in names}
+
+    def speedup(key: str) -> tuple[float, list[float]]:
+        xs = [r[key] for r in rounds]
+        return round(median(xs), 3), [min(xs), max(xs)]
+
     summary = {
         "runs": n, "n_train": n_train, "epochs": epochs, "repeats": repeats, "cores": len(os.sched_getaffinity(0)),
-        "median_run_s_1": round(run_s[1], 2), "median_run_s_2": round(run_s[2], 2),
-        "wall_s_1": round(median(walls[1]), 2), "wall_s_2": round(median(walls[2]), 2),
-        "runs_per_min_1": round(60 * n / median(walls[1]), 2), "runs_per_min_2": round(60 * n / median(walls[2]), 2),
-        "speedup_2_over_1": round(median([p["speedup_2_over_1"] for p in pairs]), 3),
-        "speedup_range": [min(p["speedup_2_over_1"] for p in pairs), max(p["speedup_2_over_1"] for p in pairs)],
+        **{f"median_run_s_{k}": round(v, 2) for k, v in run_s.items()},
+        **{f"runs_per_min_{k}": round(60 * n / v, 2) for k, v in walls.items()},
+        "speedup_2_over_1": speedup("speedup_2_over_1")[0], "speedup_range": speedup("speedup_2_over_1")[1],
+        "speedup_2_over_1_one_thread": speedup("speedup_2_over_1_one_thread")[0],
+        "speedup_one_thread_range": speedup("speedup_2_over_1_one_thread")[1],
     }  # fmt: skip
     details = {
-        "method": "the same MNIST MLP sweep with LocalExecutor(1) (all cores' threads) and LocalExecutor(2) "
-                  "(one thread each), side by side in alternating order; speedup = wall(1) / wall(2) per repeat, "
-                  "median over repeats; median_run_s = a run's own training time (run.json wall_s)",
-        "pairs": pairs,
+        "method": "the same MNIST MLP sweep with LocalExecutor(1) (1w: all cores' threads), LocalExecutor(1, 1 thread) "
+                  "(1w_1t) and LocalExecutor(2) (2w: one thread each), one sweep each per round, the order rotating; "
+                  "speedup = wall(1w or 1w_1t) / wall(2w) per round, median over rounds; median_run_s = a run's own "
+                  "training time (run.json wall_s)",
+        "rounds": rounds,
     }  # fmt: skip
     if args.preset_run:
         preset = preset_run(args.zoo_dir, args.data_dir, workers=2)

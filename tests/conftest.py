@@ -19,3 +19,20 @@ def shared_data() -> Path:
             pytest.fail(message)
         pytest.skip(message)
     return SHARED_DATA
+
+
+ONE_THREAD = ("meta", "mirror")  # test folders of small-tensor work: one intra-op thread
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_small_tensors(request: pytest.FixtureRequest):
+    """On a shared machine, oversubscribed threads make small-tensor tests many times slower."""
+    import torch
+
+    if Path(str(request.node.fspath)).parent.name not in ONE_THREAD:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

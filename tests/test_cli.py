@@ -142,7 +142,9 @@ def test_train_refuses_a_file_or_an_existing_run_as_out_unless_overwrite(tmp_pat
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
-@pytest.mark.parametrize("args", [["train", "--task", "moons"], ["zoo", "--spec", "tiny"], ["bench", "--suite", "smoke"]])
+@pytest.mark.parametrize(
+    "args", [["train", "--task", "moons"], ["zoo", "--spec", "tiny"], ["bench", "--suite", "smoke"], ["meta-train", "--kind", "opt2vec"]]
+)
 def test_device_cuda_without_a_gpu_fails_at_the_start_in_one_line(args, tmp_path):
     r = cli(*args, "--device", "cuda", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 
+from metalearner import options
 from metalearner.bench.cli import bench_app
 from metalearner.errors import MetalearnerError
 from metalearner.meta.cli import fewshot_app, tower_app
@@ -57,9 +58,9 @@ def train(
     extended: bool = typer.Option(False, help="Also log gradient cosine, curvature and noise scale."),
     out: Path = typer.Option(Path("runs/latest"), help="Run directory for trajectory.parquet and run.json."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
-    device: str = typer.Option("cpu", help="cpu, cuda (cuda:N) or auto (a GPU when torch sees one)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (else $METALEARNER_DATA, else a user cache)."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    device: str = options.DEVICE,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Train one model with the probe attached; writes OUT/trajectory.parquet and OUT/run.json."""
     from metalearner.tasks.models import ModelConfig

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from metalearner import options
+
 bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
                         help="Time-to-target benchmark against tuned and tuning-free optimizers.")  # fmt: skip
 
@@ -16,13 +18,13 @@ def bench(
     ctx: typer.Context,
     suite: str = typer.Option("quick", help="quick (small tasks, ~10 min on 2 cores) or full (MNIST, Fashion, MNIST-1D CNN, shift; ~1.6 h)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (created; rerun the same command to resume)."),
-    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
-    executor: str = typer.Option("local", help="local (process pool) or ray."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray)."),
+    workers: Optional[int] = options.WORKERS,
+    executor: str = options.EXECUTOR,
+    address: Optional[str] = options.ADDRESS,
     seeds: Optional[int] = typer.Option(None, help="Override the suite's number of scoring seeds."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto (a GPU when torch sees one) for every job."),
-    progress: bool = typer.Option(True, help="Show progress bars."),
+    data_dir: Optional[Path] = options.DATA_DIR,
+    device: str = options.DEVICE,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Run SUITE into OUT: results.json, report.md, report.html and figures/."""
     if ctx.invoked_subcommand is not None:

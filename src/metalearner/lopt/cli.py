@@ -15,6 +15,8 @@ from typing import Optional
 
 import typer
 
+from metalearner import options
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned optimizers: evaluate, ship, analyse (meta-train is `metalearner meta-train`).")
 
 
@@ -26,16 +28,21 @@ def meta_train_command(
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
     unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512)."),
     workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
-    executor: str = typer.Option("local", help="local or ray."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address."),
+    executor: str = options.EXECUTOR,
+    address: Optional[str] = options.ADDRESS,
     resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    device: str = options.DEVICE,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Meta-train a learned optimizer by antithetic ES on the default task distribution."""
     from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.parallel import make_executor
+    from metalearner.train.run import resolve_device
 
+    resolve_device(device)  # a missing GPU fails here, in one line
     overrides = {k: v for k, v in dict(seed=seed, outer_steps=outer_steps, pairs=pairs, unroll_steps=unroll_steps).items() if v is not None}
+    if device != "cpu":
+        overrides["device"] = device
     cfg = default_config(kind, **overrides)
     ex = make_executor(executor, workers, address=address)
     try:

@@ -50,6 +50,7 @@ from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, PolicyConfig, PolicyWeights
 from metalearner.tasks.sampling import draw
 from metalearner.tasks.task import TaskFamily
+from metalearner.train.run import check_device, resolve_device
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class MetaTrainConfig:
     activation: str = "gelu"
     observe_every: int = 16
     extended: bool = True
+    device: str = "cpu"  # where the unrolls run: cpu, cuda or auto
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -94,6 +96,7 @@ class MetaTrainConfig:
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         if self.kind not in ("opt2vec", "controller"):
             raise ConfigError(f"unknown kind {self.kind!r}; choose from opt2vec, controller")
+        check_device(self.device)
         if self.outer_steps < 0 or self.pairs < 1 or self.unroll_steps < 2 or self.sigma <= 0 or self.outer_lr <= 0:
             raise ConfigError("outer_steps >= 0, pairs >= 1, unroll_steps >= 2, sigma > 0 and outer_lr > 0 are required")
 
@@ -168,26 +171,26 @@ def _optimizer(kind: str, weights: PolicyWeights, params, spec: dict[str, Any], 
     return get_method(spec["optimizer"] + "+controller").build(params, lr=lr, weights=weights)[0]
 
 
-def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int) -> tuple[list[float], float]:
-    """Train the task's model for ``steps`` steps; returns the batch losses and the final
-    validation loss (NaN on divergence)."""
+def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int, device: str = "cpu") -> tuple[list[float], float]:
+    """Train the task's model for ``steps`` steps on ``device``; returns the batch losses and
+    the final validation loss (NaN on divergence)."""
     from metalearner.tasks.models import ModelConfig, build_model
     from metalearner.train import evaluate, train_step
     import torch.nn.functional as F
 
     data = _splits(spec["dataset"], spec["data_seed"], spec["n_train"])
     model = build_model(ModelConfig(depth=spec["depth"], width=spec["width"], activation=spec["activation"]),
-                        data.input_shape, data.n_classes, seed=spec["init_seed"])  # fmt: skip
+                        data.input_shape, data.n_classes, seed=spec["init_seed"]).to(device)  # fmt: skip
     opt = _optimizer(kind, weights, model.parameters(), spec, steps)
-    x, y = data.x_train * spec["input_scale"], data.y_train
+    x, y = (data.x_train * spec["input_scale"]).to(device), data.y_train.to(device)
     gen = torch.Generator().manual_seed(spec["batch_seed"])
     losses: list[float] = []
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (spec["batch_size"],), generator=gen)
+        idx = torch.randint(0, len(x), (spec["batch_size"],), generator=gen).to(device)
         losses.append(float(train_step(model, opt, F.cross_entropy, x[idx], y[idx]).detach()))
         if not math.isfinite(losses[-1]):
             return losses, math.nan
-    val_loss, _ = evaluate(model, data.x_val * spec["input_scale"], data.y_val, F.cross_entropy)
+    val_loss, _ = evaluate(model, (data.x_val * spec["input_scale"]).to(device), data.y_val.to(device), F.cross_entropy)
     return losses, val_loss
 
 
@@ -204,12 +207,12 @@ def meta_loss(losses: list[float], val_loss: float, steps: int, val_weight: floa
 
 
 def evaluate_member(item: tuple) -> float:
-    """Executor work item: ``(kind, policy config dict, flat θ (numpy), spec, steps, val_weight)``
-    -> meta-loss. Module-level so process pools can pickle it."""
-    kind, policy, flat, spec, steps, val_weight = item
+    """Executor work item: ``(kind, policy config dict, flat θ (numpy), spec, steps, val_weight,
+    device)`` -> meta-loss. Module-level so process pools can pickle it."""
+    kind, policy, flat, spec, steps, val_weight, device = item
     torch.manual_seed(spec["init_seed"])
     weights = PolicyWeights.init(PolicyConfig.from_dict(policy)).with_flat(torch.from_numpy(np.asarray(flat)))
-    losses, val = unroll(kind, weights, spec, steps)
+    losses, val = unroll(kind, weights, spec, steps, resolve_device(device))
     return meta_loss(losses, val, steps, val_weight)
 
 
@@ -256,7 +259,7 @@ def es_update(cfg: MetaTrainConfig, state: MetaState, executor) -> dict[str, flo
     for i, spec in enumerate(specs):
         for sign in (1.0, -1.0):
             flat = (state.theta + sign * cfg.sigma * noise[i]).numpy()
-            items.append((cfg.kind, policy, flat, spec, cfg.unroll_steps, cfg.val_weight))
+            items.append((cfg.kind, policy, flat, spec, cfg.unroll_steps, cfg.val_weight, cfg.device))
     losses = torch.tensor(_run_population(executor, items)).view(cfg.pairs, 2)
     diff = losses[:, 0] - losses[:, 1]
     grad = (diff[:, None] * noise).sum(0) / (2 * cfg.sigma * cfg.pairs)
@@ -281,7 +284,7 @@ def evaluate_theta(cfg: MetaTrainConfig, theta: torch.Tensor, executor, specs: l
     """Meta-loss of θ (no noise) on fixed tasks: the yardstick for before/after."""
     specs = eval_specs(cfg) if specs is None else specs
     policy = asdict(cfg.policy())
-    items = [(cfg.kind, policy, theta.numpy(), s, cfg.unroll_steps, cfg.val_weight) for s in specs]
+    items = [(cfg.kind, policy, theta.numpy(), s, cfg.unroll_steps, cfg.val_weight, cfg.device) for s in specs]
     return _run_population(executor, items)
 
 

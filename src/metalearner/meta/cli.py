@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from metalearner import options
+
 tower_app = typer.Typer(add_completion=False, invoke_without_command=True,
                         help="Train a model with a hyperoptimizer tower (its hyperparameters learned by gradient descent).")  # fmt: skip
 fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True,
@@ -19,8 +21,6 @@ fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True,
 # options both commands take
 SEED = typer.Option(0, help="Seed for the initial weights and the data (batches or tasks).")
 PLOT = typer.Option(None, help="Write the command's figure (see above) to this PNG.")
-DATA_DIR = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache).")
-PROGRESS = typer.Option(True, help="Show a progress bar.")
 
 
 @tower_app.callback(invoke_without_command=True)
@@ -38,8 +38,8 @@ def tower(
     n_train: Optional[int] = typer.Option(None, help="Subsample the training split."),
     seed: int = SEED,
     plot: Optional[Path] = PLOT,
-    data_dir: Optional[Path] = DATA_DIR,
-    progress: bool = PROGRESS,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON.
     The figure: each level's hyperparameters over training."""
@@ -85,8 +85,8 @@ def fewshot(
     eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
     seed: int = SEED,
     plot: Optional[Path] = PLOT,
-    data_dir: Optional[Path] = DATA_DIR,
-    progress: bool = PROGRESS,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
     The figure: the adaptation curve, the meta-loss and the meta-learning rate."""

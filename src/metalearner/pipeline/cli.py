@@ -7,16 +7,18 @@ from typing import Optional
 
 import typer
 
+from metalearner import options
+
 
 def run_command(
     preset: str = typer.Option("quick", help="tiny (a minute, for tests), quick (under 15 min on 2 cores) or full (hours)."),
     out: Path = typer.Option(Path("runs/pipeline"), help="Output folder (rerun the same command to resume)."),
-    executor: str = typer.Option("local", help="local (process pool) or ray."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray), e.g. auto."),
-    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the user cache)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto (a GPU when torch sees one) for the zoo's and benchmark's runs."),
-    progress: bool = typer.Option(True, help="Show the progress display (stderr)."),
+    executor: str = options.EXECUTOR,
+    address: Optional[str] = options.ADDRESS,
+    workers: Optional[int] = options.WORKERS,
+    data_dir: Optional[Path] = options.DATA_DIR,
+    device: str = options.DEVICE,
+    progress: bool = options.PROGRESS,
 ) -> None:
     """The whole mission in one command: zoo -> dataset -> mirror -> meta-train -> bench -> report."""
     from metalearner.parallel import make_executor

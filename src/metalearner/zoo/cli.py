@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from metalearner import options
+
 zoo_app = typer.Typer(
     add_completion=False,
     invoke_without_command=True,
@@ -21,19 +23,19 @@ def zoo(
     ctx: typer.Context,
     spec: Optional[str] = typer.Option(None, help="Sweep spec: a .toml/.yaml file or a preset (mnist100, tiny)."),
     out: Optional[Path] = typer.Option(None, help="Zoo directory (created; rerun to resume)."),
-    workers: Optional[int] = typer.Option(None, help="Local worker processes (default: the cores; 0 = in this process)."),
-    executor: str = typer.Option("local", help="local (process pool) or ray."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (with --executor ray), e.g. auto."),
+    workers: Optional[int] = options.WORKERS,
+    executor: str = options.EXECUTOR,
+    address: Optional[str] = options.ADDRESS,
     set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a space key: KEY=VALUE (TOML value)."),
     sampling: Optional[str] = typer.Option(None, help="Override the spec's sampling: grid or random."),
     n_runs: Optional[int] = typer.Option(None, help="Override the number of random runs."),
     seed: Optional[int] = typer.Option(None, help="Override the sampling seed."),
     prune: str = typer.Option("none", help="Early stopping: none or halving (successive halving)."),
     eta: float = typer.Option(3.0, help="Successive halving: keep the top 1/eta at each rung."),
-    data_dir: Optional[Path] = typer.Option(None, help="Data directory (default: $METALEARNER_DATA or the cache)."),
+    data_dir: Optional[Path] = options.DATA_DIR,
     device: Optional[str] = typer.Option(None, help="cpu, cuda or auto for every run (overrides the spec's device key)."),
     dry_run: bool = typer.Option(False, help="List the runs the spec gives and exit."),
-    progress: bool = typer.Option(True, help="Show a progress bar (on stderr; the result tables go to stdout)."),
+    progress: bool = options.PROGRESS,
 ) -> None:
     """Run the sweep SPEC into OUT; rerun the same command to finish what is missing."""
     if ctx.invoked_subcommand is not None:
