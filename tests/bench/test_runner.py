@@ -184,3 +184,21 @@ def test_shift_verdict_says_never_reached_instead_of_a_rank(finished):
             r["cells"][cell]["rulesets"]["self_tuning"][m]["summary"]["epochs_to_target"] = t
     line = next(s for s in verdict(r) if s.startswith("Shift") and "controller" in s)
     assert "never reaches the target on task A" in line and "ranks 2 of 3 on the shifted task B" in line
+
+
+def test_exposure_of_weights_run_instead_of_the_shipped_ones(tmp_path):
+    """A benchmark run with self-trained weights describes what those saw in meta-training
+    (the config saved in the weights file), not the shipped card."""
+    import dataclasses
+
+    from metalearner.bench.summary import meta_training_exposure
+    from metalearner.lopt.meta_train import default_config
+    from metalearner.lopt.policy import PolicyWeights
+
+    cfg = default_config("opt2vec", datasets=("digits",), widths=(24,))
+    path = tmp_path / "opt2vec.safetensors"
+    PolicyWeights.init(cfg.policy()).save(path, metadata={"meta_train_config": json.dumps(dataclasses.asdict(cfg))})
+    shipped = meta_training_exposure()
+    mine = meta_training_exposure({"opt2vec": str(path)})
+    assert mine["opt2vec"]["datasets"] == ["digits"] and mine["opt2vec"]["widths"] == [24]
+    assert mine["controller"] == shipped["controller"]

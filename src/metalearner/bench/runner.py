@@ -231,7 +231,7 @@ class Bench:
             tuning = {m: [{"lr": j["lr"], "val_acc": self.result(j)["runs"][0]["val_acc"]} for j in js]
                       for m, js in self.tuning_jobs(c).items()}  # fmt: skip
             cells[c.name] = {"role": c.role, "task": c.task.to_dict(), "target": target, "tuning": tuning, "rulesets": rulesets}
-        return summarise(self.suite, cells)
+        return summarise(self.suite, cells, self.weights)
 
 
 def _cost(job: dict[str, Any]) -> float:

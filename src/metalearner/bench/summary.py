@@ -16,16 +16,25 @@ TAUS = [1 + 3 * i / 60 for i in range(61)]  # 1 .. 4, for the profile plot
 GOAL_EPOCHS = 3.0  # the goal: the learned optimizer reaches the target within 3 epochs (median)
 
 
-def meta_training_exposure() -> dict[str, Any]:
-    """What the shipped learned optimizers saw in meta-training (from their model card)."""
-    from metalearner.lopt.policy import PRETRAINED
+EXPOSURE = ("datasets", "depths", "widths", "activations", "data_seeds", "n_train", "unroll_steps")
+
+
+def meta_training_exposure(weights: dict[str, str] | None = None) -> dict[str, Any]:
+    """What the learned optimizers saw in meta-training: the shipped ones' from their model
+    card; weights files run instead of them (``weights``: method -> path) from the
+    meta-training config saved in the file."""
+    from metalearner.lopt.policy import PRETRAINED, PolicyWeights
 
     card = json.loads((PRETRAINED / "MODEL_CARD.json").read_text())
     out = {}
     for kind, entry in card["optimizers"].items():
-        c = entry["config"]
-        out[kind] = {k: c[k] for k in ("datasets", "depths", "widths", "activations", "data_seeds", "n_train", "unroll_steps")}
+        out[kind] = {k: entry["config"][k] for k in EXPOSURE}
         out[kind]["command"] = entry.get("command")
+    for path in (weights or {}).values():
+        w = PolicyWeights.load(path)
+        config = json.loads(w.metadata.get("meta_train_config", "{}"))
+        if config:
+            out[w.config.kind] = {**{k: config[k] for k in EXPOSURE}, "command": f"meta-trained into {path}"}
     return out
 
 
@@ -55,8 +64,8 @@ def _summ(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def summarise(suite: Suite, cells: dict[str, Any]) -> dict[str, Any]:
-    exposure = meta_training_exposure()
+def summarise(suite: Suite, cells: dict[str, Any], weights: dict[str, str] | None = None) -> dict[str, Any]:
+    exposure = meta_training_exposure(weights)
     ref = suite.reference_method
     for cell in cells.values():
         cell["seen_in_meta_training"] = seen(cell["task"], exposure)
