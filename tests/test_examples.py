@@ -20,7 +20,8 @@ def _run(script: str, *args: str) -> str:
 
 
 def test_every_example_is_tested():
-    assert {p.name for p in EXAMPLES.glob("*.py")} == {"probe_in_your_loop.py", "learned_optimizer_drop_in.py", "zoo_and_mirror.py"}
+    assert {p.name for p in EXAMPLES.glob("*.py")} == {"probe_in_your_loop.py", "learned_optimizer_drop_in.py", "zoo_and_mirror.py",
+                                                        "hyperoptimizer_tower.py"}
 
 
 def test_probe_in_your_loop(tmp_path):
@@ -37,3 +38,10 @@ def test_learned_optimizer_drop_in(tmp_path):
 def test_zoo_and_mirror(tmp_path):
     out = _run("zoo_and_mirror.py", "--out", str(tmp_path))
     assert "mirror MAE" in out and "held-out runs" in out
+
+
+def test_hyperoptimizer_tower():
+    out = _run("hyperoptimizer_tower.py", "--steps", "300")
+    learned = float(out.split("learned lr ")[1].split(";")[0])
+    assert learned > 1e-3  # the tower moved a 1000x-too-small lr up by more than 10x
+    assert float(out.rsplit("val acc ", 1)[1]) > 0.5
