@@ -38,6 +38,12 @@ GRID = (1 / 3, 1.0, 3.0)  # the external-tuning trials: multipliers of the defau
 CONTROLLER = "+controller"
 
 
+def check_lr(lr: float) -> float:
+    if not (lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr}")
+    return lr
+
+
 @dataclass(frozen=True)
 class Method:
     """One named way to train.
@@ -86,9 +92,7 @@ class Method:
         steps; unset hyperparameters take this method's defaults. ``schedule`` adds one of
         :data:`SCHEDULES` to a method that has none; ``options``
         go to the factory (e.g. ``weights=`` for a learned optimizer)."""
-        lr = self.default_lr if lr is None else float(lr)
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {lr}")
+        lr = check_lr(self.default_lr if lr is None else float(lr))
         if momentum is not None and self.momentum is None:
             raise ConfigError(f"{self.name} has no momentum; use momentum or nesterov for SGD with momentum")
         m = self.momentum if momentum is None else momentum

@@ -23,8 +23,9 @@ No step reads a device value except the observations (every ``observe_every`` st
 loss is summed on the device and looked at only there. Safety without per-step checks: the
 optimizer snapshots weights and moments at the start of each observation window; if the
 window's losses or the observed step's physics are not finite, it rolls back to that
-snapshot, counts the window's steps in ``skipped_steps`` and halves ``backoff``, which then
-recovers by 5% a step. So no NaN/Inf stays in the weights or the state.
+snapshot (forgetting the extended set's memory), counts the window's steps in
+``skipped_steps`` and halves ``backoff``, which then recovers by 5% a step. So no NaN/Inf
+stays in the weights or the state.
 
 Example::
 
@@ -251,13 +252,11 @@ class Opt2Vec(torch.optim.Optimizer):
             if tensors:
                 torch._foreach_copy_(buffers, tensors)
             copies.append(buffers)
-        counters = {k: g[k] for k in ("step", "beta1_prod")}
-        if self._extended:
-            counters["tracker"] = self.tracker.state_dict()
-        self._snapshot = (copies[0], copies[1], counters)
+        self._snapshot = (copies[0], copies[1], {k: g[k] for k in ("step", "beta1_prod")})
 
     def _roll_back(self, g: dict[str, Any]) -> None:
-        """A non-finite window: back to its start, lr halved, the lost steps counted."""
+        """A non-finite window: back to its start, lr halved, the lost steps counted; the
+        extended set's memory starts afresh."""
         params_then, moments_then, counters = self._snapshot
         params, moments = self._window_tensors()
         torch._foreach_copy_(params, params_then)
@@ -269,8 +268,7 @@ class Opt2Vec(torch.optim.Optimizer):
                 self.state.pop(p, None)
         g["skipped_steps"] += g["step"] - counters["step"]
         g["step"], g["beta1_prod"] = counters["step"], counters["beta1_prod"]
-        if "tracker" in counters:
-            self.tracker.load_state_dict(counters["tracker"])
+        self.tracker.forget()  # its previous gradient may hold the window's NaN/Inf
         g["backoff"] = max(MIN_BACKOFF, g["backoff"] * 0.5)
 
     @torch.no_grad()

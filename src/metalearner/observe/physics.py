@@ -37,41 +37,46 @@ from torch import nn
 from metalearner.observe.schema import EXTENDED_COLUMNS, LAYERS, PHYSICS
 
 
-class StepPhysics(NamedTuple):
-    """One step's physics in one flat tensor (no host sync), with named views.
+def layout(n_layers: int) -> dict[str, int | slice]:
+    """Where each quantity sits on the last axis of :attr:`StepPhysics.values`:
+    :data:`~metalearner.observe.schema.PHYSICS` (one value each), then each of
+    :data:`~metalearner.observe.schema.LAYERS` (``n_layers`` values each), then
+    :data:`~metalearner.observe.schema.EXTENDED_COLUMNS` (only with the extended set)."""
+    where: dict[str, int | slice] = {name: i for i, name in enumerate(PHYSICS)}
+    start = len(PHYSICS)
+    where.update({name: slice(start + k * n_layers, start + (k + 1) * n_layers) for k, name in enumerate(LAYERS)})
+    start += len(LAYERS) * n_layers
+    where.update({name: start + j for j, name in enumerate(EXTENDED_COLUMNS)})
+    return where
 
-    Layout: :data:`~metalearner.observe.schema.PHYSICS` (3), then each of
-    :data:`~metalearner.observe.schema.LAYERS` (L values each), then
-    :data:`~metalearner.observe.schema.EXTENDED_COLUMNS` (3, only with the extended set).
-    """
+
+class StepPhysics(NamedTuple):
+    """One step's physics in one flat tensor (no host sync), laid out as :func:`layout`
+    says, with named views."""
 
     values: torch.Tensor
     n_layers: int
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """One quantity by its schema name: a 0-d tensor, or ``(L,)`` for a layer field."""
-        if name in PHYSICS:
-            return self.values[PHYSICS.index(name)]
-        if name in LAYERS:
-            k, L = LAYERS.index(name), self.n_layers
-            return self.values[3 + k * L : 3 + (k + 1) * L]
-        if name in EXTENDED_COLUMNS and self.extended is not None:
-            return self.extended[EXTENDED_COLUMNS.index(name)]
-        raise KeyError(name)
+        if name in EXTENDED_COLUMNS and self.extended is None:
+            raise KeyError(name)
+        return self.values[layout(self.n_layers)[name]]
 
     @property
     def extended(self) -> torch.Tensor | None:
-        ext = self.values[3 + 3 * self.n_layers :]
+        ext = self.values[len(PHYSICS) + len(LAYERS) * self.n_layers :]
         return ext if len(ext) else None
 
     def scalars(self) -> dict[str, float]:
         """The global quantities (and the extended ones, if measured) as host floats, read
-        from the device in one transfer; ``update_ratio`` is derived as in the probe."""
+        from the device in one transfer; ``update_ratio`` is ``update_norm / weight_norm``
+        (NaN when the weight norm is 0)."""
         values = self.values.tolist()
-        out = dict(zip(PHYSICS, values[:3]))
+        names = PHYSICS + (EXTENDED_COLUMNS if self.extended is not None else ())
+        where = layout(self.n_layers)
+        out = {name: values[where[name]] for name in names}
         out["update_ratio"] = out["update_norm"] / out["weight_norm"] if out["weight_norm"] > 0 else float("nan")
-        if self.extended is not None:
-            out.update(zip(EXTENDED_COLUMNS, values[3 + 3 * self.n_layers :]))
         return out
 
 
@@ -135,11 +140,7 @@ class PhysicsTracker:
         self._zeros: dict[int, torch.Tensor] = {}
         self.extended = extended
         self._beta = noise_ema
-        self._t = 0
-        self._prev_grad: torch.Tensor | None = None
-        self._prev_update: torch.Tensor | None = None
-        self._m: torch.Tensor | None = None
-        self._s = torch.zeros((), dtype=torch.float64)
+        self.forget()
 
     def _grads(self) -> list[torch.Tensor]:
         grads = []
@@ -186,6 +187,14 @@ class PhysicsTracker:
         return (squares @ self._pool).sqrt()
 
     _STATE = ("_t", "_m", "_s", "_prev_grad", "_prev_update")  # what the extended set carries
+
+    def forget(self) -> None:
+        """Start the extended set's memory afresh (no previous gradient, update or noise EMAs)."""
+        self._t = 0
+        self._prev_grad: torch.Tensor | None = None
+        self._prev_update: torch.Tensor | None = None
+        self._m: torch.Tensor | None = None
+        self._s = torch.zeros((), dtype=torch.float64)
 
     def state_dict(self) -> dict[str, object]:
         """The extended set's memory across steps (previous gradient and update, noise EMAs)."""

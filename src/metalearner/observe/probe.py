@@ -36,8 +36,8 @@ from torch import nn
 
 from metalearner.errors import ConfigError
 from metalearner.observe import store
-from metalearner.observe.physics import PhysicsTracker
-from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS, LAYERS, PHYSICS
+from metalearner.observe.physics import PhysicsTracker, layout
+from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS
 
 _NOTHING: tuple = (None, None, None, -1, -1)  # a step the training loop did not report
 
@@ -214,7 +214,7 @@ class Probe:
         """Pool the buffered rows, all at once, into ``loss``, ``train_acc`` and the
         :class:`StepPhysics` quantities by schema name (layer fields as ``(n, L)`` arrays)."""
         rows = self._rows
-        n, L = len(rows), self.tracker.n_layers
+        n = len(rows)
         nan = torch.tensor(math.nan)
         loss = torch.stack([r[0].float().cpu() if r[0] is not None else nan for r in rows])
         acc = torch.full((n,), math.nan)
@@ -225,14 +225,14 @@ class Probe:
             owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
             acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
         squares = torch.stack([sq for r in rows for sq in r[3]]).view(n, -1)  # one stack per chunk
-        physics = self.tracker.pool(squares.float()).cpu().double().numpy()  # the StepPhysics layout
-        out = {"loss": loss.double().numpy(), "train_acc": acc.double().numpy()}
-        out.update({name: physics[:, i] for i, name in enumerate(PHYSICS)})
-        start = len(PHYSICS)
-        out.update({name: physics[:, start + k * L : start + (k + 1) * L] for k, name in enumerate(LAYERS)})
+        physics = self.tracker.pool(squares.float()).cpu()
         if self.extended:
-            ext = torch.stack([r[4] for r in rows]).float().cpu().double().numpy()
-            out.update({name: ext[:, j] for j, name in enumerate(EXTENDED_COLUMNS)})
+            physics = torch.cat([physics, torch.stack([r[4] for r in rows]).float().cpu()], dim=1)
+        physics = physics.double().numpy()  # the StepPhysics layout, a row per step
+        out = {"loss": loss.double().numpy(), "train_acc": acc.double().numpy()}
+        for name, where in layout(self.tracker.n_layers).items():
+            if self.extended or name not in EXTENDED_COLUMNS:
+                out[name] = physics[:, where]
         return out
 
     # -- output -------------------------------------------------------------------------

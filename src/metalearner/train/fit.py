@@ -37,6 +37,12 @@ from metalearner.train.budget import Budget
 
 Status = Literal["complete", "diverged", "target_reached", "stopped"]
 CHECK_EVERY = 25  # steps between looks at the losses (also the progress bar's update interval)
+SAMPLERS = ("epoch", "random")
+
+
+def check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
 
 
 @dataclass
@@ -155,8 +161,7 @@ def fit(
             ``"random"`` (every batch drawn with replacement; an "epoch" is then
             ``ceil(n / batch_size)`` steps).
     """
-    if sampler not in ("epoch", "random"):
-        raise ConfigError(f"unknown sampler {sampler!r}; choose from epoch, random")
+    check_sampler(sampler)
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)

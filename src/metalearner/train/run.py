@@ -4,18 +4,17 @@ budget, probe) is built here from :class:`RunConfig`, and the loop is :func:`~me
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from metalearner.errors import ConfigError
-from metalearner.methods import get_method
+from metalearner.methods import check_lr, get_method
 from metalearner.observe.probe import Probe
 from metalearner.observe.store import RUN_JSON
 from metalearner.tasks.task import Task, TaskConfig, make_task
 from metalearner.train.budget import Budget, check_budget
-from metalearner.train.fit import FitResult, fit
+from metalearner.train.fit import FitResult, check_sampler, fit
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,7 @@ class RunConfig:
             object.__setattr__(self, "task", TaskConfig.from_dict(self.task))
         check_budget(self.epochs, self.steps)
         method = get_method(self.optimizer)
-        if self.lr is None:
-            object.__setattr__(self, "lr", method.default_lr)
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        object.__setattr__(self, "lr", check_lr(method.default_lr if self.lr is None else self.lr))
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", method.weight_decay)
         method.check_schedule(self.schedule)
@@ -64,8 +60,7 @@ class RunConfig:
             raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_acc:g}{hint}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
-        if self.sampler not in ("epoch", "random"):
-            raise ConfigError(f"unknown sampler {self.sampler!r}; choose from epoch, random")
+        check_sampler(self.sampler)
         check_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
