@@ -10,7 +10,9 @@ shipped weights it runs with). Adding a method is one entry::
 
 The LR controller wraps any base method: ``NAME+controller`` (for example
 ``sgd+controller``) is Adam's or SGD's own update with the learned learning-rate multiplier
-on top; ``adam+controller`` is the benchmarked entry. ``hyper_sgd``, ``hyper_momentum`` and
+on top; ``adam+controller`` is the benchmarked entry. ``learned_sf`` is Schedule-Free AdamW with
+per-tensor lr multipliers set by a policy meta-trained with the batched engine
+(:mod:`metalearner.lopt.learned`). ``hyper_sgd``, ``hyper_momentum`` and
 ``hyper_adam`` are hyperoptimizer towers (:mod:`metalearner.meta.towers`): the base's learning
 rate learned online by gradient descent, itself tuned by one more level. Baselines come from their maintained
 packages (``schedulefree``, ``prodigyopt``, ``dadaptation``: ``pip install
@@ -182,6 +184,12 @@ def _opt2vec(params: Params, *, lr: float, momentum: float | None, weight_decay:
     return Opt2Vec(params, lr, weight_decay=weight_decay, budget=budget, **options)
 
 
+def _learned(params: Params, *, lr: float, momentum: float | None, weight_decay: float, budget: int | None, **options: Any) -> torch.optim.Optimizer:
+    from metalearner.lopt.learned import LearnedOptimizer
+
+    return LearnedOptimizer(params, lr, betas=(momentum, 0.999), weight_decay=weight_decay, **options)
+
+
 def _tower(base: str) -> Factory:
     """``base`` with its learning rate learned by a height-2 hyperoptimizer tower (``meta``)."""
 
@@ -228,6 +236,8 @@ _BASES: tuple[Method, ...] = (
     Method("prodigy", "Prodigy", _lazy("prodigyopt", "Prodigy"), 1.0, momentum=0.9),
     Method("dadapt_adam", "D-Adaptation Adam", _lazy("dadaptation", "DAdaptAdam"), 1.0, momentum=0.9),
     Method("opt2vec", "Opt2Vec (ours, frozen)", _opt2vec, 1e-3, budget_aware=True, weights="opt2vec"),
+    Method("learned_sf", "Learned Schedule-Free: per-tensor lr multipliers (ours, frozen)", _learned, 2.5e-3, momentum=0.9,
+           weights="learned"),
     Method("hyper_sgd", "SGD, lr learned by a height-2 tower", _tower("sgd"), 0.1),
     Method("hyper_momentum", "SGD + momentum, lr learned by a height-2 tower", _tower("momentum"), 0.01, momentum=0.9),
     Method("hyper_adam", "Adam, lr learned by a height-2 tower", _tower("adam"), 1e-3, momentum=0.9),

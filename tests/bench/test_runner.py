@@ -130,7 +130,7 @@ def test_report_and_results_file(finished):
         for r in ("self_tuning", "tuned"):
             for m, e in cell["rulesets"][r].items():
                 assert back["cells"][name]["rulesets"][r][m]["summary"]["epochs_to_target"] == e["summary"]["epochs_to_target"]
-    assert set(back["meta_training"]) == {"opt2vec", "controller"}
+    assert set(back["meta_training"]) == {"opt2vec", "controller", "learned"}
     # the shipped optimizers meta-trained on MNIST-1D and synthetic MLPs of width 48-192 (the model card)
     assert back["meta_training"]["opt2vec"]["datasets"] == ["mnist1d", "synthetic"]
     assert back["cells"]["moons/mlp-1x16-relu"]["seen_in_meta_training"] == {"data": False, "architecture": False}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import json
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from metalearner.errors import ConfigError
 from metalearner.lopt.engine import EngineConfig, run
 from metalearner.lopt.estimators import PES, AntitheticES
-from metalearner.lopt.functional import LearnedAdam, ParamLayout
+from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel, ParamLayout
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep, UnrollOut, log_ratio
 from metalearner.tasks.models import build_model
 
@@ -98,7 +99,8 @@ def test_truncated_es_without_the_accumulator_is_biased():
 
 # -- the batched population ------------------------------------------------------------------
 
-LOPT = LearnedAdam(LearnedAdam.policy_config(history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4))
+LOPT = LearnedKernel(LearnedKernel.policy_config(history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4), base="adam")
+LOPT_SF = LearnedKernel(LOPT.config, base="schedulefree")
 TINY_POP = dict(dataset="digits", n_train=256, depth=1, width=8, activation="tanh", batch_size=16,
                 base_lrs=(1e-3, 1e-2), input_scales=(0.5, 1.0), eval_every=4, n_val=64)  # fmt: skip
 FAMILIES = {
@@ -191,7 +193,7 @@ def test_pes_over_truncations_matches_the_full_unroll_in_expectation():
     names = list(LOPT.config.shapes())
     offsets = np.cumsum([0] + [int(np.prod(s)) for s in LOPT.config.shapes().values()])
     U[offsets[names.index("head.bias")], 0] = 1.0  # the log lr scale itself
-    U[offsets[names.index("skip.weight")] + 2, 1] = 1.0  # its response to the gradient norm
+    U[offsets[names.index("skip.weight")] + KERNEL_FEATURES.index("log_grad_norm"), 1] = 1.0  # its response to the gradient norm
     toy = Projected(step, base, U)
     theta = torch.zeros(2)
     es = summed_estimate(AntitheticES(toy, pairs=400, sigma=0.05), theta, 1)
@@ -235,7 +237,7 @@ def test_tiny_meta_training_improves_the_meta_loss(trained):
     out, theta, record = trained
     ev = record.evaluation
     assert np.mean(ev["final"]) < np.mean(ev["initial"]) - 0.1, ev
-    assert len(record.curve) == TINY_RUN.outer_steps and (out / "learned_adam.safetensors").is_file()
+    assert len(record.curve) == TINY_RUN.outer_steps and (out / "learned.safetensors").is_file()
 
 
 def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
@@ -246,3 +248,12 @@ def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
     assert [r["meta_loss"] for r in rec2.curve] == [r["meta_loss"] for r in record.curve]
     with pytest.raises(ConfigError, match="different config"):
         run(replace(TINY_RUN, sigma=0.2), tmp_path, evaluate=False)
+
+
+def test_population_data_options_reach_the_data_set_and_survive_json():
+    cfg = PopulationConfig(**{**TINY_POP, "dataset": "synthetic", "data_options": [["n_features", 12], ["n_classes", 3]]})
+    assert cfg.data_options == (("n_features", 12), ("n_classes", 3))
+    step = PopulationStep(cfg, LOPT)
+    assert step.data.input_shape == (12,) and step.data.n_classes == 3
+    again = EngineConfig.from_dict(json.loads(json.dumps(asdict(replace(TINY_RUN, populations=(cfg,))))))
+    assert again.populations[0] == cfg

@@ -24,6 +24,18 @@ def test_cnn_handles_images_and_sequences(shape):
     assert model(torch.randn(2, *shape)).shape == (2, 7)
 
 
+@pytest.mark.parametrize("shape", [(1, 28, 28), (40,), (3, 16)])
+def test_rnn_reads_images_by_rows_and_sequences_by_steps(shape):
+    model = build_model(ModelConfig(family="rnn", depth=2, width=8, activation="tanh"), shape, 7, seed=0)
+    x = torch.randn(2, *shape)
+    assert model(x).shape == (2, 7)
+    steps = shape[0] if len(shape) == 1 else shape[1]
+    seen = []
+    model.gru.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape))
+    model(x)
+    assert seen[0][1] == steps  # rows of an image, positions of a sequence
+
+
 def test_seed_fixes_weights_and_leaves_global_rng_alone():
     cfg = ModelConfig(depth=2, width=8)
     torch.manual_seed(123)
@@ -40,7 +52,7 @@ def test_seed_fixes_weights_and_leaves_global_rng_alone():
     "kwargs, message",
     [
         ({"activation": "swish"}, "unknown activation"),
-        ({"family": "rnn"}, "unknown model family"),
+        ({"family": "transformer"}, "unknown model family"),
         ({"init": "he"}, "unknown init"),
         ({"width": 0}, "width"),
         ({"family": "cnn", "depth": 0}, "depth"),

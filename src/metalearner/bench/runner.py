@@ -222,6 +222,7 @@ class Bench:
                         ref, hits = res["runs"][0], reached(res, target)
                         seeds.append({
                             "seed": s, "epochs_to_target": score(res, target), "status": ref["status"],
+                            "single_run_epochs_to_target": epochs_to_target(ref["curve"], target),  # one run at the full budget
                             "test_acc": ref["test_acc"], "val_acc": ref["val_acc"], "wall_s": ref["wall_s"],
                             "ms_per_step": ref["ms_per_step"], "curve": ref["curve"],
                             "budget_runs": [{"budget": b["budget"], "reached": hits[b["budget"]], "wall_s": b["wall_s"]}

@@ -8,12 +8,15 @@ import json
 import math
 from typing import Any
 
+import numpy as np
+
 from metalearner.methods import get_method
 from metalearner.bench.metrics import bootstrap_median_ci, median, performance_profile, profile_score
 from metalearner.bench.protocol import Suite
 
 TAUS = [1 + 3 * i / 60 for i in range(61)]  # 1 .. 4, for the profile plot
-GOAL_EPOCHS = 3.0  # the goal: the learned optimizer reaches the target within 3 epochs (median)
+GOAL_EPOCHS = 2.0  # the learned optimizer reaches the target within 2 epochs (median) on MNIST/Fashion cells
+GOAL_SCORE = 0.8  # ... and its self-tuning profile score is at least this
 
 
 EXPOSURE = ("datasets", "depths", "widths", "activations", "data_seeds", "n_train", "unroll_steps")
@@ -28,7 +31,7 @@ def meta_training_exposure(weights: dict[str, str] | None = None) -> dict[str, A
     card = json.loads((PRETRAINED / "MODEL_CARD.json").read_text())
     out = {}
     for kind, entry in card["optimizers"].items():
-        out[kind] = {k: entry["config"][k] for k in EXPOSURE}
+        out[kind] = {k: entry["config"][k] for k in (*EXPOSURE, "architectures") if k in entry["config"]}
         out[kind]["command"] = entry.get("command")
     for path in (weights or {}).values():
         w = PolicyWeights.load(path)
@@ -47,17 +50,24 @@ def seen(task: dict[str, Any], exposure: dict[str, Any]) -> dict[str, bool]:
     options = task.get("data_options", {})
     shifted = any(f.name in options and float(options[f.name]) != f.default for f in dataclasses.fields(Shift))
     data = any(task["dataset"] in e["datasets"] and (task["dataset"] != "synthetic" or task["seed"] in e["data_seeds"]) for e in any_kind)
-    arch = any(m["family"] == "mlp" and m["depth"] in e["depths"] and m["width"] in e["widths"] and m["activation"] in e["activations"]
-               for e in any_kind)  # fmt: skip
+    def arch_seen(e: dict[str, Any]) -> bool:
+        if "architectures" in e:  # the exact networks (engine populations)
+            return [m["family"], m["depth"], m["width"], m["activation"]] in e["architectures"]
+        return m["family"] == "mlp" and m["depth"] in e["depths"] and m["width"] in e["widths"] and m["activation"] in e["activations"]
+
+    arch = any(arch_seen(e) for e in any_kind)
     return {"data": data and not shifted, "architecture": arch}
 
 
 def _summ(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     ett = [s["epochs_to_target"] if s["epochs_to_target"] is not None else math.inf for s in seeds]
     med, lo, hi = bootstrap_median_ci(ett)
+    single = [s.get("single_run_epochs_to_target", e) for s, e in zip(seeds, ett)]  # budget-aware: one run at the full budget
+    single = [math.inf if e is None else e for e in single]
     tests = [s["test_acc"] for s in seeds if s["test_acc"] is not None]
     return {
         "epochs_to_target": med, "ci95": [lo, hi], "reached": sum(e < math.inf for e in ett), "seeds": len(ett),
+        "single_run_epochs_to_target": median(single),
         "test_acc": median(tests) if tests else None, "wall_s": median(s["wall_s"] for s in seeds),
         "ms_per_step": median(s["ms_per_step"] for s in seeds),
         "diverged": sum(s["status"] == "diverged" for s in seeds),
@@ -93,26 +103,69 @@ def summarise(suite: Suite, cells: dict[str, Any], weights: dict[str, str] | Non
     }  # fmt: skip
 
 
+def _ett(seed_record: dict[str, Any]) -> float:
+    e = seed_record["epochs_to_target"]
+    return math.inf if e is None else e
+
+
+def profile_score_ci(cells: dict[str, Any], ruleset: str, methods: tuple[str, ...], *, n: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:  # fmt: skip
+    """A percentile-bootstrap interval of every method's profile score over seeds: each
+    resample draws seeds with replacement (the same seeds for every method of a cell, as the
+    runs share them), takes each method's median epochs-to-target per cell, and scores."""
+    rng = np.random.default_rng(seed)
+    per = {c: {m: np.array([_ett(r) for r in cell["rulesets"][ruleset][m]["seeds"]]) for m in methods} for c, cell in cells.items()}
+    draws: dict[str, list[float]] = {m: [] for m in methods}
+    for _ in range(n):
+        times = {m: {} for m in methods}
+        for c, runs in per.items():
+            k = min(len(v) for v in runs.values())
+            idx = rng.integers(0, k, size=k)
+            for m in methods:
+                times[m][c] = float(np.median(runs[m][idx]))
+        for m, v in profile_score(times).items():
+            draws[m].append(v)
+    alpha = (1 - level) / 2
+    return {m: [float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))] for m, v in draws.items()}
+
+
 def goals(suite: Suite, cells: dict[str, Any], scores: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """The issue's two goals, checked against the numbers (true / false / null when not measured)."""
+    """The learned-optimizer targets (issue 12), checked against the numbers, for each of ours:
+
+    - on every MNIST and Fashion-MNIST cell, median epochs-to-target (self-tuning) at most
+      ``GOAL_EPOCHS`` and below Schedule-Free AdamW's;
+    - the target reached (median) on every cell where any baseline reaches it;
+    - self-tuning profile score at least ``GOAL_SCORE``, its bootstrap interval over seeds
+      above Schedule-Free AdamW's and Prodigy's;
+    - tuned profile score at least Schedule-Free AdamW's.
+    """
     ours = [m for m in suite.methods if get_method(m).ours]
-    mnist = [c for c, cell in cells.items() if cell["task"]["dataset"] == "mnist" and not cell["seen_in_meta_training"]["architecture"]]
-    out: dict[str, Any] = {"held_out_mnist_cells": mnist}
+    baselines = [m for m in suite.methods if not get_method(m).ours]
+    headline = [c for c, cell in cells.items() if cell["task"]["dataset"] in ("mnist", "fashion_mnist")]
+    ci = profile_score_ci(cells, "self_tuning", suite.methods)
+    out: dict[str, Any] = {"headline_cells": headline, "self_tuning_score_ci95": ci}
+
+    def st(m: str, c: str) -> float:
+        return cells[c]["rulesets"]["self_tuning"][m]["summary"]["epochs_to_target"]
+
+    sf, rivals = "schedulefree_adamw", [b for b in ("schedulefree_adamw", "prodigy") if b in suite.methods]
     for m in ours:
-        med = [cells[c]["rulesets"]["self_tuning"][m]["summary"]["epochs_to_target"] for c in mnist]
+        med = [st(m, c) for c in headline]
+        reachable = [c for c in cells if any(st(b, c) < math.inf for b in baselines)]
         out[m] = {
-            "median_epochs_on_held_out_mnist": med,
-            "within_3_epochs": bool(mnist) and all(e <= GOAL_EPOCHS for e in med),
+            "median_epochs_on_headline_cells": med,
+            f"within_{GOAL_EPOCHS:g}_epochs_and_ahead_of_schedulefree": bool(headline) and all(
+                e <= GOAL_EPOCHS and (sf not in suite.methods or e < st(sf, c)) for e, c in zip(med, headline)),
+            "reaches_wherever_a_baseline_does": all(st(m, c) < math.inf for c in reachable),
             "self_tuning_score": scores["self_tuning"].get(m),
-            "beats_schedulefree_and_prodigy": all(
-                scores["self_tuning"].get(m, 0) > scores["self_tuning"].get(b, 0)
-                for b in ("schedulefree_adamw", "prodigy") if b in scores["self_tuning"]
-            ),
+            f"score_at_least_{GOAL_SCORE:g}": scores["self_tuning"].get(m, 0.0) >= GOAL_SCORE,
+            "interval_above_schedulefree_and_prodigy": bool(rivals) and all(ci[m][0] > ci[b][1] for b in rivals),
+            "tuned_score_at_least_schedulefree": sf in suite.methods and scores["tuned"][m] >= scores["tuned"][sf],
         }  # fmt: skip
     return out
 
 
-_INF_KEYS = ("epochs_to_target", "ci95", "median_epochs_on_held_out_mnist")
+_INF_KEYS = ("epochs_to_target", "single_run_epochs_to_target", "ci95", "median_epochs_on_held_out_mnist", "median_epochs_on_headline_cells")
 
 
 def load_results(path: str | Any) -> dict[str, Any]:

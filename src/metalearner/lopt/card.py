@@ -45,11 +45,66 @@ def evaluate_held_out(opt2vec: str | Path, controller: str | Path, *, data_dir: 
     return {"task": HELD_OUT, "epochs": epochs, "steps": steps, "seeds": seeds, "summary": summary, "runs": runs}
 
 
+def learned_entry(engine_dir: Path) -> dict[str, Any]:
+    """The card entry of an engine-trained optimizer (``meta-train --kind learned``): its
+    command, config, what it saw (in the keys the benchmark's exposure check reads), curve."""
+    from metalearner.lopt.engine import WEIGHTS
+
+    folder = Path(engine_dir)
+    state = json.loads((folder / "engine.json").read_text())
+    cfg, curve, ev = state["config"], state["curve"], state["evaluation"]
+    pops = cfg["populations"]
+    exposure = {
+        "datasets": sorted({p["dataset"] for p in pops}), "depths": sorted({p["depth"] for p in pops}),
+        "widths": sorted({p["width"] for p in pops}), "activations": sorted({p["activation"] for p in pops}),
+        "families": sorted({p["family"] for p in pops}), "data_seeds": sorted({p["data_seed"] for p in pops}),
+        "n_train": sorted({p["n_train"] for p in pops}), "unroll_steps": cfg["truncation"],
+        "architectures": [[p["family"], p["depth"], p["width"], p["activation"]] for p in pops],
+    }  # fmt: skip
+    return {
+        "command": f"metalearner meta-train --kind learned --out {folder} --seed {cfg['seed']}",
+        "config": {**cfg, **exposure}, "n_params": PolicyWeights.load(folder / WEIGHTS).n_params, "curve": curve,
+        "wall_time_s": curve[-1]["elapsed_s"] if curve else 0.0,
+        "tasks_seen": {f"{p['dataset']} ({p['n_train']} examples)": f"{p['family']} {p['depth']}x{p['width']} {p['activation']}, batch {p['batch_size']}"
+                       for p in pops},
+        "meta_evaluation": {**ev, "initial_mean": float(np.mean(ev["initial"])), "final_mean": float(np.mean(ev["final"]))},
+    }  # fmt: skip
+
+
+def ship_learned(engine_dir: Path) -> dict[str, Any]:
+    """Copy an engine run's weights into ``metalearner/lopt/pretrained/learned.safetensors``
+    and record it in the model card beside the others."""
+    from metalearner.lopt.engine import WEIGHTS
+
+    card = json.loads((PRETRAINED / "MODEL_CARD.json").read_text())
+    card["optimizers"]["learned"] = learned_entry(engine_dir)
+    shutil.copyfile(Path(engine_dir) / WEIGHTS, PRETRAINED / "learned.safetensors")
+    write_json(PRETRAINED / "MODEL_CARD.json", card)
+    with atomic_path(PRETRAINED / "MODEL_CARD.md") as tmp:
+        tmp.write_text(_markdown(card))
+    return card["optimizers"]["learned"]
+
+
 def _markdown(card: dict[str, Any]) -> str:
     lines = ["# Pretrained learned optimizers: model card", "",
              "Produced by this project's own commands (exact lines below), frozen, shipped as safetensors.", ""]  # fmt: skip
     for kind, part in card["optimizers"].items():
         ev = part["meta_evaluation"]
+        if kind == "learned":
+            c = part["config"]
+            lines += [
+                f"## {kind} (`learned_sf`: {c['base']} base, per-tensor lr multipliers, the batched PES engine)", "",
+                f"- command: `{part['command']}`",
+                f"- seed {c['seed']}, {part['n_params']} parameters, {c['outer_steps']} outer steps (torch Adam, lr {c['outer_lr']}) "
+                f"of PES with {c['pairs']} antithetic pairs per population and truncations of {c['truncation']} steps, "
+                f"wall time {part['wall_time_s']:.0f} s",
+                f"- populations: {json.dumps(part['tasks_seen'])}",
+                f"- meta-loss (validation AUC + final, log ratio to the initial loss, lower is better) on "
+                f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: untrained (= base optimizer) "
+                f"{ev['initial_mean']:.3f} -> trained {ev['final_mean']:.3f} (per population: "
+                + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in zip(ev["initial"], ev["final"])) + ")", "",
+            ]  # fmt: skip
+            continue
         curve = ", ".join(f"{c['meta_loss']:.2f}" for c in part["curve"])
         lines += [
             f"## {kind}", "",

@@ -3,7 +3,9 @@
 ``meta_train_command`` is registered once, at the top level (``metalearner.cli``).
 
     metalearner meta-train --kind opt2vec --out runs/meta/opt2vec
+    metalearner meta-train --kind learned --out runs/meta/learned     # the batched PES engine
     metalearner lopt card --opt2vec runs/meta/opt2vec --controller runs/meta/controller --ship
+    metalearner lopt ship-learned runs/meta/learned
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learned opti
 
 
 def meta_train_command(
-    kind: str = typer.Option("opt2vec", help="opt2vec or controller."),
+    kind: str = typer.Option("opt2vec", help="opt2vec or controller (process-per-unroll ES), or learned (the batched PES engine)."),
     out: Path = typer.Option(Path("runs/meta"), help="Output folder (checkpoint, state.json, weights)."),
     seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
     outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
-    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512)."),
+    unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512; --kind learned: the PES truncation, default 64)."),
     workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
     executor: str = options.EXECUTOR,
     address: Optional[str] = options.ADDRESS,
@@ -34,7 +36,9 @@ def meta_train_command(
     device: str = options.DEVICE,
     progress: bool = options.PROGRESS,
 ) -> None:
-    """Meta-train a learned optimizer by antithetic ES on the default task distribution."""
+    """Meta-train a learned optimizer on the default task distribution."""
+    if kind == "learned":
+        return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress)
     from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.parallel import make_executor
     from metalearner.train.run import resolve_device
@@ -52,6 +56,24 @@ def meta_train_command(
     ev = state.evaluation
     typer.echo(json.dumps({"kind": kind, "out": str(out), "outer_steps": state.step, "n_params": weights.n_params,
                            "eval_meta_loss_initial": ev["initial_mean"], "eval_meta_loss_final": ev["final_mean"]}))  # fmt: skip
+
+
+def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, truncation: int | None, resume: bool, progress: bool) -> None:
+    """``--kind learned``: the batched engine (``lopt.engine``) with its default task family."""
+    from dataclasses import replace
+
+    from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
+    from metalearner.progress import Progress
+
+    given = dict(seed=seed, outer_steps=outer_steps, pairs=pairs, truncation=truncation)
+    cfg = replace(EngineConfig(), **{k: v for k, v in given.items() if v is not None})
+    with Progress(progress) as display:
+        bar = display.bar("meta-train learned", cfg.outer_steps, info="meta-loss {meta_loss:.4f}", meta_loss=float("nan"))
+        _, record = run(cfg, out, resume=resume, on_step=lambda r: bar.update(r["step"], meta_loss=r["meta_loss"]))
+    ev = record.evaluation
+    typer.echo(json.dumps({"kind": "learned", "out": str(out / WEIGHTS), "outer_steps": record.step,
+                           "eval_meta_loss_initial": float(sum(ev["initial"]) / len(ev["initial"])),
+                           "eval_meta_loss_final": float(sum(ev["final"]) / len(ev["final"]))}))  # fmt: skip
 
 
 @app.command("card")
@@ -77,6 +99,19 @@ def card_command(
     card = write_card(opt2vec, controller, data_dir=data_dir, epochs=epochs, seeds=seeds, ship=ship, out=out,
                       command=" ".join(["metalearner lopt card", *sys.argv[3:]]))  # fmt: skip
     typer.echo(json.dumps(card["evaluation"]["summary"]))
+
+
+@app.command("ship-learned")
+def ship_learned_command(engine: Path = typer.Argument(..., help="Output folder of `metalearner meta-train --kind learned`.")) -> None:
+    """Ship an engine run's weights as the default `learned_sf` weights and record them in the model card."""
+    from metalearner.errors import DataError
+    from metalearner.lopt.card import ship_learned
+
+    if not (engine / "engine.json").is_file() or not (engine / "learned.safetensors").is_file():
+        raise DataError(f"{engine} is not a finished `meta-train --kind learned` folder (engine.json, learned.safetensors)")
+    entry = ship_learned(engine)
+    typer.echo(json.dumps({"shipped": "learned.safetensors", "meta_loss": [entry["meta_evaluation"]["initial_mean"],
+                                                                           entry["meta_evaluation"]["final_mean"]]}))  # fmt: skip
 
 
 @app.command("analyse")

@@ -1,4 +1,5 @@
-"""Functional, batched learned optimizers: the inner optimizer of the meta-training engine.
+"""Functional, batched learned optimizers: the inner optimizer of the meta-training engine,
+and (with one member) of the ``torch.optim`` front :class:`~metalearner.lopt.learned.LearnedOptimizer`.
 
 Everything here is pure tensor math over a *population* of ``P`` inner problems that share
 one architecture: the weights of member ``p`` are row ``p`` of a flat ``(P, N)`` buffer
@@ -6,21 +7,30 @@ one architecture: the weights of member ``p`` are row ``p`` of a flat ``(P, N)``
 ``(P, ...)`` tensors, and the meta-parameters are a ``(P, D)`` matrix (one row per member, so
 perturbed copies of θ run side by side). No ``.item()``, no per-member Python.
 
-:class:`LearnedAdam` is Adam with a learned per-tensor learning-rate multiplier:
+:class:`LearnedKernel` is a base optimizer with a learned per-tensor learning-rate multiplier
+``s_j``, the lr of tensor ``j`` being ``η_j = η · s_j``. Two bases:
 
-.. math::
+- ``"adam"``: ``w_j ← w_j − η_j m̂_j / (√v̂_j + ε)``;
+- ``"schedulefree"``: Schedule-Free AdamW (Defazio et al., 2024) per tensor, with the
+  averaging weight following the *controlled* lr (``c_t = η_t² / Σ_{i≤t} η_i²``), as the
+  analysis of schedules for Schedule-Free requires::
 
-    m \\leftarrow β_1 m + (1-β_1) g, \\quad v \\leftarrow β_2 v + (1-β_2) g^2, \\quad
-    w_j \\leftarrow w_j - η\\, e^{3\\tanh(z_j/3)}\\, \\frac{\\hat m_j}{\\sqrt{\\hat v_j} + ε}
+      d = g / (√v̂ + ε) (+ λ y),   y ← (1 − c) y + c z + η (β₁(1 − c) − 1) d,   z ← z − η d
 
-for each tensor ``j`` of each member, where ``η`` is the member's base learning rate and
-``z_j`` the output of the policy network (:func:`~metalearner.lopt.policy.policy_forward`,
-run once per tensor) on the history of tensor ``j``'s features, refreshed every
-``observe_every`` steps. The features (:data:`KERNEL_FEATURES`) are per-tensor physics
-(gradient norm, update ratio, the tensor's own current scale) plus the member's loss
-trajectory, none of which needs the horizon. Zero policy heads give ``z = 0``: plain Adam.
+  the weights hold ``y`` (where gradients are taken); :meth:`LearnedKernel.eval_params`
+  gives the averaged point ``x`` at which to evaluate.
 
-    lopt = LearnedAdam(LearnedAdam.policy_config())
+Every ``observe_every`` steps the policy (:func:`~metalearner.lopt.policy.policy_forward`,
+run once per tensor) reads the history of tensor ``j``'s features (:data:`KERNEL_FEATURES`:
+the member's loss trajectory over several time scales, the tensor's gradient norm and update
+ratio, its current scale; none needs the horizon) and proposes a log scale
+``3 tanh(o/3)``. Two guards make it safe by construction: the log scale moves at most
+``MAX_MOVE`` per observation (a factor 1.5), and when the window's mean loss is more than
+``SPIKE`` times its best window (a loss spike, finite or not) every scale of the member is
+halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
+``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``).
+
+    lopt = LearnedKernel(LearnedKernel.policy_config(), base="schedulefree")
     theta = lopt.init_theta(seed=0)                  # (D,) the meta-parameters
     state = lopt.init_state(P, layout)               # all zeros
     params, state = lopt.update(theta.expand(P, -1), state, layout, params, grads, losses, base_lr, observe=True)
@@ -35,10 +45,12 @@ from functools import partial
 import torch
 from torch import nn
 
+from metalearner.errors import ConfigError
 from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, ONLINE, PolicyConfig, PolicyWeights, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
-KERNEL_FEATURES: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "log_grad_norm", "log_update_ratio", "log_lr_scale")
+KERNEL_FEATURES: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
+                                    "log_grad_norm", "log_update_ratio", "update_ratio_level", "log_lr_scale")
 
 
 @dataclass(frozen=True)
@@ -104,14 +116,21 @@ def normalise_online(
     return torch.where(finite, scaled, torch.zeros_like(raw)).clamp(-CLIP, CLIP), mean, sq
 
 
-@dataclass
-class LearnedAdamState:
-    """Per-member state of :class:`LearnedAdam`; all zeros at the start of an episode."""
+BASES: tuple[str, ...] = ("adam", "schedulefree")
+MAX_MOVE = math.log(1.5)  # the log lr scale moves at most this much per observation
+SPIKE = math.log(3.0)  # a window whose mean loss is 3x its best window's halves the scales
+LOSS_EMA = 0.8  # decay of the slow average of window losses (loss_vs_ema)
 
-    m: torch.Tensor  # (P, N) first moment
+
+@dataclass
+class KernelState:
+    """Per-member state of :class:`LearnedKernel`; all zeros at the start of an episode."""
+
+    m: torch.Tensor  # (P, N) Adam: first moment; Schedule-Free: z (the base sequence)
     v: torch.Tensor  # (P, N) second moment
     count: torch.Tensor  # (P,) steps taken
-    z: torch.Tensor  # (P, J) policy output per tensor; scale = exp(3 tanh(z / 3))
+    log_scale: torch.Tensor  # (P, J) log lr multiplier per tensor
+    weight_sum: torch.Tensor  # (P, J) Schedule-Free: Σ η_t² (the averaging weights so far)
     history: torch.Tensor  # (P, J, H, F) normalised feature rows, newest last
     feat_mean: torch.Tensor  # (P, J, F) online-normalisation EMAs
     feat_sq: torch.Tensor  # (P, J, F)
@@ -120,6 +139,9 @@ class LearnedAdamState:
     loss_n: torch.Tensor  # (P,)
     first_loss: torch.Tensor  # (P,) mean loss of the first observation window
     prev_loss: torch.Tensor  # (P,) mean loss of the previous window
+    min_loss: torch.Tensor  # (P,) best window mean so far
+    ema_loss: torch.Tensor  # (P,) EMA of window means (not bias-corrected; see _observe)
+    spikes: torch.Tensor  # (P,) loss-spike guards fired
 
 
 def reset_rows(state, mask: torch.Tensor):
@@ -131,20 +153,23 @@ def reset_rows(state, mask: torch.Tensor):
     return replace(state, **{f.name: zero(getattr(state, f.name)) for f in fields(state)})
 
 
-class LearnedAdam:
-    """Adam with a learned per-tensor lr multiplier, as a batched functional kernel."""
+class LearnedKernel:
+    """A base optimizer (Adam or Schedule-Free AdamW) with a learned per-tensor lr multiplier,
+    as a batched functional kernel."""
 
-    def __init__(self, config: PolicyConfig, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         if tuple(config.features) != KERNEL_FEATURES or config.n_outputs != 1:
-            raise ValueError(f"LearnedAdam needs a one-output policy over {KERNEL_FEATURES}; use LearnedAdam.policy_config()")
-        self.config, self.betas, self.eps = config, betas, eps
+            raise ValueError(f"LearnedKernel needs a one-output policy over {KERNEL_FEATURES}; use LearnedKernel.policy_config()")
+        if base not in BASES:
+            raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
+        self.config, self.base, self.betas, self.eps = config, base, betas, eps
         self._online = torch.tensor([f in ONLINE for f in KERNEL_FEATURES])
         self._policy = torch.func.vmap(partial(policy_forward, activation=config.activation))
 
     @staticmethod
     def policy_config(history_length: int = 8, hidden_dim: int = 16, embedding_dim: int = 16,
                       activation: str = "tanh", observe_every: int = 16) -> PolicyConfig:  # fmt: skip
-        return PolicyConfig(kind="controller", features=KERNEL_FEATURES, history_length=history_length, hidden_dim=hidden_dim,
+        return PolicyConfig(kind="learned", features=KERNEL_FEATURES, history_length=history_length, hidden_dim=hidden_dim,
                             embedding_dim=embedding_dim, activation=activation, observe_every=observe_every)  # fmt: skip
 
     @property
@@ -152,70 +177,120 @@ class LearnedAdam:
         return self.config.observe_every
 
     def init_theta(self, seed: int = 0) -> torch.Tensor:
-        """The untrained meta-parameters ``(D,)`` (zero heads: plain Adam)."""
+        """The untrained meta-parameters ``(D,)`` (zero heads: the plain base optimizer)."""
         return PolicyWeights.init(self.config, seed=seed).flat()
 
-    def init_state(self, n_members: int, layout: ParamLayout, dtype: torch.dtype = torch.float32) -> LearnedAdamState:
+    def init_state(self, n_members: int, layout: ParamLayout, dtype: torch.dtype = torch.float32, device=None) -> KernelState:
         P, N, J, H, F = n_members, layout.n_params, len(layout.names), self.config.history_length, len(KERNEL_FEATURES)
-        z = partial(torch.zeros, dtype=dtype)
-        return LearnedAdamState(m=z(P, N), v=z(P, N), count=z(P), z=z(P, J), history=z(P, J, H, F), feat_mean=z(P, J, F),
-                                feat_sq=z(P, J, F), n_obs=z(P), loss_sum=z(P), loss_n=z(P), first_loss=z(P), prev_loss=z(P))  # fmt: skip
+        z = partial(torch.zeros, dtype=dtype, device=device)
+        return KernelState(m=z(P, N), v=z(P, N), count=z(P), log_scale=z(P, J), weight_sum=z(P, J), history=z(P, J, H, F),
+                           feat_mean=z(P, J, F), feat_sq=z(P, J, F), n_obs=z(P), loss_sum=z(P), loss_n=z(P),
+                           first_loss=z(P), prev_loss=z(P), min_loss=z(P), ema_loss=z(P), spikes=z(P))  # fmt: skip
 
-    def lr_scale(self, state: LearnedAdamState) -> torch.Tensor:
+    def lr_scale(self, state: KernelState) -> torch.Tensor:
         """``(P, J)``: the multiplier each tensor's lr gets now, in ``[1/20, 20]``."""
-        return torch.exp(MAX_LOG_SCALE * torch.tanh(state.z / MAX_LOG_SCALE))
+        return state.log_scale.exp()
+
+    def eval_params(self, params: torch.Tensor, state: KernelState) -> torch.Tensor:
+        """Where to evaluate: the weights (Adam) or Schedule-Free's average ``x``
+        (``y`` moved towards ``z`` by ``1 − 1/β₁``; ``y`` itself before the first step)."""
+        if self.base == "adam":
+            return params
+        x = torch.lerp(params, state.m, 1 - 1 / self.betas[0])
+        return torch.where((state.count > 0)[:, None], x, params)
 
     def update(
         self,
         theta: torch.Tensor,
-        state: LearnedAdamState,
+        state: KernelState,
         layout: ParamLayout,
         params: torch.Tensor,
         grad: torch.Tensor,
-        loss: torch.Tensor,
+        loss: torch.Tensor | None,
         base_lr: torch.Tensor,
         *,
         observe: bool,
-    ) -> tuple[torch.Tensor, LearnedAdamState]:
-        """One step for every member: ``theta (P, D)``, ``params``/``grad (P, N)``, ``loss``
-        and ``base_lr (P,)``. With ``observe`` (every ``observe_every`` steps of an episode)
-        the step's physics is pushed into the history and the policy sets new scales."""
+        weight_decay: torch.Tensor | float = 0.0,
+    ) -> tuple[torch.Tensor, KernelState]:
+        """One step for every member: ``theta (P, D)``, ``params``/``grad (P, N)``, ``loss (P,)``
+        (``None``: this step's loss is unknown and does not enter the window), ``base_lr``
+        ``(P,)`` or per tensor ``(P, J)``, ``weight_decay`` a float or likewise (Schedule-Free's
+        form, added to the normalised gradient; Adam's L2 form, added to the gradient). With ``observe`` the step's physics is pushed into the
+        history and the policy sets new scales (the window must have had a loss)."""
         b1, b2 = self.betas
+        sizes = layout.sizes
         count = state.count + 1
-        m = torch.lerp(state.m, grad, 1 - b1)
-        v = torch.lerp(state.v, grad * grad, 1 - b2)
-        scale = self.lr_scale(state)  # (P, J)
-        step = -(base_lr / (1 - b1**count))[:, None] * scale  # (P, J): −η·s_j / (1 − β₁ᵗ)
-        delta = m / (v.sqrt().div_((1 - b2**count).sqrt()[:, None]).add_(self.eps))
-        for j, part in enumerate(delta.split(layout.sizes, dim=1)):  # in place, per tensor: no (P, N) gather
-            part.mul_(step[:, j : j + 1])
-        state = replace(state, m=m, v=v, count=count, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
+        lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
+        wd_n = None  # (P, N) decay per entry, when there is any
+        if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
+            wd = torch.as_tensor(weight_decay, dtype=params.dtype, device=params.device)
+            wd_n = _per_param(wd.reshape(-1, 1).expand(len(params), len(sizes)) if wd.dim() < 2 else wd, sizes)
+        if self.base == "adam":
+            g = grad if wd_n is None else grad + wd_n * params
+            m = torch.lerp(state.m, g, 1 - b1)
+            v = torch.lerp(state.v, g * g, 1 - b2)
+            step = -(lr / (1 - b1**count)[:, None])  # (P, J): −η_j / (1 − β₁ᵗ)
+            delta = m / (v.sqrt().div_((1 - b2**count).sqrt()[:, None]).add_(self.eps))
+            delta.mul_(_per_param(step, sizes))
+            new_params, weight_sum = params + delta, state.weight_sum
+        else:
+            z = torch.where((state.count == 0)[:, None], params, state.m)  # z starts at the initial weights
+            v = torch.lerp(state.v, grad * grad, 1 - b2)
+            d = grad / (v / (1 - b2**count)[:, None]).sqrt().add_(self.eps)
+            if wd_n is not None:
+                d = d + wd_n * params
+            weight_sum = state.weight_sum + lr * lr
+            c = (lr * lr / weight_sum).nan_to_num(0.0)  # (P, J)
+            c_n, lr_n = _per_param(c, sizes), _per_param(lr, sizes)
+            new_params = torch.lerp(params, z, c_n) + lr_n * (b1 * (1 - c_n) - 1) * d
+            m = z - lr_n * d
+            delta = new_params - params
+        state = replace(state, m=m, v=v, count=count, weight_sum=weight_sum)
+        if loss is not None:
+            state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
         if observe:
-            state = self._observe(theta, state, layout, params, grad, delta, scale)
-        return params + delta, state
+            state = self._observe(theta, state, layout, new_params, grad, delta)
+        return new_params, state
 
-    def _observe(self, theta, state, layout, params, grad, delta, scale) -> LearnedAdamState:
+    def _observe(self, theta, state: KernelState, layout: ParamLayout, params, grad, delta) -> KernelState:
         mean_loss = state.loss_sum / state.loss_n
+        log_l = mean_loss.log()
         first = state.n_obs == 0
         first_loss = torch.where(first, mean_loss, state.first_loss)
         prev_loss = torch.where(first, mean_loss, state.prev_loss)
-        P, J = scale.shape
-        log_w = 0.5 * layout.per_tensor_sq_norms(params + delta).log()
-        per_member = torch.stack([mean_loss.log() - first_loss.log(), mean_loss.log() - prev_loss.log()], -1)  # (P, 2)
+        ema_prev = torch.where(first, mean_loss, state.ema_loss)
+        finite = torch.isfinite(mean_loss)
+        best = torch.where(first, torch.full_like(mean_loss, math.inf), state.min_loss)
+        min_loss = torch.where(finite, torch.minimum(best, mean_loss), best)
+        P, J = state.log_scale.shape
+        log_ratio = 0.5 * layout.per_tensor_sq_norms(delta).log() - 0.5 * layout.per_tensor_sq_norms(params).log()
+        per_member = torch.stack([log_l - first_loss.log(), log_l - prev_loss.log(), log_l - min_loss.log(), log_l - ema_prev.log()], -1)
         raw = torch.cat([
-            per_member[:, None, :].expand(P, J, 2),
+            per_member[:, None, :].expand(P, J, 4),
             0.5 * layout.per_tensor_sq_norms(grad).log()[..., None],
-            (0.5 * layout.per_tensor_sq_norms(delta).log() - log_w)[..., None],
-            scale.log()[..., None],
+            log_ratio[..., None],
+            (log_ratio / math.log(10) + 3)[..., None],
+            state.log_scale[..., None],
         ], dim=-1)  # fmt: skip
         n_obs = state.n_obs + 1
         row, feat_mean, feat_sq = normalise_online(raw, self._online, state.feat_mean, state.feat_sq, n_obs[:, None, None])
         history = torch.cat([state.history[:, :, 1:], row[:, :, None]], dim=2)
         out, _ = self._policy(policy_tensors(self.config, theta), history)  # (P, J, 1)
-        z = torch.nan_to_num(out[..., 0], nan=0.0)
-        return replace(state, z=z, history=history, feat_mean=feat_mean, feat_sq=feat_sq, n_obs=n_obs,
-                       loss_sum=torch.zeros_like(mean_loss), loss_n=torch.zeros_like(mean_loss),
-                       first_loss=first_loss, prev_loss=prev_loss)  # fmt: skip
+        target = MAX_LOG_SCALE * torch.tanh(torch.nan_to_num(out[..., 0], nan=0.0) / MAX_LOG_SCALE)
+        moved = state.log_scale + (target - state.log_scale).clamp(-MAX_MOVE, MAX_MOVE)
+        spike = ~finite | (log_l - min_loss.log() > SPIKE)  # (P,)
+        halved = (torch.minimum(moved, state.log_scale) - math.log(2)).clamp_min(-MAX_LOG_SCALE)
+        log_scale = torch.where(spike[:, None], halved, moved)
+        ema = LOSS_EMA * ema_prev + (1 - LOSS_EMA) * torch.where(finite, mean_loss, ema_prev)
+        return replace(state, log_scale=log_scale, history=history, feat_mean=feat_mean, feat_sq=feat_sq, n_obs=n_obs,
+                       loss_sum=torch.zeros_like(mean_loss), loss_n=torch.zeros_like(mean_loss), first_loss=first_loss,
+                       prev_loss=torch.where(finite, mean_loss, prev_loss), min_loss=min_loss, ema_loss=ema,
+                       spikes=state.spikes + spike.to(state.spikes.dtype))  # fmt: skip
 
 
-__all__ = ["KERNEL_FEATURES", "LearnedAdam", "LearnedAdamState", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+    """``(P, J)`` per-tensor values -> ``(P, N)``, each repeated over its tensor's entries."""
+    return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1)
+
+
+__all__ = ["BASES", "KERNEL_FEATURES", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

@@ -20,6 +20,13 @@ feature                raw value                                                
 ``budget_fraction``    steps taken / budget (0 without a budget)                 raw
 =====================  ========================================================  ==========
 
+The batched kernels of :mod:`~metalearner.lopt.functional` (kind ``"learned"``) add three
+horizon-free loss signals and one absolute step-size signal (:data:`KERNEL_ONLY_FEATURES`):
+``loss_vs_min`` (``log L − log min L``, the loss above its best window: a spike detector),
+``loss_vs_ema`` (``log L`` against a slow average of past windows) and
+``update_ratio_level`` (``log₁₀(‖Δθ‖/‖θ‖) + 3``: decades above an update ratio of 1e-3, not
+normalised, so that a policy can see whether steps are large or small in absolute terms).
+
 "online" features are standardised with bias-corrected exponential moving averages of
 their mean and variance (:func:`normalise`); all features are clipped to ``[-5, 5]``.
 
@@ -55,6 +62,8 @@ if TYPE_CHECKING:
 BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
 EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
 CONTROLLER_FEATURES: tuple[str, ...] = (*BASE_FEATURES, "log_weight_norm", "log_update_ratio")
+KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level")
+KINDS: tuple[str, ...] = ("opt2vec", "controller", "learned")
 ONLINE = frozenset({"log_loss", "log_grad_norm", "log_weight_norm", "log_update_ratio", "curvature"})
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
 CLIP = 5.0
@@ -70,7 +79,7 @@ class WeightsError(MetalearnerError):
 class PolicyConfig:
     """Shape of a policy network; saved inside every weights file."""
 
-    kind: str = "opt2vec"  # "opt2vec" (outputs: log lr scale, momentum logit) or "controller"
+    kind: str = "opt2vec"  # "opt2vec" (outputs: log lr scale, momentum logit), "controller" or "learned" (log lr scale)
     features: tuple[str, ...] = (*BASE_FEATURES, *EXTENDED_FEATURES)
     history_length: int = 16
     hidden_dim: int = 32
@@ -80,9 +89,9 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "features", tuple(self.features))
-        if self.kind not in ("opt2vec", "controller"):
-            raise ConfigError(f"unknown policy kind {self.kind!r}; choose from opt2vec, controller")
-        unknown = sorted(set(self.features) - set(BASE_FEATURES) - set(EXTENDED_FEATURES))
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown policy kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        unknown = sorted(set(self.features) - {*BASE_FEATURES, *EXTENDED_FEATURES, *KERNEL_ONLY_FEATURES})
         if unknown:
             raise ConfigError(f"unknown feature(s) {', '.join(unknown)}")
         if self.activation not in ACTIVATIONS:

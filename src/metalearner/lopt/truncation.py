@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.functional import LearnedAdam, LearnedAdamState, ParamLayout, reset_rows
+from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, reset_rows
 from metalearner.tasks.models import ACTIVATIONS, ModelConfig, build_model
 
 MAX_TERM = 2.0  # a diverged (non-finite) loss costs this much per term
@@ -79,6 +79,7 @@ class PopulationConfig:
     dataset: str = "mnist1d"
     n_train: int = 4000
     data_seed: int = 0
+    data_options: tuple[tuple[str, Any], ...] = ()  # (name, value) pairs for load_dataset, e.g. (("n_features", 128),)
     family: str = "mlp"
     depth: int = 2
     width: int = 48
@@ -97,6 +98,7 @@ class PopulationConfig:
         for f in fields(self):
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
+        object.__setattr__(self, "data_options", tuple(tuple(kv) for kv in self.data_options))  # JSON gives lists
         lo, hi = self.horizon_epochs
         if not 0 < lo <= hi or self.eval_every < 1 or self.batch_size < 1 or self.n_val < 1:
             raise ConfigError("0 < horizon_epochs[0] <= horizon_epochs[1], eval_every >= 1, batch_size >= 1 and n_val >= 1 are required")
@@ -107,14 +109,14 @@ class PopulationConfig:
 
 
 @functools.lru_cache(maxsize=16)
-def load_splits(dataset: str, data_seed: int, n_train: int):
+def load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple[tuple[str, Any], ...] = ()):
     """The data set with at least ``n_train`` training examples where the generator allows
     (MNIST-1D and synthetic are generated 1.5x larger: a test and a validation split come off)."""
     from metalearner.tasks import load_dataset
 
     size_option = {"mnist1d": "num_samples", "synthetic": "n_samples"}.get(dataset)
     options = {size_option: math.ceil(1.5 * n_train) + 1} if size_option else {}
-    return load_dataset(dataset, seed=data_seed, n_train=n_train, **options)
+    return load_dataset(dataset, seed=data_seed, n_train=n_train, **options, **dict(data_options))
 
 
 def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module) -> Callable:
@@ -164,7 +166,7 @@ class PopulationState:
     """The truncated state of a population of ``P`` members (all ``(P, ...)`` unless noted)."""
 
     params: torch.Tensor  # (P, N) model weights
-    opt: LearnedAdamState  # the inner optimizer's state
+    opt: KernelState  # the inner optimizer's state
     perm: torch.Tensor  # (P, n_train) the member's shuffle of the training set, cycled
     pos: torch.Tensor  # examples consumed: the data position
     step: torch.Tensor  # inner steps taken in the current episode
@@ -181,9 +183,9 @@ class PopulationState:
 class PopulationStep:
     """A population of classification problems, trained as one batched computation."""
 
-    def __init__(self, config: PopulationConfig, lopt: LearnedAdam):
+    def __init__(self, config: PopulationConfig, lopt: LearnedKernel):
         self.config, self.lopt = config, lopt
-        self.data = load_splits(config.dataset, config.data_seed, config.n_train)
+        self.data = load_splits(config.dataset, config.data_seed, config.n_train, config.data_options)
         self.module = build_model(config.model(), self.data.input_shape, self.data.n_classes, seed=0)
         self.layout = ParamLayout.of(self.module)
         self.forward = batched_forward(config.model(), self.layout, self.module)
@@ -281,7 +283,7 @@ class PopulationStep:
             term = cfg.train_weight * log_ratio(losses, state.val0) / T
             done = torch.zeros_like(step, dtype=torch.bool)
             if clock % cfg.eval_every == 0:
-                val = log_ratio(self._val_loss(params, state.input_scale), state.val0)
+                val = log_ratio(self._val_loss(self.lopt.eval_params(params, opt), state.input_scale), state.val0)
                 done = step >= T
                 term = term + cfg.val_weight * val * cfg.eval_every / T + torch.where(done, cfg.final_weight * val, 0.0)
             terms.append(term)

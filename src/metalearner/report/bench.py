@@ -103,17 +103,28 @@ def verdict(results: dict[str, Any]) -> list[str]:
                 ranks.append(f"ranks {rank} of {len(times)}" if math.isfinite(times[m]) else "never reaches the target")
             out.append(f"Shift (self-tuning): {_label(results, m)} {ranks[0]} on task A (the unshifted task) and "
                        f"{ranks[1]} on the shifted task B.")  # fmt: skip
+    for m, info in results["methods"].items():
+        if info["budget_aware"]:
+            st = {c: v["rulesets"]["self_tuning"][m]["summary"] for c, v in results["cells"].items()}
+            if all("single_run_epochs_to_target" in x for x in st.values()):
+                out.append(f"{_label(results, m)} is scored by the budget rule (the smallest of {len(results['protocol']['budgets'])} "
+                           "budgets that reaches the target); one run at the full budget, as a user would make it, takes: "
+                           + ", ".join(f"{c} {fmt_epochs(x['single_run_epochs_to_target'])}" for c, x in st.items()) + ".")  # fmt: skip
     g = results["goals"]
     for m in ours:
-        if m in g and g[m]["median_epochs_on_held_out_mnist"]:
-            eps = ", ".join(fmt_epochs(e) for e in g[m]["median_epochs_on_held_out_mnist"])
-            out.append(
-                f"Goal for {_label(results, m)}: target within 3 epochs (median) on held-out MNIST architectures "
-                f"({eps}): {'MET' if g[m]['within_3_epochs'] else 'NOT met'}; self-tuning profile score above "
-                f"Schedule-Free AdamW and Prodigy: {'MET' if g[m]['beats_schedulefree_and_prodigy'] else 'NOT met'}."
-            )
-        elif m in g:
-            out.append(f"Goal for {_label(results, m)}: not measured (this suite has no held-out MNIST cell).")
+        goal = g.get(m)
+        if goal and goal.get("median_epochs_on_headline_cells"):
+            eps = ", ".join(fmt_epochs(e) for e in goal["median_epochs_on_headline_cells"])
+            ci = g["self_tuning_score_ci95"][m]
+            checks = [(k, v) for k, v in goal.items() if isinstance(v, bool)]
+            out.append(f"Goals for {_label(results, m)} (epochs on the MNIST/Fashion-MNIST cells: {eps}; self-tuning profile "
+                       f"score {goal['self_tuning_score']:.3f}, 95% interval over seeds [{ci[0]:.3f}, {ci[1]:.3f}]): "
+                       + "; ".join(f"{k.replace('_', ' ')}: {'MET' if v else 'NOT met'}" for k, v in checks) + ".")  # fmt: skip
+        elif goal and "within_3_epochs" in goal:  # results written before the v2 targets
+            out.append(f"Goal for {_label(results, m)}: target within 3 epochs on held-out MNIST architectures: "
+                       f"{'MET' if goal['within_3_epochs'] else 'NOT met'}.")
+        elif goal is not None:
+            out.append(f"Goals for {_label(results, m)}: not measured (this suite has no MNIST or Fashion-MNIST cell).")
     return out
 
 

@@ -1,4 +1,4 @@
-"""Model families (MLP, small CNN) and their architecture encoding.
+"""Model families (MLP, small CNN, small GRU sequence model) and their architecture encoding.
 
 Every model is described by a :class:`ModelConfig`; :func:`build_model` turns a config plus
 the task's input shape and class count into an ``nn.Module``, and :func:`encode_architecture`
@@ -27,15 +27,16 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
 }
 INITS = ("default", "kaiming", "xavier", "orthogonal")
-FAMILIES = ("mlp", "cnn")
+FAMILIES = ("mlp", "cnn", "rnn")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a base model.
 
-    ``depth`` counts hidden layers (MLP) or convolution blocks (CNN); ``width`` is the hidden
-    size (MLP) or the channel count of the first block, doubled per block (CNN).
+    ``depth`` counts hidden layers (MLP), convolution blocks (CNN) or stacked GRU layers (RNN);
+    ``width`` is the hidden size (MLP, RNN) or the channel count of the first block, doubled per
+    block (CNN).
     """
 
     family: str = "mlp"
@@ -53,8 +54,9 @@ class ModelConfig:
             )
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
-        if self.depth < (1 if self.family == "cnn" else 0):
-            raise ConfigError(f"depth must be >= {1 if self.family == 'cnn' else 0}, got {self.depth}")
+        least = 0 if self.family == "mlp" else 1
+        if self.depth < least:
+            raise ConfigError(f"depth must be >= {least} for a {self.family}, got {self.depth}")
         if self.width < 1:
             raise ConfigError(f"width must be >= 1, got {self.width}")
 
@@ -87,6 +89,34 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.S
     return nn.Sequential(*layers)
 
 
+class _GRUClassifier(nn.Module):
+    """A GRU over the rows of the input, the activation of its last output, a linear head.
+
+    Sequences ``(L,)`` are read one value per step, ``(C, L)`` one column of ``C`` values per
+    step, images ``(C, H, W)`` one row of ``C·W`` values per step (sequential MNIST by rows).
+    """
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.input_shape = input_shape
+        features = 1 if len(input_shape) == 1 else input_shape[0] if len(input_shape) == 2 else input_shape[0] * input_shape[2]
+        self.gru = nn.GRU(features, cfg.width, num_layers=cfg.depth, batch_first=True)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.head = nn.Linear(cfg.width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if len(self.input_shape) == 1:
+            seq = x.reshape(n, -1, 1)
+        elif len(self.input_shape) == 2:
+            seq = x.reshape(n, *self.input_shape).transpose(1, 2)
+        else:
+            c, h, w = self.input_shape
+            seq = x.reshape(n, c, h, w).permute(0, 2, 1, 3).reshape(n, h, c * w)
+        out, _ = self.gru(seq)
+        return self.head(self.act(out[:, -1]))
+
+
 def _initialise(model: nn.Module, init: str, activation: str) -> None:
     if init == "default":
         return
@@ -112,8 +142,10 @@ def build_model(
             torch.manual_seed(seed)
         if cfg.family == "mlp":
             model = _mlp(cfg, math.prod(input_shape), n_classes)
-        else:
+        elif cfg.family == "cnn":
             model = _cnn(cfg, input_shape, n_classes)
+        else:
+            model = _GRUClassifier(cfg, input_shape, n_classes)
         _initialise(model, cfg.init, cfg.activation)
     return model
 
