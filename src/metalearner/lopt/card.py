@@ -65,8 +65,8 @@ def learned_entry(engine_dir: Path) -> dict[str, Any]:
         "command": f"metalearner meta-train --kind learned --out {folder} --seed {cfg['seed']}",
         "config": {**cfg, **exposure}, "n_params": PolicyWeights.load(folder / WEIGHTS).n_params, "curve": curve,
         "wall_time_s": curve[-1]["elapsed_s"] if curve else 0.0,
-        "tasks_seen": {f"{p['dataset']} ({p['n_train']} examples)": f"{p['family']} {p['depth']}x{p['width']} {p['activation']}, batch {p['batch_size']}"
-                       for p in pops},
+        "tasks_seen": [f"{p['dataset']} ({p['n_train']} examples{''.join(f', {k} {v}' for k, v in p.get('data_options', []))}): "
+                       f"{p['family']} {p['depth']}x{p['width']} {p['activation']}, batch {p['batch_size']}" for p in pops],
         "meta_evaluation": {**ev, "initial_mean": float(np.mean(ev["initial"])), "final_mean": float(np.mean(ev["final"]))},
     }  # fmt: skip
 
@@ -97,8 +97,8 @@ def _markdown(card: dict[str, Any]) -> str:
                 f"- command: `{part['command']}`",
                 f"- seed {c['seed']}, {part['n_params']} parameters, {c['outer_steps']} outer steps (torch Adam, lr {c['outer_lr']}) "
                 f"of PES with {c['pairs']} antithetic pairs per population and truncations of {c['truncation']} steps, "
-                f"wall time {part['wall_time_s']:.0f} s",
-                f"- populations: {json.dumps(part['tasks_seen'])}",
+                f"outer loop {part['wall_time_s']:.0f} s",
+                f"- populations: {'; '.join(part['tasks_seen'])}",
                 f"- meta-loss (validation AUC + final, log ratio to the initial loss, lower is better) on "
                 f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: untrained (= base optimizer) "
                 f"{ev['initial_mean']:.3f} -> trained {ev['final_mean']:.3f} (per population: "
