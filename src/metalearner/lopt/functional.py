@@ -244,7 +244,7 @@ class LearnedKernel:
             c_n, lr_n = _per_param(c, sizes), _per_param(lr, sizes)
             new_params = torch.lerp(params, z, c_n) + lr_n * (b1 * (1 - c_n) - 1) * d
             m = z - lr_n * d
-            delta = new_params - params
+            delta = new_params - params if observe else None  # only an observation reads the update
         state = replace(state, m=m, v=v, count=count, weight_sum=weight_sum)
         if loss is not None:
             state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
@@ -289,8 +289,9 @@ class LearnedKernel:
 
 
 def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """``(P, J)`` per-tensor values -> ``(P, N)``, each repeated over its tensor's entries."""
-    return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1)
+    """``(P, J)`` per-tensor values -> ``(P, N)``, each repeated over its tensor's entries
+    (``output_size`` given, so the repeat needs no device read of the sizes' sum)."""
+    return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
 
 
 __all__ = ["BASES", "KERNEL_FEATURES", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

@@ -35,6 +35,7 @@ import torch
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout
 from metalearner.lopt.policy import PolicyWeights, resolve_weights
+from metalearner.methods import check_lr
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
 
@@ -59,9 +60,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas))
-        lr = DEFAULT_LR[base] if lr is None else lr
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ConfigError(f"lr must be a positive number, got {lr!r}")
+        lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
