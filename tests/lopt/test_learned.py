@@ -117,20 +117,23 @@ def test_a_loss_spike_halves_the_learning_rates_and_is_visible():
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(5e-4) and opt.param_groups[0]["lr"] == 1e-3
 
 
-def test_a_non_finite_gradient_skips_the_step():
+def test_a_window_with_a_non_finite_gradient_is_rolled_back():
     x, y = _data()
     model = _model()
     opt = LearnedOptimizer(model.parameters(), 1e-3, weights=_random_policy())
-    _train(model, opt, 6, x, y)
-    before = [p.detach().clone() for p in model.parameters()]
+    _train(model, opt, 8, x, y)  # two windows of 4: the last observation was at step 8
+    start = [p.detach().clone() for p in model.parameters()]
+    scales = opt.lr_scales()
     opt.zero_grad()
-    loss = F.cross_entropy(model(x[:16]), y[:16])
-    loss.backward()
+    F.cross_entropy(model(x[:16]), y[:16]).backward()
     next(model.parameters()).grad[0, 0] = math.nan
-    opt.step(loss=torch.tensor(math.nan))
-    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
-    _train(model, opt, 9, x, y)
-    assert opt.skipped_steps == 1 and opt.spike_guards == 1
+    opt.step()  # step 9: the weights go NaN
+    assert not torch.isfinite(next(model.parameters())).all()
+    _train(model, opt, 3, x, y)  # steps 10-12: the observation rolls the window back
+    assert opt.rollbacks == 1 and opt.spike_guards == 1
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), start))
+    assert (opt.lr_scales() <= scales / 2 * (1 + 1e-5)).all()  # at least halved
+    _train(model, opt, 8, x, y)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert all(torch.isfinite(t).all() for t in opt.state_dict()["learned"]["kernel"].values())
 

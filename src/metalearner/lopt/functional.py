@@ -249,10 +249,16 @@ class LearnedKernel:
         if loss is not None:
             state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
         if observe:
-            state = self._observe(theta, state, layout, new_params, grad, delta)
+            sq = layout.per_tensor_sq_norms
+            state = self.observe(theta, state, sq(grad), sq(delta), sq(new_params))
         return new_params, state
 
-    def _observe(self, theta, state: KernelState, layout: ParamLayout, params, grad, delta) -> KernelState:
+    def observe(self, theta: torch.Tensor, state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,
+                param_sq: torch.Tensor) -> KernelState:  # fmt: skip
+        """The observation at the end of a window: from each tensor's squared gradient, update
+        and weight norms (``(P, J)`` each, after the step), push the features into the history
+        and let the policy set the new scales (bounded, with the spike guard). ``update`` calls
+        it; the per-tensor front computes the norms its own way and calls it directly."""
         mean_loss = state.loss_sum / state.loss_n
         log_l = mean_loss.log()
         first = state.n_obs == 0
@@ -263,11 +269,11 @@ class LearnedKernel:
         best = torch.where(first, torch.full_like(mean_loss, math.inf), state.min_loss)
         min_loss = torch.where(finite, torch.minimum(best, mean_loss), best)
         P, J = state.log_scale.shape
-        log_ratio = 0.5 * layout.per_tensor_sq_norms(delta).log() - 0.5 * layout.per_tensor_sq_norms(params).log()
+        log_ratio = 0.5 * update_sq.log() - 0.5 * param_sq.log()
         per_member = torch.stack([log_l - first_loss.log(), log_l - prev_loss.log(), log_l - min_loss.log(), log_l - ema_prev.log()], -1)
         raw = torch.cat([
             per_member[:, None, :].expand(P, J, 4),
-            0.5 * layout.per_tensor_sq_norms(grad).log()[..., None],
+            0.5 * grad_sq.log()[..., None],
             log_ratio[..., None],
             (log_ratio / math.log(10) + 3)[..., None],
             state.log_scale[..., None],

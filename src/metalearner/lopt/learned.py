@@ -6,8 +6,9 @@ behave here exactly as they did in meta-training (tested ``allclose``). It is a 
 (Schedule-Free AdamW by default, or Adam) whose per-tensor learning-rate multipliers are set
 by the learned policy from per-tensor physics and the loss trajectory, every
 ``observe_every`` steps, with the motion of each multiplier bounded and a loss-spike guard
-(see :mod:`~metalearner.lopt.functional`). A step whose gradient is not finite is skipped
-(weights and moments unchanged; counted in ``skipped_steps``), decided on the device.
+(see :mod:`~metalearner.lopt.functional`). A window whose weights go non-finite (a NaN or
+infinite gradient) is rolled back at its observation to where it started (weights, moments,
+step count; counted in ``rollbacks``) and every scale is halved.
 
     opt = LearnedOptimizer(model.parameters())           # shipped weights, lr 2.5e-3
     for x, y in loader:
@@ -68,7 +69,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
         self.counters = {"steps": 0, "since_observation": 0, "window_losses": 0, "observations": 0, "spike_guards": 0,
-                         "skipped_steps": 0}  # fmt: skip
+                         "rollbacks": 0}  # fmt: skip
         self.train_mode = True
 
     @property
@@ -81,9 +82,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return self.counters["spike_guards"]
 
     @property
-    def skipped_steps(self) -> int:
-        """Steps skipped because their gradient was not finite (as of the last observation)."""
-        return self.counters["skipped_steps"]
+    def rollbacks(self) -> int:
+        """Windows rolled back because the weights went non-finite."""
+        return self.counters["rollbacks"]
 
     def lr_scales(self) -> torch.Tensor:
         """``(n_tensors,)`` the learned multiplier of each parameter tensor now (reads the device)."""
@@ -105,55 +106,118 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not self.train_mode:
             raise ConfigError("the optimizer is in eval mode: call optimizer.train() before optimizer.step()")
         params = self._params
-        first = params[0]
         if self.kstate is None:
-            self.kstate = self.kernel.init_state(1, self.layout, dtype=first.dtype, device=first.device)
-            self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
-            self._skipped = torch.zeros((), dtype=torch.int32, device=first.device)
-        flat_p = torch.cat([p.reshape(1, -1) for p in params], dim=1)
-        flat_g = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(1, -1) for p in params], dim=1)
-        per_tensor = [(g["lr"], g["weight_decay"]) for g in self.param_groups for _ in g["params"]]
-        base_lr = torch.tensor([[lr for lr, _ in per_tensor]], dtype=first.dtype).to(first.device, non_blocking=True)
-        decay: float | torch.Tensor = 0.0
-        if any(wd for _, wd in per_tensor):
-            decay = torch.tensor([[wd for _, wd in per_tensor]], dtype=first.dtype).to(first.device, non_blocking=True)
-        c = self.counters
+            self._start()
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        c, k = self.counters, self.kstate
         c["steps"] += 1
         c["since_observation"] += 1
-        loss_t = None
         if loss is not None:
-            loss_t = torch.as_tensor(loss).detach().to(device=first.device, dtype=first.dtype).reshape(1)
+            k.loss_sum.add_(torch.as_tensor(loss).detach().to(k.loss_sum).reshape(1))
+            k.loss_n.add_(1)
             c["window_losses"] += 1
-        observe = c["since_observation"] >= self.kernel.observe_every and c["window_losses"] > 0
-        old = self.kstate
-        new, kstate = self.kernel.update(self._theta, old, self.layout, flat_p, flat_g, loss_t, base_lr,
-                                         observe=observe, weight_decay=decay)  # fmt: skip
-        # a non-finite gradient skips the step (weights and moments unchanged) without reading the device
-        ok = torch.isfinite(flat_g.sum())
-        new = torch.where(ok, new, flat_p)
-        keep = {"loss_sum", "loss_n", "history", "feat_mean", "feat_sq", "n_obs", "first_loss", "prev_loss", "min_loss",
-                "ema_loss", "spikes", "log_scale"}  # the observation's own bookkeeping stands  # fmt: skip
-        self.kstate = replace(kstate, **{f.name: torch.where(ok, getattr(kstate, f.name), getattr(old, f.name))
-                                         for f in fields(kstate) if f.name not in keep})  # fmt: skip
-        self._skipped = self._skipped + (~ok).to(torch.int32)
-        torch._foreach_copy_(params, [t.view_as(p) for t, p in zip(new[0].split(self.layout.sizes), params)])
-        if observe:
-            c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
-            self._read_scales()
-        self._set_groups()
+        if not (c["since_observation"] >= self.kernel.observe_every and c["window_losses"] > 0):
+            self._base_step(params, grads)
+            self._set_groups()
+            return loss
+        old = [p.clone() for p in params]
+        self._base_step(params, grads)
+        norms = [torch.stack(torch._foreach_norm(t)).square()[None] for t in (grads, torch._foreach_sub(params, old), params)]
+        if not bool(torch.isfinite(norms[2].sum())):  # the observation's one host read, besides the scales
+            self._roll_back()
+            k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
+        self.kstate = self.kernel.observe(self._theta, k, *norms)
+        c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
+        self._read_scales()
+        self._take_snapshot()
         return loss
 
+    def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``
+        ops, in place, its per-tensor scalars on the host (they change only at observations and
+        with the group's lr): the update ``g / (√v̂ + ε)`` is never materialised."""
+        b1, b2 = self.kernel.betas
+        h = self.host
+        h["count"] += 1
+        lrs = [g["lr"] * s for g, s in zip(self._group_of, h["scales"])]
+        decay = [g["weight_decay"] for g in self._group_of]
+        moments = [self.state[p][self._moment] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
+            grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
+        torch._foreach_mul_(v, b2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
+        denom = torch._foreach_div(v, 1 - b2 ** h["count"])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_add_(denom, self.kernel.eps)
+        if self.base == "adam":
+            torch._foreach_lerp_(moments, grads, 1 - b1)
+            torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b1 ** h["count"]) for lr in lrs])
+            return
+        ws = h["weight_sum"] = [w + lr * lr for w, lr in zip(h["weight_sum"], lrs)]
+        c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, ws)]  # the averaging weight follows the controlled lr
+        coef = [lr * (b1 * (1 - ci) - 1) for lr, ci in zip(lrs, c)]
+        decayed = torch._foreach_mul(params, decay) if any(decay) else None  # Schedule-Free's form: λ y in the update
+        torch._foreach_lerp_(params, moments, c)
+        torch._foreach_addcdiv_(params, grads, denom, coef)
+        torch._foreach_addcdiv_(moments, grads, denom, [-lr for lr in lrs])
+        if decayed is not None:
+            torch._foreach_add_(params, torch._foreach_mul(decayed, coef))
+            torch._foreach_add_(moments, torch._foreach_mul(decayed, [-lr for lr in lrs]))
+
+    def _start(self) -> None:
+        """The state on the first step, on the parameters' device: the kernel's per-tensor
+        policy state (its flat moment buffers stay empty: the moments live per tensor in
+        ``self.state``, the step count and averaging weights on the host)."""
+        first = self._params[0]
+        kw = dict(dtype=first.dtype, device=first.device)
+        kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
+        self.kstate = replace(kstate, m=kstate.m[:, :0], v=kstate.v[:, :0])
+        self._theta = self.theta.flat().to(**kw)[None]
+        self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params)}
+        for p in self._params:
+            self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
+                             "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
+        self._take_snapshot()
+
+    @property
+    def _moment(self) -> str:
+        return "z" if self.base == "schedulefree" else "exp_avg"
+
+    @property
+    def _group_of(self) -> list[dict[str, Any]]:
+        """Each parameter tensor's group, in order."""
+        return [g for g in self.param_groups for _ in g["params"]]
+
+    def _buffers(self) -> list[torch.Tensor]:
+        return [*self._params, *(self.state[p][self._moment] for p in self._params), *(self.state[p]["exp_avg_sq"] for p in self._params)]
+
+    def _take_snapshot(self) -> None:
+        """Where a window that goes non-finite returns to: weights, moments, host scalars."""
+        if getattr(self, "_snapshot", None) is None:
+            self._snapshot = [t.clone() for t in self._buffers()]
+        else:
+            torch._foreach_copy_(self._snapshot, self._buffers())
+        self._snapshot_host = {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])}
+
+    def _roll_back(self) -> None:
+        torch._foreach_copy_(self._buffers(), self._snapshot)
+        self.host.update(count=self._snapshot_host["count"], weight_sum=list(self._snapshot_host["weight_sum"]))
+        self.counters["rollbacks"] += 1
+
     def _read_scales(self) -> None:
-        """The one host read of an observation: each group's size-weighted mean log scale."""
-        log_scale = self.kstate.log_scale[0].detach().cpu()
+        """The host read of an observation: each tensor's scale, and each group's size-weighted
+        mean (``lr_scale``; ``effective_lr`` = ``lr`` x ``lr_scale``)."""
+        log_scale = self.kstate.log_scale[0].detach().double().cpu()
+        self.host["scales"] = log_scale.exp().tolist()
         self.counters["spike_guards"] = int(self.kstate.spikes[0])
-        self.counters["skipped_steps"] = int(self._skipped)
         i = 0
         for group in self.param_groups:
             n = len(group["params"])
             sizes = torch.tensor(self.layout.sizes[i : i + n], dtype=torch.float64)
-            group["lr_scale"] = float(math.exp(float((log_scale[i : i + n].double() * sizes).sum() / sizes.sum()))) if n else 1.0
+            group["lr_scale"] = float(math.exp(float((log_scale[i : i + n] * sizes).sum() / sizes.sum()))) if n else 1.0
             i += n
+        self._set_groups()
 
     def _set_groups(self) -> None:
         for group in self.param_groups:
@@ -163,10 +227,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _swap(self, weight: float) -> None:
-        if self.base != "schedulefree" or self.kstate is None or int(self.kstate.count[0]) == 0:
+        if self.base != "schedulefree" or self.kstate is None or self.host["count"] == 0:
             return
-        z = self.kstate.m[0].split(self.layout.sizes)
-        torch._foreach_lerp_(self._params, [t.view_as(p) for t, p in zip(z, self._params)], weight)
+        torch._foreach_lerp_(self._params, [self.state[p]["z"] for p in self._params], weight)
 
     def eval(self) -> None:
         """Put the averaged weights ``x`` into the parameters (Schedule-Free; Adam: nothing to do)."""
@@ -186,7 +249,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         sd = super().state_dict()
         sd["learned"] = {
             "base": self.base, "counters": dict(self.counters), "train_mode": self.train_mode,
-            "skipped": None if self.kstate is None else self._skipped.clone(),
+            "host": None if self.kstate is None else {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])},
             "kernel": None if self.kstate is None else {f.name: getattr(self.kstate, f.name).clone() for f in fields(self.kstate)},
         }  # fmt: skip
         return sd
@@ -197,6 +260,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"this state is of a {learned['base']!r}-based learned optimizer, not {self.base!r}")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]
+        for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
+            self.state[p] = {name: t.clone() for name, t in self.state[p].items()}
         self.counters, self.train_mode = dict(learned["counters"]), learned["train_mode"]
         if learned["kernel"] is None:
             self.kstate = None
@@ -204,7 +269,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
             self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
-            self._skipped = learned["skipped"].to(first.device).clone()
+            self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
+            self._read_scales()
+            self._snapshot = None
+            self._take_snapshot()
         self._set_groups()
 
 
