@@ -88,6 +88,33 @@ def test_the_front_is_the_kernel_with_one_member(base):
     assert not torch.allclose(opt.lr_scales(), torch.ones(len(layout.names)))  # the policy did act
 
 
+@pytest.mark.parametrize("base", ["adam", "schedulefree"])
+def test_the_front_is_the_kernel_with_param_groups_and_weight_decay(base):
+    weights = _random_policy(seed=1)
+    x, y = _data()
+    model, front_model = _model(), _model()
+    kernel = LearnedKernel(CONFIG, base=base)
+    layout = ParamLayout.of(model)
+    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout)
+    params = list(front_model.parameters())
+    groups = [{"params": params[:2], "lr": 3e-3, "weight_decay": 0.05}, {"params": params[2:], "lr": 1e-3}]
+    opt = LearnedOptimizer(groups, 1e-3, weights=weights, base=base)
+    J = len(params)
+    base_lr = torch.tensor([[3e-3] * 2 + [1e-3] * (J - 2)])
+    decay = torch.tensor([[0.05] * 2 + [0.0] * (J - 2)])
+    for t in range(24):
+        i = slice(16 * (t % 4), 16 * (t % 4 + 1))
+        w = flat.detach().requires_grad_(True)
+        loss = F.cross_entropy(torch.func.functional_call(model, layout.views(w[0]), (x[i],)), y[i])
+        (grad,) = torch.autograd.grad(loss, w)
+        flat, state = kernel.update(weights.flat()[None], state, layout, flat, grad, loss.detach()[None], base_lr,
+                                    observe=(t + 1) % 4 == 0, weight_decay=decay)  # fmt: skip
+    _train(front_model, opt, 24, x, y)
+    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-6)
+    # the policy's online normalisation amplifies float rounding a little: 1e-3 here
+    torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-3, atol=1e-6)
+
+
 def test_the_learned_scale_moves_a_bounded_amount_per_observation():
     w = PolicyWeights.init(CONFIG)
     w.tensors["head.bias"].fill_(100.0)  # the policy asks for the largest lr at once
@@ -152,6 +179,34 @@ def test_state_dict_round_trip_continues_identically():
     _train(a, opt, 10, x, y)
     _train(b, opt_b, 10, x, y)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_a_rollback_after_loading_returns_to_the_loaded_weights_not_the_initial_ones():
+    x, y = _data()
+    a = _model()
+    opt = LearnedOptimizer(a.parameters(), 2e-3, weights=_random_policy())
+    _train(a, opt, 6, x, y)
+    sd, trained = opt.state_dict(), {k: v.clone() for k, v in a.state_dict().items()}
+    b = _model(seed=5)
+    opt_b = LearnedOptimizer(b.parameters(), 2e-3, weights=_random_policy())
+    opt_b.load_state_dict(sd)  # before the model's weights, as a resume may do
+    b.load_state_dict(trained)
+    opt_b.zero_grad()
+    F.cross_entropy(b(x[:16]), y[:16]).backward()
+    next(b.parameters()).grad.fill_(math.inf)
+    opt_b.step()  # step 7: non-finite; the observation at step 8 rolls back to the loaded weights
+    _train(b, opt_b, 1, x, y)
+    assert opt_b.rollbacks == 1
+    assert all(torch.equal(p, trained[n]) for n, p in b.named_parameters())
+
+
+def test_groups_cannot_be_added_and_foreign_states_are_refused():
+    model = _model()
+    opt = LearnedOptimizer(list(model.parameters())[:2], weights=None)
+    with pytest.raises(ConfigError, match="at construction"):
+        opt.add_param_group({"params": list(model.parameters())[2:]})
+    with pytest.raises(ConfigError, match="not the state"):
+        opt.load_state_dict(torch.optim.Adam(list(model.parameters())[:2]).state_dict())
 
 
 def test_a_users_scheduler_composes_with_the_learned_multiplier():

@@ -1,5 +1,6 @@
-"""Functional, batched learned optimizers: the inner optimizer of the meta-training engine,
-and (with one member) of the ``torch.optim`` front :class:`~metalearner.lopt.learned.LearnedOptimizer`.
+"""Functional, batched learned optimizers: the inner optimizer of the meta-training engine;
+the ``torch.optim`` front :class:`~metalearner.lopt.learned.LearnedOptimizer` runs its
+observation (:meth:`LearnedKernel.observe`) and the same base step per tensor.
 
 Everything here is pure tensor math over a *population* of ``P`` inner problems that share
 one architecture: the weights of member ``p`` are row ``p`` of a flat ``(P, N)`` buffer

@@ -1,14 +1,20 @@
 """The engine-trained learned optimizer as a ``torch.optim`` optimizer.
 
-:class:`LearnedOptimizer` runs :class:`~metalearner.lopt.functional.LearnedKernel`, the same
-batched kernel that meta-training unrolls, with one member: weights trained by the engine
-behave here exactly as they did in meta-training (tested ``allclose``). It is a base optimizer
-(Schedule-Free AdamW by default, or Adam) whose per-tensor learning-rate multipliers are set
-by the learned policy from per-tensor physics and the loss trajectory, every
-``observe_every`` steps, with the motion of each multiplier bounded and a loss-spike guard
-(see :mod:`~metalearner.lopt.functional`). A window whose weights go non-finite (a NaN or
-infinite gradient) is rolled back at its observation to where it started (weights, moments,
-step count; counted in ``rollbacks``) and every scale is halved.
+:class:`LearnedOptimizer` is a base optimizer (Schedule-Free AdamW by default, or Adam) whose
+per-tensor learning-rate multipliers are set by the learned policy from per-tensor physics and
+the loss trajectory, every ``observe_every`` steps, with the motion of each multiplier bounded
+and a loss-spike guard. The observation is :meth:`LearnedKernel.observe
+<metalearner.lopt.functional.LearnedKernel.observe>`, the kernel meta-training unrolls; the
+base step is the kernel's, written per tensor with ``foreach`` ops and host scalars (as
+``schedulefree`` does), so a step costs about what Schedule-Free's does, and weights trained by
+the engine behave here as they did in meta-training (tested ``allclose`` against the kernel).
+
+A window whose weights or moments go non-finite (a NaN or infinite gradient) is rolled back at
+its observation to where it started (weights, moments, step count; counted in ``rollbacks``)
+and every scale is halved. That snapshot costs three copies of the parameters (weights, ``z``,
+``v``) besides Schedule-Free's own two. ``fit`` ends a run at its first non-finite loss, so
+there a NaN gradient usually ends the run before the rollback can act, as it would with Adam.
+A parameter without a gradient is stepped with a zero one, as in the kernel.
 
     opt = LearnedOptimizer(model.parameters())           # shipped weights, lr 2.5e-3
     for x, y in loader:
@@ -72,6 +78,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
                          "rollbacks": 0}  # fmt: skip
         self.train_mode = True
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if hasattr(self, "layout"):  # the per-tensor state is laid out once, at construction
+            raise ConfigError("LearnedOptimizer takes all its parameters at construction; make a new one to add a group")
+        super().add_param_group(param_group)
+
     @property
     def base(self) -> str:
         return self.kernel.base
@@ -112,8 +123,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
         c, k = self.counters, self.kstate
         c["steps"] += 1
         c["since_observation"] += 1
-        if loss is not None:
-            k.loss_sum.add_(torch.as_tensor(loss).detach().to(k.loss_sum).reshape(1))
+        if self._snapshot_due:
+            self._take_snapshot()
+        if loss is not None:  # a tensor is added on its device, a number as a number: no host read
+            k.loss_sum.add_(loss.detach().reshape(1).to(k.loss_sum.dtype) if torch.is_tensor(loss) else float(loss))
             k.loss_n.add_(1)
             c["window_losses"] += 1
         if not (c["since_observation"] >= self.kernel.observe_every and c["window_losses"] > 0):
@@ -122,14 +135,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return loss
         old = [p.clone() for p in params]
         self._base_step(params, grads)
-        norms = [torch.stack(torch._foreach_norm(t)).square()[None] for t in (grads, torch._foreach_sub(params, old), params)]
-        if not bool(torch.isfinite(norms[2].sum())):  # the observation's one host read, besides the scales
+        norms = [torch.stack(torch._foreach_norm(t))[None] for t in (grads, torch._foreach_sub(params, old), params)]
+        second = torch.stack(torch._foreach_norm([self.state[p]["exp_avg_sq"] for p in params]))
+        if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
             k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
-        self.kstate = self.kernel.observe(self._theta, k, *norms)
+        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms))
         c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
         self._read_scales()
-        self._take_snapshot()
+        self._snapshot_due = True  # taken at the start of the next step
         return loss
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
@@ -178,7 +192,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for p in self._params:
             self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
                              "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
-        self._take_snapshot()
+        self._snapshot_due = True
 
     @property
     def _moment(self) -> str:
@@ -194,10 +208,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _take_snapshot(self) -> None:
         """Where a window that goes non-finite returns to: weights, moments, host scalars."""
-        if getattr(self, "_snapshot", None) is None:
+        if getattr(self, "_snapshot", None) is None or len(self._snapshot) != len(self._buffers()):
             self._snapshot = [t.clone() for t in self._buffers()]
         else:
             torch._foreach_copy_(self._snapshot, self._buffers())
+        self._snapshot_due = False
         self._snapshot_host = {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])}
 
     def _roll_back(self) -> None:
@@ -255,7 +270,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        learned = state_dict["learned"]
+        learned = state_dict.get("learned", {})
+        if "host" not in learned:
+            raise ConfigError("this is not the state of this version's LearnedOptimizer (no 'learned' part with 'host')")
         if learned["base"] != self.base:
             raise ConfigError(f"this state is of a {learned['base']!r}-based learned optimizer, not {self.base!r}")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
@@ -271,8 +288,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
             self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
             self._read_scales()
-            self._snapshot = None
-            self._take_snapshot()
+            self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
         self._set_groups()
 
 
