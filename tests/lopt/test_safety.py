@@ -144,3 +144,66 @@ def test_shipped_weights_load_without_pickle(monkeypatch):
         assert w.config.kind == kind and w.n_params < 10_000
     with pytest.raises(WeightsError, match="for 'controller'"):
         Opt2Vec([nn.Parameter(torch.ones(2))], weights=default_weights("controller"))
+
+
+def test_the_guards_bound_the_motion_and_halve_on_a_spike():
+    from metalearner.lopt.policy import MAX_MOVE, guarded_lr_scale, guarded_momentum
+
+    state = {"lr_scale": 1.0}
+    assert guarded_lr_scale(state, 20.0, 1.0) == pytest.approx(1.5)  # at most 1.5x up ...
+    assert guarded_lr_scale({"lr_scale": 1.0}, 0.01, 1.0) == pytest.approx(1 / 1.5)  # ... or down
+    assert guarded_lr_scale({"lr_scale": 1.0}, 1.2, 1.0) == pytest.approx(1.2)  # within the bound: as proposed
+    state = {"lr_scale": 2.0, "min_loss": 0.5}
+    assert guarded_lr_scale(state, 20.0, 2.0) == pytest.approx(1.0)  # 4x its best window: half, not up
+    assert state["spike_guards"] == 1 and state["min_loss"] == 0.5
+    assert guarded_lr_scale({"lr_scale": 0.06}, 0.05, 1.0) >= math.exp(-3) - 1e-12  # never below 1/20
+    assert guarded_momentum(0.9, 0.2) == pytest.approx(1 / (1 + math.exp(-(math.log(9) - 0.5))))
+    assert guarded_momentum(0.9, 0.91) == pytest.approx(0.91)
+    assert MAX_MOVE == pytest.approx(math.log(1.5))
+
+
+def _asks_for_the_most(kind: str) -> PolicyWeights:
+    w = default_weights(kind)
+    w = w.with_flat(torch.zeros(w.n_params))
+    w.tensors["head.bias"].fill_(100.0)  # the largest lr (and, for Opt2Vec, momentum) at once
+    return w
+
+
+@pytest.mark.parametrize("kind", ["opt2vec", "controller"])
+def test_opt2vec_and_the_controller_move_their_lr_a_bounded_amount(kind):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w = _asks_for_the_most(kind)
+    opt = (Opt2Vec(model.parameters(), 1e-3, weights=w, observe_every=2) if kind == "opt2vec"
+           else LRController(torch.optim.Adam(model.parameters(), lr=1e-3), weights=w, observe_every=2))  # fmt: skip
+    x = torch.randn(8, 3)
+    lrs = []
+    for _ in range(4):
+        _steps(model, opt, x, 2)
+        lrs.append(opt.param_groups[0]["effective_lr"])
+    ratios = [b / a for a, b in zip([1e-3, *lrs], lrs)]
+    assert max(ratios) <= 1.5 * (1 + 1e-9) and lrs[-1] >= 1e-3 * 1.5**3 * (1 - 1e-9), ratios  # not 20x at once
+    if kind == "opt2vec":
+        assert opt.param_groups[0]["effective_momentum"] < 0.99
+
+
+@pytest.mark.parametrize("kind", ["opt2vec", "controller"])
+def test_opt2vec_and_the_controller_halve_their_lr_on_a_loss_spike(kind):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w = default_weights(kind)
+    w = w.with_flat(torch.zeros(w.n_params))  # untrained: the scale stays 1 until the spike
+    opt = (Opt2Vec(model.parameters(), 1e-3, weights=w, observe_every=2) if kind == "opt2vec"
+           else LRController(torch.optim.Adam(model.parameters(), lr=1e-3), weights=w, observe_every=2))  # fmt: skip
+    x = torch.randn(8, 3)
+    _steps(model, opt, x, 4)
+    for _ in range(2):  # a window whose loss is 10x its best
+        loss = model(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step(loss=loss.detach() * 10)
+    state = opt.state["opt2vec"] if kind == "opt2vec" else opt.ctrl_state
+    assert state["spike_guards"] == 1
+    assert state["lr_scale"] == pytest.approx(0.5)
+    _steps(model, opt, x, 1)  # the next step applies it, and the group records it for the probe
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(opt.param_groups[0]["lr"] * 0.5)

@@ -26,7 +26,9 @@ that had one. Only observations read device values: between them the loss is sum
 device. A window whose losses or observed physics are not finite halves ``backoff`` (and
 counts its steps in ``skipped_steps``) instead of updating the policy; the wrapped
 optimizer's own update on such steps is its business, but the controller's state stays
-finite and the lower lr is visible to a probe.
+finite and the lower lr is visible to a probe. The learned scale moves at most 1.5x per
+observation and a window whose loss is 3x its best window's halves it
+(:func:`~metalearner.lopt.policy.guarded_lr_scale`, counted in ``spike_guards``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from metalearner.lopt.policy import (
     PolicyWeights,
     lr_scale_from,
     close_window,
+    guarded_lr_scale,
     new_stats,
     policy_forward,
     push_observation,
@@ -96,7 +99,7 @@ class LRController(torch.optim.Optimizer):
     def _fresh(self) -> dict[str, Any]:
         cfg = self.theta.config
         return {
-            "step": 0, "skipped_steps": 0, "backoff": 1.0, "lr_scale": 1.0,
+            "step": 0, "skipped_steps": 0, "spike_guards": 0, "min_loss": math.inf, "backoff": 1.0, "lr_scale": 1.0,
             "loss_sum": torch.zeros((), dtype=torch.float64), "loss_count": 0,
             "first_loss": math.nan, "prev_loss": math.nan,
             "history": torch.zeros(cfg.history_length, cfg.n_features), "stats": new_stats(cfg.n_features),
@@ -161,7 +164,8 @@ class LRController(torch.optim.Optimizer):
                 s["backoff"] = max(MIN_BACKOFF, s["backoff"] * 0.5)
             elif count:
                 history = push_observation(s, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=0.0)
-                s["lr_scale"], s["embedding"] = controller_step(self.theta, history)
+                lr_scale, s["embedding"] = controller_step(self.theta, history)
+                s["lr_scale"] = guarded_lr_scale(s, lr_scale, mean_loss)  # bounded motion, spike guard
         s["step"] += 1
 
     def _set_groups(self) -> None:

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, ONLINE, PolicyConfig, PolicyWeights, policy_forward
+from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, ONLINE, SPIKE, PolicyConfig, PolicyWeights, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
 KERNEL_FEATURES: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
@@ -118,8 +118,6 @@ def normalise_online(
 
 
 BASES: tuple[str, ...] = ("adam", "schedulefree")
-MAX_MOVE = math.log(1.5)  # the log lr scale moves at most this much per observation
-SPIKE = math.log(3.0)  # a window whose mean loss is 3x its best window's halves the scales
 LOSS_EMA = 0.8  # decay of the slow average of window losses (loss_vs_ema)
 
 

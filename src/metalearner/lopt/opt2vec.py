@@ -25,7 +25,10 @@ optimizer snapshots weights and moments at the start of each observation window;
 window's losses or the observed step's physics are not finite, it rolls back to that
 snapshot (forgetting the extended set's memory), counts the window's steps in
 ``skipped_steps`` and halves ``backoff``, which then recovers by 5% a step. So no NaN/Inf
-stays in the weights or the state.
+stays in the weights or the state. Bounded motion: the learned lr scale moves at most 1.5x
+and the momentum at most 0.5 in logit per observation, and a finite loss spike (a window 3x
+its best window's loss) halves the scale (:func:`~metalearner.lopt.policy.guarded_lr_scale`,
+counted in ``spike_guards``).
 
 Example::
 
@@ -53,6 +56,8 @@ from metalearner.lopt.policy import (
     lr_scale_from,
     momentum_from,
     close_window,
+    guarded_lr_scale,
+    guarded_momentum,
     new_stats,
     policy_forward,
     push_observation,
@@ -171,6 +176,8 @@ class Opt2Vec(torch.optim.Optimizer):
         return {
             "step": 0,  # successful steps
             "skipped_steps": 0,
+            "spike_guards": 0,
+            "min_loss": math.inf,
             "backoff": 1.0,
             "lr_scale": 1.0,
             "momentum": 0.9,
@@ -336,4 +343,6 @@ class Opt2Vec(torch.optim.Optimizer):
             return
         fraction = min(1.0, g["step"] / self.budget) if self.budget else 0.0
         history = push_observation(g, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=fraction)
-        g["lr_scale"], g["momentum"], g["embedding"] = policy_step(self.theta, history)
+        lr_scale, momentum, g["embedding"] = policy_step(self.theta, history)
+        g["lr_scale"] = guarded_lr_scale(g, lr_scale, mean_loss)  # bounded motion, spike guard
+        g["momentum"] = guarded_momentum(g["momentum"], momentum)

@@ -47,7 +47,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -239,6 +239,34 @@ def policy_forward(
 def lr_scale_from(z: torch.Tensor | float) -> float:
     """``exp(3·tanh(z/3))``: 1 at z = 0, bounded to [1/20, 20]."""
     return math.exp(MAX_LOG_SCALE * math.tanh(float(z) / MAX_LOG_SCALE))
+
+
+# The safety rules every learned lr obeys (the batched kernel applies them in tensor form).
+MAX_MOVE = math.log(1.5)  # the lr scale moves at most this much (log) per observation
+SPIKE = math.log(3.0)  # a window whose mean loss is 3x its best window's halves the scale instead
+MAX_MOMENTUM_MOVE = 0.5  # a learned momentum's logit moves at most this much per observation
+
+
+def guarded_lr_scale(state: dict[str, Any], proposed: float, mean_loss: float) -> float:
+    """The scale to apply after an observation: ``proposed`` reached at most a factor 1.5 per
+    observation from ``state["lr_scale"]``; if the window's loss is a spike (3x the best
+    window's, tracked in ``state["min_loss"]``), half the smaller of the two instead, counted in
+    ``state["spike_guards"]``. Within ``[1/20, 20]``."""
+    old, best = state["lr_scale"], state.get("min_loss", math.inf)
+    floor = math.exp(-MAX_LOG_SCALE)
+    moved = old * math.exp(max(-MAX_MOVE, min(MAX_MOVE, math.log(proposed) - math.log(old))))
+    if mean_loss > 0:
+        state["min_loss"] = min(best, mean_loss)
+        if math.isfinite(best) and best > 0 and math.log(mean_loss) - math.log(best) > SPIKE:
+            state["spike_guards"] = state.get("spike_guards", 0) + 1
+            return max(floor, min(moved, old) / 2)
+    return max(floor, moved)
+
+
+def guarded_momentum(old: float, proposed: float) -> float:
+    """``proposed`` reached at most ``MAX_MOMENTUM_MOVE`` in logit per observation from ``old``."""
+    lo, hi = (math.log(m / (1 - m)) for m in (old, proposed))
+    return 1.0 / (1.0 + math.exp(-(lo + max(-MAX_MOMENTUM_MOVE, min(MAX_MOMENTUM_MOVE, hi - lo)))))
 
 
 def momentum_from(z: torch.Tensor | float, base: float = 0.9) -> float:
