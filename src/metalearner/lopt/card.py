@@ -142,8 +142,11 @@ def write_card(opt2vec_dir: Path, controller_dir: Path, *, data_dir: str | None,
         }  # fmt: skip
     evaluation = evaluate_held_out(Path(opt2vec_dir) / "opt2vec.safetensors", Path(controller_dir) / "controller.safetensors",
                                    data_dir=data_dir, epochs=epochs, seeds=seeds)  # fmt: skip
-    card = {"command": command, "optimizers": parts, "evaluation": evaluation}
     target = PRETRAINED if ship else Path(out or opt2vec_dir)
+    if (target / "MODEL_CARD.json").exists():  # keep the entries this command does not make (the engine's)
+        kept = json.loads((target / "MODEL_CARD.json").read_text())["optimizers"]
+        parts.update({kind: part for kind, part in kept.items() if kind not in parts})
+    card = {"command": command, "optimizers": parts, "evaluation": evaluation}
     target.mkdir(parents=True, exist_ok=True)
     if ship:
         for kind, folder in (("opt2vec", Path(opt2vec_dir)), ("controller", Path(controller_dir))):
