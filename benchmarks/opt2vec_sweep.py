@@ -16,7 +16,7 @@ Schedule-Free base are not Opt2Vec options: those two are the design of ``learne
 tensor, Schedule-Free base), measured in the headline benchmark.
 
     python benchmarks/opt2vec_sweep.py --quick   # two tiny variants (~1 minute), prints JSON
-    python benchmarks/opt2vec_sweep.py           # full (~1 hour on 2 cores): results/opt2vec_sweep.json
+    python benchmarks/opt2vec_sweep.py           # full (~25 minutes on 2 cores): results/opt2vec_sweep.json
 """
 
 from __future__ import annotations
