@@ -28,6 +28,7 @@ from pathlib import Path
 
 from _common import ROOT, default_data_dir, finish, median
 from metalearner.atomic import write_json
+from metalearner.bench.metrics import epochs_to_target
 from metalearner.bench.protocol import get_suite
 from metalearner.bench.runner import train_once
 from metalearner.lopt.meta_train import default_config, meta_train
@@ -76,8 +77,7 @@ def run_variant(name: str, overrides: dict, *, quick: bool, seeds: int, epochs: 
                    "data_dir": data_dir}  # fmt: skip
             run = train_once(job, epochs, target)
             write_json(cached, run)
-        hit = [row[0] for row in run["curve"] if row[1] >= target]
-        epochs_to.append(hit[0] if hit else math.inf)
+        epochs_to.append(epochs_to_target(run["curve"], target))
     ev = state.evaluation
     return {
         "variant": name, "overrides": overrides, "policy_params": weights.n_params,

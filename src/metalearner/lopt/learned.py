@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any, Callable, Iterable
 
 import torch
@@ -153,8 +153,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         b1, b2 = self.kernel.betas
         h = self.host
         h["count"] += 1
-        lrs = [g["lr"] * s for g, s in zip(self._group_of, h["scales"])]
-        decay = [g["weight_decay"] for g in self._group_of]
+        groups = self._group_of
+        lrs = [g["lr"] * s for g, s in zip(groups, h["scales"])]
+        decay = [g["weight_decay"] for g in groups]
         moments = [self.state[p][self._moment] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
@@ -171,13 +172,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         ws = h["weight_sum"] = [w + lr * lr for w, lr in zip(h["weight_sum"], lrs)]
         c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, ws)]  # the averaging weight follows the controlled lr
         coef = [lr * (b1 * (1 - ci) - 1) for lr, ci in zip(lrs, c)]
+        neg_lrs = [-lr for lr in lrs]
         decayed = torch._foreach_mul(params, decay) if any(decay) else None  # Schedule-Free's form: λ y in the update
         torch._foreach_lerp_(params, moments, c)
         torch._foreach_addcdiv_(params, grads, denom, coef)
-        torch._foreach_addcdiv_(moments, grads, denom, [-lr for lr in lrs])
+        torch._foreach_addcdiv_(moments, grads, denom, neg_lrs)
         if decayed is not None:
             torch._foreach_add_(params, torch._foreach_mul(decayed, coef))
-            torch._foreach_add_(moments, torch._foreach_mul(decayed, [-lr for lr in lrs]))
+            torch._foreach_add_(moments, torch._foreach_mul(decayed, neg_lrs))
 
     def _start(self) -> None:
         """The state on the first step, on the parameters' device: the kernel's per-tensor
@@ -185,8 +187,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         ``self.state``, the step count and averaging weights on the host)."""
         first = self._params[0]
         kw = dict(dtype=first.dtype, device=first.device)
-        kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
-        self.kstate = replace(kstate, m=kstate.m[:, :0], v=kstate.v[:, :0])
+        self.kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
         self._theta = self.theta.flat().to(**kw)[None]
         self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params)}
         for p in self._params:
@@ -208,10 +209,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _take_snapshot(self) -> None:
         """Where a window that goes non-finite returns to: weights, moments, host scalars."""
-        if getattr(self, "_snapshot", None) is None or len(self._snapshot) != len(self._buffers()):
-            self._snapshot = [t.clone() for t in self._buffers()]
+        buffers = self._buffers()
+        if getattr(self, "_snapshot", None) is None or len(self._snapshot) != len(buffers):
+            self._snapshot = [t.clone() for t in buffers]
         else:
-            torch._foreach_copy_(self._snapshot, self._buffers())
+            torch._foreach_copy_(self._snapshot, buffers)
         self._snapshot_due = False
         self._snapshot_host = {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])}
 
