@@ -71,47 +71,59 @@ LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
-# A base kernel returns (u, basis, coef): the update (θ -= u), vectors to keep for the next
-# step, and coef (len z_0 × len basis) with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b]; basis[0] = u.
+# A base kernel moves the weights itself (θ −= a·d, one fused op, as torch.optim does) and
+# returns (a, basis, coef): vectors to keep for the next step's hypergradient, basis[0] = d
+# (written into a buffer the caller keeps, so no step allocates it), and coef
+# (len z_0 × len basis) with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b], u = a·d.
 
 
 def adam_update(
-    grads: list[Tensor], m: list[Tensor], v: list[Tensor], lr: float, beta1: float, beta2: float, eps: float,
-    step: int, *, learn_betas: bool = False,
-) -> tuple[list[Tensor], list[list[Tensor]], Levels]:  # fmt: skip
-    """Adam, ``u = lr m̂/(√v̂ + ε)``; moves ``m, v`` in place."""
+    params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
+    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False,
+) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
+    """Adam, ``u = lr m̂/(√v̂ + ε)``: ``d = m/(√v̂ + ε)`` into ``direction``, ``a = lr/c₁``;
+    moves ``m, v`` and the weights in place."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
-    u = torch._foreach_div(m, denom)
-    torch._foreach_mul_(u, lr / c1)
+    torch._foreach_copy_(direction, m)
+    torch._foreach_div_(direction, denom)
+    a = lr / c1
+    torch._foreach_add_(params, direction, alpha=-a)
     if not learn_betas:
-        return u, [u], [[1.0]]
+        return a, [direction], [[a]]
     r = torch._foreach_div(grads, denom)
     w = torch._foreach_sqrt(torch._foreach_add(torch._foreach_div(v, c2), eps * eps))
     torch._foreach_mul_(w, denom)
-    w = torch._foreach_div(u, w)
+    w = torch._foreach_div(direction, w)
+    torch._foreach_mul_(w, a)  # u / ((√v̂ + ε)√(v̂ + ε²))
     k1, k2 = step * beta1 ** (step - 1) / c1, step * beta2 ** (step - 1) / c2
     coef = [
-        [1.0, 0.0, 0.0, 0.0],
-        [(1 - beta1) * (1 + k1 * beta1), -(1 - beta1) * lr / c1, 0.0, 0.0],
+        [a, 0.0, 0.0, 0.0],
+        [(1 - beta1) * (1 + k1 * beta1) * a, -(1 - beta1) * a, 0.0, 0.0],
         [0.0, 0.0, -(1 - beta2) * (1 + k2 * beta2) / (2 * c2), (1 - beta2) / (2 * c2)],
     ]
-    return u, [u, r, torch._foreach_mul(w, v), torch._foreach_mul(torch._foreach_mul(w, grads), grads)], coef
+    return a, [direction, r, torch._foreach_mul(w, v), torch._foreach_mul(torch._foreach_mul(w, grads), grads)], coef
 
 
 def sgd_update(
-    grads: list[Tensor], buf: list[Tensor] | None, lr: float, momentum: float = 0.0, *, learn_momentum: bool = False
-) -> tuple[list[Tensor], list[list[Tensor]], Levels]:
-    """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` in place."""
+    params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
+    momentum: float = 0.0, *, learn_momentum: bool = False,
+) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
+    """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
+    weights in place. ``direction`` receives a copy of ``g`` where the next step needs it
+    (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is ``buf`` itself,
+    which the next step reads before it moves it."""
     if buf is None:
-        u = torch._foreach_mul(grads, lr)
-        return u, [u], [[1.0]]
+        torch._foreach_copy_(direction, grads)
+        torch._foreach_add_(params, grads, alpha=-lr)
+        return lr, [direction], [[lr]]
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
-    u = torch._foreach_mul(buf, lr)
+    torch._foreach_add_(params, buf, alpha=-lr)
     if not learn_momentum:
-        return u, [u], [[1.0]]
-    return u, [u, [g.clone() for g in grads]], [[1.0, 0.0], [1 - momentum, -lr * (1 - momentum)]]
+        return lr, [buf], [[lr]]
+    torch._foreach_copy_(direction, grads)
+    return lr, [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
 
 
 def basis_dots(grads: list[Tensor], basis: list[list[Tensor]]) -> list[float]:
@@ -260,27 +272,28 @@ class Tower(torch.optim.Optimizer):
             tower["moves"] = climb(tower["z"], directions)
             _write_back(group, tower["z"], names)
         tower["written"] = _visible(group)
-        u, basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
-        torch._foreach_sub_(params, u)
+        _, basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
         for i, s in enumerate(states):
             s["basis"] = [b[i] for b in basis]
 
 
 def _base_update(
     group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
-) -> tuple[list[Tensor], list[list[Tensor]], Levels]:
-    """The base kernel on the group's current hyperparameters (its state made on first use)."""
-    buffers = {"adam": ("exp_avg", "exp_avg_sq"), "momentum": ("momentum_buffer",), "sgd": ()}[group["base"]]
+) -> tuple[float, list[list[Tensor]], Levels]:
+    """The base kernel on the group's current hyperparameters (its buffers made on first use)."""
+    buffers = {"adam": ("exp_avg", "exp_avg_sq", "direction"), "sgd": ("direction",),
+               "momentum": ("momentum_buffer", "direction") if learn_more else ("momentum_buffer",)}[group["base"]]  # fmt: skip
     for s, p in zip(states, params):
-        if buffers and buffers[0] not in s:
+        if buffers[0] not in s:
             s.update({key: torch.zeros_like(p) for key in buffers})
     bufs = [[s[key] for s in states] for key in buffers]
     step = group["tower_state"]["step"]
     if group["base"] == "adam":
-        return adam_update(grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
+        return adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
     if group["base"] == "momentum":
-        return sgd_update(grads, bufs[0], group["lr"], group["momentum"], learn_momentum=learn_more)
-    return sgd_update(grads, None, group["lr"])
+        direction = bufs[1] if learn_more else []
+        return sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"], learn_momentum=learn_more)
+    return sgd_update(params, grads, None, bufs[0], group["lr"])
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
