@@ -70,7 +70,7 @@ def _perturbations(group, delta):
 @pytest.mark.parametrize("base, hyper", [("adam", "adam"), ("momentum", "adam"), ("sgd", "sgd")])
 def test_hypergradients_of_every_level_match_finite_differences(base, hyper):
     model, loss = tiny(dtype=torch.float64)
-    opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper, trace_decay=0.0)
     for _ in range(6):
         backward(model, loss)
         opt.step()
@@ -138,7 +138,7 @@ def test_memory_stays_flat_over_thousands_of_steps():
     assert rss[1] - rss[0] < 8 * 2**20
     state = opt.state[params[0]]
     tensors = {id(t): t for v in state.values() for t in (v if isinstance(v, list) else [v]) if torch.is_tensor(t)}.values()
-    assert len(tensors) == 2 + 4  # Adam's moments + the basis kept for the next hypergradient (its direction reused)
+    assert len(tensors) == 2 + 5  # Adam's moments + the basis kept for the next hypergradient: the lr's trace, d, and three for the betas
     assert all(t.grad_fn is None and not t.requires_grad for t in tensors)
 
 
@@ -158,13 +158,33 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
     """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a."""
     a = 2.0
     x = torch.linspace(1, 2, 10, requires_grad=True)
-    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1)
+    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0)
     for _ in range(300):
         x.grad = a * x.detach()
         opt.step()
         if x.abs().max() < 1e-20:  # converged: nothing left to learn from
             break
     assert 0.5 / 1.5 < opt.param_groups[0]["lr"] < 0.5 * 1.5
+
+
+@pytest.mark.parametrize("base, learn", [("sgd", "lr"), ("momentum", "lr"), ("adam", "lr"), ("adam", "all")])
+def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_updates(base, learn):
+    """Level 1 reads ∂L/∂log lr = −g_t·e_t, e_t = Σ_k γ^k u_{t−1−k}, the updates taken from the weights."""
+    gamma = 0.9
+    model, loss = tiny(dtype=torch.float64)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma)
+    updates = []
+    for _ in range(8):
+        before = [p.detach().clone() for p in model.parameters()]
+        backward(model, loss)
+        opt.step()
+        updates.append([b - p.detach() for b, p in zip(before, model.parameters())])
+    backward(model, loss)
+    grads = [p.grad.clone() for p in model.parameters()]
+    opt.step()
+    trace = [sum(gamma**k * u[i] for k, u in enumerate(reversed(updates))) for i in range(len(grads))]
+    expected = -sum(float((g * e).sum()) for g, e in zip(grads, trace))
+    assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
@@ -191,6 +211,7 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
         (dict(hyper_lr=-0.1), "hyper_lr must be a non-negative"),
         (dict(betas=(0.9, 1.0)), "betas must be in (0, 1)"),
         (dict(base="momentum", momentum=0.0), "momentum must be in (0, 1)"),
+        (dict(trace_decay=1.0), "trace_decay must be in [0, 1)"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(kwargs, message):

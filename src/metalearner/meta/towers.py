@@ -28,6 +28,12 @@ Adam's betas, holding last step's moments fixed (``c_i = 1 − β_i^t``, ``k_i =
     ∂u/∂logit μ  = (1−μ) u − lr(1−μ) g                          (SGD with momentum)
 
 so each is a combination of a few stored vectors (the "basis") with scalar coefficients.
+With ``trace_decay = γ > 0`` (the default, 0.999) the learning rate's hypergradient reads a
+decaying trace of past updates instead of the last one, ``∂L/∂log lr ≈ −g_t·e_t``,
+``e_t = γ e_{t−1} + u_{t−1}``: the derivative of the new loss with respect to a log-lr
+change applied to the last ~1/(1−γ) steps, holding the trajectory's Jacobian at the
+identity. The one-step form (``γ = 0``) is exact but greedy: it settles far below the best
+fixed rate (the short-horizon bias; ``docs/meta.md`` measures both).
 Each step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
 does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
@@ -79,15 +85,21 @@ Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparamete
 
 def adam_update(
     params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
-    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False,
+    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False, decay: float = 0.0,
 ) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
     """Adam, ``u = lr m̂/(√v̂ + ε)``: ``d = m/(√v̂ + ε)`` into ``direction``, ``a = lr/c₁``;
-    moves ``m, v`` and the weights in place."""
+    moves ``m, v`` and the weights in place. With ``decay`` (and the lr learned alone)
+    ``direction`` holds the trace ``e ← decay·e + u`` instead."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
+    a = lr / c1
+    if decay and not learn_betas:
+        torch._foreach_mul_(direction, decay)
+        torch._foreach_addcdiv_(direction, m, denom, value=a)
+        torch._foreach_addcdiv_(params, m, denom, value=-a)
+        return a, [direction], [[1.0]]
     torch._foreach_copy_(direction, m)
     torch._foreach_div_(direction, denom)
-    a = lr / c1
     torch._foreach_add_(params, direction, alpha=-a)
     if not learn_betas:
         return a, [direction], [[a]]
@@ -107,21 +119,30 @@ def adam_update(
 
 def sgd_update(
     params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
-    momentum: float = 0.0, *, learn_momentum: bool = False,
+    momentum: float = 0.0, *, learn_momentum: bool = False, decay: float = 0.0,
 ) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
     """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
     weights in place. ``direction`` receives a copy of ``g`` where the next step needs it
     (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is ``buf`` itself,
-    which the next step reads before it moves it."""
+    which the next step reads before it moves it. With ``decay`` (and the lr learned alone)
+    ``direction`` holds the trace ``e ← decay·e + u`` instead."""
     if buf is None:
-        torch._foreach_copy_(direction, grads)
+        if decay:
+            torch._foreach_mul_(direction, decay)
+            torch._foreach_add_(direction, grads, alpha=lr)
+        else:
+            torch._foreach_copy_(direction, grads)
         torch._foreach_add_(params, grads, alpha=-lr)
-        return lr, [direction], [[lr]]
+        return lr, [direction], [[1.0 if decay else lr]]
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
     torch._foreach_add_(params, buf, alpha=-lr)
     if not learn_momentum:
-        return lr, [buf], [[lr]]
+        if not decay:
+            return lr, [buf], [[lr]]
+        torch._foreach_mul_(direction, decay)
+        torch._foreach_add_(direction, buf, alpha=lr)
+        return lr, [direction], [[1.0]]
     torch._foreach_copy_(direction, grads)
     return lr, [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
 
@@ -200,6 +221,11 @@ class Tower(torch.optim.Optimizer):
             above 10x smaller (slower timescales up the tower), or a sequence, one per level.
             The top one stays fixed, the others are learned.
         hyper: the hyper levels' rule, ``"adam"`` (scale-free steps) or ``"sgd"``.
+        trace_decay: level 1 reads the learning rate's hypergradient through a decaying trace
+            of past updates, ``−g_t·e_t`` with ``e_t = γ e_{t−1} + u_{t−1}``, instead of
+            the last update alone (``γ = 0``, the paper's one-step hypergradient, which
+            settles far below the best fixed rate: the short-horizon bias). The default
+            0.999 looks back about a thousand steps (see ``docs/meta.md``).
     """
 
     def __init__(
@@ -215,6 +241,7 @@ class Tower(torch.optim.Optimizer):
         height: int = 1,
         hyper_lr: float | Sequence[float] = 0.03,
         hyper: str = "adam",
+        trace_decay: float = 0.999,
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
             if value not in choices:
@@ -231,7 +258,10 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"hyper_lr needs one value per level ({height}), got {len(rates)}")
         for r in rates:
             _check_rate("hyper_lr", r, zero_ok=True)
-        defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates))
+        if not 0 <= trace_decay < 1:
+            raise ConfigError(f"trace_decay must be in [0, 1), got {trace_decay}")
+        defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
+                                        trace_decay=float(trace_decay))  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -281,19 +311,35 @@ def _base_update(
     group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
 ) -> tuple[float, list[list[Tensor]], Levels]:
     """The base kernel on the group's current hyperparameters (its buffers made on first use)."""
+    decay = group.get("trace_decay", 0.0)  # state dicts saved before the trace existed: one-step
     buffers = {"adam": ("exp_avg", "exp_avg_sq", "direction"), "sgd": ("direction",),
-               "momentum": ("momentum_buffer", "direction") if learn_more else ("momentum_buffer",)}[group["base"]]  # fmt: skip
+               "momentum": ("momentum_buffer", "direction") if learn_more or decay else ("momentum_buffer",)}[group["base"]]  # fmt: skip
     for s, p in zip(states, params):
-        if buffers[0] not in s:
-            s.update({key: torch.zeros_like(p) for key in buffers})
+        if buffers[-1] not in s:
+            s.update({key: torch.zeros_like(p) for key in buffers if key not in s})
     bufs = [[s[key] for s in states] for key in buffers]
     step = group["tower_state"]["step"]
     if group["base"] == "adam":
-        return adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step, learn_betas=learn_more)
-    if group["base"] == "momentum":
-        direction = bufs[1] if learn_more else []
-        return sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"], learn_momentum=learn_more)
-    return sgd_update(params, grads, None, bufs[0], group["lr"])
+        a, basis, coef = adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step,
+                                     learn_betas=learn_more, decay=decay)  # fmt: skip
+    elif group["base"] == "momentum":
+        direction = bufs[1] if len(bufs) > 1 else []
+        a, basis, coef = sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"],
+                                    learn_momentum=learn_more, decay=decay)  # fmt: skip
+    else:
+        a, basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], decay=decay)
+    if not (decay and learn_more):
+        return a, basis, coef
+    # the lr's trace beside the one-step vectors the other hyperparameters' hypergradients need
+    for s, p in zip(states, params):
+        if "lr_trace" not in s:
+            s["lr_trace"] = torch.zeros_like(p)
+    trace = [s["lr_trace"] for s in states]
+    torch._foreach_mul_(trace, decay)
+    for c, vectors in zip(coef[0], basis):  # + ∂u/∂log lr = u
+        if c:
+            torch._foreach_add_(trace, vectors, alpha=c)
+    return a, [trace, *basis], [[1.0] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
