@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from _common import finish
+from metalearner.errors import MetalearnerError
 from metalearner.lopt.engine import TASK_FAMILY, EngineConfig
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
 
@@ -34,16 +35,18 @@ def name(p: PopulationConfig) -> str:
     return f"{p.dataset}{options}-n{p.n_train}/{p.family}-{p.depth}x{p.width}-{p.activation}-b{p.batch_size}"
 
 
-def scan(population: PopulationConfig, epochs: float) -> dict[str, float]:
-    """Meta-loss of plain Schedule-Free AdamW at each lr, one task, ``epochs`` long."""
+def scan(population: PopulationConfig, horizons: tuple[float, ...]) -> dict[str, dict[str, float]]:
+    """Meta-loss of plain Schedule-Free AdamW at each lr, one task per horizon (in epochs)."""
     lopt = EngineConfig().lopt()
     step = PopulationStep(replace(population, input_scales=(1.0,)), lopt)
-    horizon = step.horizon_steps(epochs)
-    state = step.init_step_state(torch.zeros(len(LRS), dtype=torch.long), key=0, horizon=horizon)
-    state = replace(state, base_lr=torch.tensor(LRS))
     zero = torch.zeros(len(LRS), lopt.init_theta(seed=0).numel())
-    _, out = step.unroll_step(zero, state, horizon)
-    return {f"{lr:g}": round(j, 4) for lr, j in zip(LRS, out.loss.sum(1).tolist())}
+    out = {}
+    for epochs in horizons:
+        horizon = step.horizon_steps(epochs)
+        state = step.init_step_state(torch.zeros(len(LRS), dtype=torch.long), key=0, horizon=horizon)
+        _, unrolled = step.unroll_step(zero, replace(state, base_lr=torch.tensor(LRS)), horizon)
+        out[f"{epochs:g}_epochs"] = {f"{lr:g}": round(j, 4) for lr, j in zip(LRS, unrolled.loss.sum(1).tolist())}
+    return out
 
 
 def main() -> None:
@@ -53,8 +56,11 @@ def main() -> None:
     args = ap.parse_args()
     family, horizons = (TASK_FAMILY[:2], (1.0,)) if args.quick else (TASK_FAMILY, (1.0, 4.0))
     if args.only:
-        family, args.quick = tuple(PopulationConfig(**json.loads(p)) for p in args.only), True
-    scans = {name(p): {f"{e:g}_epochs": scan(p, e) for e in horizons} for p in family}
+        try:
+            family, args.quick = tuple(PopulationConfig(**json.loads(p)) for p in args.only), True
+        except (ValueError, TypeError, MetalearnerError) as exc:  # bad JSON, unknown field, invalid value
+            ap.error(f"--only takes PopulationConfig fields as a JSON object: {exc}")
+    scans = {name(p): scan(p, horizons) for p in family}
     best = {pop: {h: min(s, key=s.get) for h, s in by_h.items()} for pop, by_h in scans.items()}
     for pop, b in best.items():
         print(pop, b, flush=True)

@@ -38,6 +38,7 @@ import dataclasses
 import multiprocessing
 import os
 import resource
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -182,13 +183,13 @@ def _engine_run(outer_steps: int | None) -> dict[str, Any]:
         fingerprint = PolicyWeights.load(Path(tmp) / WEIGHTS).fingerprint()
     evaluation_s = marks[0][0] - marks[0][1]  # before the first step's own time: the initial evaluation
     per_step = (marks[-1][1] - marks[0][1]) / max(1, len(marks) - 1)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {
         "outer_steps": full.outer_steps, "outer_steps_run": cfg.outer_steps, "wall_s": round(wall, 1),
         "wall_s_full_estimate": round(wall if outer_steps is None else 2 * evaluation_s + per_step * full.outer_steps, 1),
         "seconds_per_outer_step": round(per_step, 2), "initial_evaluation_s": round(evaluation_s, 1),
         "peak_rss_mb": round(_own_peak_rss_mb(), 1), "torch_threads": torch.get_num_threads(),
-        "eval_meta_loss_initial": round(mean(rec.evaluation["initial"]), 4), "eval_meta_loss_final": round(mean(rec.evaluation["final"]), 4),
+        "eval_meta_loss_initial": round(statistics.mean(rec.evaluation["initial"]), 4),
+        "eval_meta_loss_final": round(statistics.mean(rec.evaluation["final"]), 4),
         "fingerprint": fingerprint, "shipped_fingerprint": PolicyWeights.load(PRETRAINED / "learned.safetensors").fingerprint(),
         "config": dataclasses.asdict(cfg),
     }  # fmt: skip

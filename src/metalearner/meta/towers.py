@@ -77,17 +77,17 @@ LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
-# A base kernel moves the weights itself (θ −= a·d, one fused op, as torch.optim does) and
-# returns (a, basis, coef): vectors to keep for the next step's hypergradient, basis[0] = d
-# (written into a buffer the caller keeps, so no step allocates it), and coef
-# (len z_0 × len basis) with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b], u = a·d.
+# A base kernel moves the weights itself (θ −= u, one fused op, as torch.optim does) and
+# returns (basis, coef): vectors to keep for the next step's hypergradient (basis[0] written
+# into a buffer the caller keeps, so no step allocates it) and coef (len z_0 × len basis)
+# with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b].
 
 
 def adam_update(
     params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
     beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False, decay: float = 0.0,
-) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
-    """Adam, ``u = lr m̂/(√v̂ + ε)``: ``d = m/(√v̂ + ε)`` into ``direction``, ``a = lr/c₁``;
+) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
+    """Adam, ``u = lr m̂/(√v̂ + ε) = a·d`` with ``a = lr/c₁`` and ``d = m/(√v̂ + ε)`` into ``direction``;
     moves ``m, v`` and the weights in place. With ``decay`` (and the lr learned alone)
     ``direction`` holds the trace ``e ← decay·e + u`` instead."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
@@ -97,12 +97,12 @@ def adam_update(
         torch._foreach_mul_(direction, decay)
         torch._foreach_addcdiv_(direction, m, denom, value=a)
         torch._foreach_addcdiv_(params, m, denom, value=-a)
-        return a, [direction], [[1.0]]
+        return [direction], [[1.0]]
     torch._foreach_copy_(direction, m)
     torch._foreach_div_(direction, denom)
     torch._foreach_add_(params, direction, alpha=-a)
     if not learn_betas:
-        return a, [direction], [[a]]
+        return [direction], [[a]]
     r = torch._foreach_div(grads, denom)
     w = torch._foreach_sqrt(torch._foreach_add(torch._foreach_div(v, c2), eps * eps))
     torch._foreach_mul_(w, denom)
@@ -114,13 +114,13 @@ def adam_update(
         [(1 - beta1) * (1 + k1 * beta1) * a, -(1 - beta1) * a, 0.0, 0.0],
         [0.0, 0.0, -(1 - beta2) * (1 + k2 * beta2) / (2 * c2), (1 - beta2) / (2 * c2)],
     ]
-    return a, [direction, r, torch._foreach_mul(w, v), torch._foreach_mul(torch._foreach_mul(w, grads), grads)], coef
+    return [direction, r, torch._foreach_mul(w, v), torch._foreach_mul(torch._foreach_mul(w, grads), grads)], coef
 
 
 def sgd_update(
     params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
     momentum: float = 0.0, *, learn_momentum: bool = False, decay: float = 0.0,
-) -> tuple[float, list[list[Tensor]], Levels]:  # fmt: skip
+) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
     weights in place. ``direction`` receives a copy of ``g`` where the next step needs it
     (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is ``buf`` itself,
@@ -133,18 +133,18 @@ def sgd_update(
         else:
             torch._foreach_copy_(direction, grads)
         torch._foreach_add_(params, grads, alpha=-lr)
-        return lr, [direction], [[1.0 if decay else lr]]
+        return [direction], [[1.0 if decay else lr]]
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
     torch._foreach_add_(params, buf, alpha=-lr)
     if not learn_momentum:
         if not decay:
-            return lr, [buf], [[lr]]
+            return [buf], [[lr]]
         torch._foreach_mul_(direction, decay)
         torch._foreach_add_(direction, buf, alpha=lr)
-        return lr, [direction], [[1.0]]
+        return [direction], [[1.0]]
     torch._foreach_copy_(direction, grads)
-    return lr, [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
+    return [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
 
 
 def basis_dots(grads: list[Tensor], basis: list[list[Tensor]]) -> list[float]:
@@ -302,14 +302,14 @@ class Tower(torch.optim.Optimizer):
             tower["moves"] = climb(tower["z"], directions)
             _write_back(group, tower["z"], names)
         tower["written"] = _visible(group)
-        _, basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
+        basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
         for i, s in enumerate(states):
             s["basis"] = [b[i] for b in basis]
 
 
 def _base_update(
     group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
-) -> tuple[float, list[list[Tensor]], Levels]:
+) -> tuple[list[list[Tensor]], Levels]:
     """The base kernel on the group's current hyperparameters (its buffers made on first use)."""
     decay = group.get("trace_decay", 0.0)  # state dicts saved before the trace existed: one-step
     buffers = {"adam": ("exp_avg", "exp_avg_sq", "direction"), "sgd": ("direction",),
@@ -320,16 +320,16 @@ def _base_update(
     bufs = [[s[key] for s in states] for key in buffers]
     step = group["tower_state"]["step"]
     if group["base"] == "adam":
-        a, basis, coef = adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step,
-                                     learn_betas=learn_more, decay=decay)  # fmt: skip
+        basis, coef = adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step,
+                                  learn_betas=learn_more, decay=decay)  # fmt: skip
     elif group["base"] == "momentum":
         direction = bufs[1] if len(bufs) > 1 else []
-        a, basis, coef = sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"],
-                                    learn_momentum=learn_more, decay=decay)  # fmt: skip
+        basis, coef = sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"],
+                                 learn_momentum=learn_more, decay=decay)  # fmt: skip
     else:
-        a, basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], decay=decay)
+        basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], decay=decay)
     if not (decay and learn_more):
-        return a, basis, coef
+        return basis, coef
     # the lr's trace beside the one-step vectors the other hyperparameters' hypergradients need
     for s, p in zip(states, params):
         if "lr_trace" not in s:
@@ -339,7 +339,7 @@ def _base_update(
     for c, vectors in zip(coef[0], basis):  # + ∂u/∂log lr = u
         if c:
             torch._foreach_add_(trace, vectors, alpha=c)
-    return a, [trace, *basis], [[1.0] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
+    return [trace, *basis], [[1.0] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
