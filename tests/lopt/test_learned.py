@@ -65,54 +65,78 @@ def test_untrained_is_the_base_optimizer(base):
 
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])
 def test_the_front_is_the_kernel_with_one_member(base):
-    """Weights trained batched behave the same in the torch.optim front."""
+    """Weights trained batched behave the same in the torch.optim front (in float64: the
+    online normalisation and a random policy amplify float32's summation-order noise)."""
     weights = _random_policy()
-    x, y = _data()
-    model = _model()
+    x, y = (t.double() if t.is_floating_point() else t for t in _data())
+    model = _model().double()
     kernel = LearnedKernel(CONFIG, base=base)
     layout = ParamLayout.of(model)
-    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout)
-    theta = weights.flat()[None]
-    front_model = _model()
+    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout, dtype=torch.float64)
+    theta = weights.flat().double()[None]
+    front_model = _model().double()
     opt = LearnedOptimizer(front_model.parameters(), 3e-3, weights=weights, base=base)
     for t in range(24):
         i = slice(16 * (t % 4), 16 * (t % 4 + 1))
         w = flat.detach().requires_grad_(True)
         loss = F.cross_entropy(torch.func.functional_call(model, layout.views(w[0]), (x[i],)), y[i])
         (grad,) = torch.autograd.grad(loss, w)
-        flat, state = kernel.update(theta, state, layout, flat, grad, loss.detach()[None], torch.tensor([3e-3]),
+        flat, state = kernel.update(theta, state, layout, flat, grad, loss.detach()[None], torch.tensor([3e-3], dtype=torch.float64),
                                     observe=(t + 1) % 4 == 0)  # fmt: skip
     _train(front_model, opt, 24, x, y)
-    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(opt.kstate.history, state.history, rtol=1e-9, atol=1e-9)  # every feature, motion_cos too
     assert opt.kstate.history[0, :, :, KERNEL_FEATURES.index("log_lr_scale")].abs().sum() > 0  # the policy did act
 
 
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])
 def test_the_front_is_the_kernel_with_param_groups_and_weight_decay(base):
     weights = _random_policy(seed=1)
-    x, y = _data()
-    model, front_model = _model(), _model()
+    x, y = (t.double() if t.is_floating_point() else t for t in _data())
+    model, front_model = _model().double(), _model().double()
     kernel = LearnedKernel(CONFIG, base=base)
     layout = ParamLayout.of(model)
-    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout)
+    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout, dtype=torch.float64)
     params = list(front_model.parameters())
     groups = [{"params": params[:2], "lr": 3e-3, "weight_decay": 0.05}, {"params": params[2:], "lr": 1e-3}]
     opt = LearnedOptimizer(groups, 1e-3, weights=weights, base=base)
     J = len(params)
-    base_lr = torch.tensor([[3e-3] * 2 + [1e-3] * (J - 2)])
-    decay = torch.tensor([[0.05] * 2 + [0.0] * (J - 2)])
+    base_lr = torch.tensor([[3e-3] * 2 + [1e-3] * (J - 2)], dtype=torch.float64)
+    decay = torch.tensor([[0.05] * 2 + [0.0] * (J - 2)], dtype=torch.float64)
     for t in range(24):
         i = slice(16 * (t % 4), 16 * (t % 4 + 1))
         w = flat.detach().requires_grad_(True)
         loss = F.cross_entropy(torch.func.functional_call(model, layout.views(w[0]), (x[i],)), y[i])
         (grad,) = torch.autograd.grad(loss, w)
-        flat, state = kernel.update(weights.flat()[None], state, layout, flat, grad, loss.detach()[None], base_lr,
+        flat, state = kernel.update(weights.flat().double()[None], state, layout, flat, grad, loss.detach()[None], base_lr,
                                     observe=(t + 1) % 4 == 0, weight_decay=decay)  # fmt: skip
     _train(front_model, opt, 24, x, y)
-    # the policy's online normalisation amplifies float rounding a little
-    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-3, atol=1e-6)
+    # float64, as above
+    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("base", ["adam", "schedulefree"])
+def test_motion_cos_says_whether_the_lr_is_too_low_or_too_high(base):
+    """On a quadratic with exact gradients: far below the best lr the gradient opposes the
+    way the weights move (cosine near −0.7 here); far above it (Schedule-Free at lr 3: the
+    iterates overshoot) it points along it."""
+    def first_cosines(lr: float) -> list[float]:
+        kernel = LearnedKernel(LearnedKernel.policy_config(observe_every=4), base=base)
+        layout = ParamLayout(("w",), ((50,),))
+        w = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+        state, theta, out = kernel.init_state(1, layout), kernel.init_theta()[None], []
+        for t in range(12):
+            grad = w * torch.linspace(0.5, 2.0, 50)
+            w, state = kernel.update(theta, state, layout, w, grad, (0.5 * grad * w).sum(-1), torch.tensor([lr]), observe=(t + 1) % 4 == 0)
+            if (t + 1) % 4 == 0:
+                out.append(float(state.history[0, 0, -1, KERNEL_FEATURES.index("motion_cos")]))
+        return out
+
+    assert all(-0.8 < c < -0.6 for c in first_cosines(1e-3))
+    if base == "schedulefree":
+        assert all(c > 0.5 for c in first_cosines(3.0))
 
 
 def test_the_learned_scale_moves_a_bounded_amount_per_observation():

@@ -41,7 +41,7 @@ import torch
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, GradientEstimator
-from metalearner.lopt.functional import LearnedKernel
+from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
 
@@ -88,6 +88,7 @@ class EngineConfig:
     embedding_dim: int = 16
     activation: str = "tanh"
     observe_every: int = 16
+    features: tuple[str, ...] = KERNEL_FEATURES
     # the yardstick: θ unperturbed on fixed tasks, before and after
     eval_members: int = 8
     eval_epochs: float = 2.0
@@ -96,6 +97,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         pops = tuple(p if isinstance(p, PopulationConfig) else PopulationConfig(**p) for p in self.populations)
         object.__setattr__(self, "populations", pops)
+        object.__setattr__(self, "features", tuple(self.features))
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
@@ -103,7 +105,7 @@ class EngineConfig:
 
     def lopt(self) -> LearnedKernel:
         return LearnedKernel(LearnedKernel.policy_config(self.history_length, self.hidden_dim, self.embedding_dim,
-                                                         self.activation, self.observe_every), base=self.base)  # fmt: skip
+                                                         self.activation, self.observe_every, self.features), base=self.base)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":

@@ -50,8 +50,10 @@ from metalearner.errors import ConfigError
 from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, ONLINE, SPIKE, PolicyConfig, PolicyWeights, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
-KERNEL_FEATURES: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
-                                    "log_grad_norm", "log_update_ratio", "update_ratio_level", "log_lr_scale")
+KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
+                                       "log_grad_norm", "log_update_ratio", "update_ratio_level", "log_lr_scale")
+KERNEL_FEATURES: tuple[str, ...] = (*KERNEL_FEATURES_V1, "motion_cos")  # what new policies read
+FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1)  # V1: weights trained before motion_cos
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,18 @@ class ParamLayout:
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
         return torch.stack([t.square().sum(-1) for t in torch.split(flat, self.sizes, dim=-1)], dim=-1)
+
+    def per_tensor_dots(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """``(P, N)``, ``(P, N)`` -> ``(P, J)``: the inner product of each tensor's entries."""
+        return torch.stack([(x * y).sum(-1) for x, y in zip(torch.split(a, self.sizes, dim=-1), torch.split(b, self.sizes, dim=-1))], dim=-1)
+
+
+def motion_cos(dot: torch.Tensor, grad_sq: torch.Tensor, motion_sq: torch.Tensor) -> torch.Tensor:
+    """The ``motion_cos`` feature from ``g·d``, ``‖g‖²``, ``‖d‖²`` (any shape): the cosine
+    between a tensor's gradient ``g`` and the direction ``d`` its weights have been moving;
+    0 where either is zero (the first step); each norm divides on its own, so that tiny ones
+    do not underflow."""
+    return (dot / grad_sq.sqrt().clamp_min(1e-30) / motion_sq.sqrt().clamp_min(1e-30)).clamp(-1.0, 1.0)
 
 
 def policy_tensors(config: PolicyConfig, flat: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,18 +171,20 @@ class LearnedKernel:
     as a batched functional kernel."""
 
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
-        if tuple(config.features) != KERNEL_FEATURES or config.n_outputs != 1:
+        if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over {KERNEL_FEATURES}; use LearnedKernel.policy_config()")
         if base not in BASES:
             raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
         self.config, self.base, self.betas, self.eps = config, base, betas, eps
-        self._online = torch.tensor([f in ONLINE for f in KERNEL_FEATURES])
+        self._online = torch.tensor([f in ONLINE for f in config.features])
+        self.reads_motion = "motion_cos" in config.features
         self._policy = torch.func.vmap(partial(policy_forward, activation=config.activation))
 
     @staticmethod
     def policy_config(history_length: int = 8, hidden_dim: int = 16, embedding_dim: int = 16,
-                      activation: str = "tanh", observe_every: int = 16) -> PolicyConfig:  # fmt: skip
-        return PolicyConfig(kind="learned", features=KERNEL_FEATURES, history_length=history_length, hidden_dim=hidden_dim,
+                      activation: str = "tanh", observe_every: int = 16,
+                      features: tuple[str, ...] = KERNEL_FEATURES) -> PolicyConfig:  # fmt: skip
+        return PolicyConfig(kind="learned", features=features, history_length=history_length, hidden_dim=hidden_dim,
                             embedding_dim=embedding_dim, activation=activation, observe_every=observe_every)  # fmt: skip
 
     @property
@@ -180,7 +196,7 @@ class LearnedKernel:
         return PolicyWeights.init(self.config, seed=seed).flat()
 
     def init_state(self, n_members: int, layout: ParamLayout, dtype: torch.dtype = torch.float32, device=None) -> KernelState:
-        P, N, J, H, F = n_members, layout.n_params, len(layout.names), self.config.history_length, len(KERNEL_FEATURES)
+        P, N, J, H, F = n_members, layout.n_params, len(layout.names), self.config.history_length, self.config.n_features
         z = partial(torch.zeros, dtype=dtype, device=device)
         return KernelState(m=z(P, N), v=z(P, N), count=z(P), log_scale=z(P, J), weight_sum=z(P, J), history=z(P, J, H, F),
                            feat_mean=z(P, J, F), feat_sq=z(P, J, F), n_obs=z(P), loss_sum=z(P), loss_n=z(P),
@@ -219,6 +235,13 @@ class LearnedKernel:
         b1, b2 = self.betas
         sizes = layout.sizes
         count = state.count + 1
+        cos = None
+        if observe and self.reads_motion:  # where the weights were heading before this step
+            if self.base == "adam":
+                motion = -state.m / (state.v.sqrt() + self.eps)
+            else:
+                motion = torch.where((state.count == 0)[:, None], torch.zeros_like(params), state.m - params)
+            cos = motion_cos(layout.per_tensor_dots(grad, motion), layout.per_tensor_sq_norms(grad), layout.per_tensor_sq_norms(motion))
         lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
         wd_n = None  # (P, N) decay per entry, when there is any
         if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
@@ -249,15 +272,19 @@ class LearnedKernel:
             state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
         if observe:
             sq = layout.per_tensor_sq_norms
-            state = self.observe(theta, state, sq(grad), sq(delta), sq(new_params))
+            state = self.observe(theta, state, sq(grad), sq(delta), sq(new_params), cos)
         return new_params, state
 
     def observe(self, theta: torch.Tensor, state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,
-                param_sq: torch.Tensor) -> KernelState:  # fmt: skip
+                param_sq: torch.Tensor, motion: torch.Tensor | None = None) -> KernelState:  # fmt: skip
         """The observation at the end of a window: from each tensor's squared gradient, update
-        and weight norms (``(P, J)`` each, after the step), push the features into the history
-        and let the policy set the new scales (bounded, with the spike guard). ``update`` calls
-        it; the per-tensor front computes the norms its own way and calls it directly."""
+        and weight norms (``(P, J)`` each, after the step) and ``motion`` (``(P, J)``, the
+        ``motion_cos`` feature, taken before the step; needed when the policy reads it), push
+        the features into the history and let the policy set the new scales (bounded, with the
+        spike guard). ``update`` calls it; the per-tensor front computes the norms its own way
+        and calls it directly."""
+        if self.reads_motion and motion is None:
+            raise ValueError("this policy reads motion_cos: pass observe(..., motion=...)")
         mean_loss = state.loss_sum / state.loss_n
         log_l = mean_loss.log()
         first = state.n_obs == 0
@@ -269,14 +296,12 @@ class LearnedKernel:
         min_loss = torch.where(finite, torch.minimum(best, mean_loss), best)
         P, J = state.log_scale.shape
         log_ratio = 0.5 * update_sq.log() - 0.5 * param_sq.log()
-        per_member = torch.stack([log_l - first_loss.log(), log_l - prev_loss.log(), log_l - min_loss.log(), log_l - ema_prev.log()], -1)
-        raw = torch.cat([
-            per_member[:, None, :].expand(P, J, 4),
-            0.5 * grad_sq.log()[..., None],
-            log_ratio[..., None],
-            (log_ratio / math.log(10) + 3)[..., None],
-            state.log_scale[..., None],
-        ], dim=-1)  # fmt: skip
+        member = {"log_loss_rel": log_l - first_loss.log(), "log_loss_delta": log_l - prev_loss.log(),
+                  "loss_vs_min": log_l - min_loss.log(), "loss_vs_ema": log_l - ema_prev.log()}  # fmt: skip
+        columns = {**{k: v[:, None].expand(P, J) for k, v in member.items()}, "log_grad_norm": 0.5 * grad_sq.log(),
+                   "log_update_ratio": log_ratio, "update_ratio_level": log_ratio / math.log(10) + 3,
+                   "log_lr_scale": state.log_scale, "motion_cos": motion}  # fmt: skip
+        raw = torch.stack([columns[f] for f in self.config.features], dim=-1)
         n_obs = state.n_obs + 1
         row, feat_mean, feat_sq = normalise_online(raw, self._online, state.feat_mean, state.feat_sq, n_obs[:, None, None])
         history = torch.cat([state.history[:, :, 1:], row[:, :, None]], dim=2)
@@ -299,4 +324,4 @@ def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
 
 
-__all__ = ["BASES", "KERNEL_FEATURES", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+__all__ = ["BASES", "FEATURE_SETS", "KERNEL_FEATURES", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout
+from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
 from metalearner.lopt.policy import PolicyWeights, resolve_weights
 from metalearner.methods import check_lr
 
@@ -134,17 +134,31 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._set_groups()
             return loss
         old = [p.clone() for p in params]
+        motion = self._motion_cos(params, grads) if self.kernel.reads_motion else None
         self._base_step(params, grads)
         norms = [torch.stack(torch._foreach_norm(t))[None] for t in (grads, torch._foreach_sub(params, old), params)]
         second = torch.stack(torch._foreach_norm([self.state[p]["exp_avg_sq"] for p in params]))
         if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
             k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
-        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms))
+        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms), motion)
         c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
         self._read_scales()
         self._snapshot_due = True  # taken at the start of the next step
         return loss
+
+    def _motion_cos(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+        """``(1, J)`` the ``motion_cos`` feature before the step, as the kernel computes it
+        (observation steps only)."""
+        if self.base == "adam":
+            denom = torch._foreach_add(torch._foreach_sqrt([self.state[p]["exp_avg_sq"] for p in params]), self.kernel.eps)
+            motion = torch._foreach_div([self.state[p]["exp_avg"] for p in params], denom)
+            torch._foreach_neg_(motion)
+        else:
+            motion = torch._foreach_sub([self.state[p]["z"] for p in params], params)
+        dots = torch.stack([(g * d).sum() for g, d in zip(grads, motion)])
+        grad_sq, motion_sq = (torch.stack(torch._foreach_norm(t)).square() for t in (grads, motion))
+        return motion_cos(dots, grad_sq, motion_sq)[None]
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``

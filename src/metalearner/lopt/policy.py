@@ -21,11 +21,15 @@ feature                raw value                                                
 =====================  ========================================================  ==========
 
 The batched kernels of :mod:`~metalearner.lopt.functional` (kind ``"learned"``) add three
-horizon-free loss signals and one absolute step-size signal (:data:`KERNEL_ONLY_FEATURES`):
+horizon-free loss signals and two step-size signals (:data:`KERNEL_ONLY_FEATURES`):
 ``loss_vs_min`` (``log L − log min L``, the loss above its best window: a spike detector),
 ``loss_vs_ema`` (``log L`` against a slow average of past windows) and
 ``update_ratio_level`` (``log₁₀(‖Δθ‖/‖θ‖) + 3``: decades above an update ratio of 1e-3, not
-normalised, so that a policy can see whether steps are large or small in absolute terms).
+normalised, so that a policy can see whether steps are large or small in absolute terms) and
+``motion_cos`` (the cosine between a tensor's gradient and the direction its weights have been
+moving: Schedule-Free's ``z − y``, Adam's ``−m/√v``; the sign of the learning rate's
+hypergradient: clearly negative while the loss still falls along the path, i.e. the lr is too
+low, near zero or positive at and past the best lr).
 
 "online" features are standardised with bias-corrected exponential moving averages of
 their mean and variance (:func:`normalise`); all features are clipped to ``[-5, 5]``.
@@ -62,7 +66,7 @@ if TYPE_CHECKING:
 BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
 EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
 CONTROLLER_FEATURES: tuple[str, ...] = (*BASE_FEATURES, "log_weight_norm", "log_update_ratio")
-KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level")
+KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level", "motion_cos")
 KINDS: tuple[str, ...] = ("opt2vec", "controller", "learned")
 ONLINE = frozenset({"log_loss", "log_grad_norm", "log_weight_norm", "log_update_ratio", "curvature"})
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
