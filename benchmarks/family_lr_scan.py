@@ -8,6 +8,11 @@ validation-loss curve plus its final value; lower is better) at horizons of 1 an
 A family whose populations all want a high lr teaches a policy to raise any lr; the
 benchmark's MNIST MLPs want 5e-3 to 1e-2. One seed: a scan, not a tuned figure.
 
+Beside each meta-loss: the mean of the policy's ``motion_cos`` feature over the episode's
+observations and the tensors (the cosine between a tensor's gradient and the way its weights
+have been moving: clearly negative means the lr is below what the task wants), so that one
+can see whether the feature tells an lr below a population's best from one at or above it.
+
     python benchmarks/family_lr_scan.py --quick   # two populations, 1 epoch (seconds)
     python benchmarks/family_lr_scan.py           # every population: results/family_lr_scan.json
     python benchmarks/family_lr_scan.py --only '{"dataset": "synthetic", "n_train": 20000, "data_options": [["n_features", 512], ["n_classes", 10]], "width": 64}'
@@ -35,18 +40,26 @@ def name(p: PopulationConfig) -> str:
     return f"{p.dataset}{options}-n{p.n_train}/{p.family}-{p.depth}x{p.width}-{p.activation}-b{p.batch_size}"
 
 
-def scan(population: PopulationConfig, horizons: tuple[float, ...]) -> dict[str, dict[str, float]]:
-    """Meta-loss of plain Schedule-Free AdamW at each lr, one task per horizon (in epochs)."""
+def scan(population: PopulationConfig, horizons: tuple[float, ...]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Meta-loss of plain Schedule-Free AdamW at each lr, one task per horizon (in epochs),
+    and the mean ``motion_cos`` it observed."""
     lopt = EngineConfig().lopt()
     step = PopulationStep(replace(population, input_scales=(1.0,)), lopt)
     zero = torch.zeros(len(LRS), lopt.init_theta(seed=0).numel())
-    out = {}
+    column = lopt.config.features.index("motion_cos")
+    losses, cosines = {}, {}
     for epochs in horizons:
         horizon = step.horizon_steps(epochs)
         state = step.init_step_state(torch.zeros(len(LRS), dtype=torch.long), key=0, horizon=horizon)
-        _, unrolled = step.unroll_step(zero, replace(state, base_lr=torch.tensor(LRS)), horizon)
-        out[f"{epochs:g}_epochs"] = {f"{lr:g}": round(j, 4) for lr, j in zip(LRS, unrolled.loss.sum(1).tolist())}
-    return out
+        state, total, seen = replace(state, base_lr=torch.tensor(LRS)), torch.zeros(len(LRS)), []
+        for _ in range(horizon // lopt.observe_every):  # one observation per chunk; the last one's episode ends (reset)
+            state, unrolled = step.unroll_step(zero, state, lopt.observe_every)
+            total += unrolled.loss.sum(1)
+            if not bool(unrolled.done.any()):
+                seen.append(state.opt.history[:, :, -1, column].mean(1))
+        losses[f"{epochs:g}_epochs"] = {f"{lr:g}": round(j, 4) for lr, j in zip(LRS, total.tolist())}
+        cosines[f"{epochs:g}_epochs"] = {f"{lr:g}": round(c, 3) for lr, c in zip(LRS, torch.stack(seen).mean(0).tolist())}
+    return losses, cosines
 
 
 def main() -> None:
@@ -60,11 +73,13 @@ def main() -> None:
             family, args.quick = tuple(PopulationConfig(**json.loads(p)) for p in args.only), True
         except (ValueError, TypeError, MetalearnerError) as exc:  # bad JSON, unknown field, invalid value
             ap.error(f"--only takes PopulationConfig fields as a JSON object: {exc}")
-    scans = {name(p): scan(p, horizons) for p in family}
+    results = {name(p): scan(p, horizons) for p in family}
+    scans = {pop: r[0] for pop, r in results.items()}
     best = {pop: {h: min(s, key=s.get) for h, s in by_h.items()} for pop, by_h in scans.items()}
     for pop, b in best.items():
-        print(pop, b, flush=True)
-    finish("family_lr_scan", {"best_lr": best}, {"lrs": LRS, "meta_loss": scans}, quick=args.quick)
+        print(pop, b, {h: list(c.values()) for h, c in results[pop][1].items()}, flush=True)
+    finish("family_lr_scan", {"best_lr": best}, {"lrs": LRS, "meta_loss": scans, "motion_cos": {pop: r[1] for pop, r in results.items()}},
+           quick=args.quick)  # fmt: skip
 
 
 if __name__ == "__main__":

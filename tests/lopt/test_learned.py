@@ -285,7 +285,7 @@ SAFETY_TASKS = {
 
 
 # A known defect, kept visible: at ten times its default lr on digits the shipped policy keeps
-# the lr high and validation accuracy sinks 11-15 points below its best (Schedule-Free AdamW at
+# the lr high and validation accuracy sinks 9-13 points below its best (Schedule-Free AdamW at
 # the same lr: 2), slowly enough that the 3x-loss spike guard does not fire. Strict: the day
 # it passes, this marker must go.
 _KNOWN = pytest.mark.xfail(strict=True, reason="slow degradation at 10x the default lr on digits: the spike guard does not fire")
