@@ -167,14 +167,15 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
     assert 0.5 / 1.5 < opt.param_groups[0]["lr"] < 0.5 * 1.5
 
 
-@pytest.mark.parametrize("base, learn", [("sgd", "lr"), ("momentum", "lr"), ("adam", "lr"), ("adam", "all")])
-def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_updates(base, learn):
-    """Level 1 reads ∂L/∂log lr = −g_t·e_t, e_t = Σ_k γ^k u_{t−1−k}, the updates taken from the weights."""
-    gamma = 0.9
+@pytest.mark.parametrize("base, learn, gamma, steps", [("sgd", "lr", 0.9, 8), ("momentum", "lr", 0.9, 8), ("adam", "lr", 0.9, 8),
+                                                      ("adam", "all", 0.9, 8), ("sgd", "lr", 0.5, 40), ("adam", "lr", 0.5, 40)])  # fmt: skip
+def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_updates(base, learn, gamma, steps):
+    """Level 1 reads ∂L/∂log lr = −g_t·e_t, e_t = Σ_k γ^k u_{t−1−k}, the updates taken from the
+    weights (γ = 0.5 for 40 steps: the stored e/γ^t is folded back once on the way)."""
     model, loss = tiny(dtype=torch.float64)
     opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma)
     updates = []
-    for _ in range(8):
+    for _ in range(steps):
         before = [p.detach().clone() for p in model.parameters()]
         backward(model, loss)
         opt.step()

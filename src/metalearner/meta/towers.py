@@ -74,6 +74,7 @@ HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergrad
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
+TRACE_RENORM = 1e-10  # the lr trace is kept as e/s (see _trace_scale); below this s it is folded back
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
@@ -85,19 +86,19 @@ Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparamete
 
 def adam_update(
     params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
-    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False, decay: float = 0.0,
+    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False, trace_scale: float = 0.0,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """Adam, ``u = lr m̂/(√v̂ + ε) = a·d`` with ``a = lr/c₁`` and ``d = m/(√v̂ + ε)`` into ``direction``;
-    moves ``m, v`` and the weights in place. With ``decay`` (and the lr learned alone)
-    ``direction`` holds the trace ``e ← decay·e + u`` instead."""
+    moves ``m, v`` and the weights in place. With a ``trace_scale`` ``s`` (and the lr learned
+    alone) ``direction`` holds the trace over its scale instead, ``f ← f + u/s`` (see
+    :func:`_trace_scale`)."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
     a = lr / c1
-    if decay and not learn_betas:
-        torch._foreach_mul_(direction, decay)
-        torch._foreach_addcdiv_(direction, m, denom, value=a)
+    if trace_scale and not learn_betas:
+        torch._foreach_addcdiv_(direction, m, denom, value=a / trace_scale)
         torch._foreach_addcdiv_(params, m, denom, value=-a)
-        return [direction], [[1.0]]
+        return [direction], [[trace_scale]]
     torch._foreach_copy_(direction, m)
     torch._foreach_div_(direction, denom)
     torch._foreach_add_(params, direction, alpha=-a)
@@ -119,30 +120,28 @@ def adam_update(
 
 def sgd_update(
     params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
-    momentum: float = 0.0, *, learn_momentum: bool = False, decay: float = 0.0,
+    momentum: float = 0.0, *, learn_momentum: bool = False, trace_scale: float = 0.0,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
     weights in place. ``direction`` receives a copy of ``g`` where the next step needs it
     (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is ``buf`` itself,
-    which the next step reads before it moves it. With ``decay`` (and the lr learned alone)
-    ``direction`` holds the trace ``e ← decay·e + u`` instead."""
+    which the next step reads before it moves it. With a ``trace_scale`` ``s`` (and the lr
+    learned alone) ``direction`` holds the trace over its scale instead, ``f ← f + u/s``."""
     if buf is None:
-        if decay:
-            torch._foreach_mul_(direction, decay)
-            torch._foreach_add_(direction, grads, alpha=lr)
+        if trace_scale:
+            torch._foreach_add_(direction, grads, alpha=lr / trace_scale)
         else:
             torch._foreach_copy_(direction, grads)
         torch._foreach_add_(params, grads, alpha=-lr)
-        return [direction], [[1.0 if decay else lr]]
+        return [direction], [[trace_scale or lr]]
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
     torch._foreach_add_(params, buf, alpha=-lr)
     if not learn_momentum:
-        if not decay:
+        if not trace_scale:
             return [buf], [[lr]]
-        torch._foreach_mul_(direction, decay)
-        torch._foreach_add_(direction, buf, alpha=lr)
-        return [direction], [[1.0]]
+        torch._foreach_add_(direction, buf, alpha=lr / trace_scale)
+        return [direction], [[trace_scale]]
     torch._foreach_copy_(direction, grads)
     return [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
 
@@ -319,15 +318,16 @@ def _base_update(
             s.update({key: torch.zeros_like(p) for key in buffers if key not in s})
     bufs = [[s[key] for s in states] for key in buffers]
     step = group["tower_state"]["step"]
+    scale = _trace_scale(group["tower_state"], bufs[-1], decay) if decay and not learn_more else 0.0
     if group["base"] == "adam":
         basis, coef = adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step,
-                                  learn_betas=learn_more, decay=decay)  # fmt: skip
+                                  learn_betas=learn_more, trace_scale=scale)  # fmt: skip
     elif group["base"] == "momentum":
         direction = bufs[1] if len(bufs) > 1 else []
         basis, coef = sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"],
-                                 learn_momentum=learn_more, decay=decay)  # fmt: skip
+                                 learn_momentum=learn_more, trace_scale=scale)  # fmt: skip
     else:
-        basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], decay=decay)
+        basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], trace_scale=scale)
     if not (decay and learn_more):
         return basis, coef
     # the lr's trace beside the one-step vectors the other hyperparameters' hypergradients need
@@ -340,6 +340,19 @@ def _base_update(
         if c:
             torch._foreach_add_(trace, vectors, alpha=c)
     return [trace, *basis], [[1.0] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
+
+
+def _trace_scale(tower: dict[str, Any], stored: list[Tensor], decay: float) -> float:
+    """This step's scale ``s_t = γ s_{t−1}`` of the lr's trace, kept as ``f = e/s``: then
+    ``e ← γe + u`` is the one pass ``f ← f + u/s_t``, and ``g·e = s_t (g·f)``. When ``s`` gets
+    small ``f`` is folded back to ``e`` (one extra pass every ``log(1e-10)/log γ`` steps),
+    so ``f`` stays far within float range. (A state saved without a scale holds ``e``: ``s = 1``.)"""
+    s = tower.get("trace_scale", 1.0)
+    if s < TRACE_RENORM:
+        torch._foreach_mul_(stored, s)
+        s = 1.0
+    tower["trace_scale"] = s * decay
+    return tower["trace_scale"]
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
