@@ -51,7 +51,7 @@ WEIGHTS = "learned.safetensors"
 
 
 # The default task family: small and large training sets, inputs of 20 to 128 features, MLPs of
-# depth 1-3 and width 48-128 and a CNN, five activations, batch 32-256, base lrs from 1e-3 to
+# depth 1-3 and width 48-128 and a CNN, five activations, batch 32-128, base lrs from 1e-3 to
 # 3e-2 (above the best lr of many of these tasks, so that raising the lr is not always right).
 # No MNIST, no Fashion-MNIST and no benchmark cell's network (the MNIST-1D CNN cell is 2x32;
 # here 1x8, flagged in the README).
