@@ -27,8 +27,8 @@ the member's loss trajectory over several time scales, the tensor's gradient nor
 ratio, its current scale; none needs the horizon) and proposes a log scale
 ``3 tanh(o/3)``. Two guards make it safe by construction: the log scale moves at most
 ``MAX_MOVE`` per observation (a factor 1.5), and when the window's mean loss is more than
-``SPIKE`` times its best window (a loss spike, finite or not) every scale of the member is
-halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
+``spike_guard`` (default 3, as meta-training runs) times its best window (a loss spike, finite
+or not) every scale of the member is halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
 ``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``).
 
     lopt = LearnedKernel(LearnedKernel.policy_config(), base="schedulefree")
@@ -170,12 +170,16 @@ class LearnedKernel:
     """A base optimizer (Adam or Schedule-Free AdamW) with a learned per-tensor lr multiplier,
     as a batched functional kernel."""
 
-    def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 spike_guard: float = math.exp(SPIKE)):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over {KERNEL_FEATURES}; use LearnedKernel.policy_config()")
         if base not in BASES:
             raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
+        if not spike_guard > 1:
+            raise ConfigError(f"spike_guard must be > 1 (a window's loss over its best window's), got {spike_guard}")
         self.config, self.base, self.betas, self.eps = config, base, betas, eps
+        self.spike = math.log(spike_guard)
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
         self._policy = torch.func.vmap(partial(policy_forward, activation=config.activation))
@@ -308,7 +312,7 @@ class LearnedKernel:
         out, _ = self._policy(policy_tensors(self.config, theta), history)  # (P, J, 1)
         target = MAX_LOG_SCALE * torch.tanh(torch.nan_to_num(out[..., 0], nan=0.0) / MAX_LOG_SCALE)
         moved = state.log_scale + (target - state.log_scale).clamp(-MAX_MOVE, MAX_MOVE)
-        spike = ~finite | (log_l - min_loss.log() > SPIKE)  # (P,)
+        spike = ~finite | (log_l - min_loss.log() > self.spike)  # (P,)
         halved = (torch.minimum(moved, state.log_scale) - math.log(2)).clamp_min(-MAX_LOG_SCALE)
         log_scale = torch.where(spike[:, None], halved, moved)
         ema = LOSS_EMA * ema_prev + (1 - LOSS_EMA) * torch.where(finite, mean_loss, ema_prev)
