@@ -239,13 +239,15 @@ class LearnedKernel:
         b1, b2 = self.betas
         sizes = layout.sizes
         count = state.count + 1
+        sq = layout.per_tensor_sq_norms
+        grad_sq = sq(grad) if observe else None
         cos = None
         if observe and self.reads_motion:  # where the weights were heading before this step
             if self.base == "adam":
                 motion = -state.m / (state.v.sqrt() + self.eps)
             else:
                 motion = torch.where((state.count == 0)[:, None], torch.zeros_like(params), state.m - params)
-            cos = motion_cos(layout.per_tensor_dots(grad, motion), layout.per_tensor_sq_norms(grad), layout.per_tensor_sq_norms(motion))
+            cos = motion_cos(layout.per_tensor_dots(grad, motion), grad_sq, sq(motion))
         lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
         wd_n = None  # (P, N) decay per entry, when there is any
         if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
@@ -275,8 +277,7 @@ class LearnedKernel:
         if loss is not None:
             state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
         if observe:
-            sq = layout.per_tensor_sq_norms
-            state = self.observe(theta, state, sq(grad), sq(delta), sq(new_params), cos)
+            state = self.observe(theta, state, grad_sq, sq(delta), sq(new_params), cos)
         return new_params, state
 
     def observe(self, theta: torch.Tensor, state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,

@@ -141,9 +141,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._set_groups()
             return loss
         old = [p.clone() for p in params]
-        motion = self._motion_cos(params, grads) if self.kernel.reads_motion else None
+        grad_norm = torch.stack(torch._foreach_norm(grads))
+        motion = self._motion_cos(params, grads, grad_norm) if self.kernel.reads_motion else None
         self._base_step(params, grads)
-        norms = [torch.stack(torch._foreach_norm(t))[None] for t in (grads, torch._foreach_sub(params, old), params)]
+        norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (torch._foreach_sub(params, old), params))]
         second = torch.stack(torch._foreach_norm([self.state[p]["exp_avg_sq"] for p in params]))
         if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
@@ -154,9 +155,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._snapshot_due = True  # taken at the start of the next step
         return loss
 
-    def _motion_cos(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
+    def _motion_cos(self, params: list[torch.Tensor], grads: list[torch.Tensor], grad_norm: torch.Tensor) -> torch.Tensor:
         """``(1, J)`` the ``motion_cos`` feature before the step, as the kernel computes it
-        (observation steps only)."""
+        (observation steps only; ``grad_norm``: each gradient's norm)."""
         if self.base == "adam":
             denom = torch._foreach_add(torch._foreach_sqrt([self.state[p]["exp_avg_sq"] for p in params]), self.kernel.eps)
             motion = torch._foreach_div([self.state[p]["exp_avg"] for p in params], denom)
@@ -164,8 +165,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         else:
             motion = torch._foreach_sub([self.state[p]["z"] for p in params], params)
         dots = torch.stack([(g * d).sum() for g, d in zip(grads, motion)])
-        grad_sq, motion_sq = (torch.stack(torch._foreach_norm(t)).square() for t in (grads, motion))
-        return motion_cos(dots, grad_sq, motion_sq)[None]
+        return motion_cos(dots, grad_norm.square(), torch.stack(torch._foreach_norm(motion)).square())[None]
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``
