@@ -168,7 +168,8 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
 
 
 @pytest.mark.parametrize("base, learn, gamma, steps", [("sgd", "lr", 0.9, 8), ("momentum", "lr", 0.9, 8), ("adam", "lr", 0.9, 8),
-                                                      ("adam", "all", 0.9, 8), ("sgd", "lr", 0.5, 40), ("adam", "lr", 0.5, 40)])  # fmt: skip
+                                                      ("adam", "all", 0.9, 8), ("sgd", "lr", 0.5, 40), ("adam", "lr", 0.5, 40),
+                                                      ("adam", "all", 0.5, 40), ("momentum", "all", 0.5, 40)])  # fmt: skip
 def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_updates(base, learn, gamma, steps):
     """Level 1 reads ∂L/∂log lr = −g_t·e_t, e_t = Σ_k γ^k u_{t−1−k}, the updates taken from the
     weights (γ = 0.5 for 40 steps: the stored e/γ^t is folded back once on the way)."""

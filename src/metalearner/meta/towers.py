@@ -335,11 +335,11 @@ def _base_update(
         if "lr_trace" not in s:
             s["lr_trace"] = torch.zeros_like(p)
     trace = [s["lr_trace"] for s in states]
-    torch._foreach_mul_(trace, decay)
+    scale = _trace_scale(group["tower_state"], trace, decay)
     for c, vectors in zip(coef[0], basis):  # + ∂u/∂log lr = u
         if c:
-            torch._foreach_add_(trace, vectors, alpha=c)
-    return [trace, *basis], [[1.0] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
+            torch._foreach_add_(trace, vectors, alpha=c / scale)
+    return [trace, *basis], [[scale] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
 
 
 def _trace_scale(tower: dict[str, Any], stored: list[Tensor], decay: float) -> float:
