@@ -53,6 +53,8 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["inspect", "/nonexistent/run"], "not a run directory"),
         (["bench", "--suite", "huge", "--out", "/tmp/x"], "unknown suite 'huge'"),
         (["bench", "--suite", "quick"], "give --out DIR"),
+        (["bench", "--suite", "quick", "--out", "{tmp}/b", "--methods", "adam,sgdd"], "suite 'quick' has no method sgdd"),
+        (["bench", "--suite", "quick", "--out", "{tmp}/b", "--cells", "mnist/mlp"], "suite 'quick' has no cell mnist/mlp"),
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
         (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
         (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),

@@ -6,7 +6,7 @@ import math
 import pytest
 
 import metalearner.bench.runner as runner
-from metalearner.bench import Bench, Cell, Suite, load_results, run_suite
+from metalearner.bench import Bench, Cell, Suite, load_results, run_suite, select
 from metalearner.bench.protocol import SUITES, _mlp
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.parallel import InlineExecutor
@@ -134,6 +134,33 @@ def test_report_and_results_file(finished):
     # the shipped optimizers meta-trained on MNIST-1D and synthetic MLPs of width 48-192 (the model card)
     assert back["meta_training"]["opt2vec"]["datasets"] == ["mnist1d", "synthetic"]
     assert back["cells"]["moons/mlp-1x16-relu"]["seen_in_meta_training"] == {"data": False, "architecture": False}
+
+
+def test_a_restricted_run_reuses_the_directory_and_keeps_what_it_holds(finished, monkeypatch):
+    out, results, _ = finished
+
+    def boom(job):
+        raise AssertionError("a finished job was run again")
+
+    monkeypatch.setattr(runner, "run_job", boom)
+    part = select(TINY, methods="adam+controller, adam", cells="digits/mlp-1x16-tanh")
+    assert part.methods == ("adam", "adam+controller") and [c.name for c in part.cells] == ["digits/mlp-1x16-tanh"]
+    again = run_suite(part, out, InlineExecutor(), progress=False)
+    assert list(again["cells"]) == ["digits/mlp-1x16-tanh"]
+    for r in ("self_tuning", "tuned"):
+        for m in part.methods:
+            assert again["cells"]["digits/mlp-1x16-tanh"]["rulesets"][r][m] == results["cells"]["digits/mlp-1x16-tanh"]["rulesets"][r][m]
+    assert Suite.from_dict(json.loads((out / "suite.json").read_text())) == TINY  # the directory still holds the whole suite
+
+
+def test_select_refuses_names_the_suite_lacks():
+    with pytest.raises(ConfigError, match="no method nope; choose from adam, adamw_cosine, adam\\+controller"):
+        select(TINY, methods="adam,nope")
+    with pytest.raises(ConfigError, match="no cell mnist/x"):
+        select(TINY, cells="mnist/x")
+    with pytest.raises(ConfigError, match="reference method 'adam' must be one of"):
+        select(TINY, methods="adamw_cosine")
+    assert select(TINY) is TINY
 
 
 def test_another_suite_in_the_same_directory_is_refused(finished):

@@ -8,8 +8,8 @@ The protocol is in :mod:`metalearner.bench.protocol` and docs/benchmark.md; meth
 registry's (:data:`metalearner.methods.METHODS`).
 """
 
-from metalearner.bench.protocol import SUITES, Cell, Suite, get_suite
+from metalearner.bench.protocol import SUITES, Cell, Suite, get_suite, select
 from metalearner.bench.runner import Bench, run_suite
 from metalearner.bench.summary import load_results
 
-__all__ = ["SUITES", "Bench", "Cell", "Suite", "get_suite", "load_results", "run_suite"]
+__all__ = ["SUITES", "Bench", "Cell", "Suite", "get_suite", "load_results", "run_suite", "select"]

@@ -16,7 +16,10 @@ bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
 @bench_app.callback(invoke_without_command=True)
 def bench(
     ctx: typer.Context,
-    suite: str = typer.Option("quick", help="quick (small tasks, ~10 min on 2 cores) or full (MNIST, Fashion, MNIST-1D CNN, shift; ~1.6 h)."),
+    suite: str = typer.Option("quick", help="smoke (~1 min), quick (small tasks, ~10 min on 2 cores), headline (MNIST/Fashion + CNN/GRU cells, "
+                              "tuning-free methods, ~1 h) or full (8 cells x 8 methods, ~2.5 h)."),
+    methods: Optional[str] = typer.Option(None, help="Only these methods, comma-separated (the reference method, adam, must be among them)."),
+    cells: Optional[str] = typer.Option(None, help="Only these cells, comma-separated (names as the suite lists them)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (created; rerun the same command to resume)."),
     workers: Optional[int] = options.WORKERS,
     executor: str = options.EXECUTOR,
@@ -31,7 +34,7 @@ def bench(
         return
     import dataclasses
 
-    from metalearner.bench import get_suite, run_suite
+    from metalearner.bench import get_suite, run_suite, select
     from metalearner.report.bench import print_summary
     from metalearner.errors import ConfigError
     from metalearner.parallel import make_executor
@@ -41,7 +44,7 @@ def bench(
     from metalearner.train.run import resolve_device
 
     resolve_device(device)  # a missing GPU fails here, in one line, before any job
-    s = get_suite(suite)
+    s = select(get_suite(suite), methods=methods, cells=cells)
     if seeds is not None:
         s = dataclasses.replace(s, seeds=seeds)
     with make_executor(executor, workers, address=address) as ex:

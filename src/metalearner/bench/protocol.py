@@ -156,6 +156,30 @@ SUITES: dict[str, Suite] = {
 }
 
 
+def _names(csv: str) -> list[str]:
+    return [n.strip() for n in csv.split(",") if n.strip()]
+
+
+def select(suite: Suite, *, methods: str | None = None, cells: str | None = None) -> Suite:
+    """``suite`` restricted to some methods and cells (comma-separated names; ``None``: all).
+    Jobs are cached by content, so a restricted run shares its finished jobs with the whole."""
+    changes: dict[str, Any] = {}
+    if methods is not None:
+        wanted = _names(methods)
+        unknown = [m for m in wanted if m not in suite.methods]
+        if unknown or not wanted:
+            raise ConfigError(f"suite {suite.name!r} has no method {', '.join(unknown) or repr(methods)}; choose from {', '.join(suite.methods)}")
+        changes["methods"] = tuple(m for m in suite.methods if m in wanted)
+    if cells is not None:
+        wanted = _names(cells)
+        unknown = [c for c in wanted if c not in {cell.name for cell in suite.cells}]
+        if unknown or not wanted:
+            raise ConfigError(f"suite {suite.name!r} has no cell {', '.join(unknown) or repr(cells)}; "
+                              f"choose from {', '.join(c.name for c in suite.cells)}")  # fmt: skip
+        changes["cells"] = tuple(c for c in suite.cells if c.name in wanted)
+    return dataclasses.replace(suite, **changes) if changes else suite
+
+
 def get_suite(name: str) -> Suite:
     if name not in SUITES:
         raise ConfigError(f"unknown suite {name!r}; choose from {', '.join(SUITES)}")

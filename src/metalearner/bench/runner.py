@@ -16,6 +16,7 @@ the smallest up until one reaches the target, assuming that a longer budget does
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -107,10 +108,9 @@ class Bench:
         self.jobs_dir = self.out / "jobs"
         self.done: dict[str, dict[str, Any]] = {}
         saved = self.out / "suite.json"
+        self.holds = suite  # every method and cell this directory holds jobs of (saved as suite.json)
         if saved.exists():
-            old = json.loads(saved.read_text())
-            if old != json.loads(json.dumps(suite.to_dict())):
-                raise MetalearnerError(f"{self.out} holds results of a different suite ({old.get('name')}); use another --out")
+            self.holds = _union(Suite.from_dict(json.loads(saved.read_text())), suite, self.out)
         if self.jobs_dir.is_dir():
             for f in sorted(self.jobs_dir.glob("*.json")):
                 try:
@@ -191,7 +191,7 @@ class Bench:
 
     def run(self, executor: Any, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
         with DirectoryLock(self.out):
-            write_json(self.out / "suite.json", self.suite.to_dict())
+            write_json(self.out / "suite.json", self.holds.to_dict())
             cells = self.suite.cells
             wave1 = [j for c in cells for js in self.tuning_jobs(c).values() for j in js]
             wave1 += [j for c in cells for j in self.scoring_jobs(c, "self_tuning", False)]
@@ -233,6 +233,17 @@ class Bench:
                       for m, js in self.tuning_jobs(c).items()}  # fmt: skip
             cells[c.name] = {"role": c.role, "task": c.task.to_dict(), "target": target, "tuning": tuning, "rulesets": rulesets}
         return summarise(self.suite, cells, self.weights)
+
+
+def _union(old: Suite, new: Suite, out: Path) -> Suite:
+    """The suite of a directory that held ``old`` and now runs ``new``: the same protocol (all
+    but the methods and cells; a cell's name means one task), more methods or cells allowed."""
+    same = {f.name: getattr(old, f.name) == getattr(new, f.name) for f in dataclasses.fields(Suite) if f.name not in ("methods", "cells")}
+    cells = {c.name: c for c in old.cells}
+    if not all(same.values()) or any(c.name in cells and cells[c.name] != c for c in new.cells):
+        raise MetalearnerError(f"{out} holds results of a different suite ({old.name}); use another --out")
+    return dataclasses.replace(old, methods=(*old.methods, *(m for m in new.methods if m not in old.methods)),
+                               cells=(*old.cells, *(c for c in new.cells if c.name not in cells)))  # fmt: skip
 
 
 def _cost(job: dict[str, Any]) -> float:
