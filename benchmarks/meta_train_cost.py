@@ -28,6 +28,12 @@ CPU time is this process's ``time.process_time()``, so load from elsewhere on a 
 machine costs less than in wall time. The batched unroll does more per step than the
 per-process one (a validation evaluation every ``eval_every`` steps, the meta-objective's
 area under the validation curve), which counts against it. ``--only`` runs one part.
+
+**Populations on workers** (``--only populations``): outer steps of the default config with
+its six populations run in this process (2 threads) against the same steps with the
+populations spread over ``--workers`` local processes (one thread each;
+``Engine.step(executor)``, what ``meta-train --kind learned --workers N`` does), side by side,
+with the peak memory of all the processes and whether both reach the same θ.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ import torch
 
 from _common import finish, median
 from metalearner.lopt.meta_train import default_config, meta_train
-from metalearner.parallel import InlineExecutor, LocalExecutor, set_threads
+from metalearner.parallel import InlineExecutor, LocalExecutor, cpu_count, set_threads
 
 TARGETS = {"wall_s": 1800, "peak_rss_mb": 1000}  # the issue's: at most 30 minutes and 1 GB for everything together
 
@@ -113,16 +119,16 @@ def unroll_throughput(task: dict[str, Any], *, horizon: int, members: int, one_b
     return out
 
 
-def _own_peak_rss_mb() -> float:
-    """Peak resident memory of this process image (``VmHWM``). ``ru_maxrss`` would also count
-    the parent's pages that a spawned child held between its fork and its exec."""
+def _own_peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process image (``VmHWM``; this one by default). ``ru_maxrss``
+    would also count the parent's pages that a spawned child held between its fork and its exec."""
     try:
-        for line in open("/proc/self/status"):
+        for line in open(f"/proc/{pid}/status"):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
 
 
 def engine_figures(quick: bool) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,19 +158,58 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--kind", default="learned", choices=["learned", "opt2vec", "controller"])
     ap.add_argument("--workers", type=int, default=2, help="worker processes; 0 = in this process (one-process peak memory)")
-    ap.add_argument("--only", choices=["meta_train", "engine"], help="run one part: the default meta-training's cost, or the engine's throughput")
+    ap.add_argument("--only", choices=["meta_train", "engine", "populations"],
+                    help="run one part: the default meta-training's cost, the engine's throughput, or its populations on --workers processes")
     args = ap.parse_args()
+    if args.kind == "learned" and args.only in (None, "populations") and args.workers < 2:
+        ap.error("the populations part compares this process with --workers >= 2 processes")
     summary: dict[str, Any] = {}
     details: dict[str, Any] = {}
-    if args.only != "engine":
+    if args.only in (None, "meta_train"):
         summary, details = engine_meta_train(args.quick) if args.kind == "learned" else process_meta_train(args)
-    if args.only != "meta_train":
-        engine_summary, engine_details = engine_figures(args.quick)
-        summary.update(engine_summary)
-        details.update(engine_details)
+    parts = {"engine": lambda: engine_figures(args.quick), "populations": lambda: populations_on_workers(args.quick, args.workers)}
+    for part, measure in parts.items():
+        if args.only == part or (args.only is None and (part == "engine" or args.kind == "learned")):
+            part_summary, part_details = measure()
+            summary.update(part_summary)
+            details.update(part_details)
     details["load_average_1_5_15_min_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other work on a shared machine
     name = "meta_train_cost" if args.kind == "learned" else f"meta_train_cost_{args.kind}_workers{args.workers}"
     finish(name if args.only is None else f"{name}_{args.only}", summary, details, quick=args.quick)
+
+
+def populations_on_workers(quick: bool, workers: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Outer steps of the default config with its populations in this process (2 threads)
+    and over ``workers`` local processes (``Engine.step(executor)``), side by side from the
+    same fresh engine state, alternating; also checks that both reach the same θ."""
+    from metalearner.lopt.engine import Engine, EngineConfig
+
+    set_threads(cpu_count())  # as the CLI runs in-process (the throughput part leaves this process at one thread)
+    steps, repeats = (2, 1) if quick else (6, 3)
+    cfg = EngineConfig()
+    seconds: dict[str, list[float]] = {"here": [], "workers": []}
+    thetas: dict[str, torch.Tensor] = {}
+    with LocalExecutor(workers) as ex:
+        Engine(cfg).step(ex)  # warm-up: each worker builds the populations (data sets) once
+        for _ in range(repeats):
+            for mode in seconds:
+                engine = Engine(cfg)
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    engine.step(ex if mode == "workers" else None)
+                seconds[mode].append((time.perf_counter() - t0) / steps)
+                thetas[mode] = engine.theta.detach().clone()
+        worker_peaks = [_own_peak_rss_mb(pid) for pid in ex.pids()]
+    here, there = median(seconds["here"]), median(seconds["workers"])
+    summary = {
+        "populations_seconds_per_outer_step_here": round(here, 2),
+        f"populations_seconds_per_outer_step_{workers}_workers": round(there, 2),
+        "populations_speedup_on_workers": round(here / there, 2),
+        "populations_same_theta_on_workers": bool(torch.equal(thetas["here"], thetas["workers"])),
+        "populations_peak_rss_mb_all_processes": round(_own_peak_rss_mb() + sum(worker_peaks), 1),
+    }  # fmt: skip
+    return summary, {"populations_on_workers": {"workers": workers, "outer_steps": steps, "repeats": repeats, "seconds": seconds,
+                                                "worker_peak_rss_mb": worker_peaks, "torch_threads_here": torch.get_num_threads()}}
 
 
 def _engine_run(outer_steps: int | None) -> dict[str, Any]:

@@ -57,6 +57,7 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "--suite", "quick", "--out", "{tmp}/b", "--cells", "mnist/mlp"], "suite 'quick' has no cell mnist/mlp"),
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
         (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
+        (["meta-train", "--kind", "learned", "--device", "cuda", "--out", "{tmp}/meta"], "--kind learned runs on the CPU"),
         (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),
         (["train", "--task", "moons", "--epochs", "0"], "epochs must be a positive number, got 0"),
         (["train", "--task", "moons", "--steps", "0"], "steps must be >= 1"),

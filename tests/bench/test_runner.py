@@ -6,7 +6,7 @@ import math
 import pytest
 
 import metalearner.bench.runner as runner
-from metalearner.bench import Bench, Cell, Suite, load_results, run_suite, select
+from metalearner.bench import Bench, Cell, Suite, load_results, results_dir, run_suite, select
 from metalearner.bench.protocol import SUITES, _mlp
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.parallel import InlineExecutor
@@ -143,14 +143,20 @@ def test_a_restricted_run_reuses_the_directory_and_keeps_what_it_holds(finished,
         raise AssertionError("a finished job was run again")
 
     monkeypatch.setattr(runner, "run_job", boom)
-    part = select(TINY, methods="adam+controller, adam", cells="digits/mlp-1x16-tanh")
+    whole = (out / "results.json").read_text()
+    part = select(TINY, methods="adam+controller, adam", cells=["digits/mlp-1x16-tanh"])
     assert part.methods == ("adam", "adam+controller") and [c.name for c in part.cells] == ["digits/mlp-1x16-tanh"]
     again = run_suite(part, out, InlineExecutor(), progress=False)
     assert list(again["cells"]) == ["digits/mlp-1x16-tanh"]
     for r in ("self_tuning", "tuned"):
         for m in part.methods:
             assert again["cells"]["digits/mlp-1x16-tanh"]["rulesets"][r][m] == results["cells"]["digits/mlp-1x16-tanh"]["rulesets"][r][m]
-    assert Suite.from_dict(json.loads((out / "suite.json").read_text())) == TINY  # the directory still holds the whole suite
+    # the directory still holds, and reports, the whole suite; the part's results go beside it
+    assert Suite.from_dict(json.loads((out / "suite.json").read_text())) == TINY
+    assert (out / "results.json").read_text() == whole
+    part_dir = results_dir(part, out)
+    assert part_dir.parent == out / "parts" and list(load_results(part_dir)["cells"]) == ["digits/mlp-1x16-tanh"]
+    assert (part_dir / "report.html").is_file() and results_dir(TINY, out) == out
 
 
 def test_select_refuses_names_the_suite_lacks():
@@ -166,8 +172,14 @@ def test_select_refuses_names_the_suite_lacks():
 def test_another_suite_in_the_same_directory_is_refused(finished):
     out, _, _ = finished
     other = Suite(name="tiny", cells=TINY.cells[:1], methods=("adam",), seeds=1, reference_epochs=3, budgets=(1, 2, 3))
-    with pytest.raises(MetalearnerError, match="different suite"):
+    with pytest.raises(MetalearnerError, match="different suite \\(tiny; seeds, evals_per_epoch differ\\)"):
         Bench(other, out)
+    (out / "suite.json").write_text((out / "suite.json").read_text().replace('"seeds"', '"n_seeds"'))
+    try:
+        with pytest.raises(MetalearnerError, match="suite this version cannot read"):
+            Bench(TINY, out)
+    finally:
+        (out / "suite.json").write_text((out / "suite.json").read_text().replace('"n_seeds"', '"seeds"'))
 
 
 def test_suite_validation():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.engine import EngineConfig, run
 from metalearner.lopt.estimators import PES, AntitheticES
 from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel, ParamLayout
@@ -248,6 +248,33 @@ def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
     assert [r["meta_loss"] for r in rec2.curve] == [r["meta_loss"] for r in record.curve]
     with pytest.raises(ConfigError, match="different config"):
         run(replace(TINY_RUN, sigma=0.2), tmp_path, evaluate=False)
+
+
+def test_populations_on_workers_follow_the_same_trajectory(tmp_path):
+    from metalearner.parallel import InlineExecutor, LocalExecutor
+
+    two = replace(TINY_RUN, outer_steps=3, populations=(TINY_RUN.populations[0], replace(FAMILIES["cnn"], base_lrs=(3e-4,))))
+    here, rec = run(two, tmp_path / "here", evaluate=False)
+    with InlineExecutor() as executor:
+        inline, rec2 = run(two, tmp_path / "inline", evaluate=False, executor=executor)
+    assert torch.equal(inline, here)
+    assert [r["meta_loss"] for r in rec2.curve] == [r["meta_loss"] for r in rec.curve]
+    with LocalExecutor(2) as executor:  # one thread per worker: equal up to the summation order of a BLAS (bit for bit here)
+        there, rec3 = run(two, tmp_path / "processes", evaluate=False, executor=executor)
+    assert torch.allclose(there, here, rtol=0, atol=1e-6)
+    assert np.allclose([r["meta_loss"] for r in rec3.curve], [r["meta_loss"] for r in rec.curve], rtol=1e-6)
+
+
+def test_a_population_that_fails_on_a_worker_names_itself(tmp_path, monkeypatch):
+    import metalearner.lopt.engine as engine
+    from metalearner.parallel import InlineExecutor
+
+    def broken(item):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(engine, "_estimate_item", broken)
+    with pytest.raises(MetalearnerError, match="population 0 \\(digits\\) failed on a worker: RuntimeError\\('out of memory'\\)"):
+        run(replace(TINY_RUN, outer_steps=1), tmp_path, evaluate=False, executor=InlineExecutor())
 
 
 def test_population_data_options_reach_the_data_set_and_survive_json():

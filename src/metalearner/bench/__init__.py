@@ -9,7 +9,7 @@ registry's (:data:`metalearner.methods.METHODS`).
 """
 
 from metalearner.bench.protocol import SUITES, Cell, Suite, get_suite, select
-from metalearner.bench.runner import Bench, run_suite
+from metalearner.bench.runner import Bench, results_dir, run_suite
 from metalearner.bench.summary import load_results
 
-__all__ = ["SUITES", "Bench", "Cell", "Suite", "get_suite", "load_results", "run_suite", "select"]
+__all__ = ["SUITES", "Bench", "Cell", "Suite", "get_suite", "load_results", "results_dir", "run_suite", "select"]

@@ -1,4 +1,4 @@
-"""``metalearner bench --suite quick|full --out DIR`` (run or resume) and ``bench report DIR``."""
+"""``metalearner bench --suite NAME --out DIR [--methods ..] [--cells ..]`` (run or resume) and ``bench report DIR``."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def bench(
         return
     import dataclasses
 
-    from metalearner.bench import get_suite, run_suite, select
+    from metalearner.bench import get_suite, results_dir, run_suite, select
     from metalearner.report.bench import print_summary
     from metalearner.errors import ConfigError
     from metalearner.parallel import make_executor
@@ -49,7 +49,7 @@ def bench(
         s = dataclasses.replace(s, seeds=seeds)
     with make_executor(executor, workers, address=address) as ex:
         results = run_suite(s, out, ex, data_dir=str(data_dir) if data_dir else None, progress=progress, device=device)
-    print_summary(results, out)
+    print_summary(results, results_dir(s, out))
 
 
 @bench_app.command("report")

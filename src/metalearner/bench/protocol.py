@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from metalearner.errors import ConfigError
 from metalearner.methods import get_method
@@ -156,27 +156,25 @@ SUITES: dict[str, Suite] = {
 }
 
 
-def _names(csv: str) -> list[str]:
-    return [n.strip() for n in csv.split(",") if n.strip()]
+def _pick(suite: Suite, kind: str, wanted: str | Sequence[str], available: Sequence[str]) -> set[str]:
+    names = [n.strip() for n in (wanted.split(",") if isinstance(wanted, str) else wanted) if n.strip()]
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise ConfigError(f"suite {suite.name!r} has no {kind} {', '.join(unknown) or repr(wanted)}; choose from {', '.join(available)}")
+    return set(names)
 
 
-def select(suite: Suite, *, methods: str | None = None, cells: str | None = None) -> Suite:
-    """``suite`` restricted to some methods and cells (comma-separated names; ``None``: all).
-    Jobs are cached by content, so a restricted run shares its finished jobs with the whole."""
+def select(suite: Suite, *, methods: str | Sequence[str] | None = None, cells: str | Sequence[str] | None = None) -> Suite:
+    """``suite`` restricted to some methods and cells (names, or comma-separated in one string;
+    ``None``: all). Jobs are cached by content, so a part run in its whole suite's directory
+    reuses the jobs finished there (its results go to ``OUT/parts/``)."""
     changes: dict[str, Any] = {}
     if methods is not None:
-        wanted = _names(methods)
-        unknown = [m for m in wanted if m not in suite.methods]
-        if unknown or not wanted:
-            raise ConfigError(f"suite {suite.name!r} has no method {', '.join(unknown) or repr(methods)}; choose from {', '.join(suite.methods)}")
-        changes["methods"] = tuple(m for m in suite.methods if m in wanted)
+        keep = _pick(suite, "method", methods, suite.methods)
+        changes["methods"] = tuple(m for m in suite.methods if m in keep)
     if cells is not None:
-        wanted = _names(cells)
-        unknown = [c for c in wanted if c not in {cell.name for cell in suite.cells}]
-        if unknown or not wanted:
-            raise ConfigError(f"suite {suite.name!r} has no cell {', '.join(unknown) or repr(cells)}; "
-                              f"choose from {', '.join(c.name for c in suite.cells)}")  # fmt: skip
-        changes["cells"] = tuple(c for c in suite.cells if c.name in wanted)
+        keep = _pick(suite, "cell", cells, [c.name for c in suite.cells])
+        changes["cells"] = tuple(c for c in suite.cells if c.name in keep)
     return dataclasses.replace(suite, **changes) if changes else suite
 
 

@@ -2,10 +2,11 @@
 
 Layout of ``OUT``::
 
-    OUT/suite.json        the suite, saved whole
+    OUT/suite.json        every method and cell the directory holds jobs of (a suite, saved whole)
     OUT/jobs/KEY.json     one finished job (atomic); a rerun skips jobs whose file exists
     OUT/results.json      every cell, ruleset, method and seed, with the curves (see assemble)
     OUT/report.md|.html   rendered by metalearner.report.bench
+    OUT/parts/KEY/        results.json and the report of a part of that suite (``select``)
 
 Jobs run in three waves, because later ones need earlier results: (1) the tuning trials and
 the self-tuning runs of methods that do not need the budget, (2) the tuned runs of those
@@ -28,7 +29,7 @@ from typing import Any, Callable, Iterable
 from metalearner.atomic import write_json
 from metalearner.bench.metrics import budget_epochs_to_target, epochs_to_target, median
 from metalearner.bench.protocol import Cell, Suite
-from metalearner.errors import MetalearnerError
+from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.methods import get_method
 from metalearner.parallel import DirectoryLock
 from metalearner.progress import Progress
@@ -107,10 +108,8 @@ class Bench:
         self.device, self.weights = device, dict(weights or {})
         self.jobs_dir = self.out / "jobs"
         self.done: dict[str, dict[str, Any]] = {}
-        saved = self.out / "suite.json"
-        self.holds = suite  # every method and cell this directory holds jobs of (saved as suite.json)
-        if saved.exists():
-            self.holds = _union(Suite.from_dict(json.loads(saved.read_text())), suite, self.out)
+        self.holds = _union(_saved_suite(self.out), suite, self.out)  # every method and cell the directory holds
+        self.results_dir = results_dir(suite, self.out, self.holds)
         if self.jobs_dir.is_dir():
             for f in sorted(self.jobs_dir.glob("*.json")):
                 try:
@@ -191,6 +190,8 @@ class Bench:
 
     def run(self, executor: Any, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
         with DirectoryLock(self.out):
+            self.holds = _union(_saved_suite(self.out), self.suite, self.out)  # under the lock: another run may have widened it
+            self.results_dir = results_dir(self.suite, self.out, self.holds)
             write_json(self.out / "suite.json", self.holds.to_dict())
             cells = self.suite.cells
             wave1 = [j for c in cells for js in self.tuning_jobs(c).values() for j in js]
@@ -201,7 +202,7 @@ class Bench:
             wave3 = [j for c in cells for r in RULESETS for j in self.scoring_jobs(c, r, True, targets[c.name])]
             self.execute(wave3, executor, "budget-aware runs", progress)
             results = self.assemble()
-            write_json(self.out / "results.json", results)
+            write_json(self.results_dir / "results.json", results)
         return results
 
     def assemble(self) -> dict[str, Any]:
@@ -235,15 +236,39 @@ class Bench:
         return summarise(self.suite, cells, self.weights)
 
 
-def _union(old: Suite, new: Suite, out: Path) -> Suite:
+def _saved_suite(out: Path) -> Suite | None:
+    """The suite a directory's ``suite.json`` lists (None: a new directory)."""
+    saved = out / "suite.json"
+    if not saved.exists():
+        return None
+    try:
+        return Suite.from_dict(json.loads(saved.read_text()))
+    except (ValueError, TypeError, KeyError, ConfigError) as e:
+        raise MetalearnerError(f"{out} holds results of a suite this version cannot read ({e}); use another --out") from None
+
+
+def _union(old: Suite | None, new: Suite, out: Path) -> Suite:
     """The suite of a directory that held ``old`` and now runs ``new``: the same protocol (all
     but the methods and cells; a cell's name means one task), more methods or cells allowed."""
-    same = {f.name: getattr(old, f.name) == getattr(new, f.name) for f in dataclasses.fields(Suite) if f.name not in ("methods", "cells")}
+    if old is None:
+        return new
     cells = {c.name: c for c in old.cells}
-    if not all(same.values()) or any(c.name in cells and cells[c.name] != c for c in new.cells):
-        raise MetalearnerError(f"{out} holds results of a different suite ({old.name}); use another --out")
+    differ = [f.name for f in dataclasses.fields(Suite) if f.name not in ("methods", "cells") and getattr(old, f.name) != getattr(new, f.name)]
+    differ += [f"cell {c.name}" for c in new.cells if c.name in cells and cells[c.name] != c]
+    if differ:
+        raise MetalearnerError(f"{out} holds results of a different suite ({old.name}; {', '.join(differ)} differ); use another --out")
     return dataclasses.replace(old, methods=(*old.methods, *(m for m in new.methods if m not in old.methods)),
                                cells=(*old.cells, *(c for c in new.cells if c.name not in cells)))  # fmt: skip
+
+
+def results_dir(suite: Suite, out_dir: str | Path, holds: Suite | None = None) -> Path:
+    """Where ``suite``'s results.json and report go: ``out_dir`` when it is everything the
+    directory holds, else ``out_dir/parts/KEY`` (a part never overwrites its whole's results)."""
+    out = Path(out_dir)
+    holds = holds or _union(_saved_suite(out), suite, out)
+    if holds == suite:
+        return out
+    return out / "parts" / hashlib.sha1(json.dumps(suite.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
 
 def _cost(job: dict[str, Any]) -> float:
@@ -262,5 +287,5 @@ def run_suite(suite: Suite, out_dir: str | Path, executor: Any, *, data_dir: str
     bench = Bench(suite, out_dir, data_dir=data_dir, device=device, weights=weights)
     with Progress(progress) as display:
         results = bench.run(executor, display.bar)
-    write_report(results, out_dir)
+    write_report(results, bench.results_dir)
     return results

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -29,7 +29,8 @@ def meta_train_command(
     outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
     unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512; --kind learned: the PES truncation, default 64)."),
-    workers: int = typer.Option(2, help="Local worker processes; 0 runs inline."),
+    workers: Optional[int] = typer.Option(None, help="Local worker processes (default 2; --kind learned: its populations run in this "
+                                                  "process unless --workers or --executor ray is given); 0 runs inline."),
     executor: str = options.EXECUTOR,
     address: Optional[str] = options.ADDRESS,
     resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
@@ -37,10 +38,21 @@ def meta_train_command(
     progress: bool = options.PROGRESS,
 ) -> None:
     """Meta-train a learned optimizer on the default task distribution."""
-    if kind == "learned":
-        return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress)
-    from metalearner.lopt.meta_train import default_config, meta_train
+    from metalearner.errors import ConfigError
     from metalearner.parallel import make_executor
+
+    if kind == "learned":
+        if device != "cpu":
+            raise ConfigError("--kind learned runs on the CPU (its populations are small batched networks); --device is for opt2vec and controller")
+        # populations in this process unless workers or another executor are asked for (--workers 0: here too)
+        asked = executor != "local" or address is not None or bool(workers)
+        ex = make_executor(executor, workers, address=address) if asked else None
+        try:
+            return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress, ex)
+        finally:
+            if ex is not None:
+                ex.close()
+    from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.train.run import resolve_device
 
     resolve_device(device)  # a missing GPU fails here, in one line
@@ -48,7 +60,7 @@ def meta_train_command(
     if device != "cpu":
         overrides["device"] = device
     cfg = default_config(kind, **overrides)
-    ex = make_executor(executor, workers, address=address)
+    ex = make_executor(executor, 2 if workers is None else workers, address=address)
     try:
         weights, state = meta_train(cfg, out, executor=ex, resume=resume, progress=progress)
     finally:
@@ -58,8 +70,10 @@ def meta_train_command(
                            "eval_meta_loss_initial": ev["initial_mean"], "eval_meta_loss_final": ev["final_mean"]}))  # fmt: skip
 
 
-def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, truncation: int | None, resume: bool, progress: bool) -> None:
-    """``--kind learned``: the batched engine (``lopt.engine``) with its default task family."""
+def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, truncation: int | None, resume: bool, progress: bool,
+            executor: Any = None) -> None:  # fmt: skip
+    """``--kind learned``: the batched engine (``lopt.engine``) with its default task family;
+    ``executor``: its populations on workers (None: in this process)."""
     from dataclasses import replace
 
     from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
@@ -69,7 +83,7 @@ def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, tr
     cfg = replace(EngineConfig(), **{k: v for k, v in given.items() if v is not None})
     with Progress(progress) as display:
         bar = display.bar("meta-train learned", cfg.outer_steps, info="meta-loss {meta_loss:.4f}", meta_loss=float("nan"))
-        _, record = run(cfg, out, resume=resume, on_step=lambda r: bar.update(r["step"], meta_loss=r["meta_loss"]))
+        _, record = run(cfg, out, resume=resume, on_step=lambda r: bar.update(r["step"], meta_loss=r["meta_loss"]), executor=executor)
     ev = record.evaluation
     typer.echo(json.dumps({"kind": "learned", "out": str(out / WEIGHTS), "outer_steps": record.step,
                            "eval_meta_loss_initial": float(sum(ev["initial"]) / len(ev["initial"])),

@@ -28,6 +28,7 @@ and the meta-loss curve (also written to ``engine.json`` for reading).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -40,7 +41,7 @@ import torch
 
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
-from metalearner.lopt.estimators import PES, AntitheticES, GradientEstimator
+from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
 from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
@@ -122,6 +123,34 @@ def _key(*parts: int) -> int:
     return int(np.random.default_rng(list(parts)).integers(2**62))
 
 
+# -- populations on workers --------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _worker_estimator(cfg_json: str, i: int) -> GradientEstimator:
+    """A worker's estimator of population ``i``, built the first time it is handed that one
+    (its data set with it) and kept for the process's next steps."""
+    cfg = EngineConfig.from_dict(json.loads(cfg_json))
+    return make_estimator(cfg, PopulationStep(cfg.populations[i], cfg.lopt()))
+
+
+def _estimate_item(item: tuple[str, int, torch.Tensor, Any, int]) -> Estimate:
+    cfg_json, i, theta, state, key = item
+    with torch.no_grad():
+        return _worker_estimator(cfg_json, i).estimate(theta, state, key)
+
+
+def _estimate_on(executor: Any, cfg: EngineConfig, theta: torch.Tensor, states: list[Any], keys: list[int]) -> list[Estimate]:
+    """Every population's estimate through ``executor``, in population order."""
+    cfg_json = json.dumps(asdict(cfg), sort_keys=True)
+    out: dict[int, Estimate] = {}
+    for item, res in executor.map_unordered(_estimate_item, [(cfg_json, i, theta, s, key) for i, (s, key) in enumerate(zip(states, keys))]):
+        if isinstance(res, BaseException):
+            raise MetalearnerError(f"population {item[1]} ({cfg.populations[item[1]].dataset}) failed on a worker: {res!r}") from res
+        out[item[1]] = res
+    return [out[i] for i in range(len(states))]
+
+
 # -- state trees (dataclasses of tensors) <-> flat safetensors dicts ---------------------------
 
 
@@ -173,14 +202,21 @@ class Engine:
         self.norms = torch.zeros(len(self.steps), dtype=torch.float64)  # EMA of each population's estimate norm
 
     @torch.no_grad()
-    def step(self) -> dict[str, float]:
+    def step(self, executor: Any = None) -> dict[str, float]:
         """One outer step; returns its record (``meta_loss``: mean over populations).
 
+        The populations' estimates are independent given θ, their states and their keys: with
+        an ``executor`` (:mod:`metalearner.parallel`: local processes or Ray) each population
+        runs as one item, its state shipped to the worker and back; without one they run here.
         With ``balance`` each population's estimate is divided by the bias-corrected running
         mean of its norm, so that a family whose meta-loss moves a lot (small data sets,
         short episodes) does not drown the others out; the outer Adam sets the step size."""
         theta, k = self.theta.detach(), self.record.step
-        ests = [e.estimate(theta, s, _key(self.cfg.seed, k, i)) for i, (e, s) in enumerate(zip(self.estimators, self.states))]
+        keys = [_key(self.cfg.seed, k, i) for i in range(len(self.estimators))]
+        if executor is None:
+            ests = [e.estimate(theta, s, key) for e, s, key in zip(self.estimators, self.states, keys)]
+        else:
+            ests = _estimate_on(executor, self.cfg, theta, self.states, keys)
         self.states = [e.state for e in ests]
         grads = torch.stack([e.grad for e in ests])
         if self.cfg.balance:
@@ -264,10 +300,13 @@ def run(
     resume: bool = True,
     evaluate: bool = True,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    executor: Any = None,
 ) -> tuple[torch.Tensor, EngineRecord]:
     """Run (or resume) meta-training to ``cfg.outer_steps``; writes the checkpoint and
     ``learned.safetensors`` (θ as policy weights, the base in its metadata: what
-    :class:`~metalearner.lopt.learned.LearnedOptimizer` loads) to ``out_dir``."""
+    :class:`~metalearner.lopt.learned.LearnedOptimizer` loads) to ``out_dir``. ``executor``
+    spreads each outer step's populations over workers (see :meth:`Engine.step`); the
+    default runs them in this process, as the shipped weights were trained."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     engine = Engine(cfg)
@@ -278,7 +317,7 @@ def run(
         rec.evaluation["initial"] = engine.meta_loss()
     t0, earlier = time.perf_counter(), rec.curve[-1]["elapsed_s"] if rec.curve else 0.0
     while rec.step < cfg.outer_steps:
-        r = engine.step()
+        r = engine.step(executor)
         r["elapsed_s"] = earlier + time.perf_counter() - t0
         if rec.step % cfg.checkpoint_every == 0 or rec.step == cfg.outer_steps:
             engine.save(out)

@@ -136,6 +136,10 @@ class LocalExecutor(_Base):
             self.close(kill=True)
             raise
 
+    def pids(self) -> list[int]:
+        """The worker processes' ids (none before the first ``map_unordered``)."""
+        return [p.pid for p in getattr(self._pool, "_processes", {}).values()] if self._pool else []
+
     def close(self, kill: bool = False) -> None:
         pool, self._pool = self._pool, None
         if pool is None:

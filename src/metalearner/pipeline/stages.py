@@ -218,16 +218,10 @@ class BenchStage:
     def resolve(self) -> Any:
         import dataclasses
 
-        from metalearner.bench import get_suite
-        from metalearner.errors import ConfigError
+        from metalearner.bench import get_suite, select
 
-        s = get_suite(self.suite)
+        s = select(get_suite(self.suite), cells=self.cells)
         changes: dict[str, Any] = {}
-        if self.cells is not None:
-            unknown = [c for c in self.cells if c not in {x.name for x in s.cells}]
-            if unknown:
-                raise ConfigError(f"unknown cell(s) {', '.join(unknown)} in suite {s.name}; choose from {', '.join(c.name for c in s.cells)}")
-            changes["cells"] = tuple(c for c in s.cells if c.name in self.cells)
         for name in ("methods", "seeds", "reference_epochs", "budgets", "evals_per_epoch"):
             if getattr(self, name) is not None:
                 changes[name] = tuple(getattr(self, name)) if name in ("methods", "budgets") else getattr(self, name)
