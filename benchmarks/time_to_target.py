@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_target.py --quick    # the smoke suite: the whole protocol in about a minute
     python benchmarks/time_to_target.py --suite quick   # small tasks, ~10 min on 2 cores
-    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion, MNIST-1D CNN, shift; ~1.6 h on 2 cores)
+    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion MLPs/CNN/GRU, MNIST-1D CNN, shift; ~2.5 h on 2 cores)
     python benchmarks/time_to_target.py --suite headline   # MNIST/Fashion cells + the CNN and GRU cells, tuning-free methods
 
 Runs ``metalearner bench`` into ``benchmarks/.cache/bench_SUITE`` (resumable: rerun to finish;
