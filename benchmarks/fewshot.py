@@ -6,7 +6,9 @@ and 10 shots; MSE on 100 query points after one inner step, as in the Meta-SGD p
 5-way 1- and 5-shot classification on MNIST and Fashion-MNIST, meta-trained on classes 0-4
 (training images) and meta-tested on classes 5-9 (test images); all second order. Every score
 is a mean over fresh test tasks with a 95% interval; ``no_meta_training`` adapts the same
-network from its random initialisation (what meta-training adds). Sensitivity: each method is rerun with its
+network from its random initialisation (what meta-training adds), and on images
+``nearest_centroid`` labels each query by the nearest class mean of the support images, on the
+same episodes (nothing learned: what a meta-learned network must beat). Sensitivity: each method is rerun with its
 meta-learning rate (Adam's, 1e-3) 10x too high and 10x too low, on sinusoid K = 5 and MNIST
 5-way 1-shot; ``meta_meta`` starts from those rates and learns its own.
 
@@ -25,7 +27,7 @@ import dataclasses
 import torch
 
 from _common import finish, parse_args
-from metalearner.meta.fewshot import METHODS, FewShotConfig, evaluate, init_learner, make_families, train_and_evaluate
+from metalearner.meta.fewshot import METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
 # setting -> (task, k_shot, config shared by the methods)
@@ -69,8 +71,10 @@ def main() -> None:
     base_lr = FewShotConfig().outer_lr
 
     cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in METHODS} for s in SETTINGS}
-    for s in SETTINGS:
+    for s, (task, k, _) in SETTINGS.items():
         cells[s]["no_meta_training"] = without_meta_training(s, n_tasks, args.data_dir)
+        if task != "sinusoid":
+            cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
     sensitivity = {s: {m: {f: run(s, m, base_lr * x, iterations, n_tasks, args.data_dir) for f, x in FACTORS.items()}
                        for m in METHODS} for s in SENSITIVITY}  # fmt: skip
 

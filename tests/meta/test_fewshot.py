@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from metalearner.errors import ConfigError
 from metalearner.meta.fewshot import (
     ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, meta_loss, meta_train,
+    nearest_centroid,
 )  # fmt: skip
 from metalearner.tasks import load_dataset
 
@@ -182,6 +183,22 @@ def test_invalid_configs_are_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError) as err:
         FewShotConfig(**kwargs)
     assert message in str(err.value)
+
+
+def test_nearest_centroid_labels_each_query_by_the_nearest_support_mean():
+    # two well-separated classes and one query that sits nearer the other class's mean
+    x = torch.tensor([[0.0, 0.0], [0.2, 0.0], [10.0, 0.0], [10.2, 0.0], [9.0, 0.0], [0.1, 0.0], [6.0, 0.0], [4.0, 0.0]])
+    y = torch.tensor([0, 0, 1, 1, 1, 0, 0, 1])
+    family = ClassSplit(x, y, (0, 1), n_way=2, k_shot=1, k_query=3)
+    result = nearest_centroid(family, n_tasks=50, seed=0)
+    hits = []
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(50):  # by hand, on the same episodes
+        xs, ys, xq, yq = (t[0] for t in family.sample(1, gen))
+        means = torch.stack([xs[ys == c].mean(0) for c in range(2)])
+        hits.append(float(((xq[:, None] - means).norm(dim=-1).argmin(-1) == yq).double().mean()))
+    assert result["mean"] == pytest.approx(sum(hits) / 50) and 0.5 < result["mean"] < 1
+    assert result["ci95"][0] < result["mean"] < result["ci95"][1]
 
 
 def test_class_split_refuses_too_few_classes():

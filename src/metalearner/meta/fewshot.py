@@ -301,6 +301,22 @@ def evaluate(learner: MetaLearner, family: Any, *, n_tasks: int, steps: int, see
             "steps": steps, "curve": curves.double().mean(0).tolist()}  # fmt: skip
 
 
+def nearest_centroid(family: Any, *, n_tasks: int, seed: int = 12345, chunk: int = 100) -> dict[str, Any]:
+    """A baseline with nothing learned: each query image takes the label of the nearest class
+    mean of the support images (Euclidean, on the inputs as given), on the same episodes as
+    :func:`evaluate` with the same ``seed``. What a meta-learned network must beat."""
+    gen = torch.Generator().manual_seed(seed)
+    hits = []
+    for i in range(0, n_tasks, chunk):
+        xs, ys, xq, yq = family.sample(min(chunk, n_tasks - i), gen)
+        onehot = F.one_hot(ys, family.n_way).to(xs.dtype)  # (tasks, support, way)
+        means = onehot.transpose(1, 2) @ xs / onehot.sum(1)[:, :, None]  # (tasks, way, features)
+        hits.append((torch.cdist(xq, means).argmin(-1) == yq).double().mean(1))
+    acc = torch.cat(hits)
+    half = 1.96 * float(acc.std()) / math.sqrt(len(acc))
+    return {"metric": "acc", "mean": float(acc.mean()), "ci95": [float(acc.mean()) - half, float(acc.mean()) + half], "n_tasks": len(acc)}
+
+
 FEWSHOT_TASKS = ("sinusoid", "mnist", "fashion_mnist")
 
 
