@@ -119,7 +119,7 @@ def unroll_throughput(task: dict[str, Any], *, horizon: int, members: int, one_b
     return out
 
 
-def _own_peak_rss_mb(pid: int | str = "self") -> float:
+def _peak_rss_mb(pid: int | str = "self") -> float:
     """Peak resident memory of a process image (``VmHWM``; this one by default). ``ru_maxrss``
     would also count the parent's pages that a spawned child held between its fork and its exec."""
     try:
@@ -199,14 +199,14 @@ def populations_on_workers(quick: bool, workers: int) -> tuple[dict[str, Any], d
                     engine.step(ex if mode == "workers" else None)
                 seconds[mode].append((time.perf_counter() - t0) / steps)
                 thetas[mode] = engine.theta.detach().clone()
-        worker_peaks = [_own_peak_rss_mb(pid) for pid in ex.pids()]
+        worker_peaks = [_peak_rss_mb(pid) for pid in ex.pids()]
     here, there = median(seconds["here"]), median(seconds["workers"])
     summary = {
         "populations_seconds_per_outer_step_here": round(here, 2),
         f"populations_seconds_per_outer_step_{workers}_workers": round(there, 2),
         "populations_speedup_on_workers": round(here / there, 2),
         "populations_same_theta_on_workers": bool(torch.equal(thetas["here"], thetas["workers"])),
-        "populations_peak_rss_mb_all_processes": round(_own_peak_rss_mb() + sum(worker_peaks), 1),
+        "populations_peak_rss_mb_all_processes": round(_peak_rss_mb() + sum(worker_peaks), 1),
     }  # fmt: skip
     return summary, {"populations_on_workers": {"workers": workers, "outer_steps": steps, "repeats": repeats, "seconds": seconds,
                                                 "worker_peak_rss_mb": worker_peaks, "torch_threads_here": torch.get_num_threads()}}
@@ -232,7 +232,7 @@ def _engine_run(outer_steps: int | None) -> dict[str, Any]:
         "outer_steps": full.outer_steps, "outer_steps_run": cfg.outer_steps, "wall_s": round(wall, 1),
         "wall_s_full_estimate": round(wall if outer_steps is None else 2 * evaluation_s + per_step * full.outer_steps, 1),
         "seconds_per_outer_step": round(per_step, 2), "initial_evaluation_s": round(evaluation_s, 1),
-        "peak_rss_mb": round(_own_peak_rss_mb(), 1), "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb": round(_peak_rss_mb(), 1), "torch_threads": torch.get_num_threads(),
         "eval_meta_loss_initial": round(statistics.mean(rec.evaluation["initial"]), 4),
         "eval_meta_loss_final": round(statistics.mean(rec.evaluation["final"]), 4),
         "fingerprint": fingerprint, "shipped_fingerprint": PolicyWeights.load(PRETRAINED / "learned.safetensors").fingerprint(),

@@ -108,8 +108,8 @@ class Bench:
         self.device, self.weights = device, dict(weights or {})
         self.jobs_dir = self.out / "jobs"
         self.done: dict[str, dict[str, Any]] = {}
-        self.holds = _union(_saved_suite(self.out), suite, self.out)  # every method and cell the directory holds
-        self.results_dir = results_dir(suite, self.out, self.holds)
+        _union(_saved_suite(self.out), suite, self.out)  # a directory of a different suite is refused here, before any work
+        self.results_dir = self.out  # where run() writes results.json (OUT/parts/KEY for a part of the directory's suite)
         if self.jobs_dir.is_dir():
             for f in sorted(self.jobs_dir.glob("*.json")):
                 try:
@@ -190,9 +190,9 @@ class Bench:
 
     def run(self, executor: Any, progress: Callable[..., Any] | None = None) -> dict[str, Any]:
         with DirectoryLock(self.out):
-            self.holds = _union(_saved_suite(self.out), self.suite, self.out)  # under the lock: another run may have widened it
-            self.results_dir = results_dir(self.suite, self.out, self.holds)
-            write_json(self.out / "suite.json", self.holds.to_dict())
+            holds = _union(_saved_suite(self.out), self.suite, self.out)  # read under the lock: another run may have widened it
+            self.results_dir = results_dir(self.suite, self.out, holds)
+            write_json(self.out / "suite.json", holds.to_dict())
             cells = self.suite.cells
             wave1 = [j for c in cells for js in self.tuning_jobs(c).values() for j in js]
             wave1 += [j for c in cells for j in self.scoring_jobs(c, "self_tuning", False)]

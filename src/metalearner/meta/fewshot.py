@@ -313,8 +313,8 @@ def nearest_centroid(family: Any, *, n_tasks: int, seed: int = 12345, chunk: int
         means = onehot.transpose(1, 2) @ xs / onehot.sum(1)[:, :, None]  # (tasks, way, features)
         hits.append((torch.cdist(xq, means).argmin(-1) == yq).double().mean(1))
     acc = torch.cat(hits)
-    half = 1.96 * float(acc.std()) / math.sqrt(len(acc))
-    return {"metric": "acc", "mean": float(acc.mean()), "ci95": [float(acc.mean()) - half, float(acc.mean()) + half], "n_tasks": len(acc)}
+    mean, half = float(acc.mean()), 1.96 * float(acc.std()) / math.sqrt(len(acc))
+    return {"metric": "acc", "mean": mean, "ci95": [mean - half, mean + half], "n_tasks": len(acc)}
 
 
 FEWSHOT_TASKS = ("sinusoid", "mnist", "fashion_mnist")
