@@ -147,6 +147,37 @@ def test_member_initial_weights_are_build_models(family):
         assert torch.equal(state.params[i], step.layout.flatten(model))
 
 
+def test_weight_reparameterisation_scales_each_tensors_step_and_nothing_else():
+    """With ``w = s w'`` per tensor, the model starts from the same weights, the task's other
+    draws are unchanged, and the untrained kernel (Adam, scale-free in the gradient) moves
+    each tensor as Adam with the learning rate ``s · lr`` would."""
+    cfg = replace(FAMILIES["mlp"], weight_scales=(0.2, 5.0))
+    plain, step = PopulationStep(FAMILIES["mlp"], LOPT), PopulationStep(cfg, LOPT)
+    state = step.init_step_state(torch.arange(2), key=5)
+    for i in range(2):
+        task, task_off = step._task(5, i, 0), plain._task(5, i, 0)
+        assert {k: v for k, v in task.items() if k != "weight_scale"} == task_off
+        model = build_model(cfg.model(), step.data.input_shape, step.data.n_classes, seed=task["init_seed"])
+        torch.testing.assert_close(state.params[i] * state.weight_scale[i], step.layout.flatten(model))
+        scales = [t.unique() for t in torch.split(state.weight_scale[i], step.layout.sizes)]
+        assert all(len(s) == 1 and 0.2 <= float(s) <= 5.0 for s in scales) and len({float(s) for s in scales}) > 1
+    moved, _ = step.unroll_step(LOPT.init_theta()[None].expand(2, -1), state, 1)
+    i, B = 1, cfg.batch_size
+    model = build_model(cfg.model(), step.data.input_shape, step.data.n_classes, seed=step._task(5, i, 0)["init_seed"])
+    lr = float(state.base_lr[i])
+    adam = torch.optim.Adam([{"params": [p], "lr": lr * float(s)} for p, s in zip(model.parameters(), scales)])
+    idx = state.perm[i, :B]
+    F.cross_entropy(model(step.data.x_train[idx] * state.input_scale[i]), step.data.y_train[idx]).backward()
+    adam.step()
+    # (Adam's ε sees the scaled gradient: entries whose gradient is near ε differ by ~1e-5)
+    torch.testing.assert_close(moved.params[i] * moved.weight_scale[i], step.layout.flatten(model), rtol=1e-5, atol=2e-5)
+
+
+def test_weight_scales_must_be_an_increasing_positive_range():
+    with pytest.raises(ConfigError, match="weight_scales"):
+        replace(FAMILIES["mlp"], weight_scales=(2.0, 1.0))
+
+
 def test_untrained_kernel_is_torch_adam():
     step = PopulationStep(FAMILIES["mlp"], LOPT)
     model = build_model(FAMILIES["mlp"].model(), step.data.input_shape, step.data.n_classes, seed=3)

@@ -87,6 +87,9 @@ class PopulationConfig:
     batch_size: int = 64
     base_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     input_scales: tuple[float, ...] = (0.5, 1.0, 2.0)  # augmentation: inputs times this factor
+    # augmentation: the model computes with w = s * w' and the optimizer moves w', one s per
+    # tensor drawn log-uniformly from this range each episode; (1, 1) is off
+    weight_scales: tuple[float, float] = (1.0, 1.0)
     horizon_epochs: tuple[float, float] = (0.5, 10.0)  # log-uniform
     eval_every: int = 16
     n_val: int = 256  # validation examples scored at every evaluation (the same for every member)
@@ -100,9 +103,15 @@ class PopulationConfig:
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         object.__setattr__(self, "data_options", tuple(tuple(kv) for kv in self.data_options))  # JSON gives lists
         lo, hi = self.horizon_epochs
+        if not 0 < self.weight_scales[0] <= self.weight_scales[1]:
+            raise ConfigError(f"weight_scales must be (lo, hi) with 0 < lo <= hi, got {self.weight_scales}")
         if not 0 < lo <= hi or self.eval_every < 1 or self.batch_size < 1 or self.n_val < 1:
             raise ConfigError("0 < horizon_epochs[0] <= horizon_epochs[1], eval_every >= 1, batch_size >= 1 and n_val >= 1 are required")
         self.model()  # validates family, depth, width, activation
+
+    @property
+    def reparameterise(self) -> bool:
+        return tuple(self.weight_scales) != (1.0, 1.0)
 
     def model(self) -> ModelConfig:
         return ModelConfig(family=self.family, depth=self.depth, width=self.width, activation=self.activation)
@@ -174,6 +183,7 @@ class PopulationState:
     base_lr: torch.Tensor
     input_scale: torch.Tensor
     val0: torch.Tensor  # validation loss of the initial weights: the meta-loss's yardstick
+    weight_scale: torch.Tensor | None  # (P, N) the model computes with weight_scale * params; None: off
     slot: torch.Tensor  # members with equal (key, slot, episode) train the same task
     episode: torch.Tensor
     key: torch.Tensor  # () the population's seed
@@ -213,26 +223,45 @@ class PopulationStep:
             "input_scale": float(cfg.input_scales[int(rng.integers(len(cfg.input_scales)))]),
             "init_seed": int(rng.integers(2**31)),
             "data_seed": int(rng.integers(2**31)),
+            **self._weight_scales(rng),
         }
+
+    def _weight_scales(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """The re-parameterisation's ``(N,)`` scale, one log-uniform draw per tensor (drawn
+        after the other task draws, so turning it on changes nothing else about a task)."""
+        if not self.config.reparameterise:
+            return {}
+        lo, hi = (math.log(v) for v in self.config.weight_scales)
+        per_tensor = torch.from_numpy(np.exp(rng.uniform(lo, hi, len(self.layout.sizes)))).float()
+        return {"weight_scale": per_tensor.repeat_interleave(torch.tensor(self.layout.sizes))}
+
+    def _weights(self, params: torch.Tensor, weight_scale: torch.Tensor | None) -> torch.Tensor:
+        """The weights the model computes with: ``params`` themselves, or scaled."""
+        return params if weight_scale is None else params * weight_scale
 
     def _reset(self, state: PopulationState, mask: torch.Tensor, horizon: int | None = None) -> PopulationState:
         """Members in ``mask`` start a new episode (episode counter already advanced)."""
         rows = mask.nonzero().flatten().tolist()
         params, perm = state.params.clone(), state.perm.clone()
         horizon_t, base_lr, scale = state.horizon.clone(), state.base_lr.clone(), state.input_scale.clone()
+        weight_scale = None if state.weight_scale is None else state.weight_scale.clone()
         key = int(state.key)
         for i in rows:
             task = self._task(key, int(state.slot[i]), int(state.episode[i]))
             u = torch.rand(self.layout.n_params, generator=torch.Generator().manual_seed(task["init_seed"]))
             params[i] = (2 * u - 1) * self.init_bound
+            if weight_scale is not None:  # the same initial weights w, held as w' = w / s
+                weight_scale[i] = task["weight_scale"]
+                params[i] /= weight_scale[i]
             perm[i] = torch.randperm(self.data.n_train, generator=torch.Generator().manual_seed(task["data_seed"]))
             horizon_t[i] = task["horizon"] if horizon is None else horizon
             base_lr[i], scale[i] = task["base_lr"], task["input_scale"]
         zero = torch.zeros_like(state.pos)
         val0 = state.val0.clone()
-        val0[mask] = self._val_loss(params[mask], scale[mask])
+        val0[mask] = self._val_loss(self._weights(params, weight_scale)[mask], scale[mask])
         return replace(state, params=params, opt=reset_rows(state.opt, mask), perm=perm, pos=torch.where(mask, zero, state.pos),
-                       step=torch.where(mask, zero, state.step), horizon=horizon_t, base_lr=base_lr, input_scale=scale, val0=val0)  # fmt: skip
+                       step=torch.where(mask, zero, state.step), horizon=horizon_t, base_lr=base_lr, input_scale=scale, val0=val0,
+                       weight_scale=weight_scale)  # fmt: skip
 
     def init_step_state(self, slots: torch.Tensor, key: int, horizon: int | None = None) -> PopulationState:
         """A fresh population; ``horizon`` fixes every member's first episode length
@@ -245,6 +274,7 @@ class PopulationStep:
             params=torch.zeros(P, self.layout.n_params), opt=self.lopt.init_state(P, self.layout),
             perm=torch.zeros(P, self.data.n_train, dtype=i64), pos=torch.zeros(P, dtype=i64), step=torch.zeros(P, dtype=i64),
             horizon=torch.zeros(P, dtype=i64), base_lr=zeros, input_scale=zeros, val0=zeros,
+            weight_scale=torch.ones(P, self.layout.n_params) if self.config.reparameterise else None,
             slot=torch.as_tensor(slots, dtype=i64).clone(), episode=torch.zeros(P, dtype=i64),
             key=torch.tensor(key, dtype=i64), clock=torch.tensor(0, dtype=i64),
         )  # fmt: skip
@@ -272,7 +302,7 @@ class PopulationStep:
             y = self.data.y_train.index_select(0, idx).view(-1, B)
             w = state.params.detach().requires_grad_(True)
             with torch.enable_grad():
-                losses = member_losses(self.forward(w, x), y)
+                losses = member_losses(self.forward(self._weights(w, state.weight_scale), x), y)
                 (grad,) = torch.autograd.grad(losses.sum(), w)
             losses = losses.detach()
             clock = int(state.clock) + 1
@@ -283,7 +313,8 @@ class PopulationStep:
             term = cfg.train_weight * log_ratio(losses, state.val0) / T
             done = torch.zeros_like(step, dtype=torch.bool)
             if clock % cfg.eval_every == 0:
-                val = log_ratio(self._val_loss(self.lopt.eval_params(params, opt), state.input_scale), state.val0)
+                at = self._weights(self.lopt.eval_params(params, opt), state.weight_scale)
+                val = log_ratio(self._val_loss(at, state.input_scale), state.val0)
                 done = step >= T
                 term = term + cfg.val_weight * val * cfg.eval_every / T + torch.where(done, cfg.final_weight * val, 0.0)
             terms.append(term)
