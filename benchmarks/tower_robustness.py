@@ -32,25 +32,25 @@ BASES = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 GOAL_SPREAD_PP, GOAL_TIME_PER_LEVEL = 1.0, 0.05
 
 
-def make_optimizer(method: str, params, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(method: str, params, lr: float, **tower_options) -> torch.optim.Optimizer:
     """``sgd`` / ``adam``, or ``tower_<base>_h<height>`` (``_all``: also momentum/betas)."""
     if method in BASES:
         return BASES[method](params, lr=lr)
     _, base, height, *learn = method.split("_")
-    return make_tower(params, lr, base=base, height=int(height[1:]), learn="all" if learn else "lr")
+    return make_tower(params, lr, base=base, height=int(height[1:]), learn="all" if learn else "lr", **tower_options)
 
 
 def methods() -> list[str]:
     return [m for base in BASES for m in (base, *(f"tower_{base}_h{h}" for h in HEIGHTS))]
 
 
-def accuracies(task, method: str, steps: int) -> list[float]:
+def accuracies(task, method: str, steps: int, **tower_options) -> list[float]:
     """Final test accuracy from each initial learning rate (same weights and batches); a run
     that diverged (``fit`` stops at a non-finite loss) scores what its model scores then."""
     out = []
     for lr in LRS:
         model = task.build_model(seed=0)
-        result = fit(model, make_optimizer(method, model.parameters(), lr), task, steps=steps, seed=0)
+        result = fit(model, make_optimizer(method, model.parameters(), lr, **tower_options), task, steps=steps, seed=0)
         if "test_acc" not in result.final:
             result.final["test_acc"] = evaluate(model, task.data.x_test, task.data.y_test, task.loss_fn)[1]
         out.append(float(result.final["test_acc"]))

@@ -147,9 +147,11 @@ def sgd_update(
 
 
 def basis_dots(grads: list[Tensor], basis: list[list[Tensor]]) -> list[float]:
-    """``[Σ_i ⟨g_i, b_i⟩ for each basis vector b]``, read to the host at once."""
-    dots = torch.stack([torch.dot(g.reshape(-1), b.reshape(-1)) for vecs in basis for g, b in zip(grads, vecs)])
-    return dots.reshape(len(basis), len(grads)).sum(1).tolist()
+    """``[Σ_i ⟨g_i, b_i⟩ for each basis vector b]``, read to the host at once. (One ``dot`` per
+    tensor, flattening only what is not flat: on a small network the step's cost is per-op.)"""
+    flat = [g if g.dim() == 1 else g.reshape(-1) for g in grads]
+    dots = torch.stack([torch.dot(g, b if b.dim() == 1 else b.reshape(-1)) for vecs in basis for g, b in zip(flat, vecs)])
+    return dots.view(len(basis), len(grads)).sum(1).tolist()
 
 
 def hypergradients(grad0: list[float], last_moves: Levels) -> Levels:
