@@ -1,9 +1,10 @@
 """Dev tasks for ``learned_sf`` weights: compare candidate weights before shipping, away from the benchmark.
 
-Four networks that are not benchmark cells (MNIST-1D MLP 2x256 relu, digits MLP 3x32 tanh,
+Six networks that are not benchmark cells (MNIST-1D MLP 2x256 relu, digits MLP 3x32 tanh,
 synthetic MLP 2x64 relu, MNIST 784-512-10 tanh: MNIST is a benchmark data set, this network is
-not a cell), each from base lrs 1e-3, 2.5e-3 and 1e-2, seed 0, with ``fit`` (4 evaluations per
-epoch). For each weights file: every run's final validation accuracy, the mean of its
+not a cell; and, since the seventh meta-training, whose MLP-only dev set could not see that it
+was slower on the benchmark's CNN and GRU cells, a digits CNN 2x16 and an MNIST-1D GRU 1x32),
+each from base lrs 1e-3, 2.5e-3 and 1e-2, seed 0, with ``fit`` (4 evaluations per epoch). For each weights file: every run's final validation accuracy, the mean of its
 validation-accuracy curve (an area under it: getting there early counts) and the learned
 multipliers at the end; then the means over all runs. The shipping rule used in
 ``docs/meta_training.md``: a candidate replaces the shipped weights only if both means are at
@@ -11,6 +12,7 @@ least the shipped weights'.
 
     python benchmarks/learned_dev.py --quick                        # one task, one lr, shipped weights (seconds)
     python benchmarks/learned_dev.py runs/meta/learned/learned.safetensors   # shipped vs a candidate
+    python benchmarks/learned_dev.py OTHER --tag NAME    # writes results/learned_dev_NAME.json instead
 """
 
 from __future__ import annotations
@@ -23,19 +25,22 @@ from metalearner.lopt.learned import LearnedOptimizer
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from metalearner.train.fit import fit
 
-DEV = (  # dataset, depth, width, activation, n_train, batch, epochs
-    ("mnist1d", 2, 256, "relu", None, 128, 4),
-    ("digits", 3, 32, "tanh", None, 32, 6),
-    ("synthetic", 2, 64, "relu", 8000, 128, 3),
-    ("mnist", 1, 512, "tanh", None, 128, 2),
+DEV = (  # dataset, family, depth, width, activation, n_train, batch, epochs
+    ("mnist1d", "mlp", 2, 256, "relu", None, 128, 4),
+    ("digits", "mlp", 3, 32, "tanh", None, 32, 6),
+    ("synthetic", "mlp", 2, 64, "relu", 8000, 128, 3),
+    ("mnist", "mlp", 1, 512, "tanh", None, 128, 2),
+    ("digits", "cnn", 2, 16, "relu", None, 32, 6),
+    ("mnist1d", "rnn", 1, 32, "tanh", None, 128, 4),
 )
 LRS = (1e-3, 2.5e-3, 1e-2)
 
 
 def evaluate_weights(weights: str, dev, lrs, data_dir: str | None) -> dict:
     runs = []
-    for ds, depth, width, act, n_train, batch, epochs in dev:
-        cfg = TaskConfig(dataset=ds, model=ModelConfig(depth=depth, width=width, activation=act), n_train=n_train, batch_size=batch)
+    for ds, family, depth, width, act, n_train, batch, epochs in dev:
+        model_cfg = ModelConfig(family=family, depth=depth, width=width, activation=act)
+        cfg = TaskConfig(dataset=ds, model=model_cfg, n_train=n_train, batch_size=batch)
         task = make_task(cfg, data_dir=data_dir)
         per_epoch = max(1, len(task.data.x_train) // batch)
         for lr in lrs:
@@ -43,7 +48,7 @@ def evaluate_weights(weights: str, dev, lrs, data_dir: str | None) -> dict:
             opt = LearnedOptimizer(model.parameters(), lr=lr, weights=weights)
             res = fit(model, opt, task, epochs=epochs, eval_every=max(1, per_epoch // 4), seed=0, test=False)
             accs = [h["val_acc"] for h in res.history]
-            runs.append({"task": f"{ds}/mlp-{depth}x{width}-{act}", "lr": lr, "final_acc": accs[-1], "auc": statistics.mean(accs),
+            runs.append({"task": f"{ds}/{family}-{depth}x{width}-{act}", "lr": lr, "final_acc": accs[-1], "auc": statistics.mean(accs),
                          "multipliers": [round(s, 2) for s in opt.lr_scales().tolist()]})  # fmt: skip
             print(runs[-1], flush=True)
     return {"mean_final_acc": statistics.mean(r["final_acc"] for r in runs), "mean_auc": statistics.mean(r["auc"] for r in runs), "runs": runs}
@@ -54,6 +59,7 @@ def main() -> None:
     ap.add_argument("candidates", nargs="*", help="weights files to compare with the shipped ones")
     ap.add_argument("--quick", action="store_true", help="one task, one lr (seconds); nothing written")
     ap.add_argument("--data-dir", default=default_data_dir())
+    ap.add_argument("--tag", default=None, help="write results/learned_dev_TAG.json (keeps learned_dev.json)")
     args = ap.parse_args()
     dev, lrs = (DEV[1:2], LRS[1:2]) if args.quick else (DEV, LRS)
     results = {w: evaluate_weights(w, dev, lrs, args.data_dir) for w in ("default", *args.candidates)}
@@ -63,7 +69,7 @@ def main() -> None:
                "beats_shipped": name != "default" and r["mean_final_acc"] >= shipped["mean_final_acc"] and r["mean_auc"] >= shipped["mean_auc"]}
         for name, r in results.items()
     }  # fmt: skip
-    finish("learned_dev", summary, {"results": results}, quick=args.quick)
+    finish("learned_dev" + (f"_{args.tag}" if args.tag else ""), summary, {"results": results}, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -303,10 +303,9 @@ SAFETY_TASKS = {
 }
 
 
-# At ten times its default lr on digits the policy keeps the lr high; validation accuracy once
+# At ten times its default lr on digits the policy keeps the lr high and validation accuracy
 # sank 9-13 points below its best under meta-training's 3x spike guard (Schedule-Free AdamW at
-# the same lr: 2); the front's stricter 2x guard (SPIKE_GUARD) catches it (3-5 points with the
-# weights shipped now, 5-7 with the previous ones).
+# the same lr: 2); the front's stricter 2x guard (SPIKE_GUARD) catches it (5-7 points).
 SAFETY_CASES = [(name, lr) for name in SAFETY_TASKS for lr in (2.5e-3, 2.5e-2)]  # the default lr, and ten times it
 
 
