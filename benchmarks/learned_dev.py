@@ -4,7 +4,8 @@ Six networks that are not benchmark cells (MNIST-1D MLP 2x256 relu, digits MLP 3
 synthetic MLP 2x64 relu, MNIST 784-512-10 tanh: MNIST is a benchmark data set, this network is
 not a cell; and, since the seventh meta-training, whose MLP-only dev set could not see that it
 was slower on the benchmark's CNN and GRU cells, a digits CNN 2x16 and an MNIST-1D GRU 1x32),
-each from base lrs 1e-3, 2.5e-3 and 1e-2, seed 0, with ``fit`` (4 evaluations per epoch). For each weights file: every run's final validation accuracy, the mean of its
+each from base lrs 1e-3, 2.5e-3 and 1e-2, seed 0, with ``fit`` (4 evaluations per epoch).
+For each weights file: every run's final validation accuracy, the mean of its
 validation-accuracy curve (an area under it: getting there early counts) and the learned
 multipliers at the end; then the means over all runs. The shipping rule used in
 ``docs/meta_training.md``: a candidate replaces the shipped weights only if both means are at

@@ -174,8 +174,9 @@ def test_weight_reparameterisation_scales_each_tensors_step_and_nothing_else():
 
 
 def test_weight_scales_must_be_an_increasing_positive_range():
-    with pytest.raises(ConfigError, match="weight_scales"):
-        replace(FAMILIES["mlp"], weight_scales=(2.0, 1.0))
+    for bad in ((2.0, 1.0), (0.0, 1.0), (0.5, 1.0, 2.0)):
+        with pytest.raises(ConfigError, match="weight_scales"):
+            replace(FAMILIES["mlp"], weight_scales=bad)
 
 
 def test_untrained_kernel_is_torch_adam():

@@ -103,7 +103,7 @@ class PopulationConfig:
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         object.__setattr__(self, "data_options", tuple(tuple(kv) for kv in self.data_options))  # JSON gives lists
         lo, hi = self.horizon_epochs
-        if not 0 < self.weight_scales[0] <= self.weight_scales[1]:
+        if len(self.weight_scales) != 2 or not 0 < self.weight_scales[0] <= self.weight_scales[1]:
             raise ConfigError(f"weight_scales must be (lo, hi) with 0 < lo <= hi, got {self.weight_scales}")
         if not 0 < lo <= hi or self.eval_every < 1 or self.batch_size < 1 or self.n_val < 1:
             raise ConfigError("0 < horizon_epochs[0] <= horizon_epochs[1], eval_every >= 1, batch_size >= 1 and n_val >= 1 are required")
@@ -111,7 +111,7 @@ class PopulationConfig:
 
     @property
     def reparameterise(self) -> bool:
-        return tuple(self.weight_scales) != (1.0, 1.0)
+        return self.weight_scales != (1.0, 1.0)  # a tuple since __post_init__
 
     def model(self) -> ModelConfig:
         return ModelConfig(family=self.family, depth=self.depth, width=self.width, activation=self.activation)
