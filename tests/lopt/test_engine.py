@@ -14,8 +14,8 @@ from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.engine import EngineConfig, run
 from metalearner.lopt.estimators import PES, AntitheticES
 from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel, ParamLayout
-from metalearner.lopt.truncation import PopulationConfig, PopulationStep, UnrollOut, log_ratio
-from metalearner.tasks.models import build_model
+from metalearner.lopt.truncation import PopulationConfig, PopulationStep, UnrollOut, batched_forward, log_ratio
+from metalearner.tasks.models import ModelConfig, build_model
 
 torch.set_num_threads(1)
 
@@ -106,7 +106,21 @@ TINY_POP = dict(dataset="digits", n_train=256, depth=1, width=8, activation="tan
 FAMILIES = {
     "mlp": PopulationConfig(**TINY_POP, horizon_epochs=(0.25, 0.5)),
     "cnn": PopulationConfig(**{**TINY_POP, "family": "cnn", "depth": 1, "width": 4}, horizon_epochs=(0.25, 0.5)),
+    "rnn": PopulationConfig(**{**TINY_POP, "dataset": "synthetic", "data_options": (("n_features", 8),), "family": "rnn",
+                               "width": 4}, horizon_epochs=(0.25, 0.5)),
 }
+
+
+@pytest.mark.parametrize("shape", [(12,), (2, 6), (1, 5, 4)])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_batched_gru_is_the_modules_forward(shape, depth):
+    cfg = ModelConfig(family="rnn", depth=depth, width=6, activation="tanh")
+    models = [build_model(cfg, shape, 3, seed=s) for s in range(3)]
+    layout = ParamLayout.of(models[0])
+    forward = batched_forward(cfg, layout, models[0])
+    x = torch.randn(3, 5, *shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.stack([m(x[i]) for i, m in enumerate(models)])
+    torch.testing.assert_close(forward(torch.stack([layout.flatten(m) for m in models]), x), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -147,8 +147,39 @@ def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Modu
             return h
 
         return mlp
+    if cfg.family == "rnn":
+        return _batched_gru(cfg, layout, module)
     call = torch.func.vmap(lambda p, x: torch.func.functional_call(module, p, (x,)))
     return lambda params, x: call(layout.views(params), x)
+
+
+def _batched_gru(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module) -> Callable:
+    """The ``rnn`` family's GRU classifier (``torch.func.vmap`` has no batching rule for
+    ``aten::gru``): ``nn.GRU``'s equations step by step, as batched products over members."""
+    act = ACTIVATIONS[cfg.activation]()
+
+    def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (P, B, I) -> (P, B, O)
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+
+    def gru(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = layout.views(params)
+        n_members, n = x.shape[:2]
+        seq = module.sequence(x.reshape(n_members * n, *x.shape[2:])).reshape(n_members, n, -1, module.gru.input_size)
+        for layer in range(cfg.depth):
+            w_ih, w_hh, b_ih, b_hh = (p[f"gru.{t}_l{layer}"] for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            gates_x = linear(seq.flatten(1, 2), w_ih, b_ih).unflatten(1, seq.shape[1:3])  # every step's input at once
+            h = seq.new_zeros(n_members, n, cfg.width)
+            outputs = []
+            for t in range(seq.shape[2]):
+                x_r, x_z, x_n = gates_x[:, :, t].chunk(3, -1)
+                h_r, h_z, h_n = linear(h, w_hh, b_hh).chunk(3, -1)
+                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                h = torch.lerp(torch.tanh(x_n + r * h_n), h, z)  # (1 - z)·n + z·h
+                outputs.append(h)
+            seq = torch.stack(outputs, 2)
+        return linear(act(seq[:, :, -1]), p["head.weight"], p["head.bias"])
+
+    return gru
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -157,16 +188,23 @@ def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
 
 
+_RNN_TENSORS = ("weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l")
+
+
 def default_init_bound(layout: ParamLayout) -> torch.Tensor:
     """``(N,)``: PyTorch's default initialisation of ``Linear`` and ``Conv`` layers draws each
-    weight and bias from ``U(−b, b)``, ``b = 1/√fan_in``, tensor after tensor; so
+    weight and bias from ``U(−b, b)``, ``b = 1/√fan_in`` (``GRU``: ``1/√hidden``), tensor after tensor; so
     ``(2u − 1)·b`` with ``u = torch.rand(N)`` under seed ``s`` is bit for bit the flat
     ``build_model(..., seed=s)``, without building a module per member."""
     shapes = dict(zip(layout.names, layout.shapes))
     bounds = []
     for name, size in zip(layout.names, layout.sizes):
-        weight = shapes[name.rsplit(".", 1)[0] + ".weight"]
-        bounds.append(torch.full((size,), math.prod(weight[1:]) ** -0.5))
+        module, leaf = name.rsplit(".", 1)
+        if leaf.startswith(_RNN_TENSORS):  # nn.GRU draws every tensor from U(−b, b), b = 1/√hidden
+            fan_in = shapes[f"{module}.weight_hh_l0"][1]
+        else:
+            fan_in = math.prod(shapes[f"{module}.weight"][1:])
+        bounds.append(torch.full((size,), fan_in**-0.5))
     return torch.cat(bounds)
 
 

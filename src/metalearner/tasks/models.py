@@ -104,16 +104,18 @@ class _GRUClassifier(nn.Module):
         self.act = ACTIVATIONS[cfg.activation]()
         self.head = nn.Linear(cfg.width, n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` inputs -> ``(B, L, features)``, the steps the GRU reads."""
         n = x.shape[0]
         if len(self.input_shape) == 1:
-            seq = x.reshape(n, -1, 1)
-        elif len(self.input_shape) == 2:
-            seq = x.reshape(n, *self.input_shape).transpose(1, 2)
-        else:
-            c, h, w = self.input_shape
-            seq = x.reshape(n, c, h, w).permute(0, 2, 1, 3).reshape(n, h, c * w)
-        out, _ = self.gru(seq)
+            return x.reshape(n, -1, 1)
+        if len(self.input_shape) == 2:
+            return x.reshape(n, *self.input_shape).transpose(1, 2)
+        c, h, w = self.input_shape
+        return x.reshape(n, c, h, w).permute(0, 2, 1, 3).reshape(n, h, c * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(self.sequence(x))
         return self.head(self.act(out[:, -1]))
 
 
