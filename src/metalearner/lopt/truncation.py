@@ -170,11 +170,11 @@ def _batched_gru(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module)
             gates_x = linear(seq.flatten(1, 2), w_ih, b_ih).unflatten(1, seq.shape[1:3])  # every step's input at once
             h = seq.new_zeros(n_members, n, cfg.width)
             outputs = []
-            for t in range(seq.shape[2]):
-                x_r, x_z, x_n = gates_x[:, :, t].chunk(3, -1)
-                h_r, h_z, h_n = linear(h, w_hh, b_hh).chunk(3, -1)
-                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
-                h = torch.lerp(torch.tanh(x_n + r * h_n), h, z)  # (1 - z)·n + z·h
+            for x_t in gates_x.unbind(2):  # (unbind, not indexing: its backward is one stack, not a zero tensor per step)
+                x_rz, x_new = x_t.split((2 * cfg.width, cfg.width), -1)
+                h_rz, h_new = linear(h, w_hh, b_hh).split((2 * cfg.width, cfg.width), -1)
+                r, z = torch.sigmoid(x_rz + h_rz).chunk(2, -1)
+                h = torch.lerp(torch.tanh(x_new + r * h_new), h, z)  # (1 - z)·new + z·h
                 outputs.append(h)
             seq = torch.stack(outputs, 2)
         return linear(act(seq[:, :, -1]), p["head.weight"], p["head.bias"])
