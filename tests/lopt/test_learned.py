@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.functional import KERNEL_FEATURES, MAX_MOVE, LearnedKernel, ParamLayout
+from metalearner.lopt.functional import KERNEL_FEATURES, KERNEL_FEATURES_FAN_IN, MAX_MOVE, LearnedKernel, ParamLayout
 from metalearner.lopt.learned import SPIKE_GUARD, LearnedOptimizer
 from metalearner.lopt.policy import PolicyWeights, default_weights
 from metalearner.tasks.models import ModelConfig, build_model
@@ -27,8 +28,8 @@ def _data(n: int = 64):
     return torch.randn(n, 20, generator=gen), torch.randint(0, 4, (n,), generator=gen)
 
 
-def _random_policy(seed: int = 0, scale: float = 0.5) -> PolicyWeights:
-    w = PolicyWeights.init(CONFIG)
+def _random_policy(seed: int = 0, scale: float = 0.5, config=CONFIG) -> PolicyWeights:
+    w = PolicyWeights.init(config)
     theta = w.flat() + scale * torch.randn(w.n_params, generator=torch.Generator().manual_seed(seed))
     return w.with_flat(theta)
 
@@ -63,14 +64,16 @@ def test_untrained_is_the_base_optimizer(base):
     assert ours.param_groups[0]["effective_lr"] == 3e-3 and ours.param_groups[0]["lr"] == 3e-3
 
 
+@pytest.mark.parametrize("features", ["default", "fan_in"])
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])
-def test_the_front_is_the_kernel_with_one_member(base):
+def test_the_front_is_the_kernel_with_one_member(base, features):
     """Weights trained batched behave the same in the torch.optim front (in float64: the
     online normalisation and a random policy amplify float32's summation-order noise)."""
-    weights = _random_policy()
+    config = CONFIG if features == "default" else replace(CONFIG, features=KERNEL_FEATURES_FAN_IN)
+    weights = _random_policy(config=config)
     x, y = (t.double() if t.is_floating_point() else t for t in _data())
     model = _model().double()
-    kernel = LearnedKernel(CONFIG, base=base, spike_guard=SPIKE_GUARD)  # the front's guard
+    kernel = LearnedKernel(config, base=base, spike_guard=SPIKE_GUARD)  # the front's guard
     layout = ParamLayout.of(model)
     flat, state = layout.flatten(model)[None], kernel.init_state(1, layout, dtype=torch.float64)
     theta = weights.flat().double()[None]
@@ -88,6 +91,16 @@ def test_the_front_is_the_kernel_with_one_member(base):
     torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(opt.kstate.history, state.history, rtol=1e-9, atol=1e-9)  # every feature, motion_cos too
     assert opt.kstate.history[0, :, :, KERNEL_FEATURES.index("log_lr_scale")].abs().sum() > 0  # the policy did act
+
+
+def test_log10_fan_in_is_each_tensors_fan_in_in_decades():
+    cnn = build_model(ModelConfig(family="cnn", depth=1, width=4, activation="relu"), (1, 6, 6), 3, seed=0)
+    # conv (4, 1, 3, 3): 9; its bias; head (3, 4): 4; its bias
+    torch.testing.assert_close(ParamLayout.of(cnn).log10_fan_in(), torch.tensor([math.log10(9), 0.0, math.log10(4), 0.0]))
+    kernel = LearnedKernel(replace(CONFIG, features=KERNEL_FEATURES_FAN_IN))
+    state = kernel.init_state(1, ParamLayout.of(cnn))
+    with pytest.raises(ValueError, match="log10_fan_in"):
+        kernel.observe(kernel.init_theta()[None], state, *(torch.ones(1, 4),) * 3, torch.zeros(1, 4))
 
 
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])

@@ -53,7 +53,8 @@ from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, ONLINE, SPIKE
 KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
                                        "log_grad_norm", "log_update_ratio", "update_ratio_level", "log_lr_scale")
 KERNEL_FEATURES: tuple[str, ...] = (*KERNEL_FEATURES_V1, "motion_cos")  # what new policies read
-FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1)  # V1: weights trained before motion_cos
+KERNEL_FEATURES_FAN_IN: tuple[str, ...] = (*KERNEL_FEATURES, "log10_fan_in")  # an experiment (docs/meta_training.md)
+FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1, KERNEL_FEATURES_FAN_IN)  # V1: weights trained before motion_cos
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,11 @@ class ParamLayout:
         """Named ``(P, *shape)`` views of a ``(P, N)`` buffer (gradients flow to ``flat``)."""
         parts = torch.split(flat, self.sizes, dim=-1)
         return {n: t.reshape(*flat.shape[:-1], *s) for n, t, s in zip(self.names, parts, self.shapes)}
+
+    def log10_fan_in(self) -> torch.Tensor:
+        """``(J,)``: ``log₁₀`` of each tensor's fan-in (its size over its first dimension; 0 for
+        vectors), what the ``log10_fan_in`` feature reads."""
+        return torch.tensor([math.log10(math.prod(s[1:])) for s in self.shapes])
 
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
@@ -182,6 +188,7 @@ class LearnedKernel:
         self.spike = math.log(spike_guard)
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
+        self.reads_fan_in = "log10_fan_in" in config.features
         self._policy = torch.func.vmap(partial(policy_forward, activation=config.activation))
 
     @staticmethod
@@ -277,19 +284,23 @@ class LearnedKernel:
         if loss is not None:
             state = replace(state, loss_sum=state.loss_sum + loss, loss_n=state.loss_n + 1)
         if observe:
-            state = self.observe(theta, state, grad_sq, sq(delta), sq(new_params), cos)
+            fan_in = layout.log10_fan_in().to(params) if self.reads_fan_in else None
+            state = self.observe(theta, state, grad_sq, sq(delta), sq(new_params), cos, fan_in)
         return new_params, state
 
     def observe(self, theta: torch.Tensor, state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,
-                param_sq: torch.Tensor, motion: torch.Tensor | None = None) -> KernelState:  # fmt: skip
+                param_sq: torch.Tensor, motion: torch.Tensor | None = None, fan_in: torch.Tensor | None = None) -> KernelState:  # fmt: skip
         """The observation at the end of a window: from each tensor's squared gradient, update
-        and weight norms (``(P, J)`` each, after the step) and ``motion`` (``(P, J)``, the
-        ``motion_cos`` feature, taken before the step; needed when the policy reads it), push
+        and weight norms (``(P, J)`` each, after the step), ``motion`` (``(P, J)``, the
+        ``motion_cos`` feature, taken before the step) and ``fan_in`` (``(J,)``,
+        :meth:`ParamLayout.log10_fan_in`), each needed when the policy reads it, push
         the features into the history and let the policy set the new scales (bounded, with the
         spike guard). ``update`` calls it; the per-tensor front computes the norms its own way
         and calls it directly."""
         if self.reads_motion and motion is None:
             raise ValueError("this policy reads motion_cos: pass observe(..., motion=...)")
+        if self.reads_fan_in and fan_in is None:
+            raise ValueError("this policy reads log10_fan_in: pass observe(..., fan_in=...)")
         mean_loss = state.loss_sum / state.loss_n
         log_l = mean_loss.log()
         first = state.n_obs == 0
@@ -305,7 +316,8 @@ class LearnedKernel:
                   "loss_vs_min": log_l - min_loss.log(), "loss_vs_ema": log_l - ema_prev.log()}  # fmt: skip
         columns = {**{k: v[:, None].expand(P, J) for k, v in member.items()}, "log_grad_norm": 0.5 * grad_sq.log(),
                    "log_update_ratio": log_ratio, "update_ratio_level": log_ratio / math.log(10) + 3,
-                   "log_lr_scale": state.log_scale, "motion_cos": motion}  # fmt: skip
+                   "log_lr_scale": state.log_scale, "motion_cos": motion,
+                   "log10_fan_in": None if fan_in is None else fan_in.expand(P, J)}  # fmt: skip
         raw = torch.stack([columns[f] for f in self.config.features], dim=-1)
         n_obs = state.n_obs + 1
         row, feat_mean, feat_sq = normalise_online(raw, self._online, state.feat_mean, state.feat_sq, n_obs[:, None, None])
@@ -329,4 +341,4 @@ def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
 
 
-__all__ = ["BASES", "FEATURE_SETS", "KERNEL_FEATURES", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+__all__ = ["BASES", "FEATURE_SETS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

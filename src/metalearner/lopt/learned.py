@@ -149,7 +149,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
             k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
-        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms), motion)
+        fan_in = self.layout.log10_fan_in().to(norms[0]) if self.kernel.reads_fan_in else None
+        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms), motion, fan_in)
         c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
         self._read_scales()
         self._snapshot_due = True  # taken at the start of the next step

@@ -29,7 +29,9 @@ normalised, so that a policy can see whether steps are large or small in absolut
 ``motion_cos`` (the cosine between a tensor's gradient and the direction its weights have been
 moving: Schedule-Free's ``z − y``, Adam's ``−m/√v``; the sign of the learning rate's
 hypergradient: clearly negative while the loss still falls along the path, i.e. the lr is too
-low, near zero or positive at and past the best lr).
+low, near zero or positive at and past the best lr); and, as an experiment,
+``log10_fan_in`` (a tensor's fan-in, its size over its first dimension, in decades; 0 for
+vectors, not normalised): what a tensor is, which per-tensor physics does not say.
 
 "online" features are standardised with bias-corrected exponential moving averages of
 their mean and variance (:func:`normalise`); all features are clipped to ``[-5, 5]``.
@@ -66,7 +68,7 @@ if TYPE_CHECKING:
 BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
 EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
 CONTROLLER_FEATURES: tuple[str, ...] = (*BASE_FEATURES, "log_weight_norm", "log_update_ratio")
-KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level", "motion_cos")
+KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level", "motion_cos", "log10_fan_in")
 KINDS: tuple[str, ...] = ("opt2vec", "controller", "learned")
 ONLINE = frozenset({"log_loss", "log_grad_norm", "log_weight_norm", "log_update_ratio", "curvature"})
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
