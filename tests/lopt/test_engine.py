@@ -120,7 +120,13 @@ def test_batched_gru_is_the_modules_forward(shape, depth):
     forward = batched_forward(cfg, layout, models[0])
     x = torch.randn(3, 5, *shape, generator=torch.Generator().manual_seed(0))
     expected = torch.stack([m(x[i]) for i, m in enumerate(models)])
-    torch.testing.assert_close(forward(torch.stack([layout.flatten(m) for m in models]), x), expected, rtol=1e-5, atol=1e-6)
+    params = torch.stack([layout.flatten(m) for m in models]).requires_grad_(True)
+    out = forward(params, x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    out.square().sum().backward()
+    expected.square().sum().backward()  # gradients too
+    torch.testing.assert_close(params.grad, torch.stack([torch.cat([p.grad.reshape(-1) for p in m.parameters()]) for m in models]),
+                               rtol=1e-4, atol=1e-6)  # fmt: skip
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -151,13 +157,14 @@ def test_a_diverging_member_costs_the_maximum_and_leaves_the_others_alone():
     torch.testing.assert_close(out.loss[0], alone.loss[0], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [*FAMILIES, "rnn-2x6"])
 def test_member_initial_weights_are_build_models(family):
-    step = PopulationStep(FAMILIES[family], LOPT)
+    config = FAMILIES[family] if family in FAMILIES else replace(FAMILIES["rnn"], depth=2, width=6)  # bound 1/√6, two layers
+    step = PopulationStep(config, LOPT)
     state = step.init_step_state(torch.arange(3), key=5)
     for i in range(3):
         seed = step._task(5, i, 0)["init_seed"]
-        model = build_model(FAMILIES[family].model(), step.data.input_shape, step.data.n_classes, seed=seed)
+        model = build_model(config.model(), step.data.input_shape, step.data.n_classes, seed=seed)
         assert torch.equal(state.params[i], step.layout.flatten(model))
 
 

@@ -91,6 +91,9 @@ def test_the_front_is_the_kernel_with_one_member(base, features):
     torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(opt.kstate.history, state.history, rtol=1e-9, atol=1e-9)  # every feature, motion_cos too
     assert opt.kstate.history[0, :, :, KERNEL_FEATURES.index("log_lr_scale")].abs().sum() > 0  # the policy did act
+    if features == "fan_in":  # the raw column reaches the history
+        expected = ParamLayout.of(front_model).log10_fan_in().double()
+        torch.testing.assert_close(opt.kstate.history[0, :, -1, KERNEL_FEATURES_FAN_IN.index("log10_fan_in")], expected)
 
 
 def test_log10_fan_in_is_each_tensors_fan_in_in_decades():

@@ -88,8 +88,9 @@ class ParamLayout:
 
     def log10_fan_in(self) -> torch.Tensor:
         """``(J,)``: ``log₁₀`` of each tensor's fan-in (its size over its first dimension; 0 for
-        vectors), what the ``log10_fan_in`` feature reads."""
-        return torch.tensor([math.log10(math.prod(s[1:])) for s in self.shapes])
+        vectors; a convolution kernel ``(out, in, k…)``: ``in·k…``; what is not laid out as
+        ``(out, …)`` reads as if it were), what the ``log10_fan_in`` feature reads."""
+        return torch.tensor([math.log10(max(math.prod(s[1:]), 1)) for s in self.shapes])
 
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
@@ -179,7 +180,7 @@ class LearnedKernel:
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  spike_guard: float = math.exp(SPIKE)):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
-            raise ValueError(f"LearnedKernel needs a one-output policy over {KERNEL_FEATURES}; use LearnedKernel.policy_config()")
+            raise ValueError(f"LearnedKernel needs a one-output policy over one of {FEATURE_SETS}; use LearnedKernel.policy_config()")
         if base not in BASES:
             raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
         if not spike_guard > 1:

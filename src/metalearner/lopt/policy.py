@@ -20,8 +20,8 @@ feature                raw value                                                
 ``budget_fraction``    steps taken / budget (0 without a budget)                 raw
 =====================  ========================================================  ==========
 
-The batched kernels of :mod:`~metalearner.lopt.functional` (kind ``"learned"``) add three
-horizon-free loss signals and two step-size signals (:data:`KERNEL_ONLY_FEATURES`):
+The batched kernels of :mod:`~metalearner.lopt.functional` (kind ``"learned"``) add two
+horizon-free loss signals, two step-size signals and a static one (:data:`KERNEL_ONLY_FEATURES`):
 ``loss_vs_min`` (``log L − log min L``, the loss above its best window: a spike detector),
 ``loss_vs_ema`` (``log L`` against a slow average of past windows) and
 ``update_ratio_level`` (``log₁₀(‖Δθ‖/‖θ‖) + 3``: decades above an update ratio of 1e-3, not

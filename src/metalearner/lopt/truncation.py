@@ -131,8 +131,9 @@ def load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple[
 def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module) -> Callable:
     """``(params (P, N), x (P, B, ...)) -> logits (P, B, C)`` for the model ``build_model`` makes.
 
-    MLPs run as batched matrix products (``torch.baddbmm``); other families (CNNs) through
-    ``torch.func.vmap`` over ``functional_call`` of the module itself.
+    MLPs run as batched matrix products (``torch.baddbmm``), GRUs likewise step by step
+    (:func:`_batched_gru`), CNNs through ``torch.func.vmap`` over ``functional_call`` of the
+    module itself.
     """
     if cfg.family == "mlp":
         act = ACTIVATIONS[cfg.activation]()
@@ -170,14 +171,17 @@ def _batched_gru(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module)
             gates_x = linear(seq.flatten(1, 2), w_ih, b_ih).unflatten(1, seq.shape[1:3])  # every step's input at once
             h = seq.new_zeros(n_members, n, cfg.width)
             outputs = []
+            last = layer == cfg.depth - 1  # the head reads only the last step of the last layer
             for x_t in gates_x.unbind(2):  # (unbind, not indexing: its backward is one stack, not a zero tensor per step)
                 x_rz, x_new = x_t.split((2 * cfg.width, cfg.width), -1)
                 h_rz, h_new = linear(h, w_hh, b_hh).split((2 * cfg.width, cfg.width), -1)
                 r, z = torch.sigmoid(x_rz + h_rz).chunk(2, -1)
                 h = torch.lerp(torch.tanh(x_new + r * h_new), h, z)  # (1 - z)·new + z·h
-                outputs.append(h)
-            seq = torch.stack(outputs, 2)
-        return linear(act(seq[:, :, -1]), p["head.weight"], p["head.bias"])
+                if not last:
+                    outputs.append(h)
+            if not last:
+                seq = torch.stack(outputs, 2)
+        return linear(act(h), p["head.weight"], p["head.bias"])
 
     return gru
 
