@@ -128,6 +128,11 @@ def load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple[
     return load_dataset(dataset, seed=data_seed, n_train=n_train, **options, **dict(data_options))
 
 
+def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Each member's ``nn.Linear``: ``(P, B, I)``, ``(P, O, I)``, ``(P, O)`` -> ``(P, B, O)``."""
+    return torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+
+
 def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module) -> Callable:
     """``(params (P, N), x (P, B, ...)) -> logits (P, B, C)`` for the model ``build_model`` makes.
 
@@ -143,7 +148,7 @@ def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Modu
             p = layout.views(params)
             h = x.flatten(2)
             for i, name in enumerate(linear):
-                h = torch.baddbmm(p[f"{name}.bias"].unsqueeze(1), h, p[f"{name}.weight"].transpose(1, 2))
+                h = _linear(h, p[f"{name}.weight"], p[f"{name}.bias"])
                 h = act(h) if i < len(linear) - 1 else h
             return h
 
@@ -159,29 +164,26 @@ def _batched_gru(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module)
     ``aten::gru``): ``nn.GRU``'s equations step by step, as batched products over members."""
     act = ACTIVATIONS[cfg.activation]()
 
-    def linear(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # (P, B, I) -> (P, B, O)
-        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-
     def gru(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         p = layout.views(params)
         n_members, n = x.shape[:2]
         seq = module.sequence(x.reshape(n_members * n, *x.shape[2:])).reshape(n_members, n, -1, module.gru.input_size)
         for layer in range(cfg.depth):
             w_ih, w_hh, b_ih, b_hh = (p[f"gru.{t}_l{layer}"] for t in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-            gates_x = linear(seq.flatten(1, 2), w_ih, b_ih).unflatten(1, seq.shape[1:3])  # every step's input at once
+            gates_x = _linear(seq.flatten(1, 2), w_ih, b_ih).unflatten(1, seq.shape[1:3])  # every step's input at once
             h = seq.new_zeros(n_members, n, cfg.width)
             outputs = []
             last = layer == cfg.depth - 1  # the head reads only the last step of the last layer
             for x_t in gates_x.unbind(2):  # (unbind, not indexing: its backward is one stack, not a zero tensor per step)
                 x_rz, x_new = x_t.split((2 * cfg.width, cfg.width), -1)
-                h_rz, h_new = linear(h, w_hh, b_hh).split((2 * cfg.width, cfg.width), -1)
+                h_rz, h_new = _linear(h, w_hh, b_hh).split((2 * cfg.width, cfg.width), -1)
                 r, z = torch.sigmoid(x_rz + h_rz).chunk(2, -1)
                 h = torch.lerp(torch.tanh(x_new + r * h_new), h, z)  # (1 - z)·new + z·h
                 if not last:
                     outputs.append(h)
             if not last:
                 seq = torch.stack(outputs, 2)
-        return linear(act(h), p["head.weight"], p["head.bias"])
+        return _linear(act(h), p["head.weight"], p["head.bias"])
 
     return gru
 
