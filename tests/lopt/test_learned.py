@@ -155,6 +155,32 @@ def test_motion_cos_says_whether_the_lr_is_too_low_or_too_high(base):
         assert all(c > 0.5 for c in first_cosines(3.0))
 
 
+def test_the_integrator_prior_moves_the_lr_against_its_hypergradients_sign():
+    """Schedule-Free on the quadratic above, from the integrator prior (meta-training's
+    ``EngineConfig(prior="integrator")`` start): far below the best lr every observation
+    raises the scale by the full bounded move; far above it, the first lowers it. ``"none"``
+    keeps 1."""
+    def scales(lr: float, prior: str) -> list[float]:
+        kernel = LearnedKernel(LearnedKernel.policy_config(observe_every=4), base="schedulefree")
+        layout = ParamLayout(("w",), ((50,),))
+        w = torch.randn(1, 50, generator=torch.Generator().manual_seed(0))
+        state, theta, out = kernel.init_state(1, layout), kernel.init_theta(prior=prior)[None], []
+        for t in range(12):
+            grad = w * torch.linspace(0.5, 2.0, 50)
+            w, state = kernel.update(theta, state, layout, w, grad, (0.5 * grad * w).sum(-1), torch.tensor([lr]), observe=(t + 1) % 4 == 0)
+            if (t + 1) % 4 == 0:
+                out.append(float(state.log_scale[0, 0]))
+        return out
+
+    torch.testing.assert_close(scales(1e-3, "integrator"), [MAX_MOVE, 2 * MAX_MOVE, 3 * MAX_MOVE])
+    assert scales(3.0, "integrator")[0] == pytest.approx(-MAX_MOVE)  # then it hovers near the edge, as a sign rule does
+    assert scales(1e-3, "none") == [0.0] * 3
+    with pytest.raises(ConfigError, match="prior"):
+        LearnedKernel(CONFIG).init_theta(prior="hyper")
+    with pytest.raises(ConfigError, match="motion_cos"):
+        LearnedKernel(replace(CONFIG, features=KERNEL_FEATURES[:-1])).init_theta(prior="integrator")
+
+
 def test_the_learned_scale_moves_a_bounded_amount_per_observation():
     w = PolicyWeights.init(CONFIG)
     w.tensors["head.bias"].fill_(100.0)  # the policy asks for the largest lr at once

@@ -42,7 +42,7 @@ import torch
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
-from metalearner.lopt.functional import KERNEL_FEATURES, LearnedKernel
+from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
 
@@ -92,6 +92,7 @@ class EngineConfig:
     activation: str = "tanh"
     observe_every: int = 16
     features: tuple[str, ...] = KERNEL_FEATURES
+    prior: str = "none"  # θ's start: "none" (zero heads, the plain base) or "integrator" (LearnedKernel.init_theta)
     # the yardstick: θ unperturbed on fixed tasks, before and after
     eval_members: int = 8
     eval_epochs: float = 2.0
@@ -101,6 +102,8 @@ class EngineConfig:
         pops = tuple(p if isinstance(p, PopulationConfig) else PopulationConfig(**p) for p in self.populations)
         object.__setattr__(self, "populations", pops)
         object.__setattr__(self, "features", tuple(self.features))
+        if self.prior not in PRIORS:
+            raise ConfigError(f"unknown policy prior {self.prior!r}; choose from {', '.join(PRIORS)}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
@@ -196,7 +199,7 @@ class Engine:
         self.lopt = cfg.lopt()
         self.steps = [PopulationStep(p, self.lopt) for p in cfg.populations]
         self.estimators = [make_estimator(cfg, s) for s in self.steps]
-        self.theta = torch.nn.Parameter(self.lopt.init_theta(cfg.seed))
+        self.theta = torch.nn.Parameter(self.lopt.init_theta(cfg.seed, cfg.prior))
         self.outer = torch.optim.Adam([self.theta], lr=cfg.outer_lr)
         with torch.no_grad():
             self.states = [e.init(self.theta.detach(), _key(cfg.seed, 2**32, i)) for i, e in enumerate(self.estimators)]
@@ -275,8 +278,8 @@ class Engine:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
             raise MetalearnerError(f"{path} is not a readable engine checkpoint: {e}") from None
-        mine = json.loads(json.dumps(asdict(self.cfg)))
-        if {**meta["config"], "outer_steps": 0} != {**mine, "outer_steps": 0}:  # a run may be extended; nothing else may change
+        mine, saved = (json.loads(json.dumps(asdict(c))) for c in (self.cfg, EngineConfig.from_dict(meta["config"])))
+        if {**saved, "outer_steps": 0} != {**mine, "outer_steps": 0}:  # a run may be extended; nothing else may change (a field added since: its default)
             raise ConfigError(f"{out_dir} holds a run with a different config; use a new directory or the same config")
         with torch.no_grad():
             self.theta.copy_(tensors["theta"])

@@ -54,6 +54,8 @@ KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_v
                                        "log_grad_norm", "log_update_ratio", "update_ratio_level", "log_lr_scale")
 KERNEL_FEATURES: tuple[str, ...] = (*KERNEL_FEATURES_V1, "motion_cos")  # what new policies read
 KERNEL_FEATURES_FAN_IN: tuple[str, ...] = (*KERNEL_FEATURES, "log10_fan_in")  # an experiment (docs/meta_training.md)
+PRIORS = ("none", "integrator")  # where meta-training starts (LearnedKernel.init_theta)
+INTEGRATOR_GAIN = 10.0  # the integrator prior: a near-sign rule (the full MAX_MOVE once |motion_cos| > 0.04)
 FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1, KERNEL_FEATURES_FAN_IN)  # V1: weights trained before motion_cos
 
 
@@ -203,9 +205,22 @@ class LearnedKernel:
     def observe_every(self) -> int:
         return self.config.observe_every
 
-    def init_theta(self, seed: int = 0) -> torch.Tensor:
-        """The untrained meta-parameters ``(D,)`` (zero heads: the plain base optimizer)."""
-        return PolicyWeights.init(self.config, seed=seed).flat()
+    def init_theta(self, seed: int = 0, prior: str = "none") -> torch.Tensor:
+        """The meta-parameters ``(D,)`` that meta-training starts from: a random encoder and
+        zero heads (``prior="none"``: the plain base optimizer), or the same plus the
+        ``"integrator"`` skip: target ``= log s − INTEGRATOR_GAIN · motion_cos``, so every
+        observation moves the log scale against the sign of the lr's hypergradient (up while
+        the loss still falls along the path, down past the best lr), at most ``MAX_MOVE``."""
+        if prior not in PRIORS:
+            raise ConfigError(f"unknown policy prior {prior!r}; choose from {', '.join(PRIORS)}")
+        weights = PolicyWeights.init(self.config, seed=seed)
+        if prior == "integrator":
+            if not self.reads_motion:
+                raise ConfigError("the integrator prior reads motion_cos; this policy's features do not include it")
+            skip, names = weights.tensors["skip.weight"], self.config.features
+            skip[0, names.index("log_lr_scale")] = 1.0
+            skip[0, names.index("motion_cos")] = -INTEGRATOR_GAIN
+        return weights.flat()
 
     def init_state(self, n_members: int, layout: ParamLayout, dtype: torch.dtype = torch.float32, device=None) -> KernelState:
         P, N, J, H, F = n_members, layout.n_params, len(layout.names), self.config.history_length, self.config.n_features
@@ -342,4 +357,4 @@ def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
 
 
-__all__ = ["BASES", "FEATURE_SETS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+__all__ = ["BASES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
