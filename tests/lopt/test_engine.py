@@ -303,6 +303,26 @@ def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
         run(replace(TINY_RUN, sigma=0.2), tmp_path, evaluate=False)
 
 
+def test_a_checkpoint_written_before_a_config_field_existed_resumes_with_its_default(trained, tmp_path):
+    """``prior`` came after runs were checkpointed: a checkpoint without it is the default's."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from metalearner.lopt.engine import CHECKPOINT
+
+    _, theta, _ = trained
+    run(replace(TINY_RUN, outer_steps=3), tmp_path, evaluate=False)
+    with safe_open(str(tmp_path / CHECKPOINT), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    state = json.loads(meta["state"])
+    del state["config"]["prior"]
+    save_file(tensors, str(tmp_path / CHECKPOINT), metadata={**meta, "state": json.dumps(state)})
+    resumed, _ = run(TINY_RUN, tmp_path, evaluate=False)
+    assert torch.equal(resumed, theta)
+    with pytest.raises(ConfigError, match="different config"):  # it is the default's, not any value's
+        run(replace(TINY_RUN, prior="integrator"), tmp_path, evaluate=False)
+
+
 def test_populations_on_workers_follow_the_same_trajectory(tmp_path):
     from metalearner.parallel import InlineExecutor, LocalExecutor
 

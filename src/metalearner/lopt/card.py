@@ -85,6 +85,9 @@ def ship_learned(engine_dir: Path) -> dict[str, Any]:
     return card["optimizers"]["learned"]
 
 
+START = {"none": "untrained (= base optimizer)", "integrator": "at the start (the integrator prior, not trained)"}  # EngineConfig.prior
+
+
 def _markdown(card: dict[str, Any]) -> str:
     lines = ["# Pretrained learned optimizers: model card", "",
              "Produced by this project's own commands (exact lines below), frozen, shipped as safetensors.", ""]  # fmt: skip
@@ -100,7 +103,7 @@ def _markdown(card: dict[str, Any]) -> str:
                 f"outer loop {part['wall_time_s']:.0f} s",
                 f"- populations: {'; '.join(part['tasks_seen'])}",
                 f"- meta-loss (validation AUC + final, log ratio to the initial loss, lower is better) on "
-                f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: untrained (= base optimizer) "
+                f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: {START[c.get('prior', 'none')]} "
                 f"{ev['initial_mean']:.3f} -> trained {ev['final_mean']:.3f} (per population: "
                 + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in zip(ev["initial"], ev["final"])) + ")", "",
             ]  # fmt: skip

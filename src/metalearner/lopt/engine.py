@@ -92,7 +92,7 @@ class EngineConfig:
     activation: str = "tanh"
     observe_every: int = 16
     features: tuple[str, ...] = KERNEL_FEATURES
-    prior: str = "none"  # θ's start: "none" (zero heads, the plain base) or "integrator" (LearnedKernel.init_theta)
+    prior: str = "none"  # θ's start: "none" (zero heads, the plain base) or "integrator" (LearnedKernel.init_theta; docs/meta_training.md, twelfth attempt)
     # the yardstick: θ unperturbed on fixed tasks, before and after
     eval_members: int = 8
     eval_epochs: float = 2.0
