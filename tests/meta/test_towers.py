@@ -153,6 +153,18 @@ def test_hyperparameters_stay_valid_when_training_diverges():
         assert hp["lr"] > 0 and 0 < hp["beta1"] < 1 and 0 < hp["beta2"] < 1
 
 
+@pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
+def test_a_loss_unbounded_below_raises_the_lr_to_its_bound_not_to_an_overflow(base):
+    """``−Σx`` gives every step the same gradient, so every hypergradient says "larger": the
+    lr grows until its bound (it used to reach 1e38 and make a float32 step overflow)."""
+    x = torch.zeros(10, requires_grad=True)
+    opt = Tower([x], lr=1e-3, base=base, height=2)
+    for _ in range(3000):
+        x.grad = -torch.ones(10)
+        opt.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e20)
+
+
 @pytest.mark.parametrize("start", [1e-3, 0.9])
 def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(start):
     """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a."""

@@ -4,7 +4,8 @@ After "Gradient Descent: The Ultimate Optimizer" (Chandra et al., NeurIPS 2022).
 optimizer (SGD, SGD with momentum, or Adam) moves the weights; level 1 of the tower moves the
 base's hyperparameters, level 2 moves level 1's step size, and so on up to the height ``h``;
 the top step size is fixed. Every level lives in an unconstrained space, so every value is
-valid by construction::
+valid by construction (the learning rate also stays within [1e-20, 1e20], so a float32 step
+never overflows)::
 
     z_0 = (log lr, logit momentum)             SGD (momentum > 0; plain SGD learns lr only)
     z_0 = (log lr, logit beta1, logit beta2)   Adam
@@ -73,6 +74,7 @@ HYPERS = ("adam", "sgd")
 HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
+LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr over the trace's scale (>= 1e-10) stays a finite float32 step
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 TRACE_RENORM = 1e-10  # the lr trace is kept as e/s (see _trace_scale); below this s it is folded back
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
@@ -372,8 +374,11 @@ def _read_z(group: dict[str, Any], names: Sequence[str]) -> Levels:
 
 def _write_back(group: dict[str, Any], z: Levels, names: Sequence[str]) -> None:
     """Store the levels' new values in the group (the top step size stays as given); logits
-    are kept within ±LOGIT_BOUND so a beta or momentum stays below 1 in floating point."""
-    z[0] = [x if n == "lr" else max(-LOGIT_BOUND, min(LOGIT_BOUND, x)) for n, x in zip(names, z[0])]
+    are kept within ±LOGIT_BOUND so a beta or momentum stays below 1 in floating point, the log
+    lr within ±LOG_LR_BOUND (a loss unbounded below would otherwise raise it until a float32
+    step overflows)."""
+    bound = {"lr": LOG_LR_BOUND}
+    z[0] = [max(-bound.get(n, LOGIT_BOUND), min(bound.get(n, LOGIT_BOUND), x)) for n, x in zip(names, z[0])]
     values = {n: _exp(x) if n == "lr" else _sigmoid(x) for n, x in zip(names, z[0])}
     group["lr"] = values["lr"]
     if "momentum" in values:
