@@ -194,6 +194,19 @@ def test_suite_validation():
     assert full.seeds >= 5 and full.reference_epochs == 10 and full.budgets == (1, 2, 3, 4, 5, 6, 8, 10)
 
 
+def test_the_dev_suite_that_chooses_weights_shares_no_network_with_the_benchmark():
+    """``dev`` chooses learned_sf weights (learned_dev.py --ttt): none of its cells may be a
+    benchmark cell, or choosing on it would tune on the benchmark."""
+    import json
+
+    dev = SUITES["dev"]
+    as_json = lambda c: json.dumps(c.task.to_dict(), sort_keys=True)  # noqa: E731
+    benchmark = {as_json(c) for name in ("full", "headline", "quick") for c in SUITES[name].cells}
+    assert dev.cells and not {as_json(c) for c in dev.cells} & benchmark
+    assert not {c.name for c in dev.cells} & {c.name for name in ("full", "headline", "quick") for c in SUITES[name].cells}
+    assert "learned_sf" in dev.methods and dev.reference_epochs == SUITES["full"].reference_epochs
+
+
 def test_a_shift_of_any_size_counts_as_unseen_data():
     from metalearner.bench.summary import meta_training_exposure, seen
 
