@@ -317,10 +317,14 @@ def test_a_checkpoint_written_before_a_config_field_existed_resumes_with_its_def
     state = json.loads(meta["state"])
     del state["config"]["prior"]
     save_file(tensors, str(tmp_path / CHECKPOINT), metadata={**meta, "state": json.dumps(state)})
+    with pytest.raises(ConfigError, match="different config"):  # the missing field is the default's, not any value's
+        run(replace(TINY_RUN, prior="integrator"), tmp_path, evaluate=False)
     resumed, _ = run(TINY_RUN, tmp_path, evaluate=False)
     assert torch.equal(resumed, theta)
-    with pytest.raises(ConfigError, match="different config"):  # it is the default's, not any value's
-        run(replace(TINY_RUN, prior="integrator"), tmp_path, evaluate=False)
+    state["config"]["retired_field"] = 1  # a field this version does not know: the same one-line refusal
+    save_file(tensors, str(tmp_path / CHECKPOINT), metadata={**meta, "state": json.dumps(state)})
+    with pytest.raises(ConfigError, match="different config"):
+        run(TINY_RUN, tmp_path, evaluate=False)
 
 
 def test_populations_on_workers_follow_the_same_trajectory(tmp_path):

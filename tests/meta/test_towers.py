@@ -156,13 +156,17 @@ def test_hyperparameters_stay_valid_when_training_diverges():
 @pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
 def test_a_loss_unbounded_below_raises_the_lr_to_its_bound_not_to_an_overflow(base):
     """``−Σx`` gives every step the same gradient, so every hypergradient says "larger": the
-    lr grows until its bound (it used to reach 1e38 and make a float32 step overflow)."""
+    lr grows until its bound (it used to reach 1e38 and make a float32 step overflow), and
+    there level 1 sees that its moves no longer move it (its step size stops growing)."""
     x = torch.zeros(10, requires_grad=True)
-    opt = Tower([x], lr=1e-3, base=base, height=2)
-    for _ in range(3000):
+    opt = Tower([x], lr=1e-3, base=base, height=3)
+    for step in range(6000):
         x.grad = -torch.ones(10)
         opt.step()
+        if step == 3999:
+            held = opt.param_groups[0]["hyper_lrs"]
     assert opt.param_groups[0]["lr"] == pytest.approx(1e20)
+    assert opt.param_groups[0]["hyper_lrs"] == pytest.approx(held, rel=1e-3) and all(math.isfinite(r) for r in held)
 
 
 @pytest.mark.parametrize("start", [1e-3, 0.9])

@@ -62,7 +62,8 @@ def learned_entry(engine_dir: Path) -> dict[str, Any]:
         "architectures": [[p["family"], p["depth"], p["width"], p["activation"]] for p in pops],
     }  # fmt: skip
     return {
-        "command": f"metalearner meta-train --kind learned --out {folder} --seed {cfg['seed']}",
+        "command": f"metalearner meta-train --kind learned --out {folder} --seed {cfg['seed']}"
+                   + (f" --prior {cfg['prior']}" if cfg.get("prior", "none") != "none" else ""),
         "config": {**cfg, **exposure}, "n_params": PolicyWeights.load(folder / WEIGHTS).n_params, "curve": curve,
         "wall_time_s": curve[-1]["elapsed_s"] if curve else 0.0,
         "tasks_seen": [f"{p['dataset']} ({p['n_train']} examples{''.join(f', {k} {v}' for k, v in p.get('data_options', []))}): "
@@ -103,7 +104,7 @@ def _markdown(card: dict[str, Any]) -> str:
                 f"outer loop {part['wall_time_s']:.0f} s",
                 f"- populations: {'; '.join(part['tasks_seen'])}",
                 f"- meta-loss (validation AUC + final, log ratio to the initial loss, lower is better) on "
-                f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: {START[c.get('prior', 'none')]} "
+                f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: {START.get(c.get('prior', 'none'), 'at the start')} "
                 f"{ev['initial_mean']:.3f} -> trained {ev['final_mean']:.3f} (per population: "
                 + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in zip(ev["initial"], ev["final"])) + ")", "",
             ]  # fmt: skip

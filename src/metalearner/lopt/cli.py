@@ -34,6 +34,8 @@ def meta_train_command(
     executor: str = options.EXECUTOR,
     address: Optional[str] = options.ADDRESS,
     resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
+    prior: Optional[str] = typer.Option(None, help="--kind learned: where the policy starts, none (the plain base; default) or "
+                                                   "integrator (the lr follows its hypergradient's sign; docs/meta_training.md)."),
     device: str = options.DEVICE,
     progress: bool = options.PROGRESS,
 ) -> None:
@@ -48,10 +50,12 @@ def meta_train_command(
         asked = executor != "local" or address is not None or bool(workers)
         ex = make_executor(executor, workers, address=address) if asked else None
         try:
-            return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress, ex)
+            return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress, ex, prior)
         finally:
             if ex is not None:
                 ex.close()
+    if prior is not None:
+        raise ConfigError("--prior is for --kind learned (the batched engine)")
     from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.train.run import resolve_device
 
@@ -71,7 +75,7 @@ def meta_train_command(
 
 
 def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, truncation: int | None, resume: bool, progress: bool,
-            executor: Any = None) -> None:  # fmt: skip
+            executor: Any = None, prior: str | None = None) -> None:  # fmt: skip
     """``--kind learned``: the batched engine (``lopt.engine``) with its default task family;
     ``executor``: its populations on workers (None: in this process)."""
     from dataclasses import replace
@@ -79,7 +83,7 @@ def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, tr
     from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
     from metalearner.progress import Progress
 
-    given = dict(seed=seed, outer_steps=outer_steps, pairs=pairs, truncation=truncation)
+    given = dict(seed=seed, outer_steps=outer_steps, pairs=pairs, truncation=truncation, prior=prior)
     cfg = replace(EngineConfig(), **{k: v for k, v in given.items() if v is not None})
     with Progress(progress) as display:
         bar = display.bar("meta-train learned", cfg.outer_steps, info="meta-loss {meta_loss:.4f}", meta_loss=float("nan"))

@@ -104,6 +104,8 @@ class EngineConfig:
         object.__setattr__(self, "features", tuple(self.features))
         if self.prior not in PRIORS:
             raise ConfigError(f"unknown policy prior {self.prior!r}; choose from {', '.join(PRIORS)}")
+        if self.prior == "integrator" and "motion_cos" not in self.features:
+            raise ConfigError("the integrator prior reads motion_cos; add it to features or use prior='none'")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
@@ -278,9 +280,14 @@ class Engine:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:
             raise MetalearnerError(f"{path} is not a readable engine checkpoint: {e}") from None
-        mine, saved = (json.loads(json.dumps(asdict(c))) for c in (self.cfg, EngineConfig.from_dict(meta["config"])))
-        if {**saved, "outer_steps": 0} != {**mine, "outer_steps": 0}:  # a run may be extended; nothing else may change (a field added since: its default)
-            raise ConfigError(f"{out_dir} holds a run with a different config; use a new directory or the same config")
+        different = ConfigError(f"{out_dir} holds a run with a different config; use a new directory or the same config")
+        try:  # through EngineConfig, so that a field added since reads as its default (which must reproduce the old behaviour)
+            saved = EngineConfig.from_dict(meta["config"])
+        except (TypeError, ConfigError):  # a field this version does not know, or a value it refuses
+            raise different from None
+        mine, saved = (json.loads(json.dumps(asdict(c))) for c in (self.cfg, saved))
+        if {**saved, "outer_steps": 0} != {**mine, "outer_steps": 0}:  # a run may be extended; nothing else may change
+            raise different
         with torch.no_grad():
             self.theta.copy_(tensors["theta"])
             self.norms = tensors["norms"].clone()

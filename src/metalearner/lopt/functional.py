@@ -55,7 +55,7 @@ KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_v
 KERNEL_FEATURES: tuple[str, ...] = (*KERNEL_FEATURES_V1, "motion_cos")  # what new policies read
 KERNEL_FEATURES_FAN_IN: tuple[str, ...] = (*KERNEL_FEATURES, "log10_fan_in")  # an experiment (docs/meta_training.md)
 PRIORS = ("none", "integrator")  # where meta-training starts (LearnedKernel.init_theta)
-INTEGRATOR_GAIN = 10.0  # the integrator prior: a near-sign rule (the full MAX_MOVE once |motion_cos| > 0.04)
+INTEGRATOR_GAIN = 10.0  # the integrator prior: a near-sign rule (near scale 1, the full MAX_MOVE once |motion_cos| > 0.04)
 FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1, KERNEL_FEATURES_FAN_IN)  # V1: weights trained before motion_cos
 
 
@@ -208,9 +208,11 @@ class LearnedKernel:
     def init_theta(self, seed: int = 0, prior: str = "none") -> torch.Tensor:
         """The meta-parameters ``(D,)`` that meta-training starts from: a random encoder and
         zero heads (``prior="none"``: the plain base optimizer), or the same plus the
-        ``"integrator"`` skip: target ``= log s − INTEGRATOR_GAIN · motion_cos``, so every
-        observation moves the log scale against the sign of the lr's hypergradient (up while
-        the loss still falls along the path, down past the best lr), at most ``MAX_MOVE``."""
+        ``"integrator"`` skip: the policy's output ``= log s − INTEGRATOR_GAIN · motion_cos``,
+        so every observation moves the log scale against the sign of the lr's hypergradient (up
+        while the loss still falls along the path, down past the best lr), at most ``MAX_MOVE``.
+        The target is that output squashed (``3 tanh(o/3)``), so at ``motion_cos ≈ 0`` the rule
+        drifts back towards scale 1, the more the farther it is from it."""
         if prior not in PRIORS:
             raise ConfigError(f"unknown policy prior {prior!r}; choose from {', '.join(PRIORS)}")
         weights = PolicyWeights.init(self.config, seed=seed)

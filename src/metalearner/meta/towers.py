@@ -4,8 +4,8 @@ After "Gradient Descent: The Ultimate Optimizer" (Chandra et al., NeurIPS 2022).
 optimizer (SGD, SGD with momentum, or Adam) moves the weights; level 1 of the tower moves the
 base's hyperparameters, level 2 moves level 1's step size, and so on up to the height ``h``;
 the top step size is fixed. Every level lives in an unconstrained space, so every value is
-valid by construction (the learning rate also stays within [1e-20, 1e20], so a float32 step
-never overflows)::
+valid by construction (the learning rate also stays within [1e-20, 1e20], so that it, and the
+lr over the trace's scale, stay finite in float32)::
 
     z_0 = (log lr, logit momentum)             SGD (momentum > 0; plain SGD learns lr only)
     z_0 = (log lr, logit beta1, logit beta2)   Adam
@@ -74,7 +74,7 @@ HYPERS = ("adam", "sgd")
 HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
-LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr over the trace's scale (>= 1e-10) stays a finite float32 step
+LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr over the trace's scale (>= 1e-10) stays a finite float32 scalar
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 TRACE_RENORM = 1e-10  # the lr trace is kept as e/s (see _trace_scale); below this s it is folded back
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
@@ -302,8 +302,13 @@ class Tower(torch.optim.Optimizer):
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in tower["coef"]]
             tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
             directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
+            before = list(tower["z"][0])
             tower["moves"] = climb(tower["z"], directions)
+            unbounded = list(tower["z"][0])
             _write_back(group, tower["z"], names)
+            # a value held at its bound moved less than level 1 asked: keep the move applied, so that the
+            # levels above see no effect of a move that did not happen (and do not wind up their step sizes)
+            tower["moves"][0] = [m if z == u else b - z for m, z, u, b in zip(tower["moves"][0], tower["z"][0], unbounded, before)]
         tower["written"] = _visible(group)
         basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
         for i, s in enumerate(states):
