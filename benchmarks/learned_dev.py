@@ -15,12 +15,13 @@ the dev suite (``ttt_at_least_shipped``).
     python benchmarks/learned_dev.py --quick                        # one task, one lr, shipped weights (seconds)
     python benchmarks/learned_dev.py runs/meta/learned/learned.safetensors   # shipped vs a candidate
     python benchmarks/learned_dev.py OTHER --tag NAME    # writes results/learned_dev_NAME.json instead
-    python benchmarks/learned_dev.py OTHER --ttt         # and time to target on the dev suite (~7 min the first time, 2 workers)
+    python benchmarks/learned_dev.py OTHER --ttt         # and time to target on the dev suite (~10 min the first time, 2 workers)
 
 ``--ttt`` adds what the six tasks cannot see (the twelfth meta-training passed them and then
 stalled short of the target on the benchmark's 60,000-image MLPs): the benchmark's own
 protocol (``metalearner bench``: Adam's 10-epoch accuracy as the target, 3 seeds) on the
-``dev`` suite, three of the networks above (the MNIST net, the digits CNN, the GRU), for Adam,
+``dev`` suite (three of the networks above: the MNIST net, the digits CNN, the GRU; and a
+Fashion-MNIST MLP 3x128 SiLU on 60,000 images), for Adam,
 Schedule-Free AdamW and ``learned_sf`` with each weights file; it reports ``learned_sf``'s
 median epochs to target per cell (``null``: not reached in 10 epochs) and its self-tuning
 profile score. Jobs are cached in ``benchmarks/.cache/learned_dev_ttt``, so a new candidate
@@ -91,7 +92,7 @@ def main() -> None:
     ap.add_argument("--ttt", action="store_true", help="also time to target on the dev suite (see above)")
     args = ap.parse_args()
     if args.quick and args.ttt:
-        ap.error("--ttt runs the dev suite (about 7 minutes the first time); it has no --quick form")
+        ap.error("--ttt runs the dev suite (about 10 minutes the first time); it has no --quick form")
     dev, lrs = (DEV[1:2], LRS[1:2]) if args.quick else (DEV, LRS)
     results = {w: evaluate_weights(w, dev, lrs, args.data_dir) for w in ("default", *args.candidates)}
     shipped = results["default"]

@@ -18,7 +18,7 @@ def bench(
     ctx: typer.Context,
     suite: str = typer.Option("quick", help="smoke (~1 min), quick (small tasks, ~10 min on 2 cores), headline (MNIST/Fashion + CNN/GRU cells, "
                               "tuning-free methods, ~1 h), full (8 cells x 8 methods, ~2.5 h) or dev (non-benchmark cells for "
-                              "choosing learned_sf weights, ~7 min)."),
+                              "choosing learned_sf weights, ~10 min)."),
     methods: Optional[str] = typer.Option(None, help="Only these methods, comma-separated (the reference method, adam, must be among them)."),
     cells: Optional[str] = typer.Option(None, help="Only these cells, comma-separated (names as the suite lists them)."),
     out: Optional[Path] = typer.Option(None, help="Output directory (created; rerun the same command to resume)."),

@@ -149,6 +149,8 @@ SUITES: dict[str, Suite] = {
         name="dev",
         cells=(
             Cell("mnist/mlp-1x512-tanh", _mlp("mnist", 1, 512, "tanh"), "dev: 60,000 images, several epochs (not a benchmark cell)"),
+            Cell("fashion_mnist/mlp-3x128-silu", _mlp("fashion_mnist", 3, 128, "silu"),
+                 "dev: a deeper MLP of the ReLU family on 60,000 images (not a benchmark cell)"),
             Cell("digits/cnn-2x16-relu", TaskConfig(dataset="digits", batch_size=32, model=ModelConfig(family="cnn", depth=2, width=16)),
                  "dev: a small CNN"),
             Cell("mnist1d/rnn-1x32-tanh", TaskConfig(dataset="mnist1d", model=ModelConfig(family="rnn", depth=1, width=32, activation="tanh")),
@@ -157,7 +159,7 @@ SUITES: dict[str, Suite] = {
         methods=("adam", "schedulefree_adamw", "learned_sf"),
         seeds=3,
         notes=("development cells for choosing learned_sf weights (benchmarks/learned_dev.py --ttt): three of learned_dev.py's "
-               "networks, none a benchmark cell; its figures choose weights, so they are not held-out results",),
+               "networks and a Fashion-MNIST MLP, none a benchmark cell; its figures choose weights, so they are not held-out results",),
     ),
     "headline": Suite(
         name="headline",
