@@ -1,5 +1,6 @@
 """A tiny suite end to end: waves, targets, the budget rule, resume, the report."""
 
+import dataclasses
 import json
 import math
 
@@ -174,6 +175,9 @@ def test_another_suite_in_the_same_directory_is_refused(finished):
     other = Suite(name="tiny", cells=TINY.cells[:1], methods=("adam",), seeds=1, reference_epochs=3, budgets=(1, 2, 3))
     with pytest.raises(MetalearnerError, match="different suite \\(tiny; seeds, evals_per_epoch differ\\)"):
         Bench(other, out)
+    reworded = dataclasses.replace(TINY, notes=("described anew",))  # notes are not protocol: the results stay usable
+    Bench(reworded, out)
+    assert runner._union(TINY, reworded, out) == reworded
     (out / "suite.json").write_text((out / "suite.json").read_text().replace('"seeds"', '"n_seeds"'))
     try:
         with pytest.raises(MetalearnerError, match="suite this version cannot read"):
