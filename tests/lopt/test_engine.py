@@ -293,6 +293,17 @@ def test_tiny_meta_training_improves_the_meta_loss(trained):
     assert len(record.curve) == TINY_RUN.outer_steps and (out / "learned.safetensors").is_file()
 
 
+def test_the_weights_name_their_base_and_scales_and_an_unknown_scales_is_refused(trained):
+    from metalearner.lopt.engine import WEIGHTS
+    from metalearner.lopt.policy import PolicyWeights
+
+    out, _, _ = trained
+    meta = PolicyWeights.load(out / WEIGHTS).metadata
+    assert (meta["base"], meta["scales"]) == (TINY_RUN.base, "per_tensor")  # what LearnedOptimizer builds its kernel from
+    with pytest.raises(ConfigError, match="unknown scales 'layer'; choose from per_tensor, global"):
+        EngineConfig(scales="layer")
+
+
 def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
     _, theta, record = trained
     run(replace(TINY_RUN, outer_steps=3), tmp_path, evaluate=False)

@@ -196,6 +196,25 @@ def test_the_learned_scale_moves_a_bounded_amount_per_observation():
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(1e-3 * math.exp(4 * MAX_MOVE), rel=1e-5)
 
 
+def test_global_scales_give_every_tensor_the_mean_of_their_targets(tmp_path):
+    """``scales="global"`` (the ablation's one multiplier per network), read by the front from
+    the weights' metadata: every tensor gets the mean of the per-tensor kernel's first targets."""
+    weights = _random_policy(scale=0.1)
+    x, y = _data()
+    per_tensor, one = _model(), _model()
+    a = LearnedOptimizer(per_tensor.parameters(), 1e-3, weights=weights)
+    weights.save(tmp_path / "global.safetensors", metadata={"base": "schedulefree", "scales": "global"})
+    b = LearnedOptimizer(one.parameters(), 1e-3, weights=tmp_path / "global.safetensors")
+    assert (a.kernel.scales, b.kernel.scales) == ("per_tensor", "global")
+    _train(per_tensor, a, 4, x, y)  # one observation from the same start: the targets are the first move, bounded
+    _train(one, b, 4, x, y)
+    targets = a.lr_scales().log()
+    assert targets.std() > 0.01 and (targets.abs() < MAX_MOVE).all()  # apart, and none held at the bound
+    torch.testing.assert_close(b.lr_scales().log(), targets.mean().expand_as(targets), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="unknown scales 'layer'"):
+        LearnedKernel(CONFIG, scales="layer")
+
+
 def test_a_loss_spike_halves_the_learning_rates_and_is_visible():
     x, y = _data()
     model = _model()

@@ -42,7 +42,7 @@ import torch
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
-from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, LearnedKernel
+from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, SCALES, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
 
@@ -86,6 +86,7 @@ class EngineConfig:
     balance: bool = True  # scale each population's estimate by a running mean of its norm
     # the learned optimizer: its base and its policy
     base: str = "schedulefree"
+    scales: str = "per_tensor"  # or "global": one multiplier per network (an ablation; docs/meta_training.md)
     history_length: int = 8
     hidden_dim: int = 16
     embedding_dim: int = 16
@@ -106,6 +107,8 @@ class EngineConfig:
             raise ConfigError(f"unknown policy prior {self.prior!r}; choose from {', '.join(PRIORS)}")
         if self.prior == "integrator" and "motion_cos" not in self.features:
             raise ConfigError("the integrator prior reads motion_cos; add it to features or use prior='none'")
+        if self.scales not in SCALES:
+            raise ConfigError(f"unknown scales {self.scales!r}; choose from {', '.join(SCALES)}")
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
@@ -113,7 +116,7 @@ class EngineConfig:
 
     def lopt(self) -> LearnedKernel:
         return LearnedKernel(LearnedKernel.policy_config(self.history_length, self.hidden_dim, self.embedding_dim,
-                                                         self.activation, self.observe_every, self.features), base=self.base)  # fmt: skip
+                                                         self.activation, self.observe_every, self.features), base=self.base, scales=self.scales)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
@@ -338,5 +341,5 @@ def run(
     if evaluate and rec.evaluation.get("final_at") != rec.step:
         rec.evaluation.update(final=engine.meta_loss(), final_at=rec.step)
     engine.save(out)
-    engine.weights().save(out / WEIGHTS, metadata={"base": cfg.base, "engine_config": json.dumps(asdict(cfg)), "outer_steps_done": str(rec.step)})
+    engine.weights().save(out / WEIGHTS, metadata={"base": cfg.base, "scales": cfg.scales, "engine_config": json.dumps(asdict(cfg)), "outer_steps_done": str(rec.step)})
     return engine.theta.detach().clone(), rec

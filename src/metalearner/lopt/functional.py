@@ -29,7 +29,9 @@ ratio, its current scale; none needs the horizon) and proposes a log scale
 ``MAX_MOVE`` per observation (a factor 1.5), and when the window's mean loss is more than
 ``spike_guard`` (default 3, as meta-training runs) times its best window (a loss spike, finite
 or not) every scale of the member is halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
-``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``).
+``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``). ``scales="global"`` (an
+ablation, not the default) gives every tensor of a network the mean of their targets: one
+multiplier per network.
 
     lopt = LearnedKernel(LearnedKernel.policy_config(), base="schedulefree")
     theta = lopt.init_theta(seed=0)                  # (D,) the meta-parameters
@@ -141,6 +143,7 @@ def normalise_online(
 
 
 BASES: tuple[str, ...] = ("adam", "schedulefree")
+SCALES: tuple[str, ...] = ("per_tensor", "global")  # one multiplier per tensor, or one per network (an ablation)
 LOSS_EMA = 0.8  # decay of the slow average of window losses (loss_vs_ema)
 
 
@@ -180,14 +183,16 @@ class LearnedKernel:
     as a batched functional kernel."""
 
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 spike_guard: float = math.exp(SPIKE)):  # fmt: skip
+                 spike_guard: float = math.exp(SPIKE), scales: str = "per_tensor"):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over one of {FEATURE_SETS}; use LearnedKernel.policy_config()")
         if base not in BASES:
             raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
+        if scales not in SCALES:
+            raise ConfigError(f"unknown scales {scales!r}; choose from {', '.join(SCALES)}")
         if not spike_guard > 1:
             raise ConfigError(f"spike_guard must be > 1 (a window's loss over its best window's), got {spike_guard}")
-        self.config, self.base, self.betas, self.eps = config, base, betas, eps
+        self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
         self.spike = math.log(spike_guard)
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
@@ -342,6 +347,8 @@ class LearnedKernel:
         history = torch.cat([state.history[:, :, 1:], row[:, :, None]], dim=2)
         out, _ = self._policy(policy_tensors(self.config, theta), history)  # (P, J, 1)
         target = MAX_LOG_SCALE * torch.tanh(torch.nan_to_num(out[..., 0], nan=0.0) / MAX_LOG_SCALE)
+        if self.scales == "global":  # one multiplier per network: the tensors' targets averaged
+            target = target.mean(-1, keepdim=True).expand(P, J)
         moved = state.log_scale + (target - state.log_scale).clamp(-MAX_MOVE, MAX_MOVE)
         spike = ~finite | (log_l - min_loss.log() > self.spike)  # (P,)
         halved = (torch.minimum(moved, state.log_scale) - math.log(2)).clamp_min(-MAX_LOG_SCALE)
@@ -359,4 +366,4 @@ def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
 
 
-__all__ = ["BASES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+__all__ = ["BASES", "SCALES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

@@ -73,7 +73,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         base = base or self.theta.metadata.get("base", "schedulefree")
         if not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
-        self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard)
+        self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
+                                    scales=self.theta.metadata.get("scales", "per_tensor"))  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
