@@ -13,7 +13,7 @@ extended features): each variant is meta-trained with the shipped command's sett
 Each variant's meta-training is resumable in ``benchmarks/.cache/opt2vec_sweep/NAME`` (a rerun
 continues); its cell runs are cached there too. Global vs per-layer scales and an Adam vs
 Schedule-Free base are not Opt2Vec options: those two are the design of ``learned_sf`` (per
-tensor, Schedule-Free base), measured in the headline benchmark.
+tensor, Schedule-Free base), ablated by ``learned_sf_ablation.py``.
 
     python benchmarks/opt2vec_sweep.py --quick   # two tiny variants (~1 minute), prints JSON
     python benchmarks/opt2vec_sweep.py           # full (~25 minutes on 2 cores): results/opt2vec_sweep.json
