@@ -44,7 +44,7 @@ from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
 from metalearner.lopt.learned import DEFAULT_LR
 from metalearner.lopt.truncation import PopulationConfig
 
-VARIANTS: dict[str, dict] = {
+VARIANTS: dict[str, dict[str, str]] = {  # name -> the EngineConfig fields it changes
     "shipped (per tensor, Schedule-Free base)": {},
     "one global multiplier": {"scales": "global"},
     "Adam base": {"base": "adam"},
@@ -56,6 +56,7 @@ QUICK = dict(outer_steps=2, pairs=2, truncation=16, history_length=2, hidden_dim
 
 
 def slug(name: str) -> str:
+    """A variant's cache folder name."""
     return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
@@ -77,6 +78,7 @@ def cells(quick: bool, data_dir: str | None) -> dict[str, tuple[dict, float]]:
 
 
 def run_variant(name: str, overrides: dict, *, quick: bool, seeds: int, data_dir: str | None) -> dict:
+    """Meta-train (or resume) one variant, then score it: meta-loss, six dev tasks, epochs to target per cell."""
     out = ROOT / "benchmarks" / ".cache" / ("learned_sf_ablation_quick" if quick else "learned_sf_ablation") / slug(name)
     cfg = replace(EngineConfig(), **overrides, **(QUICK if quick else {}))
     _, record = run(cfg, out)
@@ -106,10 +108,12 @@ def run_variant(name: str, overrides: dict, *, quick: bool, seeds: int, data_dir
 
 
 def _epochs(x: float) -> str:
+    """Epochs for the table ("—": not reached)."""
     return "—" if math.isinf(x) else f"{x:.2f}"
 
 
 def table(rows: list[dict]) -> str:
+    """The README's markdown table."""
     names = list(rows[0]["median_epochs_to_target"])
     lines = ["| variant | meta-loss (untrained -> trained) | dev: final acc, AUC | " + " | ".join(names) + " |",
              "|---|---|---|" + "---|" * len(names)]  # fmt: skip
@@ -121,6 +125,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    """Every variant in turn; the summary's rule flags; results/learned_sf_ablation.json."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny variants (about a minute); nothing written to results/")
     ap.add_argument("--data-dir", default=default_data_dir())

@@ -58,6 +58,8 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["bench", "report", "/nonexistent/bench"], "no benchmark results"),
         (["meta-train", "--kind", "opt2vecc", "--out", "{tmp}/meta"], "unknown kind 'opt2vecc'"),
         (["meta-train", "--kind", "learned", "--device", "cuda", "--out", "{tmp}/meta"], "--kind learned runs on the CPU"),
+        (["meta-train", "--kind", "opt2vec", "--scales", "global", "--out", "{tmp}/meta"], "--scales is for --kind learned"),
+        (["meta-train", "--kind", "learned", "--scales", "layer", "--out", "{tmp}/meta"], "unknown scales 'layer'"),
         (["train", "--data-dir", "{tmp}/nonexistent/data"], "data directory {tmp}/nonexistent/data does not exist"),
         (["train", "--task", "moons", "--epochs", "0"], "epochs must be a positive number, got 0"),
         (["train", "--task", "moons", "--steps", "0"], "steps must be >= 1"),

@@ -175,7 +175,8 @@ def test_another_suite_in_the_same_directory_is_refused(finished):
     other = Suite(name="tiny", cells=TINY.cells[:1], methods=("adam",), seeds=1, reference_epochs=3, budgets=(1, 2, 3))
     with pytest.raises(MetalearnerError, match="different suite \\(tiny; seeds, evals_per_epoch differ\\)"):
         Bench(other, out)
-    reworded = dataclasses.replace(TINY, notes=("described anew",))  # notes are not protocol: the results stay usable
+    reworded = dataclasses.replace(TINY, notes=("described anew",),  # notes and roles are not protocol: the results stay usable
+                                   cells=(dataclasses.replace(TINY.cells[0], role="in-family"), *TINY.cells[1:]))
     Bench(reworded, out)
     assert runner._union(TINY, reworded, out) == reworded
     (out / "suite.json").write_text((out / "suite.json").read_text().replace('"seeds"', '"n_seeds"'))

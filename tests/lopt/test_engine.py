@@ -294,12 +294,16 @@ def test_tiny_meta_training_improves_the_meta_loss(trained):
 
 
 def test_the_weights_name_their_base_and_scales_and_an_unknown_scales_is_refused(trained):
-    from metalearner.lopt.engine import WEIGHTS
+    from metalearner.lopt.engine import WEIGHTS, Engine
+    from metalearner.lopt.learned import LearnedOptimizer
     from metalearner.lopt.policy import PolicyWeights
 
     out, _, _ = trained
     meta = PolicyWeights.load(out / WEIGHTS).metadata
     assert (meta["base"], meta["scales"]) == (TINY_RUN.base, "per_tensor")  # what LearnedOptimizer builds its kernel from
+    in_memory = Engine(replace(TINY_RUN, base="adam", scales="global")).weights()  # weights never saved say it too
+    assert LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=in_memory).kernel.scales == "global"
+    assert LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=in_memory).base == "adam"
     with pytest.raises(ConfigError, match="unknown scales 'layer'; choose from per_tensor, global"):
         EngineConfig(scales="layer")
 

@@ -211,6 +211,8 @@ def test_global_scales_give_every_tensor_the_mean_of_their_targets(tmp_path):
     targets = a.lr_scales().log()
     assert targets.std() > 0.01 and (targets.abs() < MAX_MOVE).all()  # apart, and none held at the bound
     torch.testing.assert_close(b.lr_scales().log(), targets.mean().expand_as(targets), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="with 'global' lr multipliers, not 'per_tensor'"):
+        a.load_state_dict(b.state_dict())
     with pytest.raises(ConfigError, match="unknown scales 'layer'"):
         LearnedKernel(CONFIG, scales="layer")
 

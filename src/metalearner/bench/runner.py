@@ -250,17 +250,17 @@ def _saved_suite(out: Path) -> Suite | None:
 def _union(old: Suite | None, new: Suite, out: Path) -> Suite:
     """The suite of a directory that held ``old`` and now runs ``new``: the same protocol (all
     but the methods and cells; a cell's name means one task), more methods or cells allowed;
-    the notes are description, not protocol: the new ones replace the old."""
+    notes and cell roles are description, not protocol: the new ones replace the old."""
     if old is None:
         return new
-    cells = {c.name: c for c in old.cells}
+    cells, latest = {c.name: c for c in old.cells}, {c.name: c for c in new.cells}
     differ = [f.name for f in dataclasses.fields(Suite)
               if f.name not in ("methods", "cells", "notes") and getattr(old, f.name) != getattr(new, f.name)]  # fmt: skip
-    differ += [f"cell {c.name}" for c in new.cells if c.name in cells and cells[c.name] != c]
+    differ += [f"cell {c.name}" for c in new.cells if c.name in cells and cells[c.name].task != c.task]
     if differ:
         raise MetalearnerError(f"{out} holds results of a different suite ({old.name}; {', '.join(differ)} differ); use another --out")
     return dataclasses.replace(old, notes=new.notes, methods=(*old.methods, *(m for m in new.methods if m not in old.methods)),
-                               cells=(*old.cells, *(c for c in new.cells if c.name not in cells)))  # fmt: skip
+                               cells=(*(latest.get(c.name, c) for c in old.cells), *(c for c in new.cells if c.name not in cells)))  # fmt: skip
 
 
 def results_dir(suite: Suite, out_dir: str | Path, holds: Suite | None = None) -> Path:

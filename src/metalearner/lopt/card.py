@@ -63,7 +63,8 @@ def learned_entry(engine_dir: Path) -> dict[str, Any]:
     }  # fmt: skip
     return {
         "command": f"metalearner meta-train --kind learned --out {folder} --seed {cfg['seed']}"
-                   + (f" --prior {cfg['prior']}" if cfg.get("prior", "none") != "none" else ""),
+                   + "".join(f" --{k} {cfg[k]}" for k, default in (("prior", "none"), ("base", "schedulefree"), ("scales", "per_tensor"))
+                             if cfg.get(k, default) != default),
         "config": {**cfg, **exposure}, "n_params": PolicyWeights.load(folder / WEIGHTS).n_params, "curve": curve,
         "wall_time_s": curve[-1]["elapsed_s"] if curve else 0.0,
         "tasks_seen": [f"{p['dataset']} ({p['n_train']} examples{''.join(f', {k} {v}' for k, v in p.get('data_options', []))}): "
@@ -97,7 +98,8 @@ def _markdown(card: dict[str, Any]) -> str:
         if kind == "learned":
             c = part["config"]
             lines += [
-                f"## {kind} (`learned_sf`: {c['base']} base, per-tensor lr multipliers, the batched PES engine)", "",
+                f"## {kind} (`learned_sf`: {c['base']} base, {'one lr multiplier per network' if c.get('scales') == 'global' else 'per-tensor lr multipliers'}, "
+                "the batched PES engine)", "",
                 f"- command: `{part['command']}`",
                 f"- seed {c['seed']}, {part['n_params']} parameters, {c['outer_steps']} outer steps (torch Adam, lr {c['outer_lr']}) "
                 f"of PES with {c['pairs']} antithetic pairs per population and truncations of {c['truncation']} steps, "

@@ -36,6 +36,8 @@ def meta_train_command(
     resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
     prior: Optional[str] = typer.Option(None, help="--kind learned: where the policy starts, none (the plain base; default) or "
                                                    "integrator (the lr follows its hypergradient's sign; docs/meta_training.md)."),
+    base: Optional[str] = typer.Option(None, help="--kind learned: the base optimizer, schedulefree (default) or adam."),
+    scales: Optional[str] = typer.Option(None, help="--kind learned: per_tensor lr multipliers (default) or global (one per network)."),
     device: str = options.DEVICE,
     progress: bool = options.PROGRESS,
 ) -> None:
@@ -50,12 +52,13 @@ def meta_train_command(
         asked = executor != "local" or address is not None or bool(workers)
         ex = make_executor(executor, workers, address=address) if asked else None
         try:
-            return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress, ex, prior)
+            return _engine(out, seed, outer_steps, pairs, unroll_steps, resume, progress, ex, prior=prior, base=base, scales=scales)
         finally:
             if ex is not None:
                 ex.close()
-    if prior is not None:
-        raise ConfigError("--prior is for --kind learned (the batched engine)")
+    for flag, value in (("--prior", prior), ("--base", base), ("--scales", scales)):
+        if value is not None:
+            raise ConfigError(f"{flag} is for --kind learned (the batched engine)")
     from metalearner.lopt.meta_train import default_config, meta_train
     from metalearner.train.run import resolve_device
 
@@ -75,15 +78,16 @@ def meta_train_command(
 
 
 def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, truncation: int | None, resume: bool, progress: bool,
-            executor: Any = None, prior: str | None = None) -> None:  # fmt: skip
+            executor: Any = None, **policy: str | None) -> None:  # fmt: skip
     """``--kind learned``: the batched engine (``lopt.engine``) with its default task family;
-    ``executor``: its populations on workers (None: in this process)."""
+    ``executor``: its populations on workers (None: in this process); ``policy``: ``prior``,
+    ``base``, ``scales`` (None: the default's)."""
     from dataclasses import replace
 
     from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
     from metalearner.progress import Progress
 
-    given = dict(seed=seed, outer_steps=outer_steps, pairs=pairs, truncation=truncation, prior=prior)
+    given = dict(seed=seed, outer_steps=outer_steps, pairs=pairs, truncation=truncation, **policy)
     cfg = replace(EngineConfig(), **{k: v for k, v in given.items() if v is not None})
     with Progress(progress) as display:
         bar = display.bar("meta-train learned", cfg.outer_steps, info="meta-loss {meta_loss:.4f}", meta_loss=float("nan"))

@@ -305,7 +305,10 @@ class Engine:
         return True
 
     def weights(self) -> PolicyWeights:
-        return PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
+        """θ as policy weights, with the base and scales that ``LearnedOptimizer`` builds its kernel from."""
+        w = PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
+        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales)
+        return w
 
 
 def run(
@@ -341,5 +344,5 @@ def run(
     if evaluate and rec.evaluation.get("final_at") != rec.step:
         rec.evaluation.update(final=engine.meta_loss(), final_at=rec.step)
     engine.save(out)
-    engine.weights().save(out / WEIGHTS, metadata={"base": cfg.base, "scales": cfg.scales, "engine_config": json.dumps(asdict(cfg)), "outer_steps_done": str(rec.step)})
+    engine.weights().save(out / WEIGHTS, metadata={"engine_config": json.dumps(asdict(cfg)), "outer_steps_done": str(rec.step)})
     return engine.theta.detach().clone(), rec

@@ -288,7 +288,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["learned"] = {
-            "base": self.base, "counters": dict(self.counters), "train_mode": self.train_mode,
+            "base": self.base, "scales": self.kernel.scales, "counters": dict(self.counters), "train_mode": self.train_mode,
             "host": None if self.kstate is None else {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])},
             "kernel": None if self.kstate is None else {f.name: getattr(self.kstate, f.name).clone() for f in fields(self.kstate)},
         }  # fmt: skip
@@ -300,6 +300,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError("this is not the state of this version's LearnedOptimizer (no 'learned' part with 'host')")
         if learned["base"] != self.base:
             raise ConfigError(f"this state is of a {learned['base']!r}-based learned optimizer, not {self.base!r}")
+        if learned.get("scales", "per_tensor") != self.kernel.scales:  # states saved before scales existed: per tensor
+            raise ConfigError(f"this state is of a learned optimizer with {learned['scales']!r} lr multipliers, not {self.kernel.scales!r}")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
