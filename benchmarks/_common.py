@@ -47,6 +47,11 @@ def machine() -> dict[str, Any]:
     }
 
 
+def slug(name: str) -> str:
+    """A variant's cache folder name: its name up to any parenthesis, non-alphanumerics as ``_``."""
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

@@ -34,7 +34,7 @@ import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from _common import ROOT, default_data_dir, finish, median
+from _common import ROOT, default_data_dir, finish, median, slug
 from learned_dev import DEV, LRS, evaluate_weights
 from metalearner.atomic import write_json
 from metalearner.bench.metrics import epochs_to_target
@@ -53,11 +53,6 @@ CELL = "mnist/mlp-2x256-relu"
 QUICK = dict(outer_steps=2, pairs=2, truncation=16, history_length=2, hidden_dim=4, embedding_dim=4, observe_every=4, eval_members=2,
              populations=(PopulationConfig(dataset="digits", n_train=600, depth=1, width=16, batch_size=32, base_lrs=(2.5e-3,),
                                            input_scales=(1.0,), horizon_epochs=(0.5, 1.0)),))  # fmt: skip
-
-
-def slug(name: str) -> str:
-    """A variant's cache folder name."""
-    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
 def cells(quick: bool, data_dir: str | None) -> dict[str, tuple[dict, float]]:

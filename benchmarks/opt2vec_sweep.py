@@ -26,7 +26,7 @@ import json
 import math
 from pathlib import Path
 
-from _common import ROOT, default_data_dir, finish, median
+from _common import ROOT, default_data_dir, finish, median, slug
 from metalearner.atomic import write_json
 from metalearner.bench.metrics import epochs_to_target
 from metalearner.bench.protocol import get_suite
@@ -45,10 +45,6 @@ VARIANTS: dict[str, dict] = {
 }
 CELL = "mnist/mlp-2x256-relu"
 QUICK = {"outer_steps": 2, "pairs": 1, "unroll_steps": 32, "eval_tasks": 2}
-
-
-def slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
 
 
 def cell_target(quick: bool) -> tuple[dict, float]:

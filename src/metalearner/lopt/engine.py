@@ -42,7 +42,7 @@ import torch
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
-from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, SCALES, LearnedKernel
+from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep
 
@@ -107,8 +107,7 @@ class EngineConfig:
             raise ConfigError(f"unknown policy prior {self.prior!r}; choose from {', '.join(PRIORS)}")
         if self.prior == "integrator" and "motion_cos" not in self.features:
             raise ConfigError("the integrator prior reads motion_cos; add it to features or use prior='none'")
-        if self.scales not in SCALES:
-            raise ConfigError(f"unknown scales {self.scales!r}; choose from {', '.join(SCALES)}")
+        self.lopt()  # the kernel refuses an unknown base or scales, in one line
         if self.estimator not in ESTIMATORS:
             raise ConfigError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         if self.outer_steps < 0 or self.outer_lr <= 0 or not pops or self.checkpoint_every < 1 or self.eval_members < 1:
