@@ -376,3 +376,20 @@ def test_population_data_options_reach_the_data_set_and_survive_json():
     assert step.data.input_shape == (12,) and step.data.n_classes == 3
     again = EngineConfig.from_dict(json.loads(json.dumps(asdict(replace(TINY_RUN, populations=(cfg,))))))
     assert again.populations[0] == cfg
+
+
+def test_data_preloaded_in_a_child_process_are_the_same_tensors(monkeypatch):
+    """``preload_splits`` makes the data sets in a child (so a meta-training process never
+    imports the generators' libraries); what it hands over is what loading here gives."""
+    from metalearner.lopt import truncation
+
+    monkeypatch.setattr(truncation, "_PRELOADED", {})
+    monkeypatch.setattr(truncation, "_HEAVY", {"digits": "a_module_not_loaded_here"})  # as if sklearn were not imported
+    pops = [PopulationConfig(dataset="digits", n_train=300), PopulationConfig(dataset="synthetic", n_train=200, data_options=(("n_features", 12),))]
+    truncation.preload_splits(pops)
+    assert len(truncation._PRELOADED) == 2
+    for p in pops:
+        got, here = truncation.load_splits(p.dataset, p.data_seed, p.n_train, p.data_options), truncation._load_splits(p.dataset, p.data_seed, p.n_train, p.data_options)
+        assert got is not here and (got.name, got.n_classes, got.input_shape) == (here.name, here.n_classes, here.input_shape)
+        for a in truncation._SPLIT_ARRAYS:
+            assert torch.equal(getattr(got, a), getattr(here, a)) and getattr(got, a).dtype == getattr(here, a).dtype

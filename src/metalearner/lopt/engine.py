@@ -44,7 +44,7 @@ from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
 from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, LearnedKernel
 from metalearner.lopt.policy import PolicyWeights
-from metalearner.lopt.truncation import PopulationConfig, PopulationStep
+from metalearner.lopt.truncation import PopulationConfig, PopulationStep, preload_splits
 
 ESTIMATORS = ("pes", "es")
 CHECKPOINT = "engine.safetensors"
@@ -201,6 +201,7 @@ class Engine:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
         self.lopt = cfg.lopt()
+        preload_splits(cfg.populations)  # the data generators' libraries stay out of this process
         self.steps = [PopulationStep(p, self.lopt) for p in cfg.populations]
         self.estimators = [make_estimator(cfg, s) for s in self.steps]
         self.theta = torch.nn.Parameter(self.lopt.init_theta(cfg.seed, cfg.prior))

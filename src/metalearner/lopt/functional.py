@@ -276,7 +276,7 @@ class LearnedKernel:
             if self.base == "adam":
                 motion = -state.m / (state.v.sqrt() + self.eps)
             else:
-                motion = torch.where((state.count == 0)[:, None], torch.zeros_like(params), state.m - params)
+                motion = torch.where((state.count == 0)[:, None], 0.0, state.m - params)
             cos = motion_cos(layout.per_tensor_dots(grad, motion), grad_sq, sq(motion))
         lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
         wd_n = None  # (P, N) decay per entry, when there is any
@@ -292,16 +292,21 @@ class LearnedKernel:
             delta.mul_(_per_param(step, sizes))
             new_params, weight_sum = params + delta, state.weight_sum
         else:
+            # fewest (P, N) temporaries (memory and time of the batched populations): in-place
+            # where a buffer is this step's own, per-tensor factors formed at (P, J) first; the
+            # same floating-point operations, in the same order, as the plain formulas
             z = torch.where((state.count == 0)[:, None], params, state.m)  # z starts at the initial weights
             v = torch.lerp(state.v, grad * grad, 1 - b2)
-            d = grad / (v / (1 - b2**count)[:, None]).sqrt().add_(self.eps)
+            d = grad / (v / (1 - b2**count)[:, None]).sqrt_().add_(self.eps)
             if wd_n is not None:
                 d = d + wd_n * params
             weight_sum = state.weight_sum + lr * lr
             c = (lr * lr / weight_sum).nan_to_num(0.0)  # (P, J)
-            c_n, lr_n = _per_param(c, sizes), _per_param(lr, sizes)
-            new_params = torch.lerp(params, z, c_n) + lr_n * (b1 * (1 - c_n) - 1) * d
-            m = z - lr_n * d
+            c_n = _per_param(c, sizes)
+            # y ← lerp(y, z, c) + η (β₁(1 − c) − 1) d ;  z ← z − η d
+            new_params = torch.lerp(params, z, c_n).add_(_per_param(lr * (b1 * (1 - c) - 1), sizes).mul_(d))
+            del c_n
+            m = z.sub_(d.mul_(_per_param(lr, sizes)))
             delta = new_params - params if observe else None  # only an observation reads the update
         state = replace(state, m=m, v=v, count=count, weight_sum=weight_sum)
         if loss is not None:
