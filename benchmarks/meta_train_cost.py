@@ -4,10 +4,13 @@ most 30 minutes and 1 GB on a 2-core machine, and the engine's unrolls per CPU-m
 **The default meta-training** is ``metalearner meta-train --kind learned --seed 0`` (the
 batched PES engine, ``EngineConfig()``, which makes the shipped ``learned_sf`` weights). It
 runs here in a fresh process with the CLI's settings, evaluation included; its peak memory is
-that process's ``VmHWM``. The full run is the whole default meta-training, so it also checks
-that one command reproduces the shipped weights bit for bit (``reproduces_shipped``: the
-fingerprints of the values). ``--quick`` runs its initial evaluation and 3 outer steps and
-extrapolates the wall time (outer steps, plus a final evaluation as long as the initial one).
+the larger of that process's ``VmHWM`` and, while the short-lived child that makes the data sets
+(``truncation.preload_splits``) runs, what the process held then plus the child's peak (the
+process waits for the child; ``peak_rss_mb_sum_bound`` adds both peaks). The full run is
+the whole default meta-training, so it also checks that one command reproduces the shipped
+weights bit for bit (``reproduces_shipped``: the fingerprints of the values). ``--quick``
+runs its initial evaluation and 3 outer steps and extrapolates the wall time (outer steps,
+plus a final evaluation as long as the initial one).
 ``--kind opt2vec`` / ``controller`` measure the process-per-unroll ES of those two instead
 (``LocalExecutor`` with ``--workers`` processes; peak bounded by this process plus ``workers``
 times the largest worker).
@@ -119,12 +122,13 @@ def unroll_throughput(task: dict[str, Any], *, horizon: int, members: int, one_b
     return out
 
 
-def _peak_rss_mb(pid: int | str = "self") -> float:
-    """Peak resident memory of a process image (``VmHWM``; this one by default). ``ru_maxrss``
-    would also count the parent's pages that a spawned child held between its fork and its exec."""
+def _peak_rss_mb(pid: int | str = "self", field: str = "VmHWM") -> float:
+    """Peak resident memory of a process image (``VmHWM``; this one by default; ``VmRSS``: now).
+    ``ru_maxrss`` would also count the parent's pages that a spawned child held between its fork
+    and its exec."""
     try:
         for line in open(f"/proc/{pid}/status"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -214,25 +218,32 @@ def populations_on_workers(quick: bool, workers: int) -> tuple[dict[str, Any], d
 
 def _engine_run(outer_steps: int | None) -> dict[str, Any]:
     """In a fresh process: the default engine config (``outer_steps`` of it, else all), with
-    its evaluations, as ``metalearner meta-train --kind learned --seed 0`` runs it."""
+    its evaluations, as ``metalearner meta-train --kind learned --seed 0`` runs it; its peak
+    memory counts the child process that makes the data sets."""
     from metalearner.lopt.engine import WEIGHTS, EngineConfig, run
     from metalearner.lopt.policy import PRETRAINED, PolicyWeights
 
     full = EngineConfig()
     cfg = full if outer_steps is None else dataclasses.replace(full, outer_steps=outer_steps)
     marks: list[tuple[float, float]] = []  # (wall since start, engine's elapsed_s) per outer step
+    rss_at_start = _peak_rss_mb(field="VmRSS")  # what this process holds while the data child runs (it waits)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         _, rec = run(cfg, tmp, on_step=lambda r: marks.append((time.perf_counter() - t0, r["elapsed_s"])))
         wall = time.perf_counter() - t0
         fingerprint = PolicyWeights.load(Path(tmp) / WEIGHTS).fingerprint()
+    data_child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # truncation.preload_splits' child
     evaluation_s = marks[0][0] - marks[0][1]  # before the first step's own time: the initial evaluation
     per_step = (marks[-1][1] - marks[0][1]) / max(1, len(marks) - 1)
     return {
         "outer_steps": full.outer_steps, "outer_steps_run": cfg.outer_steps, "wall_s": round(wall, 1),
         "wall_s_full_estimate": round(wall if outer_steps is None else 2 * evaluation_s + per_step * full.outer_steps, 1),
         "seconds_per_outer_step": round(per_step, 2), "initial_evaluation_s": round(evaluation_s, 1),
-        "peak_rss_mb": round(_peak_rss_mb(), 1), "torch_threads": torch.get_num_threads(),
+        # everything together: the data child runs (and exits) while this process waits for it, holding
+        # what it held at the start; the sum of both peaks would count memory that never coexisted
+        "peak_rss_mb": round(max(_peak_rss_mb(), rss_at_start + data_child_mb), 1), "peak_rss_mb_process": round(_peak_rss_mb(), 1),
+        "peak_rss_mb_data_child": round(data_child_mb, 1), "rss_mb_while_data_child_ran": round(rss_at_start, 1),
+        "peak_rss_mb_sum_bound": round(_peak_rss_mb() + data_child_mb, 1), "torch_threads": torch.get_num_threads(),
         "eval_meta_loss_initial": round(statistics.mean(rec.evaluation["initial"]), 4),
         "eval_meta_loss_final": round(statistics.mean(rec.evaluation["final"]), 4),
         "fingerprint": fingerprint, "shipped_fingerprint": PolicyWeights.load(PRETRAINED / "learned.safetensors").fingerprint(),
