@@ -122,16 +122,23 @@ def unroll_throughput(task: dict[str, Any], *, horizon: int, members: int, one_b
     return out
 
 
-def _peak_rss_mb(pid: int | str = "self", field: str = "VmHWM") -> float:
-    """Peak resident memory of a process image (``VmHWM``; this one by default; ``VmRSS``: now).
-    ``ru_maxrss`` would also count the parent's pages that a spawned child held between its fork
-    and its exec."""
+def _status_mb(pid: int | str, field: str) -> float | None:
+    """A memory field of ``/proc/PID/status`` in MB (None where there is none)."""
     try:
         for line in open(f"/proc/{pid}/status"):
             if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss_mb(pid: int | str = "self") -> float:
+    """Peak resident memory of a process image (``VmHWM``; this one by default). ``ru_maxrss``
+    would also count the parent's pages that a spawned child held between its fork and its exec."""
+    mb = _status_mb(pid, "VmHWM")
+    if mb is not None:
+        return mb
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else float("nan")
 
 
@@ -226,13 +233,14 @@ def _engine_run(outer_steps: int | None) -> dict[str, Any]:
     full = EngineConfig()
     cfg = full if outer_steps is None else dataclasses.replace(full, outer_steps=outer_steps)
     marks: list[tuple[float, float]] = []  # (wall since start, engine's elapsed_s) per outer step
-    rss_at_start = _peak_rss_mb(field="VmRSS")  # what this process holds while the data child runs (it waits)
+    rss_at_start = _status_mb("self", "VmRSS") or 0.0  # what this process holds while the data child runs (it waits)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         _, rec = run(cfg, tmp, on_step=lambda r: marks.append((time.perf_counter() - t0, r["elapsed_s"])))
         wall = time.perf_counter() - t0
         fingerprint = PolicyWeights.load(Path(tmp) / WEIGHTS).fingerprint()
     data_child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # truncation.preload_splits' child
+    process_mb = _peak_rss_mb()
     evaluation_s = marks[0][0] - marks[0][1]  # before the first step's own time: the initial evaluation
     per_step = (marks[-1][1] - marks[0][1]) / max(1, len(marks) - 1)
     return {
@@ -241,9 +249,9 @@ def _engine_run(outer_steps: int | None) -> dict[str, Any]:
         "seconds_per_outer_step": round(per_step, 2), "initial_evaluation_s": round(evaluation_s, 1),
         # everything together: the data child runs (and exits) while this process waits for it, holding
         # what it held at the start; the sum of both peaks would count memory that never coexisted
-        "peak_rss_mb": round(max(_peak_rss_mb(), rss_at_start + data_child_mb), 1), "peak_rss_mb_process": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(max(process_mb, rss_at_start + data_child_mb), 1), "peak_rss_mb_process": round(process_mb, 1),
         "peak_rss_mb_data_child": round(data_child_mb, 1), "rss_mb_while_data_child_ran": round(rss_at_start, 1),
-        "peak_rss_mb_sum_bound": round(_peak_rss_mb() + data_child_mb, 1), "torch_threads": torch.get_num_threads(),
+        "peak_rss_mb_sum_bound": round(process_mb + data_child_mb, 1), "torch_threads": torch.get_num_threads(),
         "eval_meta_loss_initial": round(statistics.mean(rec.evaluation["initial"]), 4),
         "eval_meta_loss_final": round(statistics.mean(rec.evaluation["final"]), 4),
         "fingerprint": fingerprint, "shipped_fingerprint": PolicyWeights.load(PRETRAINED / "learned.safetensors").fingerprint(),

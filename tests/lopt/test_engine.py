@@ -390,6 +390,9 @@ def test_data_preloaded_in_a_child_process_are_the_same_tensors(monkeypatch):
     assert len(truncation._PRELOADED) == 2
     for p in pops:
         got, here = truncation.load_splits(p.dataset, p.data_seed, p.n_train, p.data_options), truncation._load_splits(p.dataset, p.data_seed, p.n_train, p.data_options)
-        assert got is not here and (got.name, got.n_classes, got.input_shape) == (here.name, here.n_classes, here.input_shape)
-        for a in truncation._SPLIT_ARRAYS:
-            assert torch.equal(getattr(got, a), getattr(here, a)) and getattr(got, a).dtype == getattr(here, a).dtype
+        assert got is not here and vars(got).keys() == vars(here).keys()
+        for k, v in vars(here).items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(getattr(got, k), v) and getattr(got, k).dtype == v.dtype
+            else:
+                assert getattr(got, k) == v and type(getattr(got, k)) is type(v)

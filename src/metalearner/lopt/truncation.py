@@ -144,15 +144,13 @@ def _load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple
     return load_dataset(dataset, seed=data_seed, n_train=n_train, **options, **dict(data_options))
 
 
-_SPLIT_ARRAYS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-
-
 def _write_splits(keys_json: str, out_dir: str) -> None:
-    """The child's side of :func:`preload_splits`: each key's splits as ``i.npz`` and ``i.json``."""
+    """The child's side of :func:`preload_splits`: each key's splits, their tensors as ``i.npz``
+    and their other fields as ``i.json``."""
     for i, (dataset, seed, n_train, options) in enumerate(json.loads(keys_json)):
-        sp = _load_splits(dataset, seed, n_train, tuple(tuple(o) for o in options))
-        np.savez(Path(out_dir) / f"{i}.npz", **{a: getattr(sp, a).numpy() for a in _SPLIT_ARRAYS})
-        (Path(out_dir) / f"{i}.json").write_text(json.dumps({"name": sp.name, "n_classes": sp.n_classes, "input_shape": sp.input_shape}))
+        sp = vars(_load_splits(dataset, seed, n_train, tuple(tuple(o) for o in options)))
+        np.savez(Path(out_dir) / f"{i}.npz", **{k: v.numpy() for k, v in sp.items() if isinstance(v, torch.Tensor)})
+        (Path(out_dir) / f"{i}.json").write_text(json.dumps({k: v for k, v in sp.items() if not isinstance(v, torch.Tensor)}))
 
 
 def preload_splits(configs: Sequence[PopulationConfig]) -> None:
@@ -171,9 +169,9 @@ def preload_splits(configs: Sequence[PopulationConfig]) -> None:
             return
         for i, key in enumerate(keys):
             with np.load(Path(tmp) / f"{i}.npz", allow_pickle=False) as z:
-                arrays = {a: torch.from_numpy(z[a]) for a in _SPLIT_ARRAYS}
-            meta = json.loads((Path(tmp) / f"{i}.json").read_text())
-            _PRELOADED[key] = Splits(**arrays, name=meta["name"], n_classes=meta["n_classes"], input_shape=tuple(meta["input_shape"]))
+                tensors = {k: torch.from_numpy(z[k]) for k in z.files}
+            other = json.loads((Path(tmp) / f"{i}.json").read_text())
+            _PRELOADED[key] = Splits(**tensors, **{k: tuple(v) if isinstance(v, list) else v for k, v in other.items()})
 
 
 def _linear(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
