@@ -8,7 +8,9 @@ and 10 shots; MSE on 100 query points after one inner step, as in the Meta-SGD p
 is a mean over fresh test tasks with a 95% interval; ``no_meta_training`` adapts the same
 network from its random initialisation (what meta-training adds), and on images
 ``nearest_centroid`` labels each query by the nearest class mean of the support images, on the
-same episodes (nothing learned: what a meta-learned network must beat). Sensitivity: each method is rerun with its
+same episodes (nothing learned: what a meta-learned network must beat). On images each method
+also runs with the prototype head (``METHOD+prototypes``: the output layer set from the support
+set's class means in feature space before adapting, ProtoMAML). Sensitivity: each method is rerun with its
 meta-learning rate (Adam's, 1e-3) 10x too high and 10x too low, on sinusoid K = 5 and MNIST
 5-way 1-shot; ``meta_meta`` starts from those rates and learns its own.
 
@@ -44,9 +46,11 @@ FACTORS = {"x10": 10.0, "x0.1": 0.1}
 
 
 def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir) -> dict:
+    """``method`` is a few-shot method, or ``METHOD+prototypes`` for it with the prototype head."""
     task, k, shared = SETTINGS[setting]
     train, test = make_families(task, k_shot=k, data_dir=data_dir)
-    config = FewShotConfig(method=method, outer_lr=outer_lr, iterations=iterations[task.split("_")[0]], **shared)
+    name, _, head = method.partition("+")
+    config = FewShotConfig(method=name, head=head or "learned", outer_lr=outer_lr, iterations=iterations[task.split("_")[0]], **shared)
     result = train_and_evaluate(train, test, config, n_tasks=n_tasks)
     print(f"{setting} {method} lr={outer_lr:g}: {result['metric']} {result['mean']:.4f} "
           f"({result['train_seconds']:.0f}s)", flush=True)  # fmt: skip
@@ -70,7 +74,10 @@ def main() -> None:
     n_tasks = 50 if args.quick else 600
     base_lr = FewShotConfig().outer_lr
 
-    cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in METHODS} for s in SETTINGS}
+    def methods(setting: str) -> tuple[str, ...]:
+        return METHODS if setting.startswith("sinusoid") else (*METHODS, *(f"{m}+prototypes" for m in METHODS))
+
+    cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in methods(s)} for s in SETTINGS}
     for s, (task, k, _) in SETTINGS.items():
         cells[s]["no_meta_training"] = without_meta_training(s, n_tasks, args.data_dir)
         if task != "sinusoid":

@@ -53,6 +53,12 @@ def test_fewshot_prints_json_with_interval_and_plots_the_adaptation(tmp_path):
     assert (tmp_path / "adapt.png").stat().st_size > 10_000
 
 
+def test_fewshot_prototype_head_on_unseen_digits(shared_data):
+    out = invoke("fewshot", "--task", "mnist", "--head", "prototypes", "--k-shot", "1", "--inner-lr", "0.1", "--iterations", "3",
+                 "--meta-batch", "2", "--eval-tasks", "40", "--data-dir", str(shared_data))  # fmt: skip
+    assert out["metric"] == "acc" and out["config"]["head"] == "prototypes" and 0.25 < out["mean"] <= 1
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -63,6 +69,7 @@ def test_fewshot_prints_json_with_interval_and_plots_the_adaptation(tmp_path):
         (["fewshot", "--task", "omniglot"], "unknown few-shot task 'omniglot'"),
         (["fewshot", "--k-shot", "0"], "k_shot must be >= 1"),
         (["fewshot", "--outer-lr", "-1"], "outer_lr must be a positive number"),
+        (["fewshot", "--head", "prototypes"], "prototype head is for classification"),
     ],
 )
 def test_user_mistakes_are_config_errors(args, message):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from metalearner.errors import ConfigError
 from metalearner.meta.fewshot import (
     ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, meta_loss, meta_train,
-    nearest_centroid,
+    nearest_centroid, prototype_head,
 )  # fmt: skip
 from metalearner.tasks import load_dataset
 
@@ -177,6 +177,7 @@ def test_image_episodes_use_unseen_classes_for_meta_test(shared_data):
         (dict(method="reptile"), "unknown few-shot method 'reptile'; choose from maml, meta_sgd, meta_meta"),
         (dict(inner_steps=0), "inner_steps must be >= 1"),
         (dict(outer_lr=0.0), "outer_lr must be a positive number"),
+        (dict(head="linear"), "unknown head 'linear'; choose from learned, prototypes"),
     ],
 )
 def test_invalid_configs_are_one_line_errors(kwargs, message):
@@ -204,3 +205,37 @@ def test_nearest_centroid_labels_each_query_by_the_nearest_support_mean():
 def test_class_split_refuses_too_few_classes():
     with pytest.raises(ConfigError, match="5-way episodes need at least 5 classes"):
         ClassSplit(torch.zeros(10, 4), torch.arange(10) % 3, (0, 1, 2), n_way=5)
+
+
+def test_prototype_head_labels_each_query_by_the_nearest_class_mean_in_feature_space():
+    torch.manual_seed(0)
+    family = ClassSplit(torch.randn(60, 6), torch.arange(60) % 3, (0, 1, 2), n_way=3, k_shot=2, k_query=4)
+    model = family.model()
+    params = dict(model.named_parameters())
+    xs, ys, xq, yq = (t[0] for t in family.sample(1, torch.Generator().manual_seed(0)))
+    head = prototype_head(model, params, xs, ys)
+    feats = lambda x: model[:-1](x)  # noqa: E731
+    centres = torch.stack([feats(xs)[ys == c].mean(0) for c in range(3)])
+    logits = torch.func.functional_call(model, head, (xq,))
+    # 2c·φ − ‖c‖² = ‖φ‖² − ‖φ − c‖²: the logits are minus the squared distances, up to a per-query constant
+    dist = torch.cdist(feats(xq), centres).square()
+    assert torch.allclose(logits - logits[:, :1], -(dist - dist[:, :1]), atol=1e-4)
+    assert set(head) == set(params) and all(head[k] is params[k] for k in params if not k.startswith("4."))
+
+
+def test_prototype_head_meta_trains_the_body_through_the_prototypes():
+    torch.manual_seed(0)
+    family = ClassSplit(torch.randn(120, 6), torch.arange(120) % 5, (0, 1, 2, 3, 4), n_way=5, k_shot=1, k_query=5)
+    learner = init_learner(family.model(), FewShotConfig(method="meta_sgd", head="prototypes", inner_lr=0.1))
+    batch = family.sample(4, torch.Generator().manual_seed(0))
+    meta_loss(learner.meta, learner.fixed, learner.model, family.loss, 1, False, batch, "prototypes").backward()
+    grads = {k: p.grad for k, p in learner.meta.items()}
+    assert grads["0.weight"].abs().sum() > 0 and grads["rate/4.weight"].abs().sum() > 0  # body and head rates learn
+    assert grads["4.weight"] is None  # the meta-learned output layer is replaced, so unused
+    learner, _ = meta_train(family, FewShotConfig(method="maml", head="prototypes", iterations=3, meta_batch=2))
+    assert evaluate(learner, family, n_tasks=4, steps=1)["metric"] == "acc"
+
+
+def test_prototype_head_refuses_regression():
+    with pytest.raises(ConfigError, match="prototype head is for classification"):
+        meta_train(Sinusoid(), FewShotConfig(head="prototypes", iterations=1))

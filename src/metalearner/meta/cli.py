@@ -82,6 +82,8 @@ def fewshot(
     iterations: int = typer.Option(1000, help="Meta-iterations."),
     height: int = typer.Option(1, help="meta_meta: tower height over the outer Adam."),
     hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
+    head: str = typer.Option("learned", help="Images: 'learned' (a meta-learned output layer) or 'prototypes' (set from "
+                             "the support set's class means in feature space before adapting: ProtoMAML)."),
     eval_tasks: int = typer.Option(600, help="Test tasks for the score and its 95% interval."),
     eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
     seed: int = SEED,
@@ -97,7 +99,7 @@ def fewshot(
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
                            outer_lr=outer_lr, meta_batch=meta_batch, iterations=iterations, height=height,
-                           hyper_lr=hyper_lr, seed=seed)  # fmt: skip
+                           hyper_lr=hyper_lr, head=head, seed=seed)  # fmt: skip
     for name, value in (("k_shot", k_shot), ("n_way", n_way), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")

@@ -17,6 +17,11 @@ tasks, by an outer optimizer with learning rate ``β`` (the meta-learning rate):
   (:class:`~metalearner.meta.towers.Tower`), so the meta-learning rate ``β`` is itself
   learned by one-step hypergradients: the **meta-meta** level.
 
+On classification episodes any of them can start each task from a **prototype head**
+(``head="prototypes"``, ProtoMAML: Triantafillou et al., 2020): the output layer is set from
+the support set's class means in feature space, so the unadapted network is a nearest-mean
+classifier on the meta-learned features, and the inner steps refine it.
+
 Second order differentiates through the inner gradients; first order (``first_order=True``)
 stops them (``∇L_support`` detached), which keeps ``∂θ_S/∂α = −∇L_support``: the rates still
 get their gradient (a known bug elsewhere drops it). Tasks are batched with ``vmap`` over
@@ -40,6 +45,7 @@ from metalearner.meta.towers import Tower
 
 Params = dict[str, Tensor]
 METHODS = ("maml", "meta_sgd", "meta_meta")
+HEADS = ("learned", "prototypes")
 
 # ---------------------------------------------------------------------------- task families
 
@@ -132,11 +138,32 @@ def image_splits(splits: Any, *, n_way: int, k_shot: int, k_query: int = 15,
 # --------------------------------------------------------------------------- functional core
 
 
+def prototype_head(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Params:
+    """``params`` with the output layer set from the support set (ProtoMAML, Triantafillou et
+    al. 2020): row ``k`` of the last ``Linear`` is ``2 c_k``, its bias ``−‖c_k‖²``, ``c_k`` the
+    mean penultimate features of class ``k``'s support examples, so before any inner step the
+    network labels a query by its nearest class mean in feature space. Differentiable: the
+    meta-gradient reaches the body through the prototypes."""
+    if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
+        raise ConfigError("the prototype head needs an nn.Sequential model whose last module is nn.Linear")
+    last = next(reversed(model._modules))
+    body = {k: v for k, v in params.items() if not k.startswith(f"{last}.")}
+    features = functional_call(model[:-1], body, (x,))
+    n_way = params[f"{last}.weight"].shape[0]
+    onehot = (y[:, None] == torch.arange(n_way, device=y.device)).to(features.dtype)  # vmap-safe one_hot
+    centres = (onehot.T @ features) / onehot.sum(0).clamp_min(1)[:, None]
+    return {**params, f"{last}.weight": 2 * centres, f"{last}.bias": -centres.square().sum(1)}
+
+
 def adapt(
     model: nn.Module, params: Params, rates: Params, x: Tensor, y: Tensor, loss_fn: Callable[..., Tensor],
-    steps: int, *, first_order: bool = False,
+    steps: int, *, first_order: bool = False, head: str = "learned",
 ) -> Params:  # fmt: skip
-    """``steps`` inner steps ``θ ← θ − α ⊙ ∇L_support(θ)`` from ``params`` (one task)."""
+    """``steps`` inner steps ``θ ← θ − α ⊙ ∇L_support(θ)`` from ``params`` (one task); with
+    ``head="prototypes"`` the output layer is first set from the support set
+    (:func:`prototype_head`)."""
+    if head == "prototypes":
+        params = prototype_head(model, params, x, y)
 
     def support_loss(p: Params) -> Tensor:
         return loss_fn(functional_call(model, p, (x,)), y)
@@ -150,18 +177,18 @@ def adapt(
 
 
 def task_loss(meta: Params, fixed: Params, model: nn.Module, loss_fn: Callable[..., Tensor], steps: int,
-              first_order: bool, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:  # fmt: skip
+              first_order: bool, head: str, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:  # fmt: skip
     """Query loss of one task after adaptation from the meta-parameters."""
     params, rates = _split(meta, fixed)
-    adapted = adapt(model, params, rates, xs, ys, loss_fn, steps, first_order=first_order)
+    adapted = adapt(model, params, rates, xs, ys, loss_fn, steps, first_order=first_order, head=head)
     return loss_fn(functional_call(model, adapted, (xq,)), yq)
 
 
 def meta_loss(meta: Params, fixed: Params, model: nn.Module, loss_fn: Callable[..., Tensor], steps: int,
-              first_order: bool, batch: Episodes) -> Tensor:  # fmt: skip
+              first_order: bool, batch: Episodes, head: str = "learned") -> Tensor:  # fmt: skip
     """Mean query loss over a batch of tasks (``vmap`` over the task dimension)."""
-    per_task = vmap(task_loss, in_dims=(None, None, None, None, None, None, 0, 0, 0, 0))
-    return per_task(meta, fixed, model, loss_fn, steps, first_order, *batch).mean()
+    per_task = vmap(task_loss, in_dims=(None, None, None, None, None, None, None, 0, 0, 0, 0))
+    return per_task(meta, fixed, model, loss_fn, steps, first_order, head, *batch).mean()
 
 
 def _split(meta: Params, fixed: Params) -> tuple[Params, Params]:
@@ -189,11 +216,14 @@ class FewShotConfig:
     iterations: int = 10_000
     height: int = 1
     hyper_lr: float = 0.03
+    head: str = "learned"  # or "prototypes": the output layer set from the support set (classification)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown few-shot method {self.method!r}; choose from {', '.join(METHODS)}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose from {', '.join(HEADS)}")
         for name in ("inner_steps", "meta_batch", "iterations", "height"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -218,7 +248,7 @@ class MetaLearner:
 
     def adapt(self, x: Tensor, y: Tensor, loss_fn: Callable[..., Tensor], steps: int) -> Params:
         params, rates = _split(self.meta, self.fixed)
-        return adapt(self.model, params, rates, x, y, loss_fn, steps)
+        return adapt(self.model, params, rates, x, y, loss_fn, steps, head=self.config.head)
 
 
 def init_learner(model: nn.Module, config: FewShotConfig) -> MetaLearner:
@@ -243,6 +273,8 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
                progress: Callable[[int, int, float], None] | None = None) -> tuple[MetaLearner, list[dict[str, float]]]:  # fmt: skip
     """Meta-train on ``family`` (``sample``, ``model``, ``loss``); returns the learner and a
     history of ``{iteration, meta_loss, outer_lr}`` every ``log_every`` iterations."""
+    if config.head == "prototypes" and family.metric != "acc":
+        raise ConfigError("the prototype head is for classification episodes (images), not regression")
     torch.manual_seed(config.seed)
     learner = init_learner(family.model(), config)
     opt = outer_optimizer(learner.meta, config)
@@ -251,7 +283,7 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
     for it in range(1, config.iterations + 1):
         batch = family.sample(config.meta_batch, gen)
         loss = meta_loss(learner.meta, learner.fixed, learner.model, family.loss, config.inner_steps,
-                         config.first_order, batch)  # fmt: skip
+                         config.first_order, batch, config.head)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()  # the outer level is plain autograd through the vmapped torch.func inner loop
         opt.step()
@@ -275,7 +307,7 @@ def adaptation_curve(learner: MetaLearner, family: Any, episodes: Episodes, step
     model, loss_fn = learner.model, family.loss
 
     def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
-        p, scores = params, []
+        p, scores = prototype_head(model, params, xs, ys) if learner.config.head == "prototypes" else params, []
         for s in range(steps + 1):
             out = functional_call(model, p, (xq,))
             scores.append(loss_fn(out, yq) if family.metric == "mse" else (out.argmax(-1) == yq).float().mean())
