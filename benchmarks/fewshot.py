@@ -6,7 +6,8 @@ and 10 shots; MSE on 100 query points after one inner step, as in the Meta-SGD p
 5-way 1- and 5-shot classification on MNIST and Fashion-MNIST, meta-trained on classes 0-4
 (training images) and meta-tested on classes 5-9 (test images); all second order. Every score
 is a mean over fresh test tasks with a 95% interval; ``no_meta_training`` adapts the same
-network from its random initialisation (what meta-training adds), and on images
+network from its random initialisation (what meta-training adds; on images also with the
+prototype head, ``no_meta_training+prototypes``), and on images
 ``nearest_centroid`` labels each query by the nearest class mean of the support images, on the
 same episodes (nothing learned: what a meta-learned network must beat). On images each method
 also runs with the prototype head (``METHOD+prototypes``: the output layer set from the support
@@ -57,11 +58,12 @@ def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], 
     return result
 
 
-def without_meta_training(setting: str, n_tasks: int, data_dir) -> dict:
-    """The baseline: the same network from its random initialisation, adapted the same way."""
+def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "learned") -> dict:
+    """The baseline: the same network from its random initialisation, adapted the same way
+    (with ``head="prototypes"``: what the prototype head gives before any meta-training)."""
     task, k, shared = SETTINGS[setting]
     train, test = make_families(task, k_shot=k, data_dir=data_dir)
-    config = FewShotConfig(**shared)
+    config = FewShotConfig(head=head, **shared)
     torch.manual_seed(config.seed)  # the initial weights meta-training starts from
     return evaluate(init_learner(train.model(), config), test, n_tasks=n_tasks, steps=config.inner_steps)
 
@@ -81,6 +83,7 @@ def main() -> None:
     for s, (task, k, _) in SETTINGS.items():
         cells[s]["no_meta_training"] = without_meta_training(s, n_tasks, args.data_dir)
         if task != "sinusoid":
+            cells[s]["no_meta_training+prototypes"] = without_meta_training(s, n_tasks, args.data_dir, head="prototypes")
             cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
     sensitivity = {s: {m: {f: run(s, m, base_lr * x, iterations, n_tasks, args.data_dir) for f, x in FACTORS.items()}
                        for m in METHODS} for s in SENSITIVITY}  # fmt: skip

@@ -56,7 +56,8 @@ def test_fewshot_prints_json_with_interval_and_plots_the_adaptation(tmp_path):
 def test_fewshot_prototype_head_on_unseen_digits(shared_data):
     out = invoke("fewshot", "--task", "mnist", "--head", "prototypes", "--k-shot", "1", "--inner-lr", "0.1", "--iterations", "3",
                  "--meta-batch", "2", "--eval-tasks", "40", "--data-dir", str(shared_data))  # fmt: skip
-    assert out["metric"] == "acc" and out["config"]["head"] == "prototypes" and 0.25 < out["mean"] <= 1
+    # a random initialisation scores about 0.30 with the learned head and 0.42 with the prototype head
+    assert out["metric"] == "acc" and out["config"]["head"] == "prototypes" and 0.36 < out["mean"] <= 1
 
 
 @pytest.mark.parametrize(

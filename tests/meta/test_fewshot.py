@@ -221,6 +221,27 @@ def test_prototype_head_labels_each_query_by_the_nearest_class_mean_in_feature_s
     dist = torch.cdist(feats(xq), centres).square()
     assert torch.allclose(logits - logits[:, :1], -(dist - dist[:, :1]), atol=1e-4)
     assert set(head) == set(params) and all(head[k] is params[k] for k in params if not k.startswith("4."))
+    # the head is a function of the body: the meta-gradient reaches it through the prototypes
+    assert torch.autograd.grad(head["4.weight"].sum(), params["0.weight"])[0].abs().sum() > 0
+
+
+def test_prototype_head_is_what_evaluation_and_adaptation_start_from():
+    torch.manual_seed(0)
+    family = ClassSplit(torch.randn(90, 6), torch.arange(90) % 3, (0, 1, 2), n_way=3, k_shot=2, k_query=5)
+    learner = init_learner(family.model(), FewShotConfig(method="maml", head="prototypes", inner_lr=0.1))
+    body = learner.model[:-1]
+    hits = []
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for xs, ys, xq, yq in zip(*family.sample(20, gen)):  # by hand, on the episodes evaluate draws
+            centres = torch.stack([body(xs)[ys == c].mean(0) for c in range(3)])
+            hits.append(float((torch.cdist(body(xq), centres).argmin(-1) == yq).double().mean()))
+    result = evaluate(learner, family, n_tasks=20, steps=0, seed=7)
+    assert result["mean"] == pytest.approx(sum(hits) / 20)
+    xs, ys = family.sample(1, torch.Generator().manual_seed(0))[:2]
+    start = prototype_head(learner.model, dict(learner.model.named_parameters()), xs[0], ys[0])
+    adapted = learner.adapt(xs[0], ys[0], family.loss, 0)
+    assert all(torch.equal(adapted[k], start[k]) for k in start)
 
 
 def test_prototype_head_meta_trains_the_body_through_the_prototypes():

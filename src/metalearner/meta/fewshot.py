@@ -143,10 +143,11 @@ def prototype_head(model: nn.Module, params: Params, x: Tensor, y: Tensor) -> Pa
     al. 2020): row ``k`` of the last ``Linear`` is ``2 c_k``, its bias ``−‖c_k‖²``, ``c_k`` the
     mean penultimate features of class ``k``'s support examples, so before any inner step the
     network labels a query by its nearest class mean in feature space. Differentiable: the
-    meta-gradient reaches the body through the prototypes."""
+    meta-gradient reaches the body through the prototypes. Labels are ``0 … n_way−1`` (a class
+    without support examples gets a zero centre)."""
     if not isinstance(model, nn.Sequential) or not isinstance(model[-1], nn.Linear):
         raise ConfigError("the prototype head needs an nn.Sequential model whose last module is nn.Linear")
-    last = next(reversed(model._modules))
+    last = list(model.named_children())[-1][0]
     body = {k: v for k, v in params.items() if not k.startswith(f"{last}.")}
     features = functional_call(model[:-1], body, (x,))
     n_way = params[f"{last}.weight"].shape[0]
@@ -273,8 +274,7 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
                progress: Callable[[int, int, float], None] | None = None) -> tuple[MetaLearner, list[dict[str, float]]]:  # fmt: skip
     """Meta-train on ``family`` (``sample``, ``model``, ``loss``); returns the learner and a
     history of ``{iteration, meta_loss, outer_lr}`` every ``log_every`` iterations."""
-    if config.head == "prototypes" and family.metric != "acc":
-        raise ConfigError("the prototype head is for classification episodes (images), not regression")
+    _check_head(config, family)
     torch.manual_seed(config.seed)
     learner = init_learner(family.model(), config)
     opt = outer_optimizer(learner.meta, config)
@@ -297,6 +297,11 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
     return learner, history
 
 
+def _check_head(config: FewShotConfig, family: Any) -> None:
+    if config.head == "prototypes" and family.metric != "acc":
+        raise ConfigError("the prototype head is for classification episodes (images), not regression")
+
+
 # ----------------------------------------------------------------------------------- evaluation
 
 
@@ -307,7 +312,8 @@ def adaptation_curve(learner: MetaLearner, family: Any, episodes: Episodes, step
     model, loss_fn = learner.model, family.loss
 
     def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
-        p, scores = prototype_head(model, params, xs, ys) if learner.config.head == "prototypes" else params, []
+        p = prototype_head(model, params, xs, ys) if learner.config.head == "prototypes" else params
+        scores = []
         for s in range(steps + 1):
             out = functional_call(model, p, (xq,))
             scores.append(loss_fn(out, yq) if family.metric == "mse" else (out.argmax(-1) == yq).float().mean())
@@ -323,6 +329,7 @@ def evaluate(learner: MetaLearner, family: Any, *, n_tasks: int, steps: int, see
              chunk: int = 100) -> dict[str, Any]:  # fmt: skip
     """Mean score with a 95% interval over ``n_tasks`` fresh tasks after ``steps`` inner steps,
     and the mean adaptation curve (score after 0 … ``steps`` steps)."""
+    _check_head(learner.config, family)
     gen = torch.Generator().manual_seed(seed)
     curves = torch.cat([adaptation_curve(learner, family, family.sample(min(chunk, n_tasks - i), gen), steps)
                         for i in range(0, n_tasks, chunk)])  # fmt: skip
