@@ -77,7 +77,7 @@ def main() -> None:
     base_lr = FewShotConfig().outer_lr
 
     def methods(setting: str) -> tuple[str, ...]:
-        return METHODS if setting.startswith("sinusoid") else (*METHODS, *(f"{m}+prototypes" for m in METHODS))
+        return METHODS if SETTINGS[setting][0] == "sinusoid" else (*METHODS, *(f"{m}+prototypes" for m in METHODS))
 
     cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in methods(s)} for s in SETTINGS}
     for s, (task, k, _) in SETTINGS.items():

@@ -312,8 +312,7 @@ def adaptation_curve(learner: MetaLearner, family: Any, episodes: Episodes, step
     model, loss_fn = learner.model, family.loss
 
     def one_task(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> Tensor:
-        p = prototype_head(model, params, xs, ys) if learner.config.head == "prototypes" else params
-        scores = []
+        p, scores = adapt(model, params, rates, xs, ys, loss_fn, 0, head=learner.config.head), []  # the start: the head, if any
         for s in range(steps + 1):
             out = functional_call(model, p, (xq,))
             scores.append(loss_fn(out, yq) if family.metric == "mse" else (out.argmax(-1) == yq).float().mean())
