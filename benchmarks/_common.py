@@ -117,11 +117,14 @@ def interleaved_seconds(
     return seconds
 
 
-def parse_args(doc: str | None, quick_help: str) -> Any:
-    """The flags of a benchmark: ``--quick`` (about a minute, JSON only) and ``--data-dir``."""
+def parse_args(doc: str | None, quick_help: str, extra: Callable[[Any], Any] | None = None) -> Any:
+    """The flags of a benchmark: ``--quick`` (about a minute, JSON only) and ``--data-dir``
+    (``extra(parser)`` adds the benchmark's own)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=quick_help)
     ap.add_argument("--data-dir", default=default_data_dir())
+    if extra is not None:
+        extra(ap)
     return ap.parse_args()

@@ -70,7 +70,8 @@ def _perturbations(group, delta):
 @pytest.mark.parametrize("base, hyper", [("adam", "adam"), ("momentum", "adam"), ("sgd", "sgd")])
 def test_hypergradients_of_every_level_match_finite_differences(base, hyper):
     model, loss = tiny(dtype=torch.float64)
-    opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper, trace_decay=0.0)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper, trace_decay=0.0,
+                hyper_every=1)  # fmt: skip
     for _ in range(6):
         backward(model, loss)
         opt.step()
@@ -174,7 +175,7 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
     """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a."""
     a = 2.0
     x = torch.linspace(1, 2, 10, requires_grad=True)
-    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0)
+    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0, hyper_every=1)
     for _ in range(300):
         x.grad = a * x.detach()
         opt.step()
@@ -188,9 +189,9 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
                                                       ("adam", "all", 0.5, 40), ("momentum", "all", 0.5, 40)])  # fmt: skip
 def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_updates(base, learn, gamma, steps):
     """Level 1 reads ∂L/∂log lr = −g_t·e_t, e_t = Σ_k γ^k u_{t−1−k}, the updates taken from the
-    weights (γ = 0.5 for 40 steps: the stored e/γ^t is folded back once on the way)."""
+    weights (read through the anchor, an average of the weights: exact with a hyper step every step)."""
     model, loss = tiny(dtype=torch.float64)
-    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma, hyper_every=1)
     updates = []
     for _ in range(steps):
         before = [p.detach().clone() for p in model.parameters()]
@@ -203,6 +204,33 @@ def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_upd
     trace = [sum(gamma**k * u[i] for k, u in enumerate(reversed(updates))) for i in range(len(grads))]
     expected = -sum(float((g * e).sum()) for g, e in zip(grads, trace))
     assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("base, learn, gamma", [("sgd", "lr", 0.9), ("adam", "all", 0.9), ("momentum", "lr", 0.0), ("adam", "all", 0.0)])
+def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_and_it_reads_the_right_vectors(base, learn, gamma):
+    """``hyper_every=4``: the hyperparameters change on steps 5, 9, … only, and the lr's
+    hypergradient there reads the anchor ``a ← γ⁴ a + (1 − γ⁴) θ`` (``a`` = the first
+    weights) as ``g·(θ − a)/γ``, or (``γ = 0``) the update of the step just before, ``−g·u``."""
+    k = 4
+    model, loss = tiny(dtype=torch.float64)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma, hyper_every=k)
+    anchor = [p.detach().clone() for p in model.parameters()]
+    last_update = None
+    for t in range(1, 14):
+        before, weights = tower_hparams(opt), [p.detach().clone() for p in model.parameters()]
+        backward(model, loss)
+        if t > 1 and (t - 1) % k == 0:
+            if gamma:
+                anchor = [gamma**k * a + (1 - gamma**k) * w for a, w in zip(anchor, weights)]
+                expected = sum(float((p.grad * (w - a)).sum()) for p, w, a in zip(model.parameters(), weights, anchor)) / gamma
+            else:
+                expected = -sum(float((p.grad * u).sum()) for p, u in zip(model.parameters(), last_update))
+        opt.step()
+        last_update = [w - p.detach() for w, p in zip(weights, model.parameters())]
+        changed = tower_hparams(opt) != before
+        assert changed == (t > 1 and (t - 1) % k == 0), t
+        if changed:
+            assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
 
 
 def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
@@ -230,6 +258,7 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
         (dict(betas=(0.9, 1.0)), "betas must be in (0, 1)"),
         (dict(base="momentum", momentum=0.0), "momentum must be in (0, 1)"),
         (dict(trace_decay=1.0), "trace_decay must be in [0, 1)"),
+        (dict(hyper_every=0), "hyper_every must be an integer >= 1"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(kwargs, message):

@@ -32,6 +32,7 @@ def tower(
     hyper_lr: float = typer.Option(0.03, help="Level 1's step size on the log scale; each level above 10x smaller."),
     learn: str = typer.Option("lr", help="lr (the base's learning rate) or all (also momentum/betas)."),
     trace_decay: float = typer.Option(0.999, help="Decay of the trace of past updates the lr's hypergradient reads (0: one-step)."),
+    hyper_every: Optional[int] = typer.Option(None, help="Base steps per hyper step (the steps between are the plain base's; default: the tower's, 4)."),
     depth: int = typer.Option(2, help="Hidden layers of the MLP."),
     width: int = typer.Option(128, help="Hidden units."),
     steps: int = typer.Option(1000, help="Training steps."),
@@ -53,7 +54,8 @@ def tower(
                         n_train=n_train)  # fmt: skip
     model_task = make_task(config, data_dir=str(data_dir) if data_dir else None)
     model = model_task.build_model(seed=seed)
-    opt = Tower(model.parameters(), lr=lr, base=base, height=height, hyper_lr=hyper_lr, learn=learn, trace_decay=trace_decay)
+    opt = Tower(model.parameters(), lr=lr, base=base, height=height, hyper_lr=hyper_lr, learn=learn, trace_decay=trace_decay,
+                **({} if hyper_every is None else {"hyper_every": hyper_every}))  # fmt: skip
     rows: list[dict[str, float]] = [tower_hparams(opt)]
     opt.register_step_post_hook(lambda o, *_: rows.append(tower_hparams(o)))
     with Progress(progress) as display:
@@ -64,7 +66,7 @@ def tower(
 
         plot_tower(rows, plot, title=f"{task}: {base} + tower of height {height}")
     out = {"task": config.to_dict(), "tower": {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr,
-           "learn": learn, "trace_decay": trace_decay}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
+           "learn": learn, "trace_decay": trace_decay, "hyper_every": opt.param_groups[0]["hyper_every"]}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
     typer.echo(json.dumps(out))
 
 

@@ -265,8 +265,9 @@ def init_learner(model: nn.Module, config: FewShotConfig) -> MetaLearner:
 def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimizer:
     """Adam at the meta-learning rate, or (``meta_meta``) Adam whose rate a tower learns."""
     if config.method == "meta_meta":
-        # the one-step hypergradient: the towers' trace helped the sinusoid but hurt images (docs/meta.md)
-        return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0)
+        # the one-step hypergradient every meta-iteration: the towers' trace helped the sinusoid but hurt images (docs/meta.md)
+        return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0,
+                     hyper_every=1)  # fmt: skip
     return torch.optim.Adam(meta.values(), lr=config.outer_lr)
 
 

@@ -34,12 +34,22 @@ decaying trace of past updates instead of the last one, ``∂L/∂log lr ≈ −
 ``e_t = γ e_{t−1} + u_{t−1}``: the derivative of the new loss with respect to a log-lr
 change applied to the last ~1/(1−γ) steps, holding the trajectory's Jacobian at the
 identity. The one-step form (``γ = 0``) is exact but greedy: it settles far below the best
-fixed rate (the short-horizon bias; ``docs/meta.md`` measures both).
-Each step computes the hypergradients bottom-up from those and the levels' last moves, then
+fixed rate (the short-horizon bias; ``docs/meta.md`` measures both). The trace costs no pass
+of its own: since ``θ_t = θ_{t−1} − u_{t−1}``, an average of the weights ``a_t = γ a_{t−1} +
+(1−γ) θ_t`` (the *anchor*, ``a_0 = θ_0``) gives ``e_t = −(θ_t − a_t)/γ`` exactly.
+
+The hyper levels step every ``hyper_every = k`` base steps (default 4), each move ``k`` times
+its step size, so the lr moves as fast per base step as with ``k = 1``; in between, a step is
+the plain base step. The anchor is then updated on hyper steps only, ``a ← γ^k a + (1−γ^k) θ``
+(exact for ``k = 1``; for ``k > 1`` the updates within a block are weighted as if taken at its
+end), and the one-step vectors the other hyperparameters need are kept only on the step before
+a hyper step. That is what makes a level cheap: the dot products and the anchor's pass happen
+once per ``k`` steps (``docs/meta.md`` measures the cost and the accuracy for ``k`` = 1, 4, 8).
+Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
 does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
 published ``create_graph`` version leaks), memory is O(parameters), and the hyper levels are
-O(1) scalar work. One host read per step (the few dot products of the hypergradient, one
+O(1) scalar work. One host read per hyper step (the few dot products of the hypergradient, one
 ``tolist``) buys that: the levels are then Python arithmetic on a handful of floats, which
 measured far cheaper than the dozens of tiny tensor ops (kernel launches) they would be.
 
@@ -76,31 +86,29 @@ HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr over the trace's scale (>= 1e-10) stays a finite float32 scalar
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
-TRACE_RENORM = 1e-10  # the lr trace is kept as e/s (see _trace_scale); below this s it is folded back
+HYPER_EVERY = 4  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
-# A base kernel moves the weights itself (θ −= u, one fused op, as torch.optim does) and
-# returns (basis, coef): vectors to keep for the next step's hypergradient (basis[0] written
-# into a buffer the caller keeps, so no step allocates it) and coef (len z_0 × len basis)
-# with ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b].
+# A base kernel moves the weights itself (θ −= u, one fused op, as torch.optim does). With
+# ``basis`` (the next step is a hyper step and reads one-step vectors) it also returns
+# (basis, coef): vectors to keep for the next step's hypergradient (basis[0] written into a
+# buffer the caller keeps, so no step allocates it) and coef (len z_0 × len basis) with
+# ∂u/∂z_0[j] = Σ_b coef[j][b] basis[b]; without, ([], []).
 
 
 def adam_update(
     params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
-    beta1: float, beta2: float, eps: float, step: int, *, learn_betas: bool = False, trace_scale: float = 0.0,
+    beta1: float, beta2: float, eps: float, step: int, *, basis: bool = True, learn_betas: bool = False,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
-    """Adam, ``u = lr m̂/(√v̂ + ε) = a·d`` with ``a = lr/c₁`` and ``d = m/(√v̂ + ε)`` into ``direction``;
-    moves ``m, v`` and the weights in place. With a ``trace_scale`` ``s`` (and the lr learned
-    alone) ``direction`` holds the trace over its scale instead, ``f ← f + u/s`` (see
-    :func:`_trace_scale`)."""
+    """Adam, ``u = lr m̂/(√v̂ + ε) = a·d`` with ``a = lr/c₁`` and ``d = m/(√v̂ + ε)`` (into
+    ``direction`` with ``basis``); moves ``m, v`` and the weights in place."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
     a = lr / c1
-    if trace_scale and not learn_betas:
-        torch._foreach_addcdiv_(direction, m, denom, value=a / trace_scale)
+    if not basis:
         torch._foreach_addcdiv_(params, m, denom, value=-a)
-        return [direction], [[trace_scale]]
+        return [], []
     torch._foreach_copy_(direction, m)
     torch._foreach_div_(direction, denom)
     torch._foreach_add_(params, direction, alpha=-a)
@@ -122,28 +130,24 @@ def adam_update(
 
 def sgd_update(
     params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
-    momentum: float = 0.0, *, learn_momentum: bool = False, trace_scale: float = 0.0,
+    momentum: float = 0.0, *, basis: bool = True, learn_momentum: bool = False,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
-    weights in place. ``direction`` receives a copy of ``g`` where the next step needs it
-    (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is ``buf`` itself,
-    which the next step reads before it moves it. With a ``trace_scale`` ``s`` (and the lr
-    learned alone) ``direction`` holds the trace over its scale instead, ``f ← f + u/s``."""
+    weights in place. With ``basis``, ``direction`` receives a copy of ``g`` where the next
+    step needs it (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is
+    ``buf`` itself, which the next step reads before it moves it."""
     if buf is None:
-        if trace_scale:
-            torch._foreach_add_(direction, grads, alpha=lr / trace_scale)
-        else:
+        if basis:
             torch._foreach_copy_(direction, grads)
         torch._foreach_add_(params, grads, alpha=-lr)
-        return [direction], [[trace_scale or lr]]
+        return ([direction], [[lr]]) if basis else ([], [])
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
     torch._foreach_add_(params, buf, alpha=-lr)
+    if not basis:
+        return [], []
     if not learn_momentum:
-        if not trace_scale:
-            return [buf], [[lr]]
-        torch._foreach_add_(direction, buf, alpha=lr / trace_scale)
-        return [direction], [[trace_scale]]
+        return [buf], [[lr]]
     torch._foreach_copy_(direction, grads)
     return [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
 
@@ -179,12 +183,13 @@ def hyper_directions(rule: str, grads: Levels, state: dict[str, Any]) -> Levels:
     return out
 
 
-def climb(z: Levels, directions: Levels) -> Levels:
-    """Move the levels top-down in place: level k moves ``z_{k-1}`` by ``e^{z_k} · direction``,
-    its step size just moved by level k+1; returns the moves (the top ``z_h`` stays)."""
+def climb(z: Levels, directions: Levels, every: int = 1) -> Levels:
+    """Move the levels top-down in place: level k moves ``z_{k-1}`` by ``every · e^{z_k} ·
+    direction`` (``every``: base steps per hyper step), its step size just moved by level k+1;
+    returns the moves (the top ``z_h`` stays)."""
     moves: Levels = [[] for _ in directions]
     for k in range(len(directions), 0, -1):
-        moves[k - 1] = [_exp(z[k][0]) * d for d in directions[k - 1]]
+        moves[k - 1] = [every * _exp(z[k][0]) * d for d in directions[k - 1]]
         z[k - 1] = [a - b for a, b in zip(z[k - 1], moves[k - 1])]
     return moves
 
@@ -229,6 +234,8 @@ class Tower(torch.optim.Optimizer):
             the last update alone (``γ = 0``, the paper's one-step hypergradient, which
             settles far below the best fixed rate: the short-horizon bias). The default
             0.999 looks back about a thousand steps (see ``docs/meta.md``).
+        hyper_every: base steps per hyper step (each move that many times its step size);
+            the steps in between are the plain base step, which is what keeps a level cheap.
     """
 
     def __init__(
@@ -245,6 +252,7 @@ class Tower(torch.optim.Optimizer):
         hyper_lr: float | Sequence[float] = 0.03,
         hyper: str = "adam",
         trace_decay: float = 0.999,
+        hyper_every: int = HYPER_EVERY,
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
             if value not in choices:
@@ -263,8 +271,10 @@ class Tower(torch.optim.Optimizer):
             _check_rate("hyper_lr", r, zero_ok=True)
         if not 0 <= trace_decay < 1:
             raise ConfigError(f"trace_decay must be in [0, 1), got {trace_decay}")
+        if not (isinstance(hyper_every, int) and hyper_every >= 1):
+            raise ConfigError(f"hyper_every must be an integer >= 1, got {hyper_every}")
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
-                                        trace_decay=float(trace_decay))  # fmt: skip
+                                        trace_decay=float(trace_decay), hyper_every=hyper_every)  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -296,72 +306,77 @@ class Tower(torch.optim.Optimizer):
         tower = group["tower_state"]
         if _visible(group) != tower["written"]:  # the first step, or someone set a value: start from it
             tower["z"] = _read_z(group, names)
-        tower["step"] += 1
-        if tower["step"] > 1:
-            dots = basis_dots(grads, [[s["basis"][b] for s in states] for b in range(len(tower["coef"][0]))])
-            grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in tower["coef"]]
+        tower["step"] = t = tower["step"] + 1
+        every, decay = group.get("hyper_every", 1), group.get("trace_decay", 0.0)  # state dicts saved before either existed
+        one_step = len(names) > 1 or not decay  # some hypergradient reads the last step's vectors
+        if decay and "anchor" not in states[0]:  # the first step (or a state saved before the anchor): the trace starts here
+            for s, p in zip(states, params):
+                s["anchor"] = p.detach().clone()
+            tower["anchored"] = t
+        if t > 1 and (t - 1) % every == 0 and (tower["coef"] is not None or not one_step):
+            vectors, coef = _hyper_basis(tower, states, params, decay, one_step, t)
+            dots = basis_dots(grads, vectors)
+            grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in coef]
             tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
             directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
             before = list(tower["z"][0])
-            tower["moves"] = climb(tower["z"], directions)
+            tower["moves"] = climb(tower["z"], directions, every)
             unbounded = list(tower["z"][0])
             _write_back(group, tower["z"], names)
             # a value held at its bound moved less than level 1 asked: keep the move applied, so that the
             # levels above see no effect of a move that did not happen (and do not wind up their step sizes)
             tower["moves"][0] = [m if z == u else b - z for m, z, u, b in zip(tower["moves"][0], tower["z"][0], unbounded, before)]
         tower["written"] = _visible(group)
-        basis, tower["coef"] = _base_update(group, grads, states, params, learn_more=len(names) > 1)
-        for i, s in enumerate(states):
-            s["basis"] = [b[i] for b in basis]
+        keep = one_step and t % every == 0  # the next step is a hyper step that reads this step's vectors
+        basis, coef = _base_update(group, grads, states, params, learn_more=len(names) > 1, basis=keep, one_step=one_step)
+        if keep:
+            tower["coef"] = coef
+            for i, s in enumerate(states):
+                s["basis"] = [b[i] for b in basis]
+
+
+def _hyper_basis(
+    tower: dict[str, Any], states: list[dict[str, Any]], params: list[Tensor], decay: float, one_step: bool, t: int
+) -> tuple[list[list[Tensor]], Levels]:
+    """The vectors whose dot products with this step's gradient give ``∂L/∂z_0``, and their
+    coefficients (``∂L/∂z_0[j] = −Σ_b coef[j][b] g·v_b``): the last step's vectors, and with a
+    trace the lr's row replaced by ``g·(θ − a)/γ`` from the anchor, moved up to now first."""
+    vectors: list[list[Tensor]] = []
+    coef: Levels = []
+    if one_step:
+        vectors = [[s["basis"][b] for s in states] for b in range(len(tower["coef"][0]))]
+        coef = [list(row) for row in tower["coef"]]
+    if decay:
+        anchor = [s["anchor"] for s in states]
+        torch._foreach_lerp_(anchor, params, 1 - decay ** (t - tower["anchored"]))
+        tower["anchored"] = t
+        vectors = [torch._foreach_sub(params, anchor), *vectors]  # θ − a = −γ e
+        lr_row = [-1 / decay] + [0.0] * (len(vectors) - 1)
+        coef = [lr_row, *([0.0, *row] for row in coef[1:])] if coef else [lr_row]
+    return vectors, coef
 
 
 def _base_update(
-    group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool
+    group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool,
+    basis: bool, one_step: bool,
 ) -> tuple[list[list[Tensor]], Levels]:
-    """The base kernel on the group's current hyperparameters (its buffers made on first use)."""
-    decay = group.get("trace_decay", 0.0)  # state dicts saved before the trace existed: one-step
-    buffers = {"adam": ("exp_avg", "exp_avg_sq", "direction"), "sgd": ("direction",),
-               "momentum": ("momentum_buffer", "direction") if learn_more or decay else ("momentum_buffer",)}[group["base"]]  # fmt: skip
+    """The base kernel on the group's current hyperparameters (its buffers made on first use;
+    the one-step ``direction`` only where some hypergradient reads it)."""
+    needs_direction = one_step and (group["base"] != "momentum" or learn_more)
+    buffers = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": (), "momentum": ("momentum_buffer",)}[group["base"]]
+    buffers += ("direction",) if needs_direction else ()
     for s, p in zip(states, params):
-        if buffers[-1] not in s:
+        if buffers and buffers[-1] not in s:
             s.update({key: torch.zeros_like(p) for key in buffers if key not in s})
-    bufs = [[s[key] for s in states] for key in buffers]
-    step = group["tower_state"]["step"]
-    scale = _trace_scale(group["tower_state"], bufs[-1], decay) if decay and not learn_more else 0.0
+    bufs = {key: [s[key] for s in states] for key in buffers}
+    direction = bufs.get("direction", [])
     if group["base"] == "adam":
-        basis, coef = adam_update(params, grads, *bufs, group["lr"], *group["betas"], group["eps"], step,
-                                  learn_betas=learn_more, trace_scale=scale)  # fmt: skip
-    elif group["base"] == "momentum":
-        direction = bufs[1] if len(bufs) > 1 else []
-        basis, coef = sgd_update(params, grads, bufs[0], direction, group["lr"], group["momentum"],
-                                 learn_momentum=learn_more, trace_scale=scale)  # fmt: skip
-    else:
-        basis, coef = sgd_update(params, grads, None, bufs[0], group["lr"], trace_scale=scale)
-    if not (decay and learn_more):
-        return basis, coef
-    # the lr's trace beside the one-step vectors the other hyperparameters' hypergradients need
-    for s, p in zip(states, params):
-        if "lr_trace" not in s:
-            s["lr_trace"] = torch.zeros_like(p)
-    trace = [s["lr_trace"] for s in states]
-    scale = _trace_scale(group["tower_state"], trace, decay)
-    for c, vectors in zip(coef[0], basis):  # + ∂u/∂log lr = u
-        if c:
-            torch._foreach_add_(trace, vectors, alpha=c / scale)
-    return [trace, *basis], [[scale] + [0.0] * len(basis), *([0.0, *row] for row in coef[1:])]
-
-
-def _trace_scale(tower: dict[str, Any], stored: list[Tensor], decay: float) -> float:
-    """This step's scale ``s_t = γ s_{t−1}`` of the lr's trace, kept as ``f = e/s``: then
-    ``e ← γe + u`` is the one pass ``f ← f + u/s_t``, and ``g·e = s_t (g·f)``. When ``s`` gets
-    small ``f`` is folded back to ``e`` (one extra pass every ``log(1e-10)/log γ`` steps),
-    so ``f`` stays far within float range. (A state saved without a scale holds ``e``: ``s = 1``.)"""
-    s = tower.get("trace_scale", 1.0)
-    if s < TRACE_RENORM:
-        torch._foreach_mul_(stored, s)
-        s = 1.0
-    tower["trace_scale"] = s * decay
-    return tower["trace_scale"]
+        return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, group["lr"], *group["betas"], group["eps"],
+                           group["tower_state"]["step"], basis=basis, learn_betas=learn_more)  # fmt: skip
+    if group["base"] == "momentum":
+        return sgd_update(params, grads, bufs["momentum_buffer"], direction, group["lr"], group["momentum"], basis=basis,
+                          learn_momentum=learn_more)  # fmt: skip
+    return sgd_update(params, grads, None, direction, group["lr"], basis=basis)
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
@@ -396,7 +411,7 @@ def _write_back(group: dict[str, Any], z: Levels, names: Sequence[str]) -> None:
 def _new_tower_state(n0: int, height: int) -> dict[str, Any]:
     """Step counters, the levels ``z`` and their last moves, the hyper levels' Adam moments."""
     zeros = lambda: [[0.0] * n0] + [[0.0] for _ in range(height - 1)]  # noqa: E731
-    return {"step": 0, "hyper_step": 0, "z": None, "written": None, "coef": None,
+    return {"step": 0, "hyper_step": 0, "z": None, "written": None, "coef": None, "anchored": 0,
             "moves": zeros(), "m": zeros(), "v": zeros(), "hypergrads": zeros()}  # fmt: skip
 
 
