@@ -10,7 +10,8 @@ The rules, fixed before each run. ``hyper_lr`` (candidates 0.03, 0.1, 0.3): the 
 whose best tall tower (height 2 or 3, SGD or Adam) has the highest mean final accuracy over
 the six starts (the spread saturates when a start diverges for every candidate; the mean still
 sees how many starts each rescues, and how well); a candidate less than 0.3 points above the
-current default (0.03) loses to it. ``hyper_every`` (candidates 1, 4, 8; ``--choose
+current default (0.03) loses to it (that run, ``results/tower_dev.json``, had a hyper step every
+step; each study runs the other setting at the towers' default, recorded as ``fixed``). ``hyper_every`` (candidates 1, 4, 8; ``--choose
 hyper_every``, results in ``results/tower_dev_hyper_every.json``): a larger value costs less
 time per step, so the largest candidate whose best tall-tower mean and whose best SGD
 tall-tower mean are each at most 0.3 points below those of 1 (a hyper step every step).
@@ -27,6 +28,7 @@ import time
 import torch
 
 from _common import finish, parse_args
+from metalearner.meta.towers import HYPER_EVERY
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from tower_robustness import LRS, accuracies
 
@@ -64,6 +66,7 @@ def main() -> None:
     summary = {
         "model": f"fashion_mnist mlp 784-{width}-{width}-10 gelu, batch 128, {steps} steps" + (f", {n_train} train" if n_train else ""),
         "parameter": name,
+        "fixed": {k: v for k, v in {"hyper_lr": 0.03, "hyper_every": HYPER_EVERY}.items() if k != name},  # the towers' defaults
         "initial_lrs": list(LRS),
         "test_acc": {h: {m: [round(x, 4) for x in a] for m, a in by_method.items()} for h, by_method in acc.items()},
         "spread_pp": spread,

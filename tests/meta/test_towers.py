@@ -139,7 +139,7 @@ def test_memory_stays_flat_over_thousands_of_steps():
     assert rss[1] - rss[0] < 8 * 2**20
     state = opt.state[params[0]]
     tensors = {id(t): t for v in state.values() for t in (v if isinstance(v, list) else [v]) if torch.is_tensor(t)}.values()
-    assert len(tensors) == 2 + 5  # Adam's moments + the basis kept for the next hypergradient: the lr's trace, d, and three for the betas
+    assert len(tensors) == 2 + 5  # Adam's moments, the lr trace's anchor, and the one-step vectors the betas' hypergradients read: d and three more
     assert all(t.grad_fn is None and not t.requires_grad for t in tensors)
 
 
@@ -233,6 +233,35 @@ def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_an
             assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
 
 
+@pytest.mark.parametrize("every", [1, 4])
+def test_a_hyper_step_moves_log_lr_by_every_times_its_step(every):
+    """Plain hyper-SGD at height 1: Δ log lr = −k · hyper_lr · ∂L/∂log lr on each hyper step."""
+    model, loss = tiny(dtype=torch.float64)
+    opt = Tower(model.parameters(), lr=0.05, base="sgd", height=1, hyper="sgd", hyper_lr=0.3, hyper_every=every)
+    moved = 0
+    for _ in range(13):
+        before = math.log(opt.param_groups[0]["lr"])
+        backward(model, loss)
+        opt.step()
+        after = math.log(opt.param_groups[0]["lr"])
+        if after != before:
+            moved += 1
+            assert after - before == pytest.approx(-every * 0.3 * opt.param_groups[0]["tower_state"]["hypergrads"][0][0], rel=1e-9)
+    assert moved == 12 // every
+
+
+def test_a_parameter_whose_first_gradient_comes_later_joins_the_trace():
+    model, loss = tiny()
+    head = list(model.parameters())[-1]
+    opt = Tower(model.parameters(), lr=1e-2, base="sgd", height=2, hyper_every=1)
+    for step in range(12):
+        backward(model, loss)
+        if step < 5:
+            head.grad = None  # no gradient yet: skipped by the step, as torch.optim does
+        opt.step()
+    assert "anchor" in opt.state[head] and all(math.isfinite(v) for v in tower_hparams(opt).values())
+
+
 def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
     model, loss = tiny()
     opt = make_tower(model.parameters(), lr=1e-2, base="adam", height=2)
@@ -257,7 +286,8 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
         (dict(hyper_lr=-0.1), "hyper_lr must be a non-negative"),
         (dict(betas=(0.9, 1.0)), "betas must be in (0, 1)"),
         (dict(base="momentum", momentum=0.0), "momentum must be in (0, 1)"),
-        (dict(trace_decay=1.0), "trace_decay must be in [0, 1)"),
+        (dict(trace_decay=1.0), "trace_decay must be 0 (the one-step hypergradient) or in [0.01, 1)"),
+        (dict(trace_decay=1e-3), "trace_decay must be 0 (the one-step hypergradient) or in [0.01, 1)"),
         (dict(hyper_every=0), "hyper_every must be an integer >= 1"),
     ],
 )

@@ -4,8 +4,8 @@ After "Gradient Descent: The Ultimate Optimizer" (Chandra et al., NeurIPS 2022).
 optimizer (SGD, SGD with momentum, or Adam) moves the weights; level 1 of the tower moves the
 base's hyperparameters, level 2 moves level 1's step size, and so on up to the height ``h``;
 the top step size is fixed. Every level lives in an unconstrained space, so every value is
-valid by construction (the learning rate also stays within [1e-20, 1e20], so that it, and the
-lr over the trace's scale, stay finite in float32)::
+valid by construction (the learning rate also stays within [1e-20, 1e20], so that a step
+stays finite in float32)::
 
     z_0 = (log lr, logit momentum)             SGD (momentum > 0; plain SGD learns lr only)
     z_0 = (log lr, logit beta1, logit beta2)   Adam
@@ -36,14 +36,18 @@ change applied to the last ~1/(1−γ) steps, holding the trajectory's Jacobian 
 identity. The one-step form (``γ = 0``) is exact but greedy: it settles far below the best
 fixed rate (the short-horizon bias; ``docs/meta.md`` measures both). The trace costs no pass
 of its own: since ``θ_t = θ_{t−1} − u_{t−1}``, an average of the weights ``a_t = γ a_{t−1} +
-(1−γ) θ_t`` (the *anchor*, ``a_0 = θ_0``) gives ``e_t = −(θ_t − a_t)/γ`` exactly.
+(1−γ) θ_t`` (the *anchor*, ``a_0 = θ_0``) gives ``e_t = −(θ_t − a_t)/γ`` exactly. (``θ − a``
+is ``γ e``, read against weights of size ``θ``: in float32 a decay below ``MIN_TRACE_DECAY``
+would lose it to rounding, so the trace is 0 or at least that.)
 
 The hyper levels step every ``hyper_every = k`` base steps (default 4), each move ``k`` times
-its step size, so the lr moves as fast per base step as with ``k = 1``; in between, a step is
-the plain base step. The anchor is then updated on hyper steps only, ``a ← γ^k a + (1−γ^k) θ``
-(exact for ``k = 1``; for ``k > 1`` the updates within a block are weighted as if taken at its
-end), and the one-step vectors the other hyperparameters need are kept only on the step before
-a hyper step. That is what makes a level cheap: the dot products and the anchor's pass happen
+its step size, so level 1 moves the lr as fast per base step as with ``k = 1`` (with
+``hyper="sgd"`` the levels above move faster: their hypergradients read level 1's larger
+moves; hyper-Adam's steps do not depend on that scale); in between, a step is the plain base
+step. The anchor is then updated on hyper steps only, ``a ← γ^k a + (1−γ^k) θ`` (exact for
+``k = 1``; for ``k > 1`` every update of the latest block counts with the weight of its oldest,
+``γ^{k−1}``: at ``γ = 0.999``, ``k = 4``, 0.3% short), and the one-step vectors the other
+hyperparameters need are kept only on the step before a hyper step. That is what makes a level cheap: the dot products and the anchor's pass happen
 once per ``k`` steps (``docs/meta.md`` measures the cost and the accuracy for ``k`` = 1, 4, 8).
 Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
@@ -84,9 +88,10 @@ HYPERS = ("adam", "sgd")
 HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
-LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr over the trace's scale (>= 1e-10) stays a finite float32 scalar
+LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr times a float32 gradient stays finite
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 HYPER_EVERY = 4  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
+MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
@@ -233,7 +238,8 @@ class Tower(torch.optim.Optimizer):
             of past updates, ``−g_t·e_t`` with ``e_t = γ e_{t−1} + u_{t−1}``, instead of
             the last update alone (``γ = 0``, the paper's one-step hypergradient, which
             settles far below the best fixed rate: the short-horizon bias). The default
-            0.999 looks back about a thousand steps (see ``docs/meta.md``).
+            0.999 looks back about a thousand steps (see ``docs/meta.md``); 0 or at least
+            ``MIN_TRACE_DECAY`` (0.01).
         hyper_every: base steps per hyper step (each move that many times its step size);
             the steps in between are the plain base step, which is what keeps a level cheap.
     """
@@ -269,8 +275,8 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"hyper_lr needs one value per level ({height}), got {len(rates)}")
         for r in rates:
             _check_rate("hyper_lr", r, zero_ok=True)
-        if not 0 <= trace_decay < 1:
-            raise ConfigError(f"trace_decay must be in [0, 1), got {trace_decay}")
+        if not (trace_decay == 0 or MIN_TRACE_DECAY <= trace_decay < 1):
+            raise ConfigError(f"trace_decay must be 0 (the one-step hypergradient) or in [{MIN_TRACE_DECAY}, 1), got {trace_decay}")
         if not (isinstance(hyper_every, int) and hyper_every >= 1):
             raise ConfigError(f"hyper_every must be an integer >= 1, got {hyper_every}")
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
@@ -309,11 +315,14 @@ class Tower(torch.optim.Optimizer):
         tower["step"] = t = tower["step"] + 1
         every, decay = group.get("hyper_every", 1), group.get("trace_decay", 0.0)  # state dicts saved before either existed
         one_step = len(names) > 1 or not decay  # some hypergradient reads the last step's vectors
-        if decay and "anchor" not in states[0]:  # the first step (or a state saved before the anchor): the trace starts here
-            for s, p in zip(states, params):
-                s["anchor"] = p.detach().clone()
-            tower["anchored"] = t
-        if t > 1 and (t - 1) % every == 0 and (tower["coef"] is not None or not one_step):
+        if decay:
+            fresh = [i for i, s in enumerate(states) if "anchor" not in s]  # a parameter's trace starts at its first gradient
+            if len(fresh) == len(states):  # the first step (or a state saved before the anchor)
+                tower["anchored"] = t
+            for i in fresh:
+                states[i]["anchor"] = params[i].detach().clone()
+        ready = not one_step or (tower["coef"] is not None and all("basis" in s for s in states))
+        if t > 1 and (t - 1) % every == 0 and ready:
             vectors, coef = _hyper_basis(tower, states, params, decay, one_step, t)
             dots = basis_dots(grads, vectors)
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in coef]
