@@ -43,6 +43,22 @@ def _train(model, opt, steps: int, x, y, *, loss_every: int = 1):
         opt.step(loss=loss) if getattr(opt, "takes_loss", False) and t % loss_every == 0 else opt.step()
 
 
+def _kernel_run(kernel: LearnedKernel, weights: PolicyWeights, model: nn.Module, x, y, steps: int = 24, lr: float = 3e-3):
+    """``steps`` float64 steps of one member in the kernel, batches and observations as ``_train``
+    with ``observe_every=4`` makes them: ``(layout, flat weights (1, N), kernel state)``."""
+    layout = ParamLayout.of(model)
+    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout, dtype=torch.float64)
+    theta = weights.flat().double()[None]
+    for t in range(steps):
+        i = slice(16 * (t % 4), 16 * (t % 4 + 1))
+        w = flat.detach().requires_grad_(True)
+        loss = F.cross_entropy(torch.func.functional_call(model, layout.views(w[0]), (x[i],)), y[i])
+        (grad,) = torch.autograd.grad(loss, w)
+        flat, state = kernel.update(theta, state, layout, flat, grad, loss.detach()[None], torch.tensor([lr], dtype=torch.float64),
+                                    observe=(t + 1) % 4 == 0)  # fmt: skip
+    return layout, flat, state
+
+
 @pytest.mark.parametrize("base", ["adam", "schedulefree"])
 def test_untrained_is_the_base_optimizer(base):
     import schedulefree
@@ -74,18 +90,9 @@ def test_the_front_is_the_kernel_with_one_member(base, features):
     x, y = (t.double() if t.is_floating_point() else t for t in _data())
     model = _model().double()
     kernel = LearnedKernel(config, base=base, spike_guard=SPIKE_GUARD)  # the front's guard
-    layout = ParamLayout.of(model)
-    flat, state = layout.flatten(model)[None], kernel.init_state(1, layout, dtype=torch.float64)
-    theta = weights.flat().double()[None]
+    layout, flat, state = _kernel_run(kernel, weights, model, x, y)
     front_model = _model().double()
     opt = LearnedOptimizer(front_model.parameters(), 3e-3, weights=weights, base=base)
-    for t in range(24):
-        i = slice(16 * (t % 4), 16 * (t % 4 + 1))
-        w = flat.detach().requires_grad_(True)
-        loss = F.cross_entropy(torch.func.functional_call(model, layout.views(w[0]), (x[i],)), y[i])
-        (grad,) = torch.autograd.grad(loss, w)
-        flat, state = kernel.update(theta, state, layout, flat, grad, loss.detach()[None], torch.tensor([3e-3], dtype=torch.float64),
-                                    observe=(t + 1) % 4 == 0)  # fmt: skip
     _train(front_model, opt, 24, x, y)
     torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(opt.lr_scales(), kernel.lr_scale(state)[0], rtol=1e-9, atol=1e-12)
@@ -385,3 +392,40 @@ def test_shipped_optimizer_never_wrecks_a_run(name, lr):
         accs = [h["val_acc"] for h in res.history]
         worst_drop = max(max(accs[: i + 1]) - a for i, a in enumerate(accs))
         assert res.status == "complete" and worst_drop < 0.1, (seed, worst_drop, accs)
+
+
+def test_fan_in_factor_is_one_up_to_the_familys_largest_fan_in_and_shrinks_beyond():
+    layout = ParamLayout(("a.weight", "a.bias", "b.weight", "conv.weight"), ((16, 512), (16,), (10, 64), (8, 32, 3, 3)))
+    assert layout.fan_in_factor(0.5).tolist() == [0.5, 1.0, 1.0, (128 / 288) ** 0.5]
+    assert layout.fan_in_factor(1.0).tolist() == [0.25, 1.0, 1.0, 128 / 288]
+    assert layout.fan_in_factor(0.0).tolist() == [1.0] * 4
+    with pytest.raises(ConfigError, match="fan_in_power must be a finite number >= 0"):
+        LearnedKernel(CONFIG, fan_in_power=-1.0)
+
+
+@pytest.mark.parametrize("base", ["adam", "schedulefree"])
+def test_the_front_is_the_kernel_with_a_fan_in_factor(base):
+    """A 200-input network: its first layer's lr times (128/200)^0.5, the same in both, and in
+    the effective lr the probe reads; the weights' fingerprint tells the setting apart."""
+    weights = _random_policy(seed=2)
+    weights.metadata["fan_in_power"] = "0.5"
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 200, generator=gen, dtype=torch.float64), torch.randint(0, 4, (64,), generator=gen)
+    make = lambda: build_model(ModelConfig(family="mlp", depth=1, width=16, activation="tanh"), (200,), 4, seed=1).double()  # noqa: E731
+    model, front_model = make(), make()
+    kernel = LearnedKernel(CONFIG, base=base, spike_guard=SPIKE_GUARD, fan_in_power=0.5)
+    layout, flat, state = _kernel_run(kernel, weights, model, x, y)
+    opt = LearnedOptimizer(front_model.parameters(), 3e-3, weights=weights, base=base)
+    _train(front_model, opt, 24, x, y)
+    torch.testing.assert_close(layout.flatten(front_model), flat[0], rtol=1e-9, atol=1e-12)
+    factor = layout.fan_in_factor(0.5)
+    assert factor.tolist()[:2] == [(128 / 200) ** 0.5, 1.0]
+    sizes = torch.tensor(layout.sizes, dtype=torch.float64)
+    expected = 3e-3 * math.exp(float(((kernel.lr_scale(state)[0].log() + factor.log()) * sizes).sum() / sizes.sum()))
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(expected, rel=1e-9)
+    plain = weights.with_flat(weights.flat())
+    plain.metadata.pop("fan_in_power")
+    assert weights.fingerprint() != plain.fingerprint() == _random_policy(seed=2).fingerprint()
+    other = LearnedOptimizer(make().parameters(), 3e-3, weights=plain, base=base)
+    with pytest.raises(ConfigError, match="fan_in_power 0.5, not 0.0"):
+        other.load_state_dict(opt.state_dict())

@@ -87,6 +87,7 @@ class EngineConfig:
     # the learned optimizer: its base and its policy
     base: str = "schedulefree"
     scales: str = "per_tensor"  # or "global": one multiplier per network (an ablation; docs/meta_training.md)
+    fan_in_power: float = 0.0  # the fixed lr factor (128/fan_in)^power beyond fan-in 128 (functional.ParamLayout.fan_in_factor)
     history_length: int = 8
     hidden_dim: int = 16
     embedding_dim: int = 16
@@ -115,7 +116,8 @@ class EngineConfig:
 
     def lopt(self) -> LearnedKernel:
         return LearnedKernel(LearnedKernel.policy_config(self.history_length, self.hidden_dim, self.embedding_dim,
-                                                         self.activation, self.observe_every, self.features), base=self.base, scales=self.scales)  # fmt: skip
+                                                         self.activation, self.observe_every, self.features), base=self.base, scales=self.scales,
+                            fan_in_power=self.fan_in_power)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
@@ -307,7 +309,7 @@ class Engine:
     def weights(self) -> PolicyWeights:
         """θ as policy weights, with the base and scales that ``LearnedOptimizer`` builds its kernel from."""
         w = PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
-        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales)
+        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales, **({"fan_in_power": str(self.cfg.fan_in_power)} if self.cfg.fan_in_power else {}))
         return w
 
 

@@ -31,7 +31,9 @@ ratio, its current scale; none needs the horizon) and proposes a log scale
 or not) every scale of the member is halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
 ``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``). ``scales="global"`` (an
 ablation, not the default) gives every tensor of a network the mean of their targets: one
-multiplier per network.
+multiplier per network. ``fan_in_power = α > 0`` multiplies the lr of each tensor whose
+fan-in exceeds the family's largest, ``FAN_IN_REF``, by the fixed ``(FAN_IN_REF/fan_in)^α``
+(:meth:`ParamLayout.fan_in_factor`; not learned, 1 on every meta-training tensor).
 
     lopt = LearnedKernel(LearnedKernel.policy_config(), base="schedulefree")
     theta = lopt.init_theta(seed=0)                  # (D,) the meta-parameters
@@ -59,6 +61,7 @@ KERNEL_FEATURES_FAN_IN: tuple[str, ...] = (*KERNEL_FEATURES, "log10_fan_in")  # 
 PRIORS = ("none", "integrator")  # where meta-training starts (LearnedKernel.init_theta)
 INTEGRATOR_GAIN = 10.0  # the integrator prior: a near-sign rule (near scale 1, the full MAX_MOVE once |motion_cos| > 0.04)
 FEATURE_SETS: tuple[tuple[str, ...], ...] = (KERNEL_FEATURES, KERNEL_FEATURES_V1, KERNEL_FEATURES_FAN_IN)  # V1: weights trained before motion_cos
+FAN_IN_REF = 128  # the meta-training family's largest fan-in: the fan-in factor is 1 up to it (fan_in_factor)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,14 @@ class ParamLayout:
         vectors; a convolution kernel ``(out, in, k…)``: ``in·k…``; what is not laid out as
         ``(out, …)`` reads as if it were), what the ``log10_fan_in`` feature reads."""
         return torch.tensor([math.log10(max(math.prod(s[1:]), 1)) for s in self.shapes])
+
+    def fan_in_factor(self, power: float) -> torch.Tensor:
+        """``(J,)``: the fixed lr factor ``min(1, (FAN_IN_REF / fan_in)^power)`` of each tensor of
+        two or more dimensions (fan-in as in :meth:`log10_fan_in`), 1 for vectors: beyond the
+        fan-ins a policy was trained on, the lr shrinks as Adam-like updates need it to when a
+        layer's fan-in grows (the width transfer of μP); ``power = 0``: all ones."""
+        return torch.tensor([min(1.0, (FAN_IN_REF / math.prod(s[1:])) ** power) if len(s) >= 2 and power else 1.0 for s in self.shapes],
+                            dtype=torch.float64)  # fmt: skip
 
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
@@ -183,7 +194,7 @@ class LearnedKernel:
     as a batched functional kernel."""
 
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 spike_guard: float = math.exp(SPIKE), scales: str = "per_tensor"):  # fmt: skip
+                 spike_guard: float = math.exp(SPIKE), scales: str = "per_tensor", fan_in_power: float = 0.0):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over one of {FEATURE_SETS}; use LearnedKernel.policy_config()")
         if base not in BASES:
@@ -192,7 +203,10 @@ class LearnedKernel:
             raise ConfigError(f"unknown scales {scales!r}; choose from {', '.join(SCALES)}")
         if not spike_guard > 1:
             raise ConfigError(f"spike_guard must be > 1 (a window's loss over its best window's), got {spike_guard}")
+        if not (math.isfinite(fan_in_power) and fan_in_power >= 0):
+            raise ConfigError(f"fan_in_power must be a finite number >= 0, got {fan_in_power}")
         self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
+        self.fan_in_power = float(fan_in_power)
         self.spike = math.log(spike_guard)
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
@@ -279,6 +293,8 @@ class LearnedKernel:
                 motion = torch.where((state.count == 0)[:, None], 0.0, state.m - params)
             cos = motion_cos(layout.per_tensor_dots(grad, motion), grad_sq, sq(motion))
         lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
+        if self.fan_in_power:
+            lr = lr * layout.fan_in_factor(self.fan_in_power).to(lr)
         wd_n = None  # (P, N) decay per entry, when there is any
         if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
             wd = torch.as_tensor(weight_decay, dtype=params.dtype, device=params.device)

@@ -74,13 +74,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
-                                    scales=self.theta.metadata.get("scales", "per_tensor"))  # fmt: skip
+                                    scales=self.theta.metadata.get("scales", "per_tensor"),
+                                    fan_in_power=float(self.theta.metadata.get("fan_in_power", 0.0)))  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
         self._params = [p for g in self.param_groups for p in g["params"]]
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
+        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power).double()  # (J,) fixed per-tensor lr factors
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
         self.counters = {"steps": 0, "since_observation": 0, "window_losses": 0, "observations": 0, "spike_guards": 0,
                          "rollbacks": 0}  # fmt: skip
@@ -177,7 +179,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         h = self.host
         h["count"] += 1
         groups = self._group_of
-        lrs = [g["lr"] * s for g, s in zip(groups, h["scales"])]
+        lrs = [g["lr"] * s * f for g, s, f in zip(groups, h["scales"], h["fan_in"])]
         decay = [g["weight_decay"] for g in groups]
         moments = [self.state[p][self._moment] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
@@ -212,7 +214,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         kw = dict(dtype=first.dtype, device=first.device)
         self.kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
         self._theta = self.theta.flat().to(**kw)[None]
-        self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params)}
+        self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params),
+                     "fan_in": self._fan_in.tolist()}  # fmt: skip
         for p in self._params:
             self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
                              "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
@@ -247,9 +250,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _read_scales(self) -> None:
         """The host read of an observation: each tensor's scale, and each group's size-weighted
-        mean (``lr_scale``; ``effective_lr`` = ``lr`` x ``lr_scale``)."""
+        mean of what multiplies its lr (``lr_scale``, the fan-in factors included;
+        ``effective_lr`` = ``lr`` x ``lr_scale``)."""
         log_scale = self.kstate.log_scale[0].detach().double().cpu()
         self.host["scales"] = log_scale.exp().tolist()
+        log_scale = log_scale + self._fan_in.log()
         self.counters["spike_guards"] = int(self.kstate.spikes[0])
         i = 0
         for group in self.param_groups:
@@ -288,7 +293,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["learned"] = {
-            "base": self.base, "scales": self.kernel.scales, "counters": dict(self.counters), "train_mode": self.train_mode,
+            "base": self.base, "scales": self.kernel.scales, "fan_in_power": self.kernel.fan_in_power, "counters": dict(self.counters), "train_mode": self.train_mode,
             "host": None if self.kstate is None else {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])},
             "kernel": None if self.kstate is None else {f.name: getattr(self.kstate, f.name).clone() for f in fields(self.kstate)},
         }  # fmt: skip
@@ -302,6 +307,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"this state is of a {learned['base']!r}-based learned optimizer, not {self.base!r}")
         if learned.get("scales", "per_tensor") != self.kernel.scales:  # states saved before scales existed: per tensor
             raise ConfigError(f"this state is of a learned optimizer with {learned['scales']!r} lr multipliers, not {self.kernel.scales!r}")
+        if learned.get("fan_in_power", 0.0) != self.kernel.fan_in_power:
+            raise ConfigError(f"this state is of a learned optimizer with fan_in_power {learned['fan_in_power']}, not {self.kernel.fan_in_power}")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
@@ -313,7 +320,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
             self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
-            self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
+            self.host = {**learned["host"], "scales": [1.0] * len(self._params), "fan_in": self._fan_in.tolist()}
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
         self._set_groups()

@@ -156,10 +156,13 @@ class PolicyWeights:
         return torch.cat([self.tensors[k].reshape(-1) for k in self.config.shapes()])
 
     def fingerprint(self) -> str:
-        """A short hash of the config and the tensor values (not of the file's bytes, whose
-        header order differs between saves of the same weights)."""
+        """A short hash of the config, the tensor values (not of the file's bytes, whose
+        header order differs between saves of the same weights) and a nonzero ``fan_in_power``
+        in the metadata (it changes the steps; absent or 0, the hash is what it always was)."""
         h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
         h.update(self.flat().to(torch.float32).contiguous().numpy().tobytes())
+        if float(self.metadata.get("fan_in_power", 0.0)):
+            h.update(f"fan_in_power={float(self.metadata['fan_in_power'])!r}".encode())
         return h.hexdigest()[:16]
 
     def with_flat(self, vector: torch.Tensor) -> "PolicyWeights":
