@@ -13,7 +13,7 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KERNEL_FEATURES, KERNEL_FEATURES_FAN_IN, MAX_MOVE, LearnedKernel, ParamLayout
 from metalearner.lopt.learned import SPIKE_GUARD, LearnedOptimizer
-from metalearner.lopt.policy import PolicyWeights, default_weights
+from metalearner.lopt.policy import PolicyWeights, WeightsError, default_weights
 from metalearner.tasks.models import ModelConfig, build_model
 
 CONFIG = LearnedKernel.policy_config(history_length=3, hidden_dim=8, embedding_dim=8, observe_every=4)
@@ -429,3 +429,28 @@ def test_the_front_is_the_kernel_with_a_fan_in_factor(base):
     other = LearnedOptimizer(make().parameters(), 3e-3, weights=plain, base=base)
     with pytest.raises(ConfigError, match="fan_in_power 0.5, not 0.0"):
         other.load_state_dict(opt.state_dict())
+
+
+def test_the_fan_in_factor_scales_the_first_layers_step_and_nothing_else():
+    """Zero policy heads with ``fan_in_power`` 0.5 on a 200-input network: exactly Adam with the
+    first layer's lr times (128/200)^0.5 and every other tensor's at lr; the effective lr says
+    so from the first step; a bad value in the metadata is a one-line error."""
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata["fan_in_power"] = "0.5"
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 200, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    make = lambda: build_model(ModelConfig(family="mlp", depth=1, width=16, activation="tanh"), (200,), 4, seed=1)  # noqa: E731
+    a, b = make(), make()
+    ours = LearnedOptimizer(a.parameters(), 3e-3, weights=weights, base="adam")
+    params = list(b.parameters())
+    ref = torch.optim.Adam([{"params": params[:1], "lr": 3e-3 * (128 / 200) ** 0.5}, {"params": params[1:]}], lr=3e-3)
+    sizes = [p.numel() for p in params]
+    expected = 3e-3 * math.exp(sizes[0] * math.log((128 / 200) ** 0.5) / sum(sizes))
+    assert ours.param_groups[0]["effective_lr"] == pytest.approx(expected, rel=1e-12)
+    _train(a, ours, 12, x, y)
+    _train(b, ref, 12, x, y)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    weights.metadata["fan_in_power"] = "abc"
+    with pytest.raises(WeightsError, match="fan_in_power in the weights' metadata must be a finite number >= 0, got 'abc'"):
+        LearnedOptimizer(make().parameters(), weights=weights)

@@ -103,9 +103,11 @@ class ParamLayout:
         """``(J,)``: the fixed lr factor ``min(1, (FAN_IN_REF / fan_in)^power)`` of each tensor of
         two or more dimensions (fan-in as in :meth:`log10_fan_in`), 1 for vectors: beyond the
         fan-ins a policy was trained on, the lr shrinks as Adam-like updates need it to when a
-        layer's fan-in grows (the width transfer of μP); ``power = 0``: all ones."""
-        return torch.tensor([min(1.0, (FAN_IN_REF / math.prod(s[1:])) ** power) if len(s) >= 2 and power else 1.0 for s in self.shapes],
-                            dtype=torch.float64)  # fmt: skip
+        layer's fan-in grows (after the width transfer of μP, loosely: the input layer is scaled
+        by its data's dimension too, and a tensor not laid out ``(out, in, …)``, an embedding
+        or a transposed convolution, reads a fan-in it does not have); ``power = 0``: all ones."""
+        return torch.tensor([min(1.0, (FAN_IN_REF / max(math.prod(s[1:]), 1)) ** power) if len(s) >= 2 and power else 1.0
+                             for s in self.shapes], dtype=torch.float64)  # fmt: skip
 
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
@@ -207,6 +209,7 @@ class LearnedKernel:
             raise ConfigError(f"fan_in_power must be a finite number >= 0, got {fan_in_power}")
         self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
         self.fan_in_power = float(fan_in_power)
+        self._factors: dict[tuple, torch.Tensor] = {}  # (layout, dtype, device) -> its fan-in factors
         self.spike = math.log(spike_guard)
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
@@ -219,6 +222,13 @@ class LearnedKernel:
                       features: tuple[str, ...] = KERNEL_FEATURES) -> PolicyConfig:  # fmt: skip
         return PolicyConfig(kind="learned", features=features, history_length=history_length, hidden_dim=hidden_dim,
                             embedding_dim=embedding_dim, activation=activation, observe_every=observe_every)  # fmt: skip
+
+    def _fan_in_factor(self, layout: ParamLayout, like: torch.Tensor) -> torch.Tensor:
+        """``(J,)`` :meth:`ParamLayout.fan_in_factor` in ``like``'s dtype and device, made once."""
+        key = (layout, like.dtype, like.device)
+        if key not in self._factors:
+            self._factors[key] = layout.fan_in_factor(self.fan_in_power).to(like)
+        return self._factors[key]
 
     @property
     def observe_every(self) -> int:
@@ -294,7 +304,7 @@ class LearnedKernel:
             cos = motion_cos(layout.per_tensor_dots(grad, motion), grad_sq, sq(motion))
         lr = (base_lr if base_lr.dim() == 2 else base_lr[:, None]) * self.lr_scale(state)  # (P, J)
         if self.fan_in_power:
-            lr = lr * layout.fan_in_factor(self.fan_in_power).to(lr)
+            lr = lr * self._fan_in_factor(layout, lr)
         wd_n = None  # (P, N) decay per entry, when there is any
         if isinstance(weight_decay, torch.Tensor) or weight_decay != 0:
             wd = torch.as_tensor(weight_decay, dtype=params.dtype, device=params.device)

@@ -75,14 +75,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
-                                    fan_in_power=float(self.theta.metadata.get("fan_in_power", 0.0)))  # fmt: skip
+                                    fan_in_power=self.theta.fan_in_power())  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         if weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
         self._params = [p for g in self.param_groups for p in g["params"]]
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
-        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power).double()  # (J,) fixed per-tensor lr factors
+        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power)  # (J,) fixed per-tensor lr factors
+        self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
         self.counters = {"steps": 0, "since_observation": 0, "window_losses": 0, "observations": 0, "spike_guards": 0,
                          "rollbacks": 0}  # fmt: skip
@@ -254,8 +255,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         ``effective_lr`` = ``lr`` x ``lr_scale``)."""
         log_scale = self.kstate.log_scale[0].detach().double().cpu()
         self.host["scales"] = log_scale.exp().tolist()
-        log_scale = log_scale + self._fan_in.log()
         self.counters["spike_guards"] = int(self.kstate.spikes[0])
+        self._set_lr_scales(log_scale)
+
+    def _set_lr_scales(self, log_scale: torch.Tensor) -> None:
+        """Each group's ``lr_scale``: the size-weighted geometric mean of its tensors' learned
+        multipliers (``log_scale``, ``(J,)``) times their fan-in factors; and ``effective_lr``."""
+        log_scale = log_scale + self._fan_in.log()
         i = 0
         for group in self.param_groups:
             n = len(group["params"])
@@ -305,10 +311,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError("this is not the state of this version's LearnedOptimizer (no 'learned' part with 'host')")
         if learned["base"] != self.base:
             raise ConfigError(f"this state is of a {learned['base']!r}-based learned optimizer, not {self.base!r}")
-        if learned.get("scales", "per_tensor") != self.kernel.scales:  # states saved before scales existed: per tensor
-            raise ConfigError(f"this state is of a learned optimizer with {learned['scales']!r} lr multipliers, not {self.kernel.scales!r}")
-        if learned.get("fan_in_power", 0.0) != self.kernel.fan_in_power:
-            raise ConfigError(f"this state is of a learned optimizer with fan_in_power {learned['fan_in_power']}, not {self.kernel.fan_in_power}")
+        scales, power = learned.get("scales", "per_tensor"), learned.get("fan_in_power", 0.0)  # states saved before either existed
+        if scales != self.kernel.scales:
+            raise ConfigError(f"this state is of a learned optimizer with {scales!r} lr multipliers, not {self.kernel.scales!r}")
+        if power != self.kernel.fan_in_power:
+            raise ConfigError(f"this state is of a learned optimizer with fan_in_power {power}, not {self.kernel.fan_in_power}")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place

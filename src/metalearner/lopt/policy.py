@@ -161,9 +161,21 @@ class PolicyWeights:
         in the metadata (it changes the steps; absent or 0, the hash is what it always was)."""
         h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
         h.update(self.flat().to(torch.float32).contiguous().numpy().tobytes())
-        if float(self.metadata.get("fan_in_power", 0.0)):
-            h.update(f"fan_in_power={float(self.metadata['fan_in_power'])!r}".encode())
+        if self.fan_in_power():
+            h.update(f"fan_in_power={self.fan_in_power()!r}".encode())
         return h.hexdigest()[:16]
+
+    def fan_in_power(self) -> float:
+        """The metadata's ``fan_in_power`` (0 when absent): the learned optimizer's fixed
+        fan-in factor (:meth:`~metalearner.lopt.functional.ParamLayout.fan_in_factor`)."""
+        raw = self.metadata.get("fan_in_power", "0")
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0):
+            raise WeightsError(f"fan_in_power in the weights' metadata must be a finite number >= 0, got {raw!r}")
+        return value
 
     def with_flat(self, vector: torch.Tensor) -> "PolicyWeights":
         tensors, i = {}, 0
@@ -206,7 +218,12 @@ class PolicyWeights:
             raise WeightsError(f"{path}: tensors do not match the policy config {asdict(config)}")
         if not all(torch.isfinite(t).all() for t in tensors.values()):
             raise WeightsError(f"{path}: weights contain NaN or Inf")
-        return cls(config, {k: v.float() for k, v in tensors.items()}, meta)
+        weights = cls(config, {k: v.float() for k, v in tensors.items()}, meta)
+        try:
+            weights.fan_in_power()
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}") from None
+        return weights
 
 
 def default_weights(kind: str) -> PolicyWeights:
