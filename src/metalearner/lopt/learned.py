@@ -83,6 +83,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._params = [p for g in self.param_groups for p in g["params"]]
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
         self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power)  # (J,) fixed per-tensor lr factors
+        self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
         self.counters = {"steps": 0, "since_observation": 0, "window_losses": 0, "observations": 0, "spike_guards": 0,
@@ -180,7 +181,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         h = self.host
         h["count"] += 1
         groups = self._group_of
-        lrs = [g["lr"] * s * f for g, s, f in zip(groups, h["scales"], h["fan_in"])]
+        lrs = [g["lr"] * s * f for g, s, f in zip(groups, h["scales"], self._fan_in_host)]
         decay = [g["weight_decay"] for g in groups]
         moments = [self.state[p][self._moment] for p in params]
         v = [self.state[p]["exp_avg_sq"] for p in params]
@@ -215,8 +216,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         kw = dict(dtype=first.dtype, device=first.device)
         self.kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
         self._theta = self.theta.flat().to(**kw)[None]
-        self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params),
-                     "fan_in": self._fan_in.tolist()}  # fmt: skip
+        self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params)}
         for p in self._params:
             self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
                              "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
@@ -327,7 +327,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
             self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
-            self.host = {**learned["host"], "scales": [1.0] * len(self._params), "fan_in": self._fan_in.tolist()}
+            self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
         self._set_groups()

@@ -161,8 +161,9 @@ class PolicyWeights:
         in the metadata (it changes the steps; absent or 0, the hash is what it always was)."""
         h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
         h.update(self.flat().to(torch.float32).contiguous().numpy().tobytes())
-        if self.fan_in_power():
-            h.update(f"fan_in_power={self.fan_in_power()!r}".encode())
+        power = self.fan_in_power()
+        if power:
+            h.update(f"fan_in_power={power!r}".encode())
         return h.hexdigest()[:16]
 
     def fan_in_power(self) -> float:
