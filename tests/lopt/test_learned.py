@@ -454,3 +454,25 @@ def test_the_fan_in_factor_scales_the_first_layers_step_and_nothing_else():
     weights.metadata["fan_in_power"] = "abc"
     with pytest.raises(WeightsError, match="fan_in_power in the weights' metadata must be a finite number >= 0, got 'abc'"):
         LearnedOptimizer(make().parameters(), weights=weights)
+
+
+@pytest.mark.parametrize("members", [1, 5])
+@pytest.mark.parametrize("activation", ["tanh", "gelu"])
+def test_policy_forward_batched_over_members_is_vmap_bit_for_bit(members, activation):
+    """The kernel runs one policy per member without ``vmap``; the numbers must be vmap's exactly
+    (the shipped weights were meta-trained through vmap)."""
+    from functools import partial
+
+    from metalearner.lopt.functional import policy_tensors
+    from metalearner.lopt.policy import policy_forward
+
+    config = replace(CONFIG, activation=activation)
+    gen = torch.Generator().manual_seed(members)
+    theta = policy_tensors(config, torch.randn(members, PolicyWeights.init(config).n_params, generator=gen))
+    history = torch.randn(members, 6, config.history_length, config.n_features, generator=gen)
+    vmapped = torch.func.vmap(partial(policy_forward, activation=activation))(theta, history)
+    batched = policy_forward(theta, history, activation)
+    assert batched[0].shape == (members, 6, 1) and batched[1].shape == (members, 6, config.embedding_dim)
+    assert all(torch.equal(a, b) for a, b in zip(vmapped, batched))
+    single = policy_forward({k: v[0] for k, v in theta.items()}, history[0, 0], activation)  # one policy, one history
+    assert single[0].shape == (1,) and torch.allclose(single[0], batched[0][0, 0], atol=1e-6)

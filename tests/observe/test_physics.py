@@ -108,3 +108,47 @@ def test_noise_scale_recovers_a_known_value():
         noise = float(tracker.after_step(batch_size=batch).extended[2])
     expected = sigma**2 * d / float(true_grad.square().sum())
     assert abs(noise - expected) / expected < 0.3
+
+
+def test_cosine_is_torchs_cosine_similarity_bit_for_bit():
+    """Learned optimizers were meta-trained on torch's cosine: ours must give its exact bits."""
+    from metalearner.observe.physics import cosine
+
+    for seed in range(40):
+        gen = torch.Generator().manual_seed(seed)
+        n = int(torch.randint(1, 50_000, (1,), generator=gen))
+        a = torch.randn(n, dtype=torch.float64, generator=gen) * 10 ** float(torch.randint(-20, 20, (1,), generator=gen))
+        b = (torch.randn(n, dtype=torch.float64, generator=gen) + 0.3 * a / a.abs().max()) * 1e-3
+        if seed % 10 == 0:
+            b = torch.zeros_like(b)
+        for eps in (1e-30, 1e-8):
+            assert torch.equal(cosine(a, b, eps), torch.nn.functional.cosine_similarity(a, b, dim=0, eps=eps))
+
+
+def test_remember_step_advances_the_extended_memory_as_after_step_does():
+    """A step that only primes (``before_step(measure=False)`` + ``remember_step``) leaves the
+    next step's extended values (cosine, curvature, noise) exactly as a measured step would."""
+    gen = torch.Generator().manual_seed(0)
+    trackers = []
+    for measured in (True, False):
+        torch.manual_seed(0)
+        model = nn.Linear(6, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        tracker = PhysicsTracker(model.named_parameters(), extended=True)
+        gen.manual_seed(0)
+        values = []
+        for t in range(6):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=gen)
+            prime = t % 2 == 0 and not measured
+            tracker.before_step(measure=not prime)
+            opt.step()
+            if prime:
+                tracker.remember_step(batch_size=4)
+            elif t % 2 == 1:
+                values.append(tracker.after_step(batch_size=4).values)
+            else:
+                tracker.after_step(batch_size=4)
+        trackers.append(values)
+    assert len(trackers[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*trackers))
+    assert torch.isfinite(trackers[0][-1]).all()

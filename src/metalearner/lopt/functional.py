@@ -214,7 +214,7 @@ class LearnedKernel:
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
         self.reads_fan_in = "log10_fan_in" in config.features
-        self._policy = torch.func.vmap(partial(policy_forward, activation=config.activation))
+        self._policy = partial(policy_forward, activation=config.activation)  # batched over members (P, ...)
 
     @staticmethod
     def policy_config(history_length: int = 8, hidden_dim: int = 16, embedding_dim: int = 16,

@@ -170,7 +170,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             torch._foreach_neg_(motion)
         else:
             motion = torch._foreach_sub([self.state[p]["z"] for p in params], params)
-        dots = torch.stack([(g * d).sum() for g, d in zip(grads, motion)])
+        dots = torch.stack([t.sum() for t in torch._foreach_mul(grads, motion)])
         return motion_cos(dots, grad_norm.square(), torch.stack(torch._foreach_norm(motion)).square())[None]
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:

@@ -301,8 +301,8 @@ class Opt2Vec(torch.optim.Optimizer):
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             groups.append((group, params, [p.grad for p in params]))
-        if track:
-            self.tracker.before_step()
+        if track:  # the step before an observation only primes the extended set's memory
+            self.tracker.before_step(measure=ends)
         # 1. the base update with the current learned lr and momentum
         beta1 = g["momentum"]
         g["beta1_prod"] *= beta1
@@ -326,10 +326,10 @@ class Opt2Vec(torch.optim.Optimizer):
         g["step"] = t + 1
         g["backoff"] = min(1.0, g["backoff"] * 1.05)
         # 2. at the end of an observation: features -> history -> new lr scale and momentum
-        if track:
-            physics = self.tracker.after_step()
-            if ends:
-                self._observe(g, physics)
+        if ends:
+            self._observe(g, self.tracker.after_step())
+        elif track:
+            self.tracker.remember_step()
         return loss
 
     def _observe(self, g: dict[str, Any], physics: Any) -> None:

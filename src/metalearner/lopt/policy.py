@@ -254,13 +254,21 @@ def policy_forward(
     theta: Mapping[str, torch.Tensor], history: torch.Tensor, activation: str = "gelu"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Outputs ``(O,)`` and embedding ``(E,)`` from a normalised history ``(H, F)`` (last row
-    is the latest observation). Pure: no state, works batched over leading dims too."""
+    is the latest observation). Pure: no state, works batched over leading dims too; with
+    ``theta`` batched too (``(P, *shape)`` tensors, one policy per member) ``history`` is
+    ``(P, J, H, F)`` and the outputs ``(P, J, O)``, ``(P, J, E)``: the same numbers as
+    ``torch.func.vmap`` over the members, without its per-call overhead."""
     act = ACTIVATIONS[activation]
     x = history.reshape(*history.shape[:-2], -1)
-    h = act(x @ theta["enc0.weight"].T + theta["enc0.bias"])
-    e = act(h @ theta["enc1.weight"].T + theta["enc1.bias"])
-    out = e @ theta["head.weight"].T + theta["head.bias"] + history[..., -1, :] @ theta["skip.weight"].T
+    h = act(_linear(x, theta["enc0.weight"], theta["enc0.bias"]))
+    e = act(_linear(h, theta["enc1.weight"], theta["enc1.bias"]))
+    out = _linear(e, theta["head.weight"], theta["head.bias"]) + history[..., -1, :] @ theta["skip.weight"].transpose(-1, -2)
     return out, e
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x W^T + b``; a batched ``(P, out, in)`` weight maps ``(P, J, in)`` to ``(P, J, out)``."""
+    return x @ weight.transpose(-1, -2) + (bias if weight.dim() == 2 else bias.unsqueeze(-2))
 
 
 def lr_scale_from(z: torch.Tensor | float) -> float:
