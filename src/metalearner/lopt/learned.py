@@ -12,7 +12,7 @@ the engine behave here as they did in meta-training (tested ``allclose`` against
 A window whose weights or moments go non-finite (a NaN or infinite gradient) is rolled back at
 its observation to where it started (weights, moments, step count; counted in ``rollbacks``)
 and every scale is halved. That snapshot costs three copies of the parameters (weights, ``z``,
-``v``) besides Schedule-Free's own two. ``fit`` ends a run at its first non-finite loss, so
+``v``) besides Schedule-Free's own two, and an observation's working copy one more. ``fit`` ends a run at its first non-finite loss, so
 there a NaN gradient usually ends the run before the rollback can act, as it would with Adam.
 A parameter without a gradient is stepped with a zero one, as in the kernel.
 
@@ -145,11 +145,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._base_step(params, grads)
             self._set_groups()
             return loss
-        old = [p.clone() for p in params]
         grad_norm = torch.stack(torch._foreach_norm(grads))
         motion = self._motion_cos(params, grads, grad_norm) if self.kernel.reads_motion else None
+        old = self._scratch
+        torch._foreach_copy_(old, params)
         self._base_step(params, grads)
-        norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (torch._foreach_sub(params, old), params))]
+        torch._foreach_sub_(old, params)  # minus this step's update: the same norm
+        norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (old, params))]
         second = torch.stack(torch._foreach_norm([self.state[p]["exp_avg_sq"] for p in params]))
         if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
@@ -168,10 +170,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
             denom = torch._foreach_add(torch._foreach_sqrt([self.state[p]["exp_avg_sq"] for p in params]), self.kernel.eps)
             motion = torch._foreach_div([self.state[p]["exp_avg"] for p in params], denom)
             torch._foreach_neg_(motion)
-        else:
-            motion = torch._foreach_sub([self.state[p]["z"] for p in params], params)
-        dots = torch.stack([t.sum() for t in torch._foreach_mul(grads, motion)])
-        return motion_cos(dots, grad_norm.square(), torch.stack(torch._foreach_norm(motion)).square())[None]
+        else:  # z − y in the scratch buffers (no fresh allocation on the hot path)
+            motion = self._scratch
+            torch._foreach_copy_(motion, [self.state[p]["z"] for p in params])
+            torch._foreach_sub_(motion, params)
+        motion_sq = torch.stack(torch._foreach_norm(motion)).square()
+        torch._foreach_mul_(motion, grads)  # the products g·d, summed per tensor
+        return motion_cos(torch.stack([t.sum() for t in motion]), grad_norm.square(), motion_sq)[None]
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``
@@ -220,6 +225,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for p in self._params:
             self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
                              "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
+        self._scratch = [torch.empty_like(p) for p in self._params]  # an observation's working copy
         self._snapshot_due = True
 
     @property
@@ -330,6 +336,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
+            self._scratch = [torch.empty_like(p) for p in self._params]
         self._set_groups()
 
 
