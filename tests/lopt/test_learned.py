@@ -474,5 +474,12 @@ def test_policy_forward_batched_over_members_is_vmap_bit_for_bit(members, activa
     batched = policy_forward(theta, history, activation)
     assert batched[0].shape == (members, 6, 1) and batched[1].shape == (members, 6, config.embedding_dim)
     assert all(torch.equal(a, b) for a, b in zip(vmapped, batched))
-    single = policy_forward({k: v[0] for k, v in theta.items()}, history[0, 0], activation)  # one policy, one history
-    assert single[0].shape == (1,) and torch.allclose(single[0], batched[0][0, 0], atol=1e-6)
+    one = {k: v[0] for k, v in theta.items()}  # one policy (2-D weights), as Opt2Vec and the controller call it
+    for h in (history[0, 0], history[0]):  # one history (H, F); a batch of them (J, H, F)
+        act = {"tanh": torch.tanh, "gelu": F.gelu}[activation]
+        x = h.reshape(*h.shape[:-2], -1)  # the formula before per-member weights, written out
+        e = act(act(x @ one["enc0.weight"].T + one["enc0.bias"]) @ one["enc1.weight"].T + one["enc1.bias"])
+        out = e @ one["head.weight"].T + one["head.bias"] + h[..., -1, :] @ one["skip.weight"].T
+        assert all(torch.equal(a, b) for a, b in zip(policy_forward(one, h, activation), (out, e)))
+    with pytest.raises(ValueError, match=r"need a \(P, J, H, F\) history"):
+        policy_forward(theta, history[:, 0], activation)  # (P, H, F) would broadcast to (P, P, O)

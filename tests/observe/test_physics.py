@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from torch import nn
 
@@ -150,5 +151,30 @@ def test_remember_step_advances_the_extended_memory_as_after_step_does():
             else:
                 tracker.after_step(batch_size=4)
         trackers.append(values)
-    assert len(trackers[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*trackers))
+    bits = [[v.view(torch.int32) for v in run] for run in trackers]  # the sign of a zero counts too
+    assert len(bits[0]) == 3 and all(torch.equal(a, b) for a, b in zip(*bits))
     assert torch.isfinite(trackers[0][-1]).all()
+
+
+def test_an_unmeasured_step_cannot_be_read_as_a_measured_one():
+    model = nn.Linear(3, 2)
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    tracker.before_step(measure=False)
+    with pytest.raises(RuntimeError, match="not measured"):
+        tracker.after_step()
+
+
+def test_curvature_keeps_the_sign_of_a_zero():
+    """A zero previous update (an lr warm-up from 0) gives curvature +0.0, as ``g − g'`` does."""
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    for t in range(2):
+        for p in model.parameters():
+            p.grad = torch.full_like(p, -1.0 - t)
+        tracker.before_step()
+        opt.step()
+        curvature = tracker.after_step(batch_size=1).extended[1]
+    assert curvature == 0 and not torch.signbit(curvature)

@@ -258,6 +258,8 @@ def policy_forward(
     ``theta`` batched too (``(P, *shape)`` tensors, one policy per member) ``history`` is
     ``(P, J, H, F)`` and the outputs ``(P, J, O)``, ``(P, J, E)``: the same numbers as
     ``torch.func.vmap`` over the members, without its per-call overhead."""
+    if theta["enc0.weight"].dim() == 3 and history.dim() != 4:  # one policy per member: (P, J, H, F) only
+        raise ValueError(f"batched policy weights need a (P, J, H, F) history, got shape {tuple(history.shape)}")
     act = ACTIVATIONS[activation]
     x = history.reshape(*history.shape[:-2], -1)
     h = act(_linear(x, theta["enc0.weight"], theta["enc0.bias"]))

@@ -145,7 +145,7 @@ class PhysicsTracker:
         self._pool = _pooling_matrix(assign, self.n_layers).to(self.params[0].device)
         self._before = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self.params]
         self._flat_before = [b.view(-1) for b in self._before]
-        self._pre_sq: list[torch.Tensor] = []
+        self._pre_sq: list[torch.Tensor] | None = []
         self._zeros: dict[int, torch.Tensor] = {}
         self.extended = extended
         self._beta = noise_ema
@@ -166,10 +166,9 @@ class PhysicsTracker:
     def before_step(self, measure: bool = True) -> None:
         """``measure=False``: only the copy that :meth:`remember_step` needs."""
         torch._foreach_copy_(self._before, self.params)
-        if measure:
-            # ‖θ_t‖² from the fresh contiguous copy: it is still in cache, and the same values
-            # in the same order give the same dot products as the parameters themselves
-            self._pre_sq = _squared_norms([g.reshape(-1) for g in self._grads()] + self._flat_before)
+        # ‖θ_t‖² from the fresh contiguous copy: it is still in cache, and the same values
+        # in the same order give the same dot products as the parameters themselves
+        self._pre_sq = _squared_norms([g.reshape(-1) for g in self._grads()] + self._flat_before) if measure else None
 
     @torch.no_grad()
     def after_step(self, batch_size: int | None = None) -> StepPhysics:
@@ -188,6 +187,8 @@ class PhysicsTracker:
         its per-step cost to five vectorised passes over the parameters (three in
         :meth:`before_step`, two here).
         """
+        if self._pre_sq is None:
+            raise RuntimeError("this step was not measured (before_step(measure=False)): call remember_step() after it")
         torch._foreach_sub_(self._before, self.params)  # now θ_t − θ_{t+1} = −update
         squares = self._pre_sq + _squared_norms(self._flat_before)
         extended = self._extended(self._grads(), batch_size) if self.extended else None
@@ -235,8 +236,8 @@ class PhysicsTracker:
         cos = curvature = nan
         if self._prev_grad is not None and values:
             cos = cosine(g, self._prev_grad, eps=1e-30)
-            u = self._prev_update  # g − g' = −(g' − g) exactly: the previous gradient's buffer is free now
-            curvature = -torch.dot(self._prev_grad.sub_(g), u) / torch.dot(u, u).clamp_min(1e-30)
+            u = self._prev_update  # g − g' written into the previous gradient's buffer, free now
+            curvature = torch.dot(torch.sub(g, self._prev_grad, out=self._prev_grad), u) / torch.dot(u, u).clamp_min(1e-30)
         self._t += 1
         b = self._beta
         self._m = g * (1 - b) if self._m is None else self._m.mul_(b).add_(g, alpha=1 - b)
