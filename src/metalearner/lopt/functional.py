@@ -393,8 +393,8 @@ class LearnedKernel:
 
 def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     """``(P, J)`` per-tensor values -> ``(P, N)``, each repeated over its tensor's entries
-    (``output_size`` given, so the repeat needs no device read of the sizes' sum)."""
-    return torch.repeat_interleave(x, torch.tensor(sizes, device=x.device), dim=1, output_size=sum(sizes))
+    (one copy of broadcast columns: the values of ``repeat_interleave``, without its index)."""
+    return torch.cat([x[:, j : j + 1].expand(len(x), n) for j, n in enumerate(sizes)], dim=1)
 
 
 __all__ = ["BASES", "SCALES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
