@@ -328,11 +328,15 @@ class LearnedKernel:
                 d = d + wd_n * params
             weight_sum = state.weight_sum + lr * lr
             c = (lr * lr / weight_sum).nan_to_num(0.0)  # (P, J)
-            c_n = _per_param(c, sizes)
-            # y ← lerp(y, z, c) + η (β₁(1 − c) − 1) d ;  z ← z − η d
-            new_params = torch.lerp(params, z, c_n).add_(_per_param(lr * (b1 * (1 - c) - 1), sizes).mul_(d))
-            del c_n
-            m = z.sub_(d.mul_(_per_param(lr, sizes)))
+            coef = lr * (b1 * (1 - c) - 1)
+            # y ← lerp(y, z, c) + η (β₁(1 − c) − 1) d ;  z ← z − η d, tensor by tensor: each factor a
+            # (P, 1) column broadcast over the tensor's block, never spread out to (P, N)
+            new_params = torch.empty_like(params)
+            blocks = zip(*(torch.split(t, sizes, dim=1) for t in (params, z, d, new_params)))
+            for j, (y_j, z_j, d_j, out_j) in enumerate(blocks):
+                torch.lerp(y_j, z_j, c[:, j : j + 1], out=out_j).add_(d_j * coef[:, j : j + 1])
+                d_j.mul_(lr[:, j : j + 1])
+            m = z.sub_(d)
             delta = new_params - params if observe else None  # only an observation reads the update
         state = replace(state, m=m, v=v, count=count, weight_sum=weight_sum)
         if loss is not None:
