@@ -483,3 +483,25 @@ def test_policy_forward_batched_over_members_is_vmap_bit_for_bit(members, activa
         assert all(torch.equal(a, b) for a, b in zip(policy_forward(one, h, activation), (out, e)))
     with pytest.raises(ValueError, match=r"need a \(P, J, H, F\) history"):
         policy_forward(theta, history[:, 0], activation)  # (P, H, F) would broadcast to (P, P, O)
+
+
+@pytest.mark.parametrize("base", ["adam", "schedulefree"])
+def test_the_kernel_never_writes_its_input_state(base):
+    """``update`` is functional: stepping twice from one state gives the same result and leaves
+    the state as it was (Schedule-Free reads ``z`` straight from the state once no member is at
+    its first step), with one member restarted (count 0) beside running ones too."""
+    kernel = LearnedKernel(CONFIG, base=base)
+    layout = ParamLayout(("a", "b"), ((3, 4), (5,)))
+    gen = torch.Generator().manual_seed(0)
+    w, theta = torch.randn(3, 17, generator=gen), _random_policy().flat()[None].expand(3, -1)
+    state = kernel.init_state(3, layout)
+    for t in range(3):
+        w, state = kernel.update(theta, state, layout, w, torch.randn(3, 17, generator=gen), torch.ones(3), torch.full((3,), 1e-2), observe=False)
+    for restarted in (False, True):
+        if restarted:
+            state = replace(state, count=torch.tensor([0.0, 3.0, 3.0]))
+        before = {k: v.clone() for k, v in vars(state).items()}
+        grad = torch.randn(3, 17, generator=gen)
+        first, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), observe=False)
+        again, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), observe=False)
+        assert torch.equal(first, again) and all(torch.equal(v, before[k]) for k, v in vars(state).items())

@@ -321,7 +321,8 @@ class LearnedKernel:
             # fewest (P, N) temporaries (memory and time of the batched populations): in-place
             # where a buffer is this step's own, per-tensor factors formed at (P, J) first; the
             # same floating-point operations, in the same order, as the plain formulas
-            z = torch.where((state.count == 0)[:, None], params, state.m)  # z starts at the initial weights
+            first = state.count == 0  # z starts at the initial weights (read on the host: a copy only when some member starts)
+            z = torch.where(first[:, None], params, state.m) if bool(first.any()) else state.m
             v = torch.lerp(state.v, grad * grad, 1 - b2)
             d = grad / (v / (1 - b2**count)[:, None]).sqrt_().add_(self.eps)
             if wd_n is not None:
@@ -336,7 +337,7 @@ class LearnedKernel:
             for j, (y_j, z_j, d_j, out_j) in enumerate(blocks):
                 torch.lerp(y_j, z_j, c[:, j : j + 1], out=out_j).add_(d_j * coef[:, j : j + 1])
                 d_j.mul_(lr[:, j : j + 1])
-            m = z.sub_(d)
+            m = z.sub_(d) if z is not state.m else z - d  # the state's own buffer is never written
             delta = new_params - params if observe else None  # only an observation reads the update
         state = replace(state, m=m, v=v, count=count, weight_sum=weight_sum)
         if loss is not None:
