@@ -502,6 +502,8 @@ def test_the_kernel_never_writes_its_input_state(base):
             state = replace(state, count=torch.tensor([0.0, 3.0, 3.0]))
         before = {k: v.clone() for k, v in vars(state).items()}
         grad = torch.randn(3, 17, generator=gen)
-        first, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), observe=False)
-        again, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), observe=False)
-        assert torch.equal(first, again) and all(torch.equal(v, before[k]) for k, v in vars(state).items())
+        for observe, decay in ((False, 0.0), (True, 0.1)):
+            step = dict(observe=observe, weight_decay=decay)
+            first, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), **step)
+            again, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), **step)
+            assert torch.equal(first, again) and all(torch.equal(v, before[k]) for k, v in vars(state).items())

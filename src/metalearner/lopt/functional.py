@@ -335,7 +335,7 @@ class LearnedKernel:
             new_params = torch.empty_like(params)
             blocks = zip(*(torch.split(t, sizes, dim=1) for t in (params, z, d, new_params)))
             for j, (y_j, z_j, d_j, out_j) in enumerate(blocks):
-                torch.lerp(y_j, z_j, c[:, j : j + 1], out=out_j).add_(d_j * coef[:, j : j + 1])
+                torch.lerp(y_j, z_j, c[:, j : j + 1], out=out_j).add_(coef[:, j : j + 1] * d_j)
                 d_j.mul_(lr[:, j : j + 1])
             m = z.sub_(d) if z is not state.m else z - d  # the state's own buffer is never written
             delta = new_params - params if observe else None  # only an observation reads the update
