@@ -145,7 +145,7 @@ def test_remember_step_advances_the_extended_memory_as_after_step_does():
             tracker.before_step(measure=not prime)
             opt.step()
             if prime:
-                tracker.remember_step(batch_size=4)
+                tracker.remember_step()
             elif t % 2 == 1:
                 values.append(tracker.after_step(batch_size=4).values)
             else:

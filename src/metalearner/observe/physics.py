@@ -195,7 +195,7 @@ class PhysicsTracker:
         return squares, extended
 
     @torch.no_grad()
-    def remember_step(self, batch_size: int | None = None) -> None:
+    def remember_step(self) -> None:
         """After a step whose physics nobody reads (``before_step(measure=False)`` before it):
         only the extended set's memory (previous gradient and update, noise EMAs) advances,
         exactly as :meth:`after_step` advances it, so the next step's extended values are the
@@ -203,7 +203,7 @@ class PhysicsTracker:
         the extended set once per window primes it this way on the step before."""
         torch._foreach_sub_(self._before, self.params)
         if self.extended:
-            self._extended(self._grads(), batch_size, values=False)
+            self._extended(self._grads(), None, values=False)
 
     def pool(self, squares: torch.Tensor) -> torch.Tensor:
         """Squared per-tensor norms ``(..., 3P)`` -> ``(..., 3 + 3L)`` global and layer norms."""
