@@ -111,8 +111,9 @@ def test_noise_scale_recovers_a_known_value():
     assert abs(noise - expected) / expected < 0.3
 
 
-def test_cosine_is_torchs_cosine_similarity_bit_for_bit():
-    """Learned optimizers were meta-trained on torch's cosine: ours must give its exact bits."""
+def test_cosine_is_torchs_cosine_similarity_to_the_float32_bit():
+    """Learned optimizers were meta-trained on torch's cosine and read it in float32: ours
+    (one dot product) must be torch's value up to float64 rounding, and the same float32."""
     from metalearner.observe.physics import cosine
 
     for seed in range(40):
@@ -123,7 +124,30 @@ def test_cosine_is_torchs_cosine_similarity_bit_for_bit():
         if seed % 10 == 0:
             b = torch.zeros_like(b)
         for eps in (1e-30, 1e-8):
-            assert torch.equal(cosine(a, b, eps), torch.nn.functional.cosine_similarity(a, b, dim=0, eps=eps))
+            ours, torchs = cosine(a, b, eps), torch.nn.functional.cosine_similarity(a, b, dim=0, eps=eps)
+            assert float(ours) == pytest.approx(float(torchs), rel=1e-13, abs=1e-15)
+            assert torch.equal(ours.float(), torchs.float())
+            squares = (torch.dot(a, a), torch.dot(b, b))
+            assert torch.equal(cosine(a, b, eps, squares=squares), ours)
+
+
+def test_extended_set_reuses_its_buffers():
+    """The float64 copies of the gradient and update go into the buffers the step before last
+    used: after two steps no step allocates them again (and the values are unaffected, as the
+    quadratic and remember_step tests check)."""
+    model = nn.Linear(5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    tracker = PhysicsTracker(model.named_parameters(), extended=True)
+    pointers = []
+    for t in range(6):
+        opt.zero_grad()
+        model(torch.randn(4, 5, generator=torch.Generator().manual_seed(t))).square().sum().backward()
+        tracker.before_step()
+        opt.step()
+        tracker.after_step(batch_size=4)
+        pointers.append((tracker._prev_grad.data_ptr(), tracker._prev_update.data_ptr()))
+    assert pointers[2:] == pointers[:2] * 2
+    assert pointers[0] != pointers[1]
 
 
 def test_remember_step_advances_the_extended_memory_as_after_step_does():

@@ -110,13 +110,15 @@ def _squared_norms(flat: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.dot(f, f) for f in flat]
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """``torch.nn.functional.cosine_similarity(a, b, dim=0, eps=eps)`` of two vectors, bit for
-    bit (torch's operations, in its order: each vector over its norm clamped to ``eps``, the
-    product summed), without its broadcasting copies: about twice as fast on large vectors."""
-    na = torch.linalg.vector_norm(a, 2, dim=0, keepdim=True).clamp_min_(eps)
-    nb = torch.linalg.vector_norm(b, 2, dim=0, keepdim=True).clamp_min_(eps)
-    return (a / na).mul_(b / nb).sum(0)
+def cosine(
+    a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8, squares: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """The cosine of two vectors, ``a·b / (max(‖a‖, eps) max(‖b‖, eps))``: the value of
+    ``torch.nn.functional.cosine_similarity(a, b, dim=0, eps=eps)`` up to rounding (one dot
+    product instead of two scaled copies; in float64 the difference never reaches float32).
+    ``squares``: ``(‖a‖², ‖b‖²)`` when the caller has them."""
+    aa, bb = squares if squares is not None else (torch.dot(a, a), torch.dot(b, b))
+    return torch.dot(a, b) / (aa.sqrt().clamp_min(eps) * bb.sqrt().clamp_min(eps))
 
 
 class PhysicsTracker:
@@ -218,6 +220,7 @@ class PhysicsTracker:
         self._prev_update: torch.Tensor | None = None
         self._m: torch.Tensor | None = None
         self._s = torch.zeros((), dtype=torch.float64)
+        self._spare: tuple[torch.Tensor | None, torch.Tensor | None] = getattr(self, "_spare", (None, None))
 
     def state_dict(self) -> dict[str, object]:
         """The extended set's memory across steps (previous gradient and update, noise EMAs)."""
@@ -229,19 +232,23 @@ class PhysicsTracker:
 
     def _extended(self, grads: list[torch.Tensor], batch_size: int | None, values: bool = True) -> torch.Tensor | None:
         """``[cos, curvature, noise]`` of this step, advancing the memory (``values=False``:
-        the memory only)."""
-        g = torch.cat([x.reshape(-1) for x in grads]).double()
-        update = torch.cat([x.reshape(-1) for x in self._before]).double().neg_()
+        the memory only). The float64 copies of this step's gradient and update go into the
+        buffers of the step before last, kept for it (two more float64 copies of the
+        parameters held, none allocated per step)."""
+        g = _flat64(grads, self._spare[0])
+        update = _flat64(self._before, self._spare[1]).neg_()
         nan = torch.tensor(math.nan, dtype=torch.float64, device=g.device)
         cos = curvature = nan
+        sq = torch.dot(g, g)
         if self._prev_grad is not None and values:
-            cos = cosine(g, self._prev_grad, eps=1e-30)
+            prev = self._prev_grad
+            cos = cosine(g, prev, eps=1e-30, squares=(sq, torch.dot(prev, prev)))
             u = self._prev_update  # g − g' written into the previous gradient's buffer, free now
-            curvature = torch.dot(torch.sub(g, self._prev_grad, out=self._prev_grad), u) / torch.dot(u, u).clamp_min(1e-30)
+            curvature = torch.dot(torch.sub(g, prev, out=prev), u) / torch.dot(u, u).clamp_min(1e-30)
         self._t += 1
         b = self._beta
         self._m = g * (1 - b) if self._m is None else self._m.mul_(b).add_(g, alpha=1 - b)
-        self._s = self._s * b + (1 - b) * torch.dot(g, g)
+        self._s = self._s * b + (1 - b) * sq
         noise = nan
         if self._t >= 2 and batch_size and values:
             corr = 1 - b**self._t
@@ -251,5 +258,19 @@ class PhysicsTracker:
             var = (s - m2) / (1 - c)
             true_sq = m2 - c * var
             noise = batch_size * var / true_sq
+        self._spare = (self._prev_grad, self._prev_update)
         self._prev_grad, self._prev_update = g, update
         return torch.stack([cos, curvature, noise]).float() if values else None
+
+
+def _flat64(tensors: list[torch.Tensor], out: torch.Tensor | None) -> torch.Tensor:
+    """The tensors flattened into one float64 vector, written into ``out`` where it fits."""
+    n = sum(t.numel() for t in tensors)
+    if out is None or out.numel() != n or out.device != tensors[0].device:
+        out = torch.empty(n, dtype=torch.float64, device=tensors[0].device)
+    views, start = [], 0
+    for t in tensors:
+        views.append(out[start : start + t.numel()].view(t.shape))
+        start += t.numel()
+    torch._foreach_copy_(views, tensors)  # ~3x faster than torch.cat(out=) into another dtype
+    return out
