@@ -138,9 +138,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if self._snapshot_due:
             self._take_snapshot()
         if loss is not None:  # a tensor is added on its device, a number as a number: no host read
-            k.loss_sum.add_(loss.detach().reshape(1).to(k.loss_sum.dtype) if torch.is_tensor(loss) else float(loss))
-            k.loss_n.add_(1)
-            c["window_losses"] += 1
+            k.loss_sum.add_(loss.reshape(1).to(k.loss_sum.dtype) if torch.is_tensor(loss) else float(loss))
+            c["window_losses"] += 1  # the window's count, given to the kernel at the observation
         if not (c["since_observation"] >= self.kernel.observe_every and c["window_losses"] > 0):
             self._base_step(params, grads)
             self._set_groups()
@@ -152,11 +151,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._base_step(params, grads)
         torch._foreach_sub_(old, params)  # minus this step's update: the same norm
         norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (old, params))]
-        second = torch.stack(torch._foreach_norm([self.state[p]["exp_avg_sq"] for p in params]))
+        second = torch.stack(torch._foreach_norm(self._v))
         if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
             self._roll_back()
             k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
         fan_in = self.layout.log10_fan_in().to(norms[0]) if self.kernel.reads_fan_in else None
+        k.loss_n.fill_(c["window_losses"])
         self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms), motion, fan_in)
         c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
         self._read_scales()
@@ -167,13 +167,13 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """``(1, J)`` the ``motion_cos`` feature before the step, as the kernel computes it
         (observation steps only; ``grad_norm``: each gradient's norm)."""
         if self.base == "adam":
-            denom = torch._foreach_add(torch._foreach_sqrt([self.state[p]["exp_avg_sq"] for p in params]), self.kernel.eps)
-            motion = torch._foreach_div([self.state[p]["exp_avg"] for p in params], denom)
+            denom = torch._foreach_add(torch._foreach_sqrt(self._v), self.kernel.eps)
+            motion = torch._foreach_div(self._moments, denom)
             torch._foreach_neg_(motion)
         else:  # z − y in the scratch buffers (no fresh allocation on the hot path)
             motion = self._scratch
-            torch._foreach_copy_(motion, [self.state[p]["z"] for p in params])
-            torch._foreach_sub_(motion, params)
+            for out, z, p in zip(motion, self._moments, params):
+                torch.sub(z, p, out=out)
         motion_sq = torch.stack(torch._foreach_norm(motion)).square()
         torch._foreach_mul_(motion, grads)  # the products g·d, summed per tensor
         return motion_cos(torch.stack([t.sum() for t in motion]), grad_norm.square(), motion_sq)[None]
@@ -185,11 +185,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         b1, b2 = self.kernel.betas
         h = self.host
         h["count"] += 1
-        groups = self._group_of
+        groups, moments, v = self._groups, self._moments, self._v
         lrs = [g["lr"] * s * f for g, s, f in zip(groups, h["scales"], self._fan_in_host)]
         decay = [g["weight_decay"] for g in groups]
-        moments = [self.state[p][self._moment] for p in params]
-        v = [self.state[p]["exp_avg_sq"] for p in params]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
             grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
         torch._foreach_mul_(v, b2)
@@ -227,18 +225,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
                              "exp_avg_sq": torch.zeros_like(p)}  # fmt: skip
         self._scratch = [torch.empty_like(p) for p in self._params]  # an observation's working copy
         self._snapshot_due = True
+        self._bind()
 
     @property
     def _moment(self) -> str:
         return "z" if self.base == "schedulefree" else "exp_avg"
 
-    @property
-    def _group_of(self) -> list[dict[str, Any]]:
-        """Each parameter tensor's group, in order."""
-        return [g for g in self.param_groups for _ in g["params"]]
+    def _bind(self) -> None:
+        """Per-tensor lists the steps read (each tensor's group, first and second moments),
+        made once the state exists and again when a state dict replaces it: rebuilding them
+        every step was a tenth of the front's overhead."""
+        self._groups = [g for g in self.param_groups for _ in g["params"]]
+        self._moments = [self.state[p][self._moment] for p in self._params]
+        self._v = [self.state[p]["exp_avg_sq"] for p in self._params]
 
     def _buffers(self) -> list[torch.Tensor]:
-        return [*self._params, *(self.state[p][self._moment] for p in self._params), *(self.state[p]["exp_avg_sq"] for p in self._params)]
+        return [*self._params, *self._moments, *self._v]
 
     def _take_snapshot(self) -> None:
         """Where a window that goes non-finite returns to: weights, moments, host scalars."""
@@ -286,7 +288,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _swap(self, weight: float) -> None:
         if self.base != "schedulefree" or self.kstate is None or self.host["count"] == 0:
             return
-        torch._foreach_lerp_(self._params, [self.state[p]["z"] for p in self._params], weight)
+        torch._foreach_lerp_(self._params, self._moments, weight)
 
     def eval(self) -> None:
         """Put the averaged weights ``x`` into the parameters (Schedule-Free; Adam: nothing to do)."""
@@ -337,6 +339,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
             self._scratch = [torch.empty_like(p) for p in self._params]
+            self._bind()
         self._set_groups()
 
 
