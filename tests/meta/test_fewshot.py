@@ -207,6 +207,48 @@ def test_class_split_refuses_too_few_classes():
         ClassSplit(torch.zeros(10, 4), torch.arange(10) % 3, (0, 1, 2), n_way=5)
 
 
+def _symmetries(img: torch.Tensor) -> list[torch.Tensor]:
+    """The square's eight symmetries of a (side, side) image, in ClassSplit's order."""
+    return [(img.T if s >= 4 else img).rot90(s % 4).flatten() for s in range(8)]
+
+
+@pytest.mark.parametrize("augment, n_sym", [("dihedral", 8), ("rotations", 4)])
+def test_class_augmentation_makes_each_symmetry_of_a_class_a_class(augment, n_sym):
+    # two classes of three random (asymmetric) 3x3 images: 2 x n_sym classes, each drawn once per episode
+    x = torch.randn(6, 9, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    family = ClassSplit(x, y, (0, 1), n_way=2 * n_sym, k_shot=1, k_query=2, augment=augment)
+    table = {tuple(v.tolist()): (int(y[i]), s) for i in range(6) for s, v in enumerate(_symmetries(x[i].view(3, 3)))}
+    for b in (family.sample(4, torch.Generator().manual_seed(1)),):
+        for t in range(4):
+            images = torch.cat([b.x_support[t], b.x_query[t]])
+            labels = torch.cat([b.y_support[t], b.y_query[t]]).tolist()
+            seen = {}
+            for img, label in zip(images, labels):
+                key = table[tuple(img.tolist())]  # every image is a symmetry of a training image
+                assert seen.setdefault(label, key) == key  # one (class, symmetry) per episode label
+            assert sorted(seen.values()) == [(c, s) for c in (0, 1) for s in range(n_sym)]
+
+
+def test_class_augmentation_off_draws_the_images_as_they_are():
+    x = torch.randn(12, 9, generator=torch.Generator().manual_seed(0))
+    family = ClassSplit(x, torch.arange(12) % 4, (0, 1, 2, 3), n_way=4, k_shot=1, k_query=1, augment="none")
+    b = family.sample(5, torch.Generator().manual_seed(0))
+    rows = {tuple(r.tolist()) for r in x}
+    assert all(tuple(r.tolist()) in rows for r in torch.cat([b.x_support, b.x_query], 1).reshape(-1, 9))
+
+
+def test_class_augmentation_refusals_are_one_line_errors():
+    x, y = torch.zeros(30, 9), torch.arange(30) % 3
+    ClassSplit(x, y, (0, 1, 2), n_way=10, k_query=2, augment="rotations")  # 12 classes: enough
+    with pytest.raises(ConfigError, match="10-way episodes need at least 10 classes, got 3"):
+        ClassSplit(x, y, (0, 1, 2), n_way=10, k_query=2, augment="none")
+    with pytest.raises(ConfigError, match="needs square images, got 8 features"):
+        ClassSplit(torch.zeros(30, 8), y, (0, 1, 2), n_way=3, k_query=2, augment="dihedral")
+    with pytest.raises(ConfigError, match="unknown class augmentation 'flips'; choose from none, rotations, dihedral"):
+        ClassSplit(x, y, (0, 1, 2), n_way=3, augment="flips")
+
+
 def test_prototype_head_labels_each_query_by_the_nearest_class_mean_in_feature_space():
     torch.manual_seed(0)
     family = ClassSplit(torch.randn(60, 6), torch.arange(60) % 3, (0, 1, 2), n_way=3, k_shot=2, k_query=4)

@@ -86,6 +86,8 @@ def fewshot(
     hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
     head: str = typer.Option("learned", help="Images: 'learned' (a meta-learned output layer) or 'prototypes' (set from "
                              "the support set's class means in feature space before adapting: ProtoMAML)."),
+    augment: str = typer.Option("dihedral", help="Images: meta-train on each class under the square's symmetries as "
+                                "classes of their own: 'dihedral' (8: turns and transposes), 'rotations' (4) or 'none'."),
     eval_tasks: int = typer.Option(600, help="Test tasks for the score and its 95% interval."),
     eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
     seed: int = SEED,
@@ -105,7 +107,7 @@ def fewshot(
     for name, value in (("k_shot", k_shot), ("n_way", n_way), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
-    train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None)
+    train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment)
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
         result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps,
@@ -114,4 +116,4 @@ def fewshot(
         from metalearner.meta.plots import plot_fewshot
 
         plot_fewshot(result, plot, title=f"{method} on {task}, {k_shot}-shot")
-    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way, **result, "plot": str(plot) if plot else None}))
+    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way, "augment": augment if task != "sinusoid" else None, **result, "plot": str(plot) if plot else None}))

@@ -46,6 +46,8 @@ from metalearner.meta.towers import Tower
 Params = dict[str, Tensor]
 METHODS = ("maml", "meta_sgd", "meta_meta")
 HEADS = ("learned", "prototypes")
+# class augmentation for meta-training: each class under the square's symmetries counts as a class of its own
+AUGMENTS = {"none": 1, "rotations": 4, "dihedral": 8}  # -> symmetries per class (4 turns; with the transpose, 8)
 
 # ---------------------------------------------------------------------------- task families
 
@@ -89,32 +91,57 @@ class ClassSplit:
     Each episode picks ``n_way`` of ``classes`` and relabels them ``0 … n_way−1`` in a random
     order; ``k_shot`` support and ``k_query`` query images per class. Meta-train and meta-test
     use disjoint class lists, so the test classes are never seen.
+
+    ``augment`` (square images; for meta-training): every class turned by 90°, 180° and 270°
+    (``"rotations"``) and also transposed (``"dihedral"``) is a class of its own, so five
+    training classes become 20 or 40 (the Omniglot practice of Santoro et al., 2016). The
+    symmetry is applied to the images an episode draws, so no copy of the data set is made.
     """
 
     metric = "acc"
     loss = staticmethod(F.cross_entropy)
 
     def __init__(self, x: Tensor, y: Tensor, classes: tuple[int, ...], *, n_way: int = 5, k_shot: int = 1,
-                 k_query: int = 15) -> None:  # fmt: skip
-        if len(classes) < n_way:
-            raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes)}")
+                 k_query: int = 15, augment: str = "none") -> None:  # fmt: skip
+        if augment not in AUGMENTS:
+            raise ConfigError(f"unknown class augmentation {augment!r}; choose from {', '.join(AUGMENTS)}")
+        if len(classes) * AUGMENTS[augment] < n_way:
+            raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * AUGMENTS[augment]}")
         self.x = x.reshape(len(x), -1)
         self.by_class = [torch.nonzero(y == c).flatten() for c in classes]
         if min(len(i) for i in self.by_class) < k_shot + k_query:
             raise ConfigError(f"a class has fewer than {k_shot + k_query} examples")
         self.n_way, self.k_shot, self.k_query = n_way, k_shot, k_query
+        self.symmetries, self.side = AUGMENTS[augment], math.isqrt(self.x.shape[1])
+        if self.symmetries > 1 and self.side**2 != self.x.shape[1]:
+            raise ConfigError(f"class augmentation {augment!r} needs square images, got {self.x.shape[1]} features")
 
     def sample(self, n_tasks: int, gen: torch.Generator) -> Episodes:
         per = self.k_shot + self.k_query
         picks = []
+        turns = []
         for _ in range(n_tasks):
-            chosen = torch.randperm(len(self.by_class), generator=gen)[: self.n_way]
-            picks.append(torch.stack([self._draw(int(c), per, gen) for c in chosen]))  # (n_way, per)
+            chosen = torch.randperm(len(self.by_class) * self.symmetries, generator=gen)[: self.n_way].tolist()
+            picks.append(torch.stack([self._draw(c // self.symmetries, per, gen) for c in chosen]))  # (n_way, per)
+            turns.append([c % self.symmetries for c in chosen])
         idx = torch.stack(picks)  # (tasks, n_way, per)
         labels = torch.arange(self.n_way).view(1, -1, 1).expand_as(idx)
         x, k = self.x[idx], self.k_shot
+        if self.symmetries > 1:
+            x = self._turn(x, turns)
         flat = lambda t: t.reshape(n_tasks, -1, *t.shape[3:])  # noqa: E731
         return Episodes(flat(x[:, :, :k]), flat(labels[:, :, :k]), flat(x[:, :, k:]), flat(labels[:, :, k:]))
+
+    def _turn(self, x: Tensor, turns: list[list[int]]) -> Tensor:
+        """``x (tasks, n_way, per, D)`` with each class's images under its symmetry: ``s % 4``
+        quarter turns, of the transposed image when ``s >= 4``."""
+        out = torch.empty_like(x)
+        for t, row in enumerate(turns):
+            for w, sym in enumerate(row):
+                img = x[t, w].view(-1, self.side, self.side)
+                img = img.transpose(1, 2) if sym >= 4 else img
+                out[t, w] = img.rot90(sym % 4, (1, 2)).reshape(len(img), -1)
+        return out
 
     def _draw(self, c: int, n: int, gen: torch.Generator) -> Tensor:
         pool = self.by_class[c]
@@ -127,11 +154,14 @@ class ClassSplit:
 
 
 def image_splits(splits: Any, *, n_way: int, k_shot: int, k_query: int = 15,
-                 train_classes: tuple[int, ...] = (0, 1, 2, 3, 4)) -> tuple[ClassSplit, ClassSplit]:  # fmt: skip
-    """Meta-train episodes on ``train_classes`` (training images) and meta-test episodes on
-    the other classes (test images): classes and images never seen in meta-training."""
+                 train_classes: tuple[int, ...] = (0, 1, 2, 3, 4), augment: str = "dihedral") -> tuple[ClassSplit, ClassSplit]:  # fmt: skip
+    """Meta-train episodes on ``train_classes`` (training images), each under the square's
+    symmetries as classes of their own (``augment``, see :class:`ClassSplit`; ``"dihedral"``
+    was chosen on scikit-learn's digits, ``docs/meta.md``), and meta-test episodes on the
+    other classes (test images, upright): classes and images never seen in meta-training."""
     test_classes = tuple(c for c in range(splits.n_classes) if c not in train_classes)
-    return (ClassSplit(splits.x_train, splits.y_train, train_classes, n_way=n_way, k_shot=k_shot, k_query=k_query),
+    return (ClassSplit(splits.x_train, splits.y_train, train_classes, n_way=n_way, k_shot=k_shot, k_query=k_query,
+                       augment=augment),
             ClassSplit(splits.x_test, splits.y_test, test_classes, n_way=n_way, k_shot=k_shot, k_query=k_query))  # fmt: skip
 
 
@@ -359,16 +389,20 @@ def nearest_centroid(family: Any, *, n_tasks: int, seed: int = 12345, chunk: int
 FEWSHOT_TASKS = ("sinusoid", "mnist", "fashion_mnist")
 
 
-def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | None = None) -> tuple[Any, Any]:
+def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | None = None,
+                  augment: str = "dihedral") -> tuple[Any, Any]:  # fmt: skip
     """``(meta-train family, meta-test family)``: sinusoids (tested on 100 query points), or
-    ``n_way``-way episodes of MNIST / Fashion-MNIST, meta-tested on unseen classes."""
+    ``n_way``-way episodes of MNIST / Fashion-MNIST, meta-tested on unseen classes (meta-trained
+    on their training classes under ``augment``'s symmetries; sinusoids ignore it)."""
+    if augment not in AUGMENTS:
+        raise ConfigError(f"unknown class augmentation {augment!r}; choose from {', '.join(AUGMENTS)}")
     if task == "sinusoid":
         return Sinusoid(k_shot=k_shot, k_query=k_shot), Sinusoid(k_shot=k_shot, k_query=100)
     if task not in FEWSHOT_TASKS:
         raise ConfigError(f"unknown few-shot task {task!r}; choose from {', '.join(FEWSHOT_TASKS)}")
     from metalearner.tasks import load_dataset
 
-    return image_splits(load_dataset(task, data_dir=data_dir), n_way=n_way, k_shot=k_shot)
+    return image_splits(load_dataset(task, data_dir=data_dir), n_way=n_way, k_shot=k_shot, augment=augment)
 
 
 def train_and_evaluate(train: Any, test: Any, config: FewShotConfig, *, n_tasks: int, steps: int | None = None,
