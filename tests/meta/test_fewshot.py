@@ -231,11 +231,16 @@ def test_class_augmentation_makes_each_symmetry_of_a_class_a_class(augment, n_sy
 
 
 def test_class_augmentation_off_draws_the_images_as_they_are():
-    x = torch.randn(12, 9, generator=torch.Generator().manual_seed(0))
-    family = ClassSplit(x, torch.arange(12) % 4, (0, 1, 2, 3), n_way=4, k_shot=1, k_query=1, augment="none")
+    # the same draws as by hand: a permutation of the classes per task, then of each class's images
+    x, y = torch.randn(24, 9, generator=torch.Generator().manual_seed(0)), torch.arange(24) % 4
+    family = ClassSplit(x, y, (0, 1, 2, 3), n_way=3, k_shot=2, k_query=1, augment="none")
     b = family.sample(5, torch.Generator().manual_seed(0))
-    rows = {tuple(r.tolist()) for r in x}
-    assert all(tuple(r.tolist()) in rows for r in torch.cat([b.x_support, b.x_query], 1).reshape(-1, 9))
+    gen = torch.Generator().manual_seed(0)
+    for t in range(5):
+        chosen = torch.randperm(4, generator=gen)[:3]
+        pools = [torch.nonzero(y == int(c)).flatten() for c in chosen]
+        idx = torch.stack([pool[torch.randperm(len(pool), generator=gen)[:3]] for pool in pools])  # (way, k_shot + k_query)
+        assert torch.equal(b.x_support[t], x[idx[:, :2]].reshape(-1, 9)) and torch.equal(b.x_query[t], x[idx[:, 2:]].reshape(-1, 9))
 
 
 def test_class_augmentation_refusals_are_one_line_errors():
@@ -243,8 +248,11 @@ def test_class_augmentation_refusals_are_one_line_errors():
     ClassSplit(x, y, (0, 1, 2), n_way=10, k_query=2, augment="rotations")  # 12 classes: enough
     with pytest.raises(ConfigError, match="10-way episodes need at least 10 classes, got 3"):
         ClassSplit(x, y, (0, 1, 2), n_way=10, k_query=2, augment="none")
-    with pytest.raises(ConfigError, match="needs square images, got 8 features"):
+    with pytest.raises(ConfigError, match="needs square one-channel images, got 8$"):
         ClassSplit(torch.zeros(30, 8), y, (0, 1, 2), n_way=3, k_query=2, augment="dihedral")
+    with pytest.raises(ConfigError, match="needs square one-channel images, got 4x8x8"):  # 256 features: square, but 4 channels
+        ClassSplit(torch.zeros(30, 4, 8, 8), y, (0, 1, 2), n_way=3, k_query=2, augment="rotations")
+    ClassSplit(torch.zeros(30, 1, 8, 8), y, (0, 1, 2), n_way=3, k_query=2, augment="rotations")
     with pytest.raises(ConfigError, match="unknown class augmentation 'flips'; choose from none, rotations, dihedral"):
         ClassSplit(x, y, (0, 1, 2), n_way=3, augment="flips")
 

@@ -113,8 +113,10 @@ class ClassSplit:
             raise ConfigError(f"a class has fewer than {k_shot + k_query} examples")
         self.n_way, self.k_shot, self.k_query = n_way, k_shot, k_query
         self.symmetries, self.side = AUGMENTS[augment], math.isqrt(self.x.shape[1])
-        if self.symmetries > 1 and self.side**2 != self.x.shape[1]:
-            raise ConfigError(f"class augmentation {augment!r} needs square images, got {self.x.shape[1]} features")
+        channels = math.prod(x.shape[1:-2]) if x.dim() >= 3 else 1
+        if self.symmetries > 1 and (self.side**2 != self.x.shape[1] or channels != 1):
+            shape = "x".join(map(str, x.shape[1:]))
+            raise ConfigError(f"class augmentation {augment!r} needs square one-channel images, got {shape}")
 
     def sample(self, n_tasks: int, gen: torch.Generator) -> Episodes:
         per = self.k_shot + self.k_query
