@@ -233,8 +233,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _bind(self) -> None:
         """Per-tensor lists the steps read (each tensor's group, first and second moments),
-        made once the state exists and again when a state dict replaces it: rebuilding them
-        every step was a tenth of the front's overhead."""
+        made once the state exists and again when a state dict replaces it, not on every step."""
         self._groups = [g for g in self.param_groups for _ in g["params"]]
         self._moments = [self.state[p][self._moment] for p in self._params]
         self._v = [self.state[p]["exp_avg_sq"] for p in self._params]

@@ -49,6 +49,13 @@ HEADS = ("learned", "prototypes")
 # class augmentation for meta-training: each class under the square's symmetries counts as a class of its own
 AUGMENTS = {"none": 1, "rotations": 4, "dihedral": 8}  # -> symmetries per class (4 turns; with the transpose, 8)
 
+
+def symmetries(augment: str) -> int:
+    """How many classes each class becomes under ``augment`` (one of ``AUGMENTS``)."""
+    if augment not in AUGMENTS:
+        raise ConfigError(f"unknown class augmentation {augment!r}; choose from {', '.join(AUGMENTS)}")
+    return AUGMENTS[augment]
+
 # ---------------------------------------------------------------------------- task families
 
 
@@ -103,16 +110,15 @@ class ClassSplit:
 
     def __init__(self, x: Tensor, y: Tensor, classes: tuple[int, ...], *, n_way: int = 5, k_shot: int = 1,
                  k_query: int = 15, augment: str = "none") -> None:  # fmt: skip
-        if augment not in AUGMENTS:
-            raise ConfigError(f"unknown class augmentation {augment!r}; choose from {', '.join(AUGMENTS)}")
-        if len(classes) * AUGMENTS[augment] < n_way:
-            raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * AUGMENTS[augment]}")
+        n_sym = symmetries(augment)
+        if len(classes) * n_sym < n_way:
+            raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * n_sym}")
         self.x = x.reshape(len(x), -1)
         self.by_class = [torch.nonzero(y == c).flatten() for c in classes]
         if min(len(i) for i in self.by_class) < k_shot + k_query:
             raise ConfigError(f"a class has fewer than {k_shot + k_query} examples")
         self.n_way, self.k_shot, self.k_query = n_way, k_shot, k_query
-        self.symmetries, self.side = AUGMENTS[augment], math.isqrt(self.x.shape[1])
+        self.symmetries, self.side = n_sym, math.isqrt(self.x.shape[1])
         channels = math.prod(x.shape[1:-2]) if x.dim() >= 3 else 1
         if self.symmetries > 1 and (self.side**2 != self.x.shape[1] or channels != 1):
             shape = "x".join(map(str, x.shape[1:]))
@@ -396,8 +402,7 @@ def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | Non
     """``(meta-train family, meta-test family)``: sinusoids (tested on 100 query points), or
     ``n_way``-way episodes of MNIST / Fashion-MNIST, meta-tested on unseen classes (meta-trained
     on their training classes under ``augment``'s symmetries; sinusoids ignore it)."""
-    if augment not in AUGMENTS:
-        raise ConfigError(f"unknown class augmentation {augment!r}; choose from {', '.join(AUGMENTS)}")
+    symmetries(augment)  # an unknown one is refused for sinusoids too
     if task == "sinusoid":
         return Sinusoid(k_shot=k_shot, k_query=k_shot), Sinusoid(k_shot=k_shot, k_query=100)
     if task not in FEWSHOT_TASKS:
