@@ -41,7 +41,7 @@ def test_zoo_and_mirror(tmp_path):
 
 
 def test_hyperoptimizer_tower():
-    out = _run("hyperoptimizer_tower.py", "--steps", "300")
+    out = _run("hyperoptimizer_tower.py")  # its default 600 steps: at 300 the lr is often still overshooting (docs/meta.md)
     learned = float(out.split("learned lr ")[1].split(";")[0])
     assert learned > 1e-3  # the tower moved a 1000x-too-small lr up by more than 10x
     assert float(out.rsplit("val acc ", 1)[1]) > 0.5

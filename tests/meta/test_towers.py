@@ -111,13 +111,38 @@ def test_state_dict_round_trip_continues_identically():
     twin = copy.deepcopy(model)
     twin_opt = Tower(twin.parameters(), lr=0.5, learn="all", height=2)
     twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-    for _ in range(5):
-        for m, o in ((model, opt), (twin, twin_opt)):
+    _assert_continue_alike((model, opt), (twin, twin_opt), loss, 5)
+
+
+def _assert_continue_alike(run, twin, loss, steps: int) -> None:
+    """Both (model, optimizer) pairs take ``steps`` more steps; their weights and every level's
+    hyperparameters stay equal bit for bit."""
+    for _ in range(steps):
+        for m, o in (run, twin):
             backward(m, loss)
             o.step()
-    assert tower_hparams(opt) == tower_hparams(twin_opt)
-    for a, b in zip(model.parameters(), twin.parameters()):
+    assert tower_hparams(run[1]) == tower_hparams(twin[1])
+    for a, b in zip(run[0].parameters(), twin[0].parameters()):
         assert torch.equal(a, b)
+
+
+def test_loading_a_state_into_the_same_optimizer_mid_run_continues_from_the_loaded_state():
+    """The step's cached bookkeeping (``Tower._plan``) points into the states a load replaces."""
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=1e-2, base="momentum", learn="all", height=2, hyper_every=2)
+    for _ in range(5):
+        backward(model, loss)
+        opt.step()
+    saved, weights = copy.deepcopy(opt.state_dict()), copy.deepcopy(model.state_dict())
+    twin = copy.deepcopy(model)
+    twin_opt = Tower(twin.parameters(), lr=0.5, base="momentum", learn="all", height=2, hyper_every=2)
+    twin_opt.load_state_dict(copy.deepcopy(saved))
+    for _ in range(3):  # moves the buffers the plan points into
+        backward(model, loss)
+        opt.step()
+    model.load_state_dict(weights)
+    opt.load_state_dict(saved)
+    _assert_continue_alike((model, opt), (twin, twin_opt), loss, 6)
 
 
 def _rss_bytes() -> int:
@@ -204,6 +229,27 @@ def test_trace_hypergradient_is_the_gradient_against_the_decayed_sum_of_past_upd
     trace = [sum(gamma**k * u[i] for k, u in enumerate(reversed(updates))) for i in range(len(grads))]
     expected = -sum(float((g * e).sum()) for g, e in zip(grads, trace))
     assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_the_trace_reads_a_group_of_several_dtypes_as_one_of_a_single_dtype():
+    """Such a group has no common flat buffer for the trace's products (``_trace_dot``)."""
+    torch.manual_seed(0)
+    start = [torch.randn(5, dtype=torch.float64), torch.randn(4)]
+
+    def hypergrads(params):
+        opt = Tower(params, lr=0.05, base="sgd", height=2, trace_decay=0.5, hyper_every=1)
+        out = []
+        for _ in range(6):
+            for p in params:
+                p.grad = None
+            ((params[0] ** 2).sum() + (params[1].double() ** 4).sum()).backward()
+            opt.step()
+            out.append(opt.param_groups[0]["tower_state"]["hypergrads"][0][0])
+        return out
+
+    mixed = hypergrads([t.clone().requires_grad_() for t in start])
+    single = hypergrads([t.double().requires_grad_() for t in start])
+    assert mixed[-1] != 0 and mixed == pytest.approx(single, rel=1e-4)
 
 
 @pytest.mark.parametrize("base, learn, gamma", [("sgd", "lr", 0.9), ("adam", "all", 0.9), ("momentum", "lr", 0.0), ("adam", "all", 0.0)])

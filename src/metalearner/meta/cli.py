@@ -32,7 +32,7 @@ def tower(
     hyper_lr: float = typer.Option(0.03, help="Level 1's step size on the log scale; each level above 10x smaller."),
     learn: str = typer.Option("lr", help="lr (the base's learning rate) or all (also momentum/betas)."),
     trace_decay: float = typer.Option(0.999, help="Decay of the trace of past updates the lr's hypergradient reads (0: one-step)."),
-    hyper_every: Optional[int] = typer.Option(None, help="Base steps per hyper step (the steps between are the plain base's; default: the tower's, 4)."),
+    hyper_every: Optional[int] = typer.Option(None, help="Base steps per hyper step (the steps between are the plain base's; default: the tower's, 6)."),
     depth: int = typer.Option(2, help="Hidden layers of the MLP."),
     width: int = typer.Option(128, help="Hidden units."),
     steps: int = typer.Option(1000, help="Training steps."),

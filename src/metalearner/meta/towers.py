@@ -40,21 +40,21 @@ of its own: since ``θ_t = θ_{t−1} − u_{t−1}``, an average of the weights
 is ``γ e``, read against weights of size ``θ``: in float32 a decay below ``MIN_TRACE_DECAY``
 would lose it to rounding, so the trace is 0 or at least that.)
 
-The hyper levels step every ``hyper_every = k`` base steps (default 4), each move ``k`` times
+The hyper levels step every ``hyper_every = k`` base steps (default 6), each move ``k`` times
 its step size, so level 1 moves the lr as fast per base step as with ``k = 1`` (with
 ``hyper="sgd"`` the levels above move faster: their hypergradients read level 1's larger
 moves; hyper-Adam's steps do not depend on that scale); in between, a step is the plain base
 step. The anchor is then updated on hyper steps only, ``a ← γ^k a + (1−γ^k) θ`` (exact for
 ``k = 1``; for ``k > 1`` every update of the latest block counts with the weight of its oldest,
-``γ^{k−1}``: at ``γ = 0.999``, ``k = 4``, 0.3% short), and the one-step vectors the other
+``γ^{k−1}``: at ``γ = 0.999``, ``k = 6``, 0.5% short), and the one-step vectors the other
 hyperparameters need are kept only on the step before a hyper step. That is what makes a level cheap: the dot products and the anchor's pass happen
-once per ``k`` steps (``docs/meta.md`` measures the cost and the accuracy for ``k`` = 1, 4, 8).
+once per ``k`` steps (``docs/meta.md`` measures the cost and the accuracy for ``k`` = 1, 4, 5, 6, 8).
 Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
 does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
 published ``create_graph`` version leaks), memory is O(parameters), and the hyper levels are
-O(1) scalar work. One host read per hyper step (the few dot products of the hypergradient, one
-``tolist``) buys that: the levels are then Python arithmetic on a handful of floats, which
+O(1) scalar work. A host read or two per hyper step (the trace's dot product, summed in one
+buffer, and the one-step vectors' few dot products, one ``tolist``) buys that: the levels are then Python arithmetic on a handful of floats, which
 measured far cheaper than the dozens of tiny tensor ops (kernel launches) they would be.
 
 Use it like any optimizer::
@@ -73,7 +73,7 @@ it finds (so a scheduler resets rather than scales it). A group shares one step 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
@@ -83,6 +83,7 @@ from metalearner.kernels import adam_moments_
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
+BUFFERS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}  # each parameter's, per base
 BASES = tuple(LEARNABLE)
 HYPERS = ("adam", "sgd")
 HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
@@ -90,7 +91,7 @@ HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr times a float32 gradient stays finite
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
-HYPER_EVERY = 4  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
+HYPER_EVERY = 6  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
 MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
@@ -289,6 +290,7 @@ class Tower(torch.optim.Optimizer):
             if not 0 < momentum < 1:
                 raise ConfigError(f"momentum must be in (0, 1), got {momentum}")
             defaults["momentum"] = float(momentum)
+        self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -304,80 +306,125 @@ class Tower(torch.optim.Optimizer):
                 self._group_step(group, params)
         return loss
 
-    def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
-        grads, states = [p.grad for p in params], [self.state[p] for p in params]
+    def __setstate__(self, state: dict[str, Any]) -> None:  # unpickling, copying and load_state_dict
+        super().__setstate__(state)
+        self._plans = {}  # torch.optim keeps only defaults, state and param_groups (plans point into the states)
+
+    def _plan(self, group: dict[str, Any], params: list[Tensor], t: int) -> _Plan:
+        """The group's bookkeeping for this set of parameters, made once per set (a parameter
+        that gets its first gradient, or a loaded state, makes a new one): the states, the
+        base's buffers (made on first use) and, with a trace, the anchors of parameters seen
+        for the first time (``a = θ`` at the step of their first gradient)."""
+        decay = group.get("trace_decay", 0.0)  # state dicts saved before it existed
+        key = (group["base"], group["learn"], decay, *map(id, params))
+        plan = self._plans.get(id(group))
+        if plan is not None and plan.key == key and plan.group is group:
+            return plan
+        states = [self.state[p] for p in params]
         names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
-        if "tower_state" not in group:
-            group["tower_state"] = _new_tower_state(len(names), len(group["hyper_lrs"]))
-        tower = group["tower_state"]
-        if _visible(group) != tower["written"]:  # the first step, or someone set a value: start from it
-            tower["z"] = _read_z(group, names)
-        tower["step"] = t = tower["step"] + 1
-        every, decay = group.get("hyper_every", 1), group.get("trace_decay", 0.0)  # state dicts saved before either existed
         one_step = len(names) > 1 or not decay  # some hypergradient reads the last step's vectors
+        needs_direction = one_step and (group["base"] != "momentum" or len(names) > 1)
+        buffers = BUFFERS[group["base"]] + (("direction",) if needs_direction else ())
+        for s, p in zip(states, params):
+            s.update({k: torch.zeros_like(p) for k in buffers if k not in s})
         if decay:
-            fresh = [i for i, s in enumerate(states) if "anchor" not in s]  # a parameter's trace starts at its first gradient
+            fresh = [i for i, s in enumerate(states) if "anchor" not in s]
             if len(fresh) == len(states):  # the first step (or a state saved before the anchor)
-                tower["anchored"] = t
+                group["tower_state"]["anchored"] = t
             for i in fresh:
                 states[i]["anchor"] = params[i].detach().clone()
-        ready = not one_step or (tower["coef"] is not None and all("basis" in s for s in states))
-        if t > 1 and (t - 1) % every == 0 and ready:
-            vectors, coef = _hyper_basis(tower, states, params, decay, one_step, t)
-            dots = basis_dots(grads, vectors)
+        scratch = None
+        if decay and len({(p.dtype, p.device) for p in params}) == 1:
+            flat = params[0].new_empty(sum(p.numel() for p in params))
+            scratch = (flat, [v.view_as(p) for v, p in zip(flat.split([p.numel() for p in params]), params)])
+        plan = _Plan(key, group, states, names, one_step, decay, {k: [s[k] for s in states] for k in buffers}, scratch)
+        self._plans[id(group)] = plan
+        return plan
+
+    def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        grads = [p.grad for p in params]
+        if "tower_state" not in group:
+            names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
+            group["tower_state"] = _new_tower_state(len(names), len(group["hyper_lrs"]))
+        tower = group["tower_state"]
+        tower["step"] = t = tower["step"] + 1
+        plan = self._plan(group, params, t)
+        visible = _visible(group)
+        if visible != tower["written"]:  # the first step, or someone set a value: start from it
+            tower["z"] = _read_z(group, plan.names)
+            tower["written"] = visible
+        every = group.get("hyper_every", 1)  # state dicts saved before it existed
+        if t > 1 and (t - 1) % every == 0 and (not plan.one_step or (tower["coef"] is not None and all("basis" in s for s in plan.states))):
+            dots, coef = _hyper_basis(tower, plan, params, grads, t)
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in coef]
             tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
             directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
             before = list(tower["z"][0])
             tower["moves"] = climb(tower["z"], directions, every)
             unbounded = list(tower["z"][0])
-            _write_back(group, tower["z"], names)
+            _write_back(group, tower["z"], plan.names)
             # a value held at its bound moved less than level 1 asked: keep the move applied, so that the
             # levels above see no effect of a move that did not happen (and do not wind up their step sizes)
             tower["moves"][0] = [m if z == u else b - z for m, z, u, b in zip(tower["moves"][0], tower["z"][0], unbounded, before)]
-        tower["written"] = _visible(group)
-        keep = one_step and t % every == 0  # the next step is a hyper step that reads this step's vectors
-        basis, coef = _base_update(group, grads, states, params, learn_more=len(names) > 1, basis=keep, one_step=one_step)
+            tower["written"] = _visible(group)
+        keep = plan.one_step and t % every == 0  # the next step is a hyper step that reads this step's vectors
+        basis, coef = _base_update(group, grads, plan, params, basis=keep)
         if keep:
             tower["coef"] = coef
-            for i, s in enumerate(states):
+            for i, s in enumerate(plan.states):
                 s["basis"] = [b[i] for b in basis]
 
 
-def _hyper_basis(
-    tower: dict[str, Any], states: list[dict[str, Any]], params: list[Tensor], decay: float, one_step: bool, t: int
-) -> tuple[list[list[Tensor]], Levels]:
-    """The vectors whose dot products with this step's gradient give ``∂L/∂z_0``, and their
-    coefficients (``∂L/∂z_0[j] = −Σ_b coef[j][b] g·v_b``): the last step's vectors, and with a
-    trace the lr's row replaced by ``g·(θ − a)/γ`` from the anchor, moved up to now first."""
-    vectors: list[list[Tensor]] = []
+class _Plan(NamedTuple):
+    """What a group's step needs that changes only with its set of parameters (``Tower._plan``)."""
+
+    key: tuple[Any, ...]
+    group: dict[str, Any]
+    states: list[dict[str, Any]]
+    names: tuple[str, ...]  # the base hyperparameters level 1 learns, in the order of z_0
+    one_step: bool
+    decay: float
+    buffers: dict[str, list[Tensor]]  # the base's buffers (and the one-step "direction"), one list per name
+    scratch: tuple[Tensor, list[Tensor]] | None  # with a trace: a flat buffer and its views shaped as the parameters
+
+
+def _hyper_basis(tower: dict[str, Any], plan: _Plan, params: list[Tensor], grads: list[Tensor], t: int) -> tuple[list[float], Levels]:
+    """``(dots, coef)`` with ``∂L/∂z_0[j] = −Σ_b coef[j][b] dots[b]``: the dot products of this
+    step's gradient with the last step's vectors, and with a trace the lr's row replaced by
+    ``g·(θ − a)/γ`` from the anchor, moved up to now first."""
+    dots: list[float] = []
     coef: Levels = []
-    if one_step:
-        vectors = [[s["basis"][b] for s in states] for b in range(len(tower["coef"][0]))]
+    if plan.one_step:
+        dots = basis_dots(grads, [[s["basis"][b] for s in plan.states] for b in range(len(tower["coef"][0]))])
         coef = [list(row) for row in tower["coef"]]
-    if decay:
-        anchor = [s["anchor"] for s in states]
-        torch._foreach_lerp_(anchor, params, 1 - decay ** (t - tower["anchored"]))
+    if plan.decay:
+        dots = [_trace_dot(plan, params, grads, 1 - plan.decay ** (t - tower["anchored"])), *dots]  # g·(θ − a) = −γ g·e
         tower["anchored"] = t
-        vectors = [torch._foreach_sub(params, anchor), *vectors]  # θ − a = −γ e
-        lr_row = [-1 / decay] + [0.0] * (len(vectors) - 1)
+        lr_row = [-1 / plan.decay] + [0.0] * (len(dots) - 1)
         coef = [lr_row, *([0.0, *row] for row in coef[1:])] if coef else [lr_row]
-    return vectors, coef
+    return dots, coef
+
+
+def _trace_dot(plan: _Plan, params: list[Tensor], grads: list[Tensor], weight: float) -> float:
+    """``g·(θ − a)`` after moving the anchor, ``a ← a + weight (θ − a)``. The products go into
+    one flat buffer and are summed at once: on a small network a hyper step's cost is mostly
+    per-operation, and this takes 5 operations where a dot per tensor takes 15 or more."""
+    anchor = [s["anchor"] for s in plan.states]
+    torch._foreach_lerp_(anchor, params, weight)
+    if plan.scratch is None:  # parameters of several dtypes or devices: no common buffer
+        return sum(float(torch.sum((p - a) * g)) for p, a, g in zip(params, anchor, grads))
+    flat, views = plan.scratch
+    torch._foreach_copy_(views, params)
+    torch._foreach_sub_(views, anchor)
+    torch._foreach_mul_(views, grads)
+    return float(flat.sum())
 
 
 def _base_update(
-    group: dict[str, Any], grads: list[Tensor], states: list[dict[str, Any]], params: list[Tensor], *, learn_more: bool,
-    basis: bool, one_step: bool,
+    group: dict[str, Any], grads: list[Tensor], plan: _Plan, params: list[Tensor], *, basis: bool
 ) -> tuple[list[list[Tensor]], Levels]:
-    """The base kernel on the group's current hyperparameters (its buffers made on first use;
-    the one-step ``direction`` only where some hypergradient reads it)."""
-    needs_direction = one_step and (group["base"] != "momentum" or learn_more)
-    buffers = {"adam": ("exp_avg", "exp_avg_sq"), "sgd": (), "momentum": ("momentum_buffer",)}[group["base"]]
-    buffers += ("direction",) if needs_direction else ()
-    for s, p in zip(states, params):
-        if buffers and buffers[-1] not in s:
-            s.update({key: torch.zeros_like(p) for key in buffers if key not in s})
-    bufs = {key: [s[key] for s in states] for key in buffers}
+    """The base kernel on the group's current hyperparameters, on the plan's buffers."""
+    bufs, learn_more = plan.buffers, len(plan.names) > 1
     direction = bufs.get("direction", [])
     if group["base"] == "adam":
         return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, group["lr"], *group["betas"], group["eps"],
