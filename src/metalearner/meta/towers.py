@@ -321,7 +321,7 @@ class Tower(torch.optim.Optimizer):
         if plan is not None and plan.key == key and plan.group is group:
             return plan
         states = [self.state[p] for p in params]
-        names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
+        names = _learned(group)
         one_step = len(names) > 1 or not decay  # some hypergradient reads the last step's vectors
         needs_direction = one_step and (group["base"] != "momentum" or len(names) > 1)
         buffers = BUFFERS[group["base"]] + (("direction",) if needs_direction else ())
@@ -344,8 +344,7 @@ class Tower(torch.optim.Optimizer):
     def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
         grads = [p.grad for p in params]
         if "tower_state" not in group:
-            names = LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
-            group["tower_state"] = _new_tower_state(len(names), len(group["hyper_lrs"]))
+            group["tower_state"] = _new_tower_state(len(_learned(group)), len(group["hyper_lrs"]))
         tower = group["tower_state"]
         tower["step"] = t = tower["step"] + 1
         plan = self._plan(group, params, t)
@@ -433,6 +432,11 @@ def _base_update(
         return sgd_update(params, grads, bufs["momentum_buffer"], direction, group["lr"], group["momentum"], basis=basis,
                           learn_momentum=learn_more)  # fmt: skip
     return sgd_update(params, grads, None, direction, group["lr"], basis=basis)
+
+
+def _learned(group: dict[str, Any]) -> tuple[str, ...]:
+    """The base hyperparameters level 1 learns, in the order of ``z_0``."""
+    return LEARNABLE[group["base"]] if group["learn"] == "all" else ("lr",)
 
 
 def _visible(group: dict[str, Any]) -> tuple[Any, ...]:
