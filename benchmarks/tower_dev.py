@@ -15,25 +15,41 @@ step; each study runs the other setting at the towers' default, recorded as ``fi
 hyper_every``, results in ``results/tower_dev_hyper_every.json``): a larger value costs less
 time per step, so the largest candidate whose best tall-tower mean and whose best SGD
 tall-tower mean are each at most 0.3 points below those of 1 (a hyper step every step).
+``warmup`` (candidates 0, 30, 100, 300 base steps of linear lr warm-up; ``--choose warmup``,
+``results/tower_dev_warmup.json``; written down before its first run, when starts of 1 (SGD)
+and 0.1 (Adam) still wrecked the network within a few steps): the rule of ``hyper_lr``, with
+0 (no warm-up) as the current default. ``warmup_hold`` (``--choose warmup_hold``,
+``results/tower_dev_warmup_hold.json``; written down before it was built, after seeds 1 and 2
+of the benchmark's cell showed SGD towers diverging on some starts with and without the
+warm-up, and a diagnostic showed the levels raising the learned lr during the ramp until the lr
+applied passed SGD's stability edge): whole configurations, no warm-up, a 300-step warm-up,
+and a 300-step warm-up during which the levels may lower the lr but not raise it
+(``warmup_hold``), each over seeds 0, 1 and 2; the candidate with the highest mean accuracy
+over all four tall towers, six starts and three seeds, if at least 0.3 points above the
+300-step warm-up (the default then).
 
     python benchmarks/tower_dev.py --quick   # ~1 minute, prints JSON
     python benchmarks/tower_dev.py           # full: writes results/tower_dev.json
     python benchmarks/tower_dev.py --choose hyper_every   # writes results/tower_dev_hyper_every.json
+    python benchmarks/tower_dev.py --choose warmup        # writes results/tower_dev_warmup.json
+    python benchmarks/tower_dev.py --choose warmup_hold   # writes results/tower_dev_warmup_hold.json (two processes)
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
 from _common import finish, parse_args
-from metalearner.meta.towers import HYPER_EVERY
+from metalearner.meta.towers import HYPER_EVERY, WARMUP
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from tower_robustness import LRS, accuracies
 
-CANDIDATES = {"hyper_lr": (0.03, 0.1, 0.3), "hyper_every": (1, 4, 5, 6, 8)}
-REFERENCE = {"hyper_lr": 0.03, "hyper_every": 1}  # hyper_lr: the default then; hyper_every: the per-step tower
+CANDIDATES = {"hyper_lr": (0.03, 0.1, 0.3), "hyper_every": (1, 4, 5, 6, 8), "warmup": (0, 30, 100, 300)}
+REFERENCE = {"hyper_lr": 0.03, "hyper_every": 1, "warmup": 0}  # hyper_lr, warmup: the default then; hyper_every: the per-step tower
+HIGHER_MEAN = ("hyper_lr", "warmup")  # chosen by the highest best tall-tower mean (the others: the cheapest that keeps it)
 MARGIN_PP = 0.3
 METHODS = tuple(f"tower_{base}_h{h}" for base in ("sgd", "adam") for h in (2, 3))
 
@@ -41,21 +57,63 @@ METHODS = tuple(f"tower_{base}_h{h}" for base in ("sgd", "adam") for h in (2, 3)
 def choose(name: str, best: dict[str, float], best_sgd: dict[str, float]) -> float:
     """The rule for ``name`` (the module docstring)."""
     ref = str(REFERENCE[name])
-    if name == "hyper_lr":
+    if name in HIGHER_MEAN:
         choice = max(CANDIDATES[name], key=lambda h: best[str(h)])
         return choice if best[str(choice)] >= best[ref] + MARGIN_PP else REFERENCE[name]
     ok = [k for k in CANDIDATES[name] if best[str(k)] >= best[ref] - MARGIN_PP and best_sgd[str(k)] >= best_sgd[ref] - MARGIN_PP]
     return max(ok)
 
 
+# warmup_hold: whole configurations, scored over three seeds by the mean over all four tall towers
+HOLD_CANDIDATES = {"warmup 0": {"warmup": 0}, "warmup 300": {"warmup": 300}, "warmup 300 + hold": {"warmup": 300, "warmup_hold": True}}
+HOLD_REFERENCE, HOLD_SEEDS = "warmup 300", (0, 1, 2)
+
+
+def _hold_job(job: tuple) -> list[float]:
+    config, data_dir, steps, method, seed, options = job
+    torch.set_num_threads(1)
+    return accuracies(make_task(config, data_dir=data_dir), method, steps, seed, **options)
+
+
+def hold_study(config: TaskConfig, data_dir: str | None, steps: int, seeds: tuple[int, ...]) -> dict:
+    """``--choose warmup_hold`` (see the module docstring): every candidate, tall tower and seed, on two processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    keys = [(c, m, seed) for c in HOLD_CANDIDATES for m in METHODS for seed in seeds]
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_hold_job, [(config, data_dir, steps, m, seed, HOLD_CANDIDATES[c]) for c, m, seed in keys]))
+    acc = {c: {m: [results[keys.index((c, m, seed))] for seed in seeds] for m in METHODS} for c in HOLD_CANDIDATES}
+    score = {c: round(100 * statistics.mean(x for m in METHODS for a in acc[c][m] for x in a), 2) for c in HOLD_CANDIDATES}
+    best = max(score, key=score.get)
+    return {
+        "candidates": HOLD_CANDIDATES,
+        "seeds": list(seeds),
+        "test_acc": {c: {m: [[round(x, 4) for x in a] for a in per_seed] for m, per_seed in by_m.items()} for c, by_m in acc.items()},
+        "worst_spread_pp": {c: {m: round(100 * max(max(a) - min(a) for a in per_seed), 2) for m, per_seed in by_m.items()}
+                            for c, by_m in acc.items()},  # fmt: skip
+        "failed_runs": {c: {m: sum(x < 0.2 for a in per_seed for x in a) for m, per_seed in by_m.items()} for c, by_m in acc.items()},
+        "score_mean_acc_pct": score,
+        "rule": f"highest mean accuracy over the four tall towers, six starts and {len(seeds)} seeds; less than {MARGIN_PP} pp above "
+                f"{HOLD_REFERENCE!r} keeps it",
+        "choice": best if score[best] >= score[HOLD_REFERENCE] + MARGIN_PP else HOLD_REFERENCE,
+    }
+
+
 def main() -> None:
     args = parse_args(__doc__, "fewer steps and a subsample (about a minute)",
-                      extra=lambda ap: ap.add_argument("--choose", default="hyper_lr", choices=list(CANDIDATES)))  # fmt: skip
+                      extra=lambda ap: ap.add_argument("--choose", default="hyper_lr", choices=[*CANDIDATES, "warmup_hold"]))  # fmt: skip
     torch.set_num_threads(1)
     name = args.choose
     steps, n_train, width = (150, 5000, 64) if args.quick else (1500, None, 128)
     config = TaskConfig(dataset="fashion_mnist", model=ModelConfig(depth=2, width=width, activation="gelu"), batch_size=128,
                         n_train=n_train)  # fmt: skip
+    if name == "warmup_hold":
+        t0 = time.perf_counter()
+        summary = hold_study(config, args.data_dir, steps, (0,) if args.quick else HOLD_SEEDS)
+        summary.update(model=f"fashion_mnist mlp 784-{width}-{width}-10 gelu, batch 128, {steps} steps", initial_lrs=list(LRS),
+                       train_seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
+        finish("tower_dev_warmup_hold", summary, {"config": config.to_dict()}, quick=args.quick)
+        return
     task = make_task(config, data_dir=args.data_dir)
     t0 = time.perf_counter()
     acc = {str(h): {m: accuracies(task, m, steps, **{name: h}) for m in METHODS} for h in CANDIDATES[name]}
@@ -66,7 +124,7 @@ def main() -> None:
     summary = {
         "model": f"fashion_mnist mlp 784-{width}-{width}-10 gelu, batch 128, {steps} steps" + (f", {n_train} train" if n_train else ""),
         "parameter": name,
-        "fixed": {k: v for k, v in {"hyper_lr": 0.03, "hyper_every": HYPER_EVERY}.items() if k != name},  # the towers' defaults
+        "fixed": {k: v for k, v in {"hyper_lr": 0.03, "hyper_every": HYPER_EVERY, "warmup": WARMUP}.items() if k != name},  # the defaults
         "initial_lrs": list(LRS),
         "test_acc": {h: {m: [round(x, 4) for x in a] for m, a in by_method.items()} for h, by_method in acc.items()},
         "spread_pp": spread,
@@ -74,7 +132,7 @@ def main() -> None:
         "best_tall_tower_mean_pct": best,
         "best_sgd_tall_tower_mean_pct": best_sgd,
         "rule": (f"highest best tall-tower mean accuracy over the starts; less than {MARGIN_PP} pp above the current "
-                 f"{REFERENCE[name]} keeps the current") if name == "hyper_lr" else
+                 f"{REFERENCE[name]} keeps the current") if name in HIGHER_MEAN else
                 (f"the largest value whose best tall-tower mean and best SGD tall-tower mean are each at most {MARGIN_PP} pp below "
                  f"those of {REFERENCE[name]}"),  # fmt: skip
         "choice": choose(name, best, best_sgd),

@@ -36,13 +36,17 @@ def backward(model, loss) -> float:
     return float(value.detach())
 
 
+@pytest.mark.parametrize("warmup", [0, 10])
 @pytest.mark.parametrize("base", list(PLAIN))
-def test_height_one_with_zero_hyper_lr_is_the_plain_optimizer_step_for_step(base):
+def test_height_one_with_zero_hyper_lr_is_the_plain_optimizer_step_for_step(base, warmup):
+    """With a warm-up, the plain optimizer under torch's ``LambdaLR`` with the same linear ramp."""
     (m1, loss), (m2, _) = tiny(), tiny()
-    plain, tower = PLAIN[base](m1.parameters()), Tower(m2.parameters(), lr=1e-2, base=base, learn="all", hyper_lr=0.0)
+    plain, tower = PLAIN[base](m1.parameters()), Tower(m2.parameters(), lr=1e-2, base=base, learn="all", hyper_lr=0.0, warmup=warmup)
+    ramp = torch.optim.lr_scheduler.LambdaLR(plain, lambda e: min(1.0, (e + 1) / warmup) if warmup else 1.0)
     for _ in range(30):
         backward(m1, loss), backward(m2, loss)
         plain.step(), tower.step()
+        ramp.step()
         for a, b in zip(m1.parameters(), m2.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert tower.param_groups[0]["lr"] == pytest.approx(1e-2, rel=1e-12)
@@ -67,11 +71,12 @@ def _perturbations(group, delta):
     return out
 
 
-@pytest.mark.parametrize("base, hyper", [("adam", "adam"), ("momentum", "adam"), ("sgd", "sgd")])
-def test_hypergradients_of_every_level_match_finite_differences(base, hyper):
+@pytest.mark.parametrize("base, hyper, warmup", [("adam", "adam", 0), ("momentum", "adam", 0), ("sgd", "sgd", 0), ("adam", "sgd", 20)])
+def test_hypergradients_of_every_level_match_finite_differences(base, hyper, warmup):
+    """(With a warm-up the step differentiated through is inside it: the lr applied is a fraction of ``lr``.)"""
     model, loss = tiny(dtype=torch.float64)
     opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper, trace_decay=0.0,
-                hyper_every=1)  # fmt: skip
+                hyper_every=1, warmup=warmup)  # fmt: skip
     for _ in range(6):
         backward(model, loss)
         opt.step()
@@ -200,7 +205,7 @@ def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(
     """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a."""
     a = 2.0
     x = torch.linspace(1, 2, 10, requires_grad=True)
-    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0, hyper_every=1)
+    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0, hyper_every=1, warmup=0)
     for _ in range(300):
         x.grad = a * x.detach()
         opt.step()
@@ -316,8 +321,17 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
         opt.step(lambda: backward(model, loss))
     assert float(loss(model).detach()) < first
     lr, beta1 = optimizer_hparams(opt)
-    assert lr == opt.param_groups[0]["lr"] != 1e-2 and beta1 == 0.9
+    assert lr == opt.param_groups[0]["effective_lr"] and opt.param_groups[0]["lr"] != 1e-2 and beta1 == 0.9  # in the warm-up
     assert list(tower_hparams(opt)) == ["lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
+
+
+def test_during_a_warm_up_the_probe_reads_the_lr_applied_and_the_group_keeps_the_learned_one():
+    model, loss = tiny()
+    opt = make_tower(model.parameters(), lr=1e-2, base="sgd", height=2, warmup=100)
+    for _ in range(50):
+        opt.step(lambda: backward(model, loss))
+    learned = opt.param_groups[0]["lr"]
+    assert learned != 1e-2 and optimizer_hparams(opt)[0] == pytest.approx(learned * 50 / 100, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -335,9 +349,24 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
         (dict(trace_decay=1.0), "trace_decay must be 0 (the one-step hypergradient) or in [0.01, 1)"),
         (dict(trace_decay=1e-3), "trace_decay must be 0 (the one-step hypergradient) or in [0.01, 1)"),
         (dict(hyper_every=0), "hyper_every must be an integer >= 1"),
+        (dict(warmup=-1), "warmup must be an integer >= 0"),
+        (dict(warmup=2.5), "warmup must be an integer >= 0"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(kwargs, message):
     with pytest.raises(ConfigError, match=None) as err:
         Tower([torch.zeros(2, requires_grad=True)], **kwargs)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_with_warmup_hold_the_levels_only_lower_the_lr_during_the_warm_up():
+    """A start far too low: the hypergradient says "raise" throughout; held during the ramp
+    (and a held move is no move for the level above), raised after it."""
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=1e-6, base="sgd", height=2, warmup=60, warmup_hold=True, hyper_every=1)
+    lrs, hyper = [], []
+    for _ in range(120):
+        opt.step(lambda: backward(model, loss))
+        lrs.append(opt.param_groups[0]["lr"]), hyper.append(opt.param_groups[0]["hyper_lrs"][0])
+    assert max(lrs[:60]) == pytest.approx(1e-6, rel=1e-12) and hyper[:60] == pytest.approx([0.03] * 60, rel=1e-12)
+    assert lrs[-1] > 3e-6 and hyper[-1] > 0.0301

@@ -303,9 +303,10 @@ def init_learner(model: nn.Module, config: FewShotConfig) -> MetaLearner:
 def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimizer:
     """Adam at the meta-learning rate, or (``meta_meta``) Adam whose rate a tower learns."""
     if config.method == "meta_meta":
-        # the one-step hypergradient every meta-iteration: the towers' trace helped the sinusoid but hurt images (docs/meta.md)
+        # the one-step hypergradient every meta-iteration (the towers' trace helped the sinusoid but hurt images, docs/meta.md),
+        # no warm-up: the outer lr is the meta-learning rate the level is meant to correct from its first iteration
         return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0,
-                     hyper_every=1)  # fmt: skip
+                     hyper_every=1, warmup=0)  # fmt: skip
     return torch.optim.Adam(meta.values(), lr=config.outer_lr)
 
 

@@ -49,6 +49,14 @@ step. The anchor is then updated on hyper steps only, ``a ← γ^k a + (1−γ^k
 ``γ^{k−1}``: at ``γ = 0.999``, ``k = 6``, 0.5% short), and the one-step vectors the other
 hyperparameters need are kept only on the step before a hyper step. That is what makes a level cheap: the dot products and the anchor's pass happen
 once per ``k`` steps (``docs/meta.md`` measures the cost and the accuracy for ``k`` = 1, 4, 5, 6, 8).
+
+The base warms up: at step ``t`` it applies ``lr · min(1, t/warmup)`` (default ``warmup`` 300;
+the levels learn ``lr`` itself, and ``∂u/∂log lr = u`` holds for the lr applied). Level 1 moves
+log lr by at most its step, 0.03, per step, so without one a start far too high (SGD at 1, Adam
+at 0.1) wrecks the network in its first few steps, before the levels can lower it; the warm-up
+gives them those steps (``docs/meta.md``: chosen on ``tower_dev.py``'s cell; the lr applied is in ``effective_lr``, which
+the probe reads).
+
 Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
 does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
@@ -92,6 +100,7 @@ LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr times a float32 gradient stays finite
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 HYPER_EVERY = 6  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
+WARMUP = 300  # base steps of linear lr warm-up (docs/meta.md: chosen on tower_dev.py's cell)
 MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
@@ -243,6 +252,10 @@ class Tower(torch.optim.Optimizer):
             ``MIN_TRACE_DECAY`` (0.01).
         hyper_every: base steps per hyper step (each move that many times its step size);
             the steps in between are the plain base step, which is what keeps a level cheap.
+        warmup: the base applies ``lr · min(1, t/warmup)`` at its step ``t`` (0: off). The
+            levels learn ``lr`` itself; a warm-up gives level 1, which moves log lr by at most
+            its step size per step, time to lower a start that would wreck the network in its
+            first few steps.
     """
 
     def __init__(
@@ -260,6 +273,8 @@ class Tower(torch.optim.Optimizer):
         hyper: str = "adam",
         trace_decay: float = 0.999,
         hyper_every: int = HYPER_EVERY,
+        warmup: int = WARMUP,
+        warmup_hold: bool = False,
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
             if value not in choices:
@@ -280,8 +295,11 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"trace_decay must be 0 (the one-step hypergradient) or in [{MIN_TRACE_DECAY}, 1), got {trace_decay}")
         if not (isinstance(hyper_every, int) and hyper_every >= 1):
             raise ConfigError(f"hyper_every must be an integer >= 1, got {hyper_every}")
+        if not (isinstance(warmup, int) and warmup >= 0):
+            raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
-                                        trace_decay=float(trace_decay), hyper_every=hyper_every)  # fmt: skip
+                                        trace_decay=float(trace_decay), hyper_every=hyper_every, warmup=warmup,
+                                        warmup_hold=bool(warmup_hold))  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -361,6 +379,8 @@ class Tower(torch.optim.Optimizer):
             before = list(tower["z"][0])
             tower["moves"] = climb(tower["z"], directions, every)
             unbounded = list(tower["z"][0])
+            if group.get("warmup_hold") and t <= group.get("warmup", 0) and tower["z"][0][0] > before[0]:
+                tower["z"][0][0] = before[0]  # during the warm-up the ramp raises the lr; the levels may only lower it
             _write_back(group, tower["z"], plan.names)
             # a value held at its bound moved less than level 1 asked: keep the move applied, so that the
             # levels above see no effect of a move that did not happen (and do not wind up their step sizes)
@@ -425,13 +445,17 @@ def _base_update(
     """The base kernel on the group's current hyperparameters, on the plan's buffers."""
     bufs, learn_more = plan.buffers, len(plan.names) > 1
     direction = bufs.get("direction", [])
+    t, warmup = group["tower_state"]["step"], group.get("warmup", 0)  # state dicts saved before it existed
+    lr = group["lr"]
+    if warmup:
+        lr = group["effective_lr"] = lr * min(1.0, t / warmup)  # the lr applied, for the probe (the learned one stays in "lr")
     if group["base"] == "adam":
-        return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, group["lr"], *group["betas"], group["eps"],
-                           group["tower_state"]["step"], basis=basis, learn_betas=learn_more)  # fmt: skip
+        return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, lr, *group["betas"], group["eps"], t,
+                           basis=basis, learn_betas=learn_more)  # fmt: skip
     if group["base"] == "momentum":
-        return sgd_update(params, grads, bufs["momentum_buffer"], direction, group["lr"], group["momentum"], basis=basis,
+        return sgd_update(params, grads, bufs["momentum_buffer"], direction, lr, group["momentum"], basis=basis,
                           learn_momentum=learn_more)  # fmt: skip
-    return sgd_update(params, grads, None, direction, group["lr"], basis=basis)
+    return sgd_update(params, grads, None, direction, lr, basis=basis)
 
 
 def _learned(group: dict[str, Any]) -> tuple[str, ...]:
