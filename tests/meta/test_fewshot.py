@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from metalearner.errors import ConfigError
 from metalearner.meta.fewshot import (
     ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, meta_loss, meta_train,
-    nearest_centroid, prototype_head,
+    nearest_centroid, outer_optimizer, prototype_head,
 )  # fmt: skip
 from metalearner.tasks import load_dataset
 
@@ -310,3 +310,11 @@ def test_prototype_head_meta_trains_the_body_through_the_prototypes():
 def test_prototype_head_refuses_regression():
     with pytest.raises(ConfigError, match="prototype head is for classification"):
         meta_train(Sinusoid(), FewShotConfig(head="prototypes", iterations=1))
+
+
+def test_the_meta_meta_level_corrects_the_meta_learning_rate_from_its_first_iteration():
+    """No warm-up (the towers' default has one): its lr is the meta-learning rate as given."""
+    opt = outer_optimizer({"w": torch.zeros(3, requires_grad=True)}, FewShotConfig(method="meta_meta", outer_lr=0.01))
+    opt.param_groups[0]["params"][0].grad = torch.ones(3)
+    opt.step()
+    assert opt.param_groups[0]["warmup"] == 0 and opt.param_groups[0]["effective_lr"] == 0.01

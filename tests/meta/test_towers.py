@@ -119,6 +119,28 @@ def test_state_dict_round_trip_continues_identically():
     _assert_continue_alike((model, opt), (twin, twin_opt), loss, 5)
 
 
+def test_a_state_saved_mid_warm_up_resumes_its_ramp_and_one_saved_before_warm_ups_resumes_without():
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=1e-2, base="sgd", height=2, warmup=50)
+    for _ in range(10):
+        backward(model, loss)
+        opt.step()
+    twin = copy.deepcopy(model)
+    twin_opt = Tower(twin.parameters(), lr=0.5, base="sgd", height=2, warmup=0)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _assert_continue_alike((model, opt), (twin, twin_opt), loss, 10)
+    assert twin_opt.param_groups[0]["effective_lr"] == pytest.approx(twin_opt.param_groups[0]["lr"] * 20 / 50, rel=1e-12)
+
+    old = Tower(model.parameters(), lr=1e-2, base="sgd", height=2, warmup=0)  # as the code before warm-ups saved it
+    saved = old.state_dict()
+    for g in saved["param_groups"]:
+        del g["warmup"], g["warmup_hold"]
+    (m1, _), (m2, _) = tiny(), tiny()
+    plain, resumed = Tower(m1.parameters(), lr=1e-2, base="sgd", height=2, warmup=0), Tower(m2.parameters(), lr=1e-2, base="sgd", height=2)
+    resumed.load_state_dict(saved)
+    _assert_continue_alike((m1, plain), (m2, resumed), loss, 10)
+
+
 def _assert_continue_alike(run, twin, loss, steps: int) -> None:
     """Both (model, optimizer) pairs take ``steps`` more steps; their weights and every level's
     hyperparameters stay equal bit for bit."""
@@ -267,8 +289,12 @@ def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_an
     opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma, hyper_every=k)
     anchor = [p.detach().clone() for p in model.parameters()]
     last_update = None
+
+    def learned() -> dict[str, float]:  # the levels' values (the lr applied changes every step of the warm-up)
+        return {k: v for k, v in tower_hparams(opt).items() if k != "effective_lr"}
+
     for t in range(1, 14):
-        before, weights = tower_hparams(opt), [p.detach().clone() for p in model.parameters()]
+        before, weights = learned(), [p.detach().clone() for p in model.parameters()]
         backward(model, loss)
         if t > 1 and (t - 1) % k == 0:
             if gamma:
@@ -278,7 +304,7 @@ def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_an
                 expected = -sum(float((p.grad * u).sum()) for p, u in zip(model.parameters(), last_update))
         opt.step()
         last_update = [w - p.detach() for w, p in zip(weights, model.parameters())]
-        changed = tower_hparams(opt) != before
+        changed = learned() != before
         assert changed == (t > 1 and (t - 1) % k == 0), t
         if changed:
             assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
@@ -322,7 +348,7 @@ def test_plugs_into_an_ordinary_loop_and_the_probe_reads_it():
     assert float(loss(model).detach()) < first
     lr, beta1 = optimizer_hparams(opt)
     assert lr == opt.param_groups[0]["effective_lr"] and opt.param_groups[0]["lr"] != 1e-2 and beta1 == 0.9  # in the warm-up
-    assert list(tower_hparams(opt)) == ["lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
+    assert list(tower_hparams(opt)) == ["lr", "effective_lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
 
 
 def test_during_a_warm_up_the_probe_reads_the_lr_applied_and_the_group_keeps_the_learned_one():

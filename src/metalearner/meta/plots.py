@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +13,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def plot_tower(rows: list[dict[str, float]], path: str | Path, title: str = "") -> Path:
-    """One panel per hyperparameter of every level (``lr``, betas or momentum, ``hyper_lr_k``)
+    """One panel per hyperparameter of every level (``lr``, the lr applied, betas or momentum, ``hyper_lr_k``)
     against the step; rates on a log scale. ``rows`` are :func:`tower_hparams` per step."""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # effective_lr appears with the first step
     fig, axes = plt.subplots(len(keys), 1, figsize=(6, 1.8 * len(keys)), sharex=True, squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
-        ax.plot(range(1, len(rows) + 1), [r[key] for r in rows])
+        ax.plot(range(1, len(rows) + 1), [r.get(key, math.nan) for r in rows])
         ax.set_ylabel(key)
         if "lr" in key:
             ax.set_yscale("log")

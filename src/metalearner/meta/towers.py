@@ -446,9 +446,7 @@ def _base_update(
     bufs, learn_more = plan.buffers, len(plan.names) > 1
     direction = bufs.get("direction", [])
     t, warmup = group["tower_state"]["step"], group.get("warmup", 0)  # state dicts saved before it existed
-    lr = group["lr"]
-    if warmup:
-        lr = group["effective_lr"] = lr * min(1.0, t / warmup)  # the lr applied, for the probe (the learned one stays in "lr")
+    lr = group["effective_lr"] = group["lr"] * min(1.0, t / warmup) if warmup else group["lr"]  # the lr applied, for the probe
     if group["base"] == "adam":
         return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, lr, *group["betas"], group["eps"], t,
                            basis=basis, learn_betas=learn_more)  # fmt: skip
@@ -503,6 +501,8 @@ def tower_hparams(optimizer: torch.optim.Optimizer, group: int = 0) -> dict[str,
     """Every level's hyperparameters of one group, flat (for logs and plots)."""
     g = optimizer.param_groups[group]
     out = {"lr": float(g["lr"])}
+    if "effective_lr" in g:  # the lr applied (below "lr" during a warm-up)
+        out["effective_lr"] = float(g["effective_lr"])
     if "betas" in g:
         out["beta1"], out["beta2"] = (float(b) for b in g["betas"])
     if "momentum" in g:
