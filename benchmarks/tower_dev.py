@@ -26,13 +26,19 @@ applied passed SGD's stability edge): whole configurations, no warm-up, a 300-st
 and a 300-step warm-up during which the levels may lower the lr but not raise it
 (``warmup_hold``), each over seeds 0, 1 and 2; the candidate with the highest mean accuracy
 over all four tall towers, six starts and three seeds, if at least 0.3 points above the
-300-step warm-up (the default then).
+300-step warm-up (the default then). ``hyper_betas`` (``--choose hyper_betas``,
+``results/tower_dev_hyper_betas.json``; written down before the run, after four runs of the
+dev cell had been looked at: the hyper levels' Adam climbs at a full step on small, steady
+hypergradients but answers a sudden large one with about a third of a step, so an SGD tower
+overshoots its edge of stability): the hyper levels' Adam betas (0.9, 0.9), (0.5, 0.9) and
+(0, 0.9), by the rule of ``warmup_hold``, (0.9, 0.9) being the current.
 
     python benchmarks/tower_dev.py --quick   # ~1 minute, prints JSON
     python benchmarks/tower_dev.py           # full: writes results/tower_dev.json
     python benchmarks/tower_dev.py --choose hyper_every   # writes results/tower_dev_hyper_every.json
     python benchmarks/tower_dev.py --choose warmup        # writes results/tower_dev_warmup.json
     python benchmarks/tower_dev.py --choose warmup_hold   # writes results/tower_dev_warmup_hold.json (two processes)
+    python benchmarks/tower_dev.py --choose hyper_betas   # writes results/tower_dev_hyper_betas.json (two processes)
 """
 
 from __future__ import annotations
@@ -64,29 +70,34 @@ def choose(name: str, best: dict[str, float], best_sgd: dict[str, float]) -> flo
     return max(ok)
 
 
-# warmup_hold: whole configurations, scored over three seeds by the mean over all four tall towers
-HOLD_CANDIDATES = {"warmup 0": {"warmup": 0}, "warmup 300": {"warmup": 300}, "warmup 300 + hold": {"warmup": 300, "warmup_hold": True}}
-HOLD_REFERENCE, HOLD_SEEDS = "warmup 300", (0, 1, 2)
+# whole configurations, scored over three seeds by the mean over all four tall towers: (candidates, the current one)
+STUDIES = {
+    "warmup_hold": ({"warmup 0": {"warmup": 0}, "warmup 300": {"warmup": 300}, "warmup 300 + hold": {"warmup": 300, "warmup_hold": True}},
+                    "warmup 300"),
+    "hyper_betas": ({f"hyper_betas {b}": {"hyper_betas": (b, 0.9)} for b in (0.9, 0.5, 0.0)}, "hyper_betas 0.9"),
+}
+STUDY_SEEDS = (0, 1, 2)
 
 
-def _hold_job(job: tuple) -> list[float]:
+def _study_job(job: tuple) -> list[float]:
     config, data_dir, steps, method, seed, options = job
     torch.set_num_threads(1)
     return accuracies(make_task(config, data_dir=data_dir), method, steps, seed, **options)
 
 
-def hold_study(config: TaskConfig, data_dir: str | None, steps: int, seeds: tuple[int, ...]) -> dict:
-    """``--choose warmup_hold`` (see the module docstring): every candidate, tall tower and seed, on two processes."""
+def config_study(name: str, config: TaskConfig, data_dir: str | None, steps: int, seeds: tuple[int, ...]) -> dict:
+    """``--choose warmup_hold`` or ``hyper_betas`` (see the module docstring): every candidate, tall tower and seed, on two processes."""
     from concurrent.futures import ProcessPoolExecutor
 
-    keys = [(c, m, seed) for c in HOLD_CANDIDATES for m in METHODS for seed in seeds]
+    candidates, reference = STUDIES[name]
+    keys = [(c, m, seed) for c in candidates for m in METHODS for seed in seeds]
     with ProcessPoolExecutor(2) as pool:
-        results = list(pool.map(_hold_job, [(config, data_dir, steps, m, seed, HOLD_CANDIDATES[c]) for c, m, seed in keys]))
-    acc = {c: {m: [results[keys.index((c, m, seed))] for seed in seeds] for m in METHODS} for c in HOLD_CANDIDATES}
-    score = {c: round(100 * statistics.mean(x for m in METHODS for a in acc[c][m] for x in a), 2) for c in HOLD_CANDIDATES}
+        results = list(pool.map(_study_job, [(config, data_dir, steps, m, seed, candidates[c]) for c, m, seed in keys]))
+    acc = {c: {m: [results[keys.index((c, m, seed))] for seed in seeds] for m in METHODS} for c in candidates}
+    score = {c: round(100 * statistics.mean(x for m in METHODS for a in acc[c][m] for x in a), 2) for c in candidates}
     best = max(score, key=score.get)
     return {
-        "candidates": HOLD_CANDIDATES,
+        "candidates": candidates,
         "seeds": list(seeds),
         "test_acc": {c: {m: [[round(x, 4) for x in a] for a in per_seed] for m, per_seed in by_m.items()} for c, by_m in acc.items()},
         "worst_spread_pp": {c: {m: round(100 * max(max(a) - min(a) for a in per_seed), 2) for m, per_seed in by_m.items()}
@@ -94,25 +105,25 @@ def hold_study(config: TaskConfig, data_dir: str | None, steps: int, seeds: tupl
         "failed_runs": {c: {m: sum(x < 0.2 for a in per_seed for x in a) for m, per_seed in by_m.items()} for c, by_m in acc.items()},
         "score_mean_acc_pct": score,
         "rule": f"highest mean accuracy over the four tall towers, six starts and {len(seeds)} seeds; less than {MARGIN_PP} pp above "
-                f"{HOLD_REFERENCE!r} keeps it",
-        "choice": best if score[best] >= score[HOLD_REFERENCE] + MARGIN_PP else HOLD_REFERENCE,
+                f"{reference!r} keeps it",
+        "choice": best if score[best] >= score[reference] + MARGIN_PP else reference,
     }
 
 
 def main() -> None:
     args = parse_args(__doc__, "fewer steps and a subsample (about a minute)",
-                      extra=lambda ap: ap.add_argument("--choose", default="hyper_lr", choices=[*CANDIDATES, "warmup_hold"]))  # fmt: skip
+                      extra=lambda ap: ap.add_argument("--choose", default="hyper_lr", choices=[*CANDIDATES, *STUDIES]))  # fmt: skip
     torch.set_num_threads(1)
     name = args.choose
     steps, n_train, width = (150, 5000, 64) if args.quick else (1500, None, 128)
     config = TaskConfig(dataset="fashion_mnist", model=ModelConfig(depth=2, width=width, activation="gelu"), batch_size=128,
                         n_train=n_train)  # fmt: skip
-    if name == "warmup_hold":
+    if name in STUDIES:
         t0 = time.perf_counter()
-        summary = hold_study(config, args.data_dir, steps, (0,) if args.quick else HOLD_SEEDS)
+        summary = config_study(name, config, args.data_dir, steps, (0,) if args.quick else STUDY_SEEDS)
         summary.update(model=f"fashion_mnist mlp 784-{width}-{width}-10 gelu, batch 128, {steps} steps", initial_lrs=list(LRS),
                        train_seconds=round(time.perf_counter() - t0, 1))  # fmt: skip
-        finish("tower_dev_warmup_hold", summary, {"config": config.to_dict()}, quick=args.quick)
+        finish(f"tower_dev_{name}", summary, {"config": config.to_dict()}, quick=args.quick)
         return
     task = make_task(config, data_dir=args.data_dir)
     t0 = time.perf_counter()

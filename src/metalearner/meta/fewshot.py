@@ -304,9 +304,10 @@ def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimize
     """Adam at the meta-learning rate, or (``meta_meta``) Adam whose rate a tower learns."""
     if config.method == "meta_meta":
         # the one-step hypergradient every meta-iteration (the towers' trace helped the sinusoid but hurt images, docs/meta.md),
-        # no warm-up: the outer lr is the meta-learning rate the level is meant to correct from its first iteration
+        # no warm-up: the outer lr is the meta-learning rate the level is meant to correct from its first iteration;
+        # the hyper levels' Adam as it was measured (benchmarks/results/fewshot.json), whatever the towers' default
         return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0,
-                     hyper_every=1, warmup=0)  # fmt: skip
+                     hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9))  # fmt: skip
     return torch.optim.Adam(meta.values(), lr=config.outer_lr)
 
 

@@ -94,7 +94,8 @@ LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "bet
 BUFFERS = {"sgd": (), "momentum": ("momentum_buffer",), "adam": ("exp_avg", "exp_avg_sq")}  # each parameter's, per base
 BASES = tuple(LEARNABLE)
 HYPERS = ("adam", "sgd")
-HYPER_BETAS = (0.9, 0.9)  # the hyper levels' Adam: a short memory, as hypergradients change scale fast
+HYPER_BETAS = (0.5, 0.9)  # the hyper levels' Adam: a short memory (docs/meta.md: beta1 chosen on tower_dev.py's cell)
+SAVED_HYPER_BETAS = (0.9, 0.9)  # what a state dict saved before hyper_betas existed ran with
 HYPER_EPS = 1e-12
 LOGIT_BOUND = 30.0  # sigmoid(30) = 1 − 9e-14: still below 1 in float64
 LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr times a float32 gradient stays finite
@@ -184,12 +185,12 @@ def hypergradients(grad0: list[float], last_moves: Levels) -> Levels:
     return [[g if math.isfinite(g) else 0.0 for g in level] for level in out]
 
 
-def hyper_directions(rule: str, grads: Levels, state: dict[str, Any]) -> Levels:
+def hyper_directions(rule: str, grads: Levels, state: dict[str, Any], betas: tuple[float, float] = HYPER_BETAS) -> Levels:
     """The hyper levels' step directions: the hypergradient (SGD) or Adam's ``m̂/(√v̂ + ε)``."""
     if rule == "sgd":
         return grads
     state["hyper_step"] = t = state["hyper_step"] + 1
-    b1, b2 = HYPER_BETAS
+    b1, b2 = betas
     out = []
     for g, m, v in zip(grads, state["m"], state["v"]):
         m[:] = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g)]
@@ -244,6 +245,7 @@ class Tower(torch.optim.Optimizer):
             above 10x smaller (slower timescales up the tower), or a sequence, one per level.
             The top one stays fixed, the others are learned.
         hyper: the hyper levels' rule, ``"adam"`` (scale-free steps) or ``"sgd"``.
+        hyper_betas: the hyper levels' Adam betas (``HYPER_BETAS``).
         trace_decay: level 1 reads the learning rate's hypergradient through a decaying trace
             of past updates, ``−g_t·e_t`` with ``e_t = γ e_{t−1} + u_{t−1}``, instead of
             the last update alone (``γ = 0``, the paper's one-step hypergradient, which
@@ -275,6 +277,7 @@ class Tower(torch.optim.Optimizer):
         hyper_every: int = HYPER_EVERY,
         warmup: int = WARMUP,
         warmup_hold: bool = False,
+        hyper_betas: tuple[float, float] = HYPER_BETAS,
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
             if value not in choices:
@@ -297,9 +300,11 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"hyper_every must be an integer >= 1, got {hyper_every}")
         if not (isinstance(warmup, int) and warmup >= 0):
             raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
+        if len(hyper_betas) != 2 or not all(0 <= b < 1 for b in hyper_betas):
+            raise ConfigError(f"hyper_betas must be two numbers in [0, 1), got {tuple(hyper_betas)}")
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
                                         trace_decay=float(trace_decay), hyper_every=hyper_every, warmup=warmup,
-                                        warmup_hold=bool(warmup_hold))  # fmt: skip
+                                        warmup_hold=bool(warmup_hold), hyper_betas=tuple(map(float, hyper_betas)))  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -375,7 +380,7 @@ class Tower(torch.optim.Optimizer):
             dots, coef = _hyper_basis(tower, plan, params, grads, t)
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in coef]
             tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
-            directions = hyper_directions(group["hyper"], tower["hypergrads"], tower)
+            directions = hyper_directions(group["hyper"], tower["hypergrads"], tower, tuple(group.get("hyper_betas", SAVED_HYPER_BETAS)))
             before = list(tower["z"][0])
             tower["moves"] = climb(tower["z"], directions, every)
             unbounded = list(tower["z"][0])
