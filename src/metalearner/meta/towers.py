@@ -258,6 +258,8 @@ class Tower(torch.optim.Optimizer):
             levels learn ``lr`` itself; a warm-up gives level 1, which moves log lr by at most
             its step size per step, time to lower a start that would wreck the network in its
             first few steps.
+        warmup_hold: during the warm-up the levels may lower the lr but not raise it (tried on
+            ``tower_dev.py``'s cell and not adopted: off; ``docs/meta.md``).
     """
 
     def __init__(
