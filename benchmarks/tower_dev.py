@@ -51,7 +51,7 @@ import torch
 from _common import finish, parse_args
 from metalearner.meta.towers import HYPER_EVERY, WARMUP
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
-from tower_robustness import LRS, accuracies
+from tower_robustness import LRS, accuracies, failed_runs, spread_pp
 
 CANDIDATES = {"hyper_lr": (0.03, 0.1, 0.3), "hyper_every": (1, 4, 5, 6, 8), "warmup": (0, 30, 100, 300)}
 REFERENCE = {"hyper_lr": 0.03, "hyper_every": 1, "warmup": 0}  # hyper_lr, warmup: the default then; hyper_every: the per-step tower
@@ -92,17 +92,16 @@ def config_study(name: str, config: TaskConfig, data_dir: str | None, steps: int
     candidates, reference = STUDIES[name]
     keys = [(c, m, seed) for c in candidates for m in METHODS for seed in seeds]
     with ProcessPoolExecutor(2) as pool:
-        results = list(pool.map(_study_job, [(config, data_dir, steps, m, seed, candidates[c]) for c, m, seed in keys]))
-    acc = {c: {m: [results[keys.index((c, m, seed))] for seed in seeds] for m in METHODS} for c in candidates}
+        results = dict(zip(keys, pool.map(_study_job, [(config, data_dir, steps, m, seed, candidates[c]) for c, m, seed in keys])))
+    acc = {c: {m: [results[c, m, seed] for seed in seeds] for m in METHODS} for c in candidates}
     score = {c: round(100 * statistics.mean(x for m in METHODS for a in acc[c][m] for x in a), 2) for c in candidates}
     best = max(score, key=score.get)
     return {
         "candidates": candidates,
         "seeds": list(seeds),
         "test_acc": {c: {m: [[round(x, 4) for x in a] for a in per_seed] for m, per_seed in by_m.items()} for c, by_m in acc.items()},
-        "worst_spread_pp": {c: {m: round(100 * max(max(a) - min(a) for a in per_seed), 2) for m, per_seed in by_m.items()}
-                            for c, by_m in acc.items()},  # fmt: skip
-        "failed_runs": {c: {m: sum(x < 0.2 for a in per_seed for x in a) for m, per_seed in by_m.items()} for c, by_m in acc.items()},
+        "worst_spread_pp": {c: {m: round(max(map(spread_pp, per_seed)), 2) for m, per_seed in by_m.items()} for c, by_m in acc.items()},
+        "failed_runs": {c: {m: failed_runs(per_seed) for m, per_seed in by_m.items()} for c, by_m in acc.items()},
         "score_mean_acc_pct": score,
         "rule": f"highest mean accuracy over the four tall towers, six starts and {len(seeds)} seeds; less than {MARGIN_PP} pp above "
                 f"{reference!r} keeps it",
@@ -128,7 +127,7 @@ def main() -> None:
     task = make_task(config, data_dir=args.data_dir)
     t0 = time.perf_counter()
     acc = {str(h): {m: accuracies(task, m, steps, **{name: h}) for m in METHODS} for h in CANDIDATES[name]}
-    spread = {h: {m: round(100 * (max(a) - min(a)), 2) for m, a in by_method.items()} for h, by_method in acc.items()}
+    spread = {h: {m: round(spread_pp(a), 2) for m, a in by_method.items()} for h, by_method in acc.items()}
     mean = {h: {m: round(100 * sum(a) / len(a), 2) for m, a in by_method.items()} for h, by_method in acc.items()}
     best = {h: max(s.values()) for h, s in mean.items()}
     best_sgd = {h: max(v for m, v in s.items() if "_sgd_" in m) for h, s in mean.items()}

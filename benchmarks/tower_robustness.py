@@ -63,6 +63,16 @@ def accuracies(task, method: str, steps: int, seed: int = 0, **tower_options) ->
     return out
 
 
+def spread_pp(accs: list[float]) -> float:
+    """Max − min final test accuracy over the starts, in percentage points."""
+    return 100 * (max(accs) - min(accs))
+
+
+def failed_runs(per_seed: list[list[float]]) -> int:
+    """Runs (over seeds and starts) that ended below ``FAILED_ACC``."""
+    return sum(x < FAILED_ACC for accs in per_seed for x in accs)
+
+
 def step_time_ratios(task, *, repeats: int, blocks: int, block_steps: int) -> dict[str, float]:
     """Median seconds of each method over its plain base, trained side by side."""
     ratios = {}
@@ -93,7 +103,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - t0
     timing = dict(repeats=2, blocks=4, block_steps=10) if args.quick else dict(repeats=5, blocks=20, block_steps=25)
     ratios = step_time_ratios(task, **timing)
-    spread = {m: [100 * (max(a) - min(a)) for a in per_seed] for m, per_seed in acc.items()}
+    spread = {m: [spread_pp(a) for a in per_seed] for m, per_seed in acc.items()}
     per_level = {f"tower_{b}": [ratios[f"tower_{b}_h{h}"] - (ratios.get(f"tower_{b}_h{h - 1}", 1.0)) for h in HEIGHTS]
                  for b in BASES}  # fmt: skip
     worst = {m: max(s) for m, s in spread.items()}
@@ -106,7 +116,7 @@ def main() -> None:
         "spread_pp": {m: [round(x, 2) for x in s] for m, s in spread.items()},  # one per seed
         "median_spread_pp": {m: round(median(s), 2) for m, s in spread.items()},
         "worst_spread_pp": {m: round(x, 2) for m, x in worst.items()},
-        "failed_runs": {m: sum(x < FAILED_ACC for a in per_seed for x in a) for m, per_seed in acc.items()},
+        "failed_runs": {m: failed_runs(per_seed) for m, per_seed in acc.items()},
         "step_time_ratio": {m: round(r, 4) for m, r in ratios.items()},
         "extra_time_per_level": {b: [round(x, 4) for x in v] for b, v in per_level.items()},
         "best_tall_tower": {"method": best_tower[2], "worst_spread_pp": round(best_tower[0], 2), "median_spread_pp": round(best_tower[1], 2)},
