@@ -16,7 +16,8 @@ per-tensor lr multipliers set by a policy meta-trained with the batched engine
 ``hyper_adam`` are hyperoptimizer towers (:mod:`metalearner.meta.towers`): the base's learning
 rate learned online by gradient descent, itself tuned by one more level, after the towers'
 300-step warm-up (a run of fewer steps never applies the learned lr in full; a ``--schedule``
-sets ``lr`` each step, which a tower takes as a new start). Baselines come from their maintained
+sets ``lr`` each step, which a tower takes as a new start), each tensor's step held to a
+fraction of its weights' norm (``max_update_ratio``). Baselines come from their maintained
 packages (``schedulefree``, ``prodigyopt``, ``dadaptation``: ``pip install
 'metalearner[baselines]'``), used as their authors intend (Schedule-Free's train/eval
 switching happens in ``fit``).

@@ -39,8 +39,9 @@ def invoke(*args: str) -> dict:
 
 def test_tower_trains_prints_json_and_plots_every_level(tmp_path):
     out = invoke("tower", "--task", "moons", "--steps", "12", "--width", "16", "--height", "2", "--warmup", "24",
-                 "--plot", str(tmp_path / "levels.png"))  # fmt: skip
+                 "--max-update-ratio", "0.05", "--plot", str(tmp_path / "levels.png"))  # fmt: skip
     assert out["final"]["steps"] == 12 and 0 <= out["final"]["test_acc"] <= 1 and out["tower"]["warmup"] == 24
+    assert out["tower"]["max_update_ratio"] == 0.05
     assert list(out["hyperparameters"]) == ["lr", "effective_lr", "beta1", "beta2", "hyper_lr_1", "hyper_lr_2"]
     assert out["hyperparameters"]["effective_lr"] == pytest.approx(out["hyperparameters"]["lr"] * 12 / 24, rel=1e-12)
     assert (tmp_path / "levels.png").stat().st_size > 10_000
@@ -67,6 +68,7 @@ def test_fewshot_prototype_head_on_unseen_digits(shared_data):
         (["tower", "--base", "rmsprop", "--task", "moons"], "unknown tower base 'rmsprop'"),
         (["tower", "--height", "0", "--task", "moons"], "tower height must be an integer >= 1"),
         (["tower", "--warmup", "-1", "--task", "moons"], "warmup must be an integer >= 0"),
+        (["tower", "--max-update-ratio", "-1", "--task", "moons"], "max_update_ratio must be a non-negative"),
         (["tower", "--task", "cifar"], "unknown data set 'cifar'"),
         (["fewshot", "--method", "reptile"], "unknown few-shot method 'reptile'"),
         (["fewshot", "--task", "omniglot"], "unknown few-shot task 'omniglot'"),

@@ -320,3 +320,4 @@ def test_the_meta_meta_level_corrects_the_meta_learning_rate_from_its_first_iter
     opt.step()
     assert opt.param_groups[0]["warmup"] == 0 and opt.param_groups[0]["effective_lr"] == 0.01
     assert opt.param_groups[0]["hyper_betas"] == (0.9, 0.9)  # as benchmarks/results/fewshot.json was measured
+    assert opt.param_groups[0]["max_update_ratio"] == 0.0  # no ceiling on its steps: as measured

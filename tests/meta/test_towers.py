@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metalearner.errors import ConfigError
-from metalearner.meta.towers import Tower, make_tower, tower_hparams
+from metalearner.meta.towers import Tower, make_tower, tower_hparams, update_caps
 from metalearner.observe.probe import optimizer_hparams
 
 # base -> the plain optimizer a zero-step tower must reproduce
@@ -39,9 +39,11 @@ def backward(model, loss) -> float:
 @pytest.mark.parametrize("warmup", [0, 10])
 @pytest.mark.parametrize("base", list(PLAIN))
 def test_height_one_with_zero_hyper_lr_is_the_plain_optimizer_step_for_step(base, warmup):
-    """With a warm-up, the plain optimizer under torch's ``LambdaLR`` with the same linear ramp."""
+    """With a warm-up, the plain optimizer under torch's ``LambdaLR`` with the same linear ramp
+    (without the ceiling on each step, which no plain optimizer has)."""
     (m1, loss), (m2, _) = tiny(), tiny()
-    plain, tower = PLAIN[base](m1.parameters()), Tower(m2.parameters(), lr=1e-2, base=base, learn="all", hyper_lr=0.0, warmup=warmup)
+    plain, tower = PLAIN[base](m1.parameters()), Tower(m2.parameters(), lr=1e-2, base=base, learn="all", hyper_lr=0.0, warmup=warmup,
+                                                       max_update_ratio=0.0)  # fmt: skip
     ramp = torch.optim.lr_scheduler.LambdaLR(plain, lambda e: min(1.0, (e + 1) / warmup) if warmup else 1.0)
     for _ in range(30):
         backward(m1, loss), backward(m2, loss)
@@ -73,10 +75,12 @@ def _perturbations(group, delta):
 
 @pytest.mark.parametrize("base, hyper, warmup", [("adam", "adam", 0), ("momentum", "adam", 0), ("sgd", "sgd", 0), ("adam", "sgd", 20)])
 def test_hypergradients_of_every_level_match_finite_differences(base, hyper, warmup):
-    """(With a warm-up the step differentiated through is inside it: the lr applied is a fraction of ``lr``.)"""
+    """(With a warm-up the step differentiated through is inside it: the lr applied is a fraction of ``lr``. Without the
+    ceiling on each step: where it holds a step, the levels read the step applied with its factor held fixed, which
+    ``test_with_a_ceiling_the_lr_hypergradient_is_that_of_the_step_applied`` checks.)"""
     model, loss = tiny(dtype=torch.float64)
     opt = Tower(model.parameters(), lr=0.05, base=base, learn="all", height=3, hyper_lr=[0.05, 0.02, 0.01], hyper=hyper, trace_decay=0.0,
-                hyper_every=1, warmup=warmup)  # fmt: skip
+                hyper_every=1, warmup=warmup, max_update_ratio=0.0)  # fmt: skip
     for _ in range(6):
         backward(model, loss)
         opt.step()
@@ -213,7 +217,7 @@ def test_a_loss_unbounded_below_raises_the_lr_to_its_bound_not_to_an_overflow(ba
     lr grows until its bound (it used to reach 1e38 and make a float32 step overflow), and
     there level 1 sees that its moves no longer move it (its step size stops growing)."""
     x = torch.zeros(10, requires_grad=True)
-    opt = Tower([x], lr=1e-3, base=base, height=3)
+    opt = Tower([x], lr=1e-3, base=base, height=3, max_update_ratio=0.0)  # (with the ceiling the lr would not rise)
     for step in range(6000):
         x.grad = -torch.ones(10)
         opt.step()
@@ -227,10 +231,12 @@ def test_a_loss_unbounded_below_raises_the_lr_to_its_bound_not_to_an_overflow(ba
 def test_sgd_tower_moves_its_learning_rate_to_the_greedy_optimum_of_a_quadratic(start):
     """On ½·a·‖x‖² the one-step hypergradient −lr·g_t·g_{t−1} changes sign at lr = 1/a. (Hyper-Adam
     with β1 = β2: here the hypergradients shrink geometrically as x converges, and with the
-    default's shorter β1 the steps shrink with them, stalling from 1e-3 at 0.105 once x is gone.)"""
+    default's shorter β1 the steps shrink with them, stalling from 1e-3 at 0.105 once x is gone; and
+    no ceiling on the step: at the optimum a step is half the weights.)"""
     a = 2.0
     x = torch.linspace(1, 2, 10, requires_grad=True)
-    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0, hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9))
+    opt = Tower([x], lr=start, base="sgd", height=1, hyper_lr=0.1, trace_decay=0.0, hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9),
+                max_update_ratio=0.0)  # fmt: skip
     for _ in range(300):
         x.grad = a * x.detach()
         opt.step()
@@ -289,7 +295,7 @@ def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_an
     weights) as ``g·(θ − a)/γ``, or (``γ = 0``) the update of the step just before, ``−g·u``."""
     k = 4
     model, loss = tiny(dtype=torch.float64)
-    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma, hyper_every=k)
+    opt = Tower(model.parameters(), lr=0.05, base=base, learn=learn, height=2, trace_decay=gamma, hyper_every=k, max_update_ratio=0.0)
     anchor = [p.detach().clone() for p in model.parameters()]
     last_update = None
 
@@ -317,7 +323,7 @@ def test_with_a_hyper_step_every_k_steps_the_steps_between_are_the_plain_base_an
 def test_a_hyper_step_moves_log_lr_by_every_times_its_step(every):
     """Plain hyper-SGD at height 1: Δ log lr = −k · hyper_lr · ∂L/∂log lr on each hyper step."""
     model, loss = tiny(dtype=torch.float64)
-    opt = Tower(model.parameters(), lr=0.05, base="sgd", height=1, hyper="sgd", hyper_lr=0.3, hyper_every=every)
+    opt = Tower(model.parameters(), lr=0.05, base="sgd", height=1, hyper="sgd", hyper_lr=0.3, hyper_every=every, max_update_ratio=0.0)
     moved = 0
     for _ in range(13):
         before = math.log(opt.param_groups[0]["lr"])
@@ -382,6 +388,8 @@ def test_during_a_warm_up_the_probe_reads_the_lr_applied_and_the_group_keeps_the
         (dict(warmup=2.5), "warmup must be an integer >= 0"),
         (dict(hyper_betas=(0.9, 1.0)), "hyper_betas must be two numbers in [0, 1)"),
         (dict(hyper_betas=(0.9,)), "hyper_betas must be two numbers in [0, 1)"),
+        (dict(max_update_ratio=-0.1), "max_update_ratio must be a non-negative finite number"),
+        (dict(max_update_ratio=math.inf), "max_update_ratio must be a non-negative finite number"),
     ],
 )
 def test_invalid_settings_are_one_line_errors(kwargs, message):
@@ -401,3 +409,86 @@ def test_with_warmup_hold_the_levels_only_lower_the_lr_during_the_warm_up():
         lrs.append(opt.param_groups[0]["lr"]), hyper.append(opt.param_groups[0]["hyper_lrs"][0])
     assert max(lrs[:60]) == pytest.approx(1e-6, rel=1e-12) and hyper[:60] == pytest.approx([0.03] * 60, rel=1e-12)
     assert lrs[-1] > 3e-6 and hyper[-1] > 0.0301
+
+
+def test_update_caps_are_the_largest_lr_within_the_ratio_and_none_for_zero_weights():
+    params = [torch.full((4,), 2.0), torch.zeros(3), torch.ones(2, 2, dtype=torch.float64)]
+    vecs = [torch.full((4,), 1.0), torch.ones(3), torch.zeros(2, 2, dtype=torch.float64)]
+    lrs = update_caps(params, vecs, ratio=0.1)  # ‖w‖ = 4, ‖v‖ = 2: 0.1·4/2; zero weights; no step; two dtypes
+    assert lrs == pytest.approx([0.2, math.inf, math.inf], rel=1e-6)
+    assert update_caps(params[:1], vecs[:1], ratio=0.1) == pytest.approx([0.2], rel=1e-6)  # one dtype: one stack
+
+
+@pytest.mark.parametrize("every", [1, 6])
+@pytest.mark.parametrize("learn", ["lr", "all"])
+@pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
+def test_a_ceiling_keeps_each_tensors_step_within_its_ratio_of_the_weights_and_the_lr_from_winding_up(base, learn, every):
+    """A start far too high: on the steps where the ceiling is measured (the first and every hyper
+    step) every tensor's step is held to ``ratio·‖w‖`` (a tensor whose weights are 0 is not held,
+    so it can move); nothing goes non-finite; and the levels, whose hypergradient here says
+    "raise" (the held steps are small and useful), do not raise the lr: a held step would not
+    grow with it (without that rule this lr wound up to 13.6 in 60 steps)."""
+    model, loss = tiny()
+    torch.nn.init.zeros_(model[0].bias)
+    opt = Tower(model.parameters(), lr=10.0, base=base, learn=learn, height=2, warmup=0, max_update_ratio=0.01, hyper_every=every)
+    for t in range(1, 61):
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step(lambda: backward(model, loss))
+        if t == 1 or (t - 1) % every == 0:
+            for b, p in zip(before, model.parameters()):
+                if b.norm() > 0:
+                    assert float((p.detach() - b).norm()) <= 0.01 * float(b.norm()) * (1 + 1e-5)
+        if t == 1:
+            assert model[0].bias.detach().norm() > 0  # zero weights: not held
+        assert opt.param_groups[0]["lr"] <= 10.0 * (1 + 1e-12)
+    assert all(math.isfinite(x) for p in model.parameters() for x in p.detach().flatten().tolist())
+
+
+@pytest.mark.parametrize("learn", ["lr", "all"])
+@pytest.mark.parametrize("base", ["sgd", "momentum", "adam"])
+def test_with_a_ceiling_the_lr_hypergradient_is_that_of_the_step_applied(base, learn):
+    """The one-step form: ``∂L/∂log lr = −g_t·u_{t−1}`` with ``u`` the capped step, read from the weights."""
+    model, loss = tiny(dtype=torch.float64)
+    opt = Tower(model.parameters(), lr=1.0, base=base, learn=learn, height=2, trace_decay=0.0, hyper_every=1, warmup=0,
+                max_update_ratio=0.02)  # fmt: skip
+    for _ in range(5):
+        backward(model, loss)
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    backward(model, loss)
+    opt.step()
+    applied = [b - p.detach() for b, p in zip(before, model.parameters())]
+    held = [float(u.norm()) == pytest.approx(0.02 * float(b.norm()), rel=1e-9) for u, b in zip(applied, before)]
+    assert sum(held) >= 2  # the step differentiated through is a capped one
+    backward(model, loss)
+    expected = -sum(float((p.grad * u).sum()) for p, u in zip(model.parameters(), applied))
+    opt.step()
+    assert opt.param_groups[0]["tower_state"]["hypergrads"][0][0] == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_state_saved_before_the_ceiling_existed_resumes_without_one():
+    (m1, loss), (m2, _) = tiny(), tiny()
+    old = Tower(m1.parameters(), lr=10.0, base="adam", height=2, max_update_ratio=0.0)
+    new = Tower(m2.parameters(), lr=10.0, base="adam", height=2, max_update_ratio=0.01)
+    for _ in range(3):
+        old.step(lambda: backward(m1, loss))
+    m2.load_state_dict(m1.state_dict())
+    saved = copy.deepcopy(old.state_dict())
+    del saved["param_groups"][0]["max_update_ratio"]
+    new.load_state_dict(saved)
+    _assert_continue_alike((m1, old), (m2, new), loss, steps=10)
+
+
+def test_the_ceilings_record_survives_a_state_dict_round_trip():
+    """The ceiling's lrs and whether it held a step since the last hyper step are part of the
+    group's state: a run saved mid-block resumes the same steps and decision at the next hyper step."""
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=10.0, base="adam", height=2, warmup=0, max_update_ratio=0.01)
+    for _ in range(8):  # a hyper step at 7; 8 is mid-block
+        backward(model, loss)
+        opt.step()
+    assert opt.param_groups[0]["tower_state"]["ceiling_held"] and opt.param_groups[0]["tower_state"]["ceiling_lrs"]
+    twin = copy.deepcopy(model)
+    twin_opt = Tower(twin.parameters(), lr=1e-3, base="adam", height=2)
+    twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
+    _assert_continue_alike((model, opt), (twin, twin_opt), loss, 12)

@@ -34,6 +34,7 @@ def tower(
     trace_decay: float = typer.Option(0.999, help="Decay of the trace of past updates the lr's hypergradient reads (0: one-step)."),
     hyper_every: Optional[int] = typer.Option(None, help="Base steps per hyper step (the steps between are the plain base's; default: the tower's, 6)."),
     warmup: Optional[int] = typer.Option(None, help="Base steps of linear lr warm-up (0: none; default: the tower's, 300)."),
+    max_update_ratio: Optional[float] = typer.Option(None, help="Ceiling on each tensor's step relative to its weights (0: none; default: the base's)."),
     depth: int = typer.Option(2, help="Hidden layers of the MLP."),
     width: int = typer.Option(128, help="Hidden units."),
     steps: int = typer.Option(1000, help="Training steps."),
@@ -56,7 +57,7 @@ def tower(
     model_task = make_task(config, data_dir=str(data_dir) if data_dir else None)
     model = model_task.build_model(seed=seed)
     opt = Tower(model.parameters(), lr=lr, base=base, height=height, hyper_lr=hyper_lr, learn=learn, trace_decay=trace_decay,
-                **{k: v for k, v in {"hyper_every": hyper_every, "warmup": warmup}.items() if v is not None})  # fmt: skip
+                **{k: v for k, v in {"hyper_every": hyper_every, "warmup": warmup, "max_update_ratio": max_update_ratio}.items() if v is not None})  # fmt: skip
     rows: list[dict[str, float]] = [tower_hparams(opt)]
     opt.register_step_post_hook(lambda o, *_: rows.append(tower_hparams(o)))
     with Progress(progress) as display:
@@ -68,7 +69,7 @@ def tower(
         plot_tower(rows, plot, title=f"{task}: {base} + tower of height {height}")
     out = {"task": config.to_dict(), "tower": {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr,
            "learn": learn, "trace_decay": trace_decay, "hyper_every": opt.param_groups[0]["hyper_every"],
-           "warmup": opt.param_groups[0]["warmup"]}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
+           "warmup": opt.param_groups[0]["warmup"], "max_update_ratio": opt.param_groups[0]["max_update_ratio"]}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
     typer.echo(json.dumps(out))
 
 

@@ -307,7 +307,7 @@ def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimize
         # no warm-up: the outer lr is the meta-learning rate the level is meant to correct from its first iteration;
         # the hyper levels' Adam as it was measured (benchmarks/results/fewshot.json), whatever the towers' default
         return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0,
-                     hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9))  # fmt: skip
+                     hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9), max_update_ratio=0.0)  # fmt: skip
     return torch.optim.Adam(meta.values(), lr=config.outer_lr)
 
 

@@ -57,6 +57,14 @@ at 0.1) wrecks the network in its first few steps, before the levels can lower i
 gives them those steps (``docs/meta.md``: chosen on ``tower_dev.py``'s cell; the lr applied is in ``effective_lr``, which
 the probe reads).
 
+Each tensor's step is also held to ``max_update_ratio`` times its weights' norm (default per
+base, ``MAX_UPDATE_RATIO``), as a ceiling on that tensor's lr measured at the first step and at
+every hyper step (:class:`Ceiling`): Adam moves every weight by about ±lr whatever the
+gradient, so from a start of 1 even the warm-up's first steps cost the network points it never
+recovers. The levels read the step applied, and after a block in which the ceiling held a step
+they may lower the lr but not raise it (a held step does not grow with the lr: raising it would
+wind it up without effect).
+
 Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
 does. All of it is closed form under ``no_grad``: no autograd graph survives a step (the
@@ -102,6 +110,8 @@ LOG_LR_BOUND = math.log(1e20)  # lr in [1e-20, 1e20]: lr times a float32 gradien
 LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k-1): higher levels move slower
 HYPER_EVERY = 6  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
 WARMUP = 300  # base steps of linear lr warm-up (docs/meta.md: chosen on tower_dev.py's cell)
+# per base (Tower's max_update_ratio; 0: off): chosen per base on tower_dev.py's cell, momentum takes SGD's (docs/meta.md)
+MAX_UPDATE_RATIO = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01}
 MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
@@ -116,21 +126,30 @@ Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparamete
 def adam_update(
     params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: list[Tensor], direction: list[Tensor], lr: float,
     beta1: float, beta2: float, eps: float, step: int, *, basis: bool = True, learn_betas: bool = False,
+    ceiling: Ceiling | None = None,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """Adam, ``u = lr m̂/(√v̂ + ε) = a·d`` with ``a = lr/c₁`` and ``d = m/(√v̂ + ε)`` (into
-    ``direction`` with ``basis``); moves ``m, v`` and the weights in place."""
+    ``direction`` with ``basis``); moves ``m, v`` and the weights in place. With a ``ceiling``
+    each tensor's step is scaled by its factor (:class:`Ceiling`), and so is every basis vector
+    (the factor held fixed: the hypergradients are those of the step applied)."""
     c1, c2 = 1 - beta1**step, 1 - beta2**step
     denom = adam_moments_(grads, m, v, beta1=beta1, beta2=beta2, bias_correction2=c2, eps=eps)
     a = lr / c1
+    if basis:
+        torch._foreach_copy_(direction, m)
+        torch._foreach_div_(direction, denom)
+    caps = None if ceiling is None else ceiling.factors(lr, params, lambda: direction if basis else torch._foreach_div(m, denom), 1 / c1)
     if not basis:
-        torch._foreach_addcdiv_(params, m, denom, value=-a)
+        torch._foreach_addcdiv_(params, m, denom, -a if caps is None else [-a * c for c in caps])
         return [], []
-    torch._foreach_copy_(direction, m)
-    torch._foreach_div_(direction, denom)
+    if caps is not None:
+        torch._foreach_mul_(direction, caps)
     torch._foreach_add_(params, direction, alpha=-a)
     if not learn_betas:
         return [direction], [[a]]
     r = torch._foreach_div(grads, denom)
+    if caps is not None:
+        torch._foreach_mul_(r, caps)
     w = torch._foreach_sqrt(torch._foreach_add(torch._foreach_div(v, c2), eps * eps))
     torch._foreach_mul_(w, denom)
     w = torch._foreach_div(direction, w)
@@ -146,26 +165,77 @@ def adam_update(
 
 def sgd_update(
     params: list[Tensor], grads: list[Tensor], buf: list[Tensor] | None, direction: list[Tensor], lr: float,
-    momentum: float = 0.0, *, basis: bool = True, learn_momentum: bool = False,
+    momentum: float = 0.0, *, basis: bool = True, learn_momentum: bool = False, ceiling: Ceiling | None = None,
 ) -> tuple[list[list[Tensor]], Levels]:  # fmt: skip
     """SGD, ``u = lr b`` with ``b = μ b + g`` (``b = g`` without ``buf``); moves ``buf`` and the
     weights in place. With ``basis``, ``direction`` receives a copy of ``g`` where the next
     step needs it (plain SGD, or the momentum's hypergradient); with ``buf`` the basis is
-    ``buf`` itself, which the next step reads before it moves it."""
+    ``buf`` itself, which the next step reads before it moves it. ``ceiling``: as in
+    :func:`adam_update` (with ``buf``, the basis is then the capped step, a new list)."""
     if buf is None:
+        caps = None if ceiling is None else ceiling.factors(lr, params, lambda: grads, 1.0)
         if basis:
             torch._foreach_copy_(direction, grads)
-        torch._foreach_add_(params, grads, alpha=-lr)
-        return ([direction], [[lr]]) if basis else ([], [])
+            if caps is not None:
+                torch._foreach_mul_(direction, caps)
+            torch._foreach_add_(params, direction, alpha=-lr)
+            return [direction], [[lr]]
+        if caps is None:
+            torch._foreach_add_(params, grads, alpha=-lr)
+        else:
+            for p, g, c in zip(params, grads, caps):  # while the ceiling holds (foreach adds take one alpha)
+                p.add_(g, alpha=-lr * c)
+        return [], []
     torch._foreach_mul_(buf, momentum)
     torch._foreach_add_(buf, grads)
-    torch._foreach_add_(params, buf, alpha=-lr)
+    caps = None if ceiling is None else ceiling.factors(lr, params, lambda: buf, 1.0)
+    step = buf if caps is None else torch._foreach_mul(buf, caps)
+    torch._foreach_add_(params, step, alpha=-lr)
     if not basis:
         return [], []
     if not learn_momentum:
-        return [buf], [[lr]]
+        return [step], [[lr]]
     torch._foreach_copy_(direction, grads)
-    return [buf, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
+    if caps is not None:
+        torch._foreach_mul_(direction, caps)
+    return [step, direction], [[lr, 0.0], [(1 - momentum) * lr, -lr * (1 - momentum)]]
+
+
+def update_caps(params: list[Tensor], vecs: list[Tensor], ratio: float) -> list[float]:
+    """Per tensor the largest lr whose step ``lr·v`` stays within ``ratio`` of the weights' norm,
+    ``ratio·‖w‖/‖v‖`` (the trust ratio of LARS and LAMB, used as a ceiling only), read to the
+    host at once; ``inf`` where ``‖w‖ = 0`` (zero-initialised tensors must be able to move) or
+    ``‖v‖ = 0``."""
+    w, u = torch._foreach_norm(params), torch._foreach_norm(vecs)
+    if len({(x.device, x.dtype) for x in w}) == 1:
+        w, u = torch.stack(w).tolist(), torch.stack(u).tolist()
+    else:
+        w, u = [float(x) for x in w], [float(x) for x in u]
+    return [ratio * wi / ui if wi > 0 and ui > 0 else math.inf for wi, ui in zip(w, u)]
+
+
+class Ceiling:
+    """A group's ceiling on each tensor's step (``Tower``'s ``max_update_ratio``), kept as a
+    ceiling on each tensor's lr, ``ratio·‖w‖/‖d̂‖`` with ``d̂`` the step per unit lr (Adam:
+    ``m̂/(√v̂ + ε)``; SGD: the gradient or the momentum buffer), measured at the first step and
+    at every hyper step (:func:`update_caps`: one host read, where the levels read theirs) and
+    kept in the group's tower state. In between, a step's factors ``min(1, ceiling/lr)`` are
+    host arithmetic, so a step the ceiling does not hold costs nothing more; ``ceiling_held``
+    records that it held one since the last hyper step."""
+
+    def __init__(self, ratio: float, tower: dict[str, Any], refresh: bool) -> None:
+        self.ratio, self.tower, self.refresh = ratio, tower, refresh
+
+    def factors(self, lr: float, params: list[Tensor], vecs: Callable[[], list[Tensor]], unit: float) -> list[float] | None:
+        """Each tensor's factor for a step ``lr·unit·v`` (``unit·v`` is d̂), or ``None`` where none is below 1."""
+        lrs = self.tower.get("ceiling_lrs")
+        if self.refresh or lrs is None or len(lrs) != len(params):
+            lrs = self.tower["ceiling_lrs"] = [x / unit for x in update_caps(params, vecs(), self.ratio)]
+        caps = [min(1.0, x / lr) for x in lrs]
+        if min(caps) >= 1.0:
+            return None
+        self.tower["ceiling_held"] = True
+        return caps
 
 
 def basis_dots(grads: list[Tensor], basis: list[list[Tensor]]) -> list[float]:
@@ -260,6 +330,14 @@ class Tower(torch.optim.Optimizer):
             first few steps.
         warmup_hold: during the warm-up the levels may lower the lr but not raise it (tried on
             ``tower_dev.py``'s cell and not adopted: off; ``docs/meta.md``).
+        max_update_ratio: a ceiling on each tensor's step relative to its weights,
+            ``‖Δw‖ ≤ ratio·‖w‖``, kept as a ceiling on each tensor's lr measured at the first
+            step and at every hyper step (:class:`Ceiling`; a tensor whose weights are all 0 is
+            not held). It acts from the first step, where the levels are too slow to save a
+            start far too high. The levels see the step applied (the factor held fixed, as the
+            warm-up's), and after a block of steps in which it held one they may lower the lr
+            but not raise it: a held step does not grow with the lr, so raising it would only
+            wind it up. ``None``: the base's default, ``MAX_UPDATE_RATIO``; 0: off.
     """
 
     def __init__(
@@ -280,6 +358,7 @@ class Tower(torch.optim.Optimizer):
         warmup: int = WARMUP,
         warmup_hold: bool = False,
         hyper_betas: tuple[float, float] = HYPER_BETAS,
+        max_update_ratio: float | None = None,
     ) -> None:
         for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
             if value not in choices:
@@ -304,9 +383,12 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
         if len(hyper_betas) != 2 or not all(0 <= b < 1 for b in hyper_betas):
             raise ConfigError(f"hyper_betas must be two numbers in [0, 1), got {tuple(hyper_betas)}")
+        max_update_ratio = MAX_UPDATE_RATIO[base] if max_update_ratio is None else max_update_ratio
+        _check_rate("max_update_ratio", max_update_ratio, zero_ok=True)
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
                                         trace_decay=float(trace_decay), hyper_every=hyper_every, warmup=warmup,
-                                        warmup_hold=bool(warmup_hold), hyper_betas=tuple(map(float, hyper_betas)))  # fmt: skip
+                                        warmup_hold=bool(warmup_hold), hyper_betas=tuple(map(float, hyper_betas)),
+                                        max_update_ratio=float(max_update_ratio))  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -386,8 +468,9 @@ class Tower(torch.optim.Optimizer):
             before = list(tower["z"][0])
             tower["moves"] = climb(tower["z"], directions, every)
             unbounded = list(tower["z"][0])
-            if group.get("warmup_hold") and t <= group.get("warmup", 0) and tower["z"][0][0] > before[0]:
-                tower["z"][0][0] = before[0]  # during the warm-up the ramp raises the lr; the levels may only lower it
+            hold = group.get("warmup_hold") and t <= group.get("warmup", 0)  # during the warm-up the ramp raises the lr
+            if (tower.pop("ceiling_held", False) or hold) and tower["z"][0][0] > before[0]:
+                tower["z"][0][0] = before[0]  # the levels may lower the lr, not raise it (Tower: warmup_hold, max_update_ratio)
             _write_back(group, tower["z"], plan.names)
             # a value held at its bound moved less than level 1 asked: keep the move applied, so that the
             # levels above see no effect of a move that did not happen (and do not wind up their step sizes)
@@ -454,13 +537,16 @@ def _base_update(
     direction = bufs.get("direction", [])
     t, warmup = group["tower_state"]["step"], group.get("warmup", 0)  # state dicts saved before it existed
     lr = group["effective_lr"] = group["lr"] * min(1.0, t / warmup) if warmup else group["lr"]  # the lr applied, for the probe
+    ratio = group.get("max_update_ratio", 0.0)  # state dicts saved before it existed: off
+    refresh = t == 1 or (t - 1) % group.get("hyper_every", 1) == 0  # the first step and each hyper step
+    cap = Ceiling(ratio, group["tower_state"], refresh) if ratio else None
     if group["base"] == "adam":
         return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, lr, *group["betas"], group["eps"], t,
-                           basis=basis, learn_betas=learn_more)  # fmt: skip
+                           basis=basis, learn_betas=learn_more, ceiling=cap)  # fmt: skip
     if group["base"] == "momentum":
         return sgd_update(params, grads, bufs["momentum_buffer"], direction, lr, group["momentum"], basis=basis,
-                          learn_momentum=learn_more)  # fmt: skip
-    return sgd_update(params, grads, None, direction, lr, basis=basis)
+                          learn_momentum=learn_more, ceiling=cap)  # fmt: skip
+    return sgd_update(params, grads, None, direction, lr, basis=basis, ceiling=cap)
 
 
 def _learned(group: dict[str, Any]) -> tuple[str, ...]:
