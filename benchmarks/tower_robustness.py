@@ -2,7 +2,8 @@
 
 Plain SGD and Adam against hyperoptimizer towers of height 1, 2 and 3 on each of them
 (:class:`metalearner.meta.towers.Tower`, default settings: hyper-Adam levels, level-1 step
-0.03, each level above 10x smaller, a 300-step warm-up, the base's learning rate learned). Every method starts
+0.03, each level above 10x smaller, a 300-step warm-up, a ceiling on each tensor's step
+relative to its weights, the base's learning rate learned). Every method starts
 from each of six learning rates and trains the same 784-128-128-10 ReLU MLP (same initial
 weights, same batches) with ``fit``; the spread is max − min final test accuracy over the six
 starts, for each of three seeds (initial weights and batch order; ``--quick``: one), with the

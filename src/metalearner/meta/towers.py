@@ -58,12 +58,12 @@ gives them those steps (``docs/meta.md``: chosen on ``tower_dev.py``'s cell; the
 the probe reads).
 
 Each tensor's step is also held to ``max_update_ratio`` times its weights' norm (default per
-base, ``MAX_UPDATE_RATIO``), as a ceiling on that tensor's lr measured at the first step and at
-every hyper step (:class:`Ceiling`): Adam moves every weight by about ±lr whatever the
-gradient, so from a start of 1 even the warm-up's first steps cost the network points it never
-recovers. The levels read the step applied, and after a block in which the ceiling held a step
-they may lower the lr but not raise it (a held step does not grow with the lr: raising it would
-wind it up without effect).
+base, ``MAX_UPDATE_RATIO``), as a ceiling on that tensor's lr measured on the first block's
+steps and at every hyper step (:class:`Ceiling`): Adam moves every weight by about ±lr whatever
+the gradient, so from a start of 1 even the warm-up's first steps cost the network points it
+never recovers. The levels read the step applied, and after a block in which the ceiling held
+most of the group's elements they may lower the lr but not raise it (a held step does not grow
+with the lr: raising it would wind it up without effect).
 
 Each hyper step computes the hypergradients bottom-up from those and the levels' last moves, then
 moves the levels top-down (level h first, the weights last), as the paper's recursive step
@@ -111,7 +111,7 @@ LEVEL_RATIO = 0.1  # a single hyper_lr gives level k the step hyper_lr · 0.1^(k
 HYPER_EVERY = 6  # base steps per hyper step (docs/meta.md: chosen on tower_dev.py's cell)
 WARMUP = 300  # base steps of linear lr warm-up (docs/meta.md: chosen on tower_dev.py's cell)
 # per base (Tower's max_update_ratio; 0: off): chosen per base on tower_dev.py's cell, momentum takes SGD's (docs/meta.md)
-MAX_UPDATE_RATIO = {"sgd": 0.1, "momentum": 0.1, "adam": 0.01}
+MAX_UPDATE_RATIO = {"sgd": 0.01, "momentum": 0.01, "adam": 0.01}  # the same, chosen apart
 MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
@@ -217,24 +217,28 @@ def update_caps(params: list[Tensor], vecs: list[Tensor], ratio: float) -> list[
 class Ceiling:
     """A group's ceiling on each tensor's step (``Tower``'s ``max_update_ratio``), kept as a
     ceiling on each tensor's lr, ``ratio·‖w‖/‖d̂‖`` with ``d̂`` the step per unit lr (Adam:
-    ``m̂/(√v̂ + ε)``; SGD: the gradient or the momentum buffer), measured at the first step and
-    at every hyper step (:func:`update_caps`: one host read, where the levels read theirs) and
-    kept in the group's tower state. In between, a step's factors ``min(1, ceiling/lr)`` are
-    host arithmetic, so a step the ceiling does not hold costs nothing more; ``ceiling_held``
-    records that it held one since the last hyper step."""
+    ``m̂/(√v̂ + ε)``; SGD: the gradient or the momentum buffer), measured on each of the first
+    ``hyper_every`` steps and then at every hyper step (:func:`update_caps`: one host read, where
+    the levels read theirs) and kept in each parameter's state (``ceiling_lr``). In between, a
+    step's factors ``min(1, ceiling/lr)`` are host arithmetic, so a step the ceiling does not
+    hold costs nothing more. ``ceiling_held`` (group state) records that it held tensors making
+    up at least half of the group's elements since the last hyper step: a small tensor (a bias,
+    a norm's scale) held alone does not stop the levels raising the lr of the rest."""
 
-    def __init__(self, ratio: float, tower: dict[str, Any], refresh: bool) -> None:
-        self.ratio, self.tower, self.refresh = ratio, tower, refresh
+    def __init__(self, ratio: float, tower: dict[str, Any], states: list[dict[str, Any]], refresh: bool) -> None:
+        self.ratio, self.tower, self.states, self.refresh = ratio, tower, states, refresh
 
     def factors(self, lr: float, params: list[Tensor], vecs: Callable[[], list[Tensor]], unit: float) -> list[float] | None:
         """Each tensor's factor for a step ``lr·unit·v`` (``unit·v`` is d̂), or ``None`` where none is below 1."""
-        lrs = self.tower.get("ceiling_lrs")
-        if self.refresh or lrs is None or len(lrs) != len(params):
-            lrs = self.tower["ceiling_lrs"] = [x / unit for x in update_caps(params, vecs(), self.ratio)]
-        caps = [min(1.0, x / lr) for x in lrs]
+        if self.refresh or any("ceiling_lr" not in s for s in self.states):
+            for s, x in zip(self.states, update_caps(params, vecs(), self.ratio)):
+                s["ceiling_lr"] = x / unit
+        caps = [min(1.0, s["ceiling_lr"] / lr) for s in self.states]
         if min(caps) >= 1.0:
             return None
-        self.tower["ceiling_held"] = True
+        held = sum(p.numel() for p, c in zip(params, caps) if c < 1.0)
+        if 2 * held >= sum(p.numel() for p in params):
+            self.tower["ceiling_held"] = True
         return caps
 
 
@@ -331,13 +335,14 @@ class Tower(torch.optim.Optimizer):
         warmup_hold: during the warm-up the levels may lower the lr but not raise it (tried on
             ``tower_dev.py``'s cell and not adopted: off; ``docs/meta.md``).
         max_update_ratio: a ceiling on each tensor's step relative to its weights,
-            ``‖Δw‖ ≤ ratio·‖w‖``, kept as a ceiling on each tensor's lr measured at the first
-            step and at every hyper step (:class:`Ceiling`; a tensor whose weights are all 0 is
-            not held). It acts from the first step, where the levels are too slow to save a
-            start far too high. The levels see the step applied (the factor held fixed, as the
-            warm-up's), and after a block of steps in which it held one they may lower the lr
-            but not raise it: a held step does not grow with the lr, so raising it would only
-            wind it up. ``None``: the base's default, ``MAX_UPDATE_RATIO``; 0: off.
+            ``‖Δw‖ ≤ ratio·‖w‖``, kept as a ceiling on each tensor's lr measured on the first
+            block's steps and then at every hyper step (:class:`Ceiling`; a tensor whose weights
+            are all 0 when measured is not held). It acts from the first step, where the levels
+            are too slow to save a start far too high. The levels see the step applied (the
+            factor held fixed, as the warm-up's), and after a block of steps in which it held
+            at least half of the group's elements they may lower the lr but not raise it: a held
+            step does not grow with the lr, so raising it would only wind it up. ``None``: the
+            base's default, ``MAX_UPDATE_RATIO``; 0: off.
     """
 
     def __init__(
@@ -399,6 +404,10 @@ class Tower(torch.optim.Optimizer):
             defaults["momentum"] = float(momentum)
         self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
+        for group in self.param_groups:  # a group's own value: None is its base's default, as in the constructor
+            if group["max_update_ratio"] is None:
+                group["max_update_ratio"] = MAX_UPDATE_RATIO[group["base"]]
+            _check_rate("max_update_ratio", group["max_update_ratio"], zero_ok=True)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
@@ -538,8 +547,9 @@ def _base_update(
     t, warmup = group["tower_state"]["step"], group.get("warmup", 0)  # state dicts saved before it existed
     lr = group["effective_lr"] = group["lr"] * min(1.0, t / warmup) if warmup else group["lr"]  # the lr applied, for the probe
     ratio = group.get("max_update_ratio", 0.0)  # state dicts saved before it existed: off
-    refresh = t == 1 or (t - 1) % group.get("hyper_every", 1) == 0  # the first step and each hyper step
-    cap = Ceiling(ratio, group["tower_state"], refresh) if ratio else None
+    every = group.get("hyper_every", 1)
+    refresh = t <= every or (t - 1) % every == 0  # the first block's steps (buffers still filling), then each hyper step
+    cap = Ceiling(ratio, group["tower_state"], plan.states, refresh) if ratio else None
     if group["base"] == "adam":
         return adam_update(params, grads, bufs["exp_avg"], bufs["exp_avg_sq"], direction, lr, *group["betas"], group["eps"], t,
                            basis=basis, learn_betas=learn_more, ceiling=cap)  # fmt: skip
