@@ -10,7 +10,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 
@@ -54,6 +54,12 @@ def slug(name: str) -> str:
 
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
+
+
+def spread_pp(accs: Iterable[float]) -> float:
+    """Max − min of accuracies (fractions), in percentage points."""
+    accs = list(accs)
+    return 100 * (max(accs) - min(accs))
 
 
 def finish(name: str, summary: dict[str, Any], details: dict[str, Any], *, quick: bool) -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from _common import finish, parse_args
+from _common import finish, parse_args, spread_pp
 from metalearner.meta.fewshot import AUGMENTS, FewShotConfig, evaluate, image_splits, meta_train, train_and_evaluate
 from metalearner.tasks import load_dataset
 
@@ -55,8 +55,7 @@ def sensitivity(digits, iterations: int, n_tasks: int) -> dict:
                    "final_meta_loss": history[-1]["meta_loss"], "final_outer_lr": history[-1]["outer_lr"]}  # fmt: skip
             rows.setdefault(method, {})[f"x{x:g}"] = {k: round(v, 4) if k != "final_outer_lr" else v for k, v in row.items()}
             print(method, f"x{x:g}", rows[method][f"x{x:g}"], flush=True)
-    spread = {m: {k: round(100 * (max(r[k] for r in per.values()) - min(r[k] for r in per.values())), 2) for k in ("seen_acc", "unseen_acc")}
-              for m, per in rows.items()}  # fmt: skip
+    spread = {m: {k: round(spread_pp(r[k] for r in per.values()), 2) for k in ("seen_acc", "unseen_acc")} for m, per in rows.items()}
     return {"data": "scikit-learn digits 8x8, 5-way 1-shot, meta-train classes 0-4 (dihedral), unseen classes 5-9",
             "meta_iterations": iterations, "test_tasks": n_tasks, "outer_lr_factors": list(FACTORS), "runs": rows,
             "spread_pp": spread}  # fmt: skip

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from _common import finish, interleaved_seconds, median, parse_args
+from _common import finish, interleaved_seconds, median, parse_args, spread_pp
 from metalearner.meta.towers import make_tower
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from metalearner.train import evaluate, fit
@@ -62,11 +62,6 @@ def accuracies(task, method: str, steps: int, seed: int = 0, **tower_options) ->
             result.final["test_acc"] = evaluate(model, task.data.x_test, task.data.y_test, task.loss_fn)[1]
         out.append(float(result.final["test_acc"]))
     return out
-
-
-def spread_pp(accs: list[float]) -> float:
-    """Max − min final test accuracy over the starts, in percentage points."""
-    return 100 * (max(accs) - min(accs))
 
 
 def failed_runs(per_seed: list[list[float]]) -> int:

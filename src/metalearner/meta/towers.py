@@ -388,12 +388,10 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
         if len(hyper_betas) != 2 or not all(0 <= b < 1 for b in hyper_betas):
             raise ConfigError(f"hyper_betas must be two numbers in [0, 1), got {tuple(hyper_betas)}")
-        max_update_ratio = MAX_UPDATE_RATIO[base] if max_update_ratio is None else max_update_ratio
-        _check_rate("max_update_ratio", max_update_ratio, zero_ok=True)
         defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
                                         trace_decay=float(trace_decay), hyper_every=hyper_every, warmup=warmup,
                                         warmup_hold=bool(warmup_hold), hyper_betas=tuple(map(float, hyper_betas)),
-                                        max_update_ratio=float(max_update_ratio))  # fmt: skip
+                                        max_update_ratio=MAX_UPDATE_RATIO[base] if max_update_ratio is None else max_update_ratio)  # fmt: skip
         if base == "adam":
             if not all(0 < b < 1 for b in betas):
                 raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
@@ -404,10 +402,10 @@ class Tower(torch.optim.Optimizer):
             defaults["momentum"] = float(momentum)
         self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
-        for group in self.param_groups:  # a group's own value: None is its base's default, as in the constructor
-            if group["max_update_ratio"] is None:
-                group["max_update_ratio"] = MAX_UPDATE_RATIO[group["base"]]
-            _check_rate("max_update_ratio", group["max_update_ratio"], zero_ok=True)
+        for group in self.param_groups:  # the constructor's value or a group's own (None: its base's default), checked once
+            ratio = MAX_UPDATE_RATIO[group["base"]] if group["max_update_ratio"] is None else group["max_update_ratio"]
+            _check_rate("max_update_ratio", ratio, zero_ok=True)
+            group["max_update_ratio"] = float(ratio)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
