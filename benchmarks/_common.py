@@ -62,6 +62,22 @@ def spread_pp(accs: Iterable[float]) -> float:
     return 100 * (max(accs) - min(accs))
 
 
+def seed_means(per_setting: dict[str, list[float]]) -> dict[str, float]:
+    """Each setting's mean over its seeds: one seed is not a measurement where the seed alone
+    moves a score as much as the setting does (``fewshot_dev.py --sensitivity``)."""
+    return {k: statistics.mean(v) for k, v in per_setting.items()}
+
+
+def run_parallel(fn: Callable[..., Any], jobs: list[tuple], workers: int = 2) -> list[Any]:
+    """``fn(*job)`` for every job on ``workers`` processes of one torch thread each, in order.
+    ``fn`` must be a module-level function (it is pickled by name); the calling script needs
+    an ``if __name__ == "__main__"`` guard."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(pool.map(fn, *zip(*jobs))) if jobs else []
+
+
 def finish(name: str, summary: dict[str, Any], details: dict[str, Any], *, quick: bool) -> None:
     """Print the one-line JSON summary last; a full run also writes ``results/NAME.json``."""
     if not quick:

@@ -16,23 +16,27 @@ same episodes (nothing learned: what a meta-learned network must beat). On image
 also runs with the prototype head (``METHOD+prototypes``: the output layer set from the support
 set's class means in feature space before adapting, ProtoMAML). Sensitivity: each method is rerun with its
 meta-learning rate (Adam's, 1e-3) 10x too high and 10x too low, on sinusoid K = 5 and MNIST
-5-way 1-shot; ``meta_meta`` starts from those rates and learns its own.
+5-way 1-shot; ``meta_meta`` starts from those rates and learns its own. Every rate is run with
+meta-training seeds 0, 1 and 2 (one seed is not enough: ``docs/meta.md``), and the
+sensitivity is the spread (max - min) of the three rates' seed means. The runs go to two
+processes; ``seconds`` adds up their meta-training times (about twice the wall time).
 
 Calibration (Meta-SGD paper, Li et al. 2017, Table 1, far longer meta-training): sinusoid
-MSE MAML 1.13 (K=5) / 0.77 (K=10), Meta-SGD 0.90 / 0.53. Our meta-iterations are scaled so a
-full run fits about 15 minutes of one CPU core; the result says how many were run.
+MSE MAML 1.13 (K=5) / 0.77 (K=10), Meta-SGD 0.90 / 0.53. Our meta-iterations are scaled so
+one meta-training takes about half a minute of one CPU core; the result says how many were run.
 
     python benchmarks/fewshot.py --quick   # ~1 minute, prints JSON
-    python benchmarks/fewshot.py           # full: writes results/fewshot.json
+    python benchmarks/fewshot.py           # full (~30 min on 2 cores): writes results/fewshot.json
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import torch
 
-from _common import finish, parse_args
+from _common import finish, parse_args, run_parallel, seed_means
 from metalearner.meta.fewshot import METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
@@ -46,21 +50,41 @@ SETTINGS = {
     "fashion_5way_5shot": ("fashion_mnist", 5, dict(inner_lr=0.1, meta_batch=10)),
 }
 SENSITIVITY = ("sinusoid_k5", "mnist_5way_1shot")
-FACTORS = {"x10": 10.0, "x0.1": 0.1}
+FACTORS = {"x0.1": 0.1, "x1": 1.0, "x10": 10.0}
+SEEDS = (0, 1, 2)  # meta-training seeds of the sensitivity runs (the cells: seed 0)
 
 
-def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir) -> dict:
+def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir: str | None,
+        seed: int = 0) -> dict:  # fmt: skip
     """``method`` is a few-shot method, or ``METHOD+prototypes`` for it with the prototype head;
     ``...@none`` meta-trains without the class augmentation."""
     task, k, shared = SETTINGS[setting]
     spec, _, augment = method.partition("@")
     train, test = make_families(task, k_shot=k, data_dir=data_dir, augment=augment or "dihedral")
     name, _, head = spec.partition("+")
-    config = FewShotConfig(method=name, head=head or "learned", outer_lr=outer_lr, iterations=iterations[task.split("_")[0]], **shared)
+    config = FewShotConfig(method=name, head=head or "learned", outer_lr=outer_lr, iterations=iterations[task.split("_")[0]],
+                           seed=seed, **shared)  # fmt: skip
     result = train_and_evaluate(train, test, config, n_tasks=n_tasks)
-    print(f"{setting} {method} lr={outer_lr:g}: {result['metric']} {result['mean']:.4f} "
+    print(f"{setting} {method} lr={outer_lr:g} seed {seed}: {result['metric']} {result['mean']:.4f} "
           f"({result['train_seconds']:.0f}s)", flush=True)  # fmt: skip
     return result
+
+
+def sensitivity_summary(runs: dict[str, dict[str, list[dict]]]) -> dict:
+    """Per method: each rate's seed mean, the seeds' scores, the spread of the seed means and
+    (``meta_meta``) the meta-learning rates it learned; and (``meta_meta_spread_over``) the
+    meta-meta level's spread over MAML's and Meta-SGD's."""
+    out: dict[str, Any] = {}
+    for m, by_rate in runs.items():
+        scores = {f: [r["mean"] for r in per_seed] for f, per_seed in by_rate.items()}
+        means = seed_means(scores)
+        out[m] = {**{f: round(v, 4) for f, v in means.items()}, "per_seed": {f: [round(x, 4) for x in v] for f, v in scores.items()},
+                  "spread": round(max(means.values()) - min(means.values()), 4),
+                  "learned_outer_lr": {f: [r["history"][-1]["outer_lr"] for r in per_seed] for f, per_seed in by_rate.items()}
+                  if m == "meta_meta" else None}  # fmt: skip
+    out["meta_meta_spread_over"] = {m: round(out["meta_meta"]["spread"] / out[m]["spread"], 3) if out[m]["spread"] else None
+                                    for m in ("maml", "meta_sgd")}  # fmt: skip
+    return out
 
 
 def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "learned") -> dict:
@@ -87,14 +111,18 @@ def main() -> None:
         image = (*METHODS, *(f"{m}+prototypes" for m in METHODS))
         return (*image, *(f"{m}@none" for m in image))
 
-    cells = {s: {m: run(s, m, base_lr, iterations, n_tasks, args.data_dir) for m in methods(s)} for s in SETTINGS}
+    seeds = SEEDS[:1] if args.quick else SEEDS
+    keys = [(s, m, "x1", 0) for s in SETTINGS for m in methods(s)]  # the cells (seed 0) are also the sensitivity's x1, seed 0
+    keys += [(s, m, f, seed) for s in SENSITIVITY for m in METHODS for f in FACTORS for seed in seeds if (f, seed) != ("x1", 0)]
+    jobs = [(s, m, base_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed) for s, m, f, seed in keys]
+    results = dict(zip(keys, run_parallel(run, jobs)))
+    cells = {s: {m: results[s, m, "x1", 0] for m in methods(s)} for s in SETTINGS}
     for s, (task, k, _) in SETTINGS.items():
         cells[s]["no_meta_training"] = without_meta_training(s, n_tasks, args.data_dir)
         if task != "sinusoid":
             cells[s]["no_meta_training+prototypes"] = without_meta_training(s, n_tasks, args.data_dir, head="prototypes")
             cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
-    sensitivity = {s: {m: {f: run(s, m, base_lr * x, iterations, n_tasks, args.data_dir) for f, x in FACTORS.items()}
-                       for m in METHODS} for s in SENSITIVITY}  # fmt: skip
+    sensitivity = {s: {m: {f: [results[s, m, f, seed] for seed in seeds] for f in FACTORS} for m in METHODS} for s in SENSITIVITY}
 
     def score(r: dict) -> dict:
         return {"mean": round(r["mean"], 4), "ci95": [round(x, 4) for x in r["ci95"]]}
@@ -105,14 +133,9 @@ def main() -> None:
         "scores": {s: {m: score(r) for m, r in c.items()} for s, c in cells.items()},
         "paper_mse": {f"{m}_k{k}": v for (m, k), v in PAPER_MSE.items()},
         "matches_paper": {f"{m}_k{k}": cells[f"sinusoid_k{k}"][m]["mean"] <= v for (m, k), v in PAPER_MSE.items()},
-        "sensitivity": {
-            s: {m: {"x1": round(cells[s][m]["mean"], 4), **{f: round(r["mean"], 4) for f, r in d.items()},
-                    "learned_outer_lr": {f: r["history"][-1]["outer_lr"] for f, r in d.items()} if m == "meta_meta" else None}
-                for m, d in per.items()}
-            for s, per in sensitivity.items()
-        },  # fmt: skip
-        "seconds": round(sum(r.get("train_seconds", 0.0) for c in cells.values() for r in c.values())
-                         + sum(r["train_seconds"] for p in sensitivity.values() for d in p.values() for r in d.values()), 1),
+        "sensitivity": {s: sensitivity_summary(per) for s, per in sensitivity.items()},
+        "sensitivity_seeds": list(seeds),
+        "seconds": round(sum(r["train_seconds"] for r in results.values()), 1),  # of meta-training, every run once
     }  # fmt: skip
     details = {"settings": {s: [t, k, shared] for s, (t, k, shared) in SETTINGS.items()}, "cells": cells,
                "sensitivity_runs": sensitivity, "defaults": dataclasses.asdict(FewShotConfig())}  # fmt: skip

@@ -74,7 +74,7 @@ import time
 
 import torch
 
-from _common import finish, parse_args
+from _common import finish, parse_args, run_parallel
 from metalearner.meta.towers import HYPER_EVERY, WARMUP
 from metalearner.tasks import ModelConfig, TaskConfig, make_task
 from tower_robustness import LRS, accuracies, failed_runs, spread_pp
@@ -126,21 +126,17 @@ def choose_per_base(acc: dict, reference: str) -> dict[str, dict]:
     return out
 
 
-def _study_job(job: tuple) -> list[float]:
-    config, data_dir, steps, method, seed, options = job
-    torch.set_num_threads(1)
+def _study_job(config: TaskConfig, data_dir: str | None, steps: int, method: str, seed: int, options: dict) -> list[float]:
+    """One tall tower's accuracies from every start (in a worker)."""
     return accuracies(make_task(config, data_dir=data_dir), method, steps, seed, **options)
 
 
 def config_study(name: str, config: TaskConfig, data_dir: str | None, steps: int, seeds: tuple[int, ...]) -> dict:
     """``--choose warmup_hold``, ``hyper_betas`` or ``max_update_ratio`` (see the module docstring): every candidate, tall tower
     and seed, on two processes."""
-    from concurrent.futures import ProcessPoolExecutor
-
     candidates, reference = STUDIES[name]
     keys = [(c, m, seed) for c in candidates for m in METHODS for seed in seeds]
-    with ProcessPoolExecutor(2) as pool:
-        results = dict(zip(keys, pool.map(_study_job, [(config, data_dir, steps, m, seed, candidates[c]) for c, m, seed in keys])))
+    results = dict(zip(keys, run_parallel(_study_job, [(config, data_dir, steps, m, seed, candidates[c]) for c, m, seed in keys])))
     acc = {c: {m: [results[c, m, seed] for seed in seeds] for m in METHODS} for c in candidates}
     score = {c: round(100 * statistics.mean(x for m in METHODS for a in acc[c][m] for x in a), 2) for c in candidates}
     best = max(score, key=score.get)
