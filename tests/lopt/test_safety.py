@@ -11,6 +11,7 @@ from torch import nn
 
 from metalearner.errors import MetalearnerError
 from metalearner.lopt import LRController, Opt2Vec, PolicyWeights, WeightsError, default_weights
+from metalearner.lopt.learned import LearnedOptimizer
 from metalearner.lopt.policy import PolicyConfig
 from metalearner.observe import Probe
 
@@ -87,7 +88,8 @@ def test_controller_backs_off_on_a_bad_window():
 
 
 def test_learned_optimizers_read_the_device_only_at_observations(monkeypatch):
-    """No host synchronisation on steps that do not observe."""
+    """No host synchronisation on steps that do not observe: every read of a tensor's value
+    (``bool``, ``float``, ``item``, ``tolist``) during a step falls on an observation."""
     reads = []
     for name in ("__bool__", "__float__", "item", "tolist"):
         original = getattr(torch.Tensor, name)
@@ -99,11 +101,19 @@ def test_learned_optimizers_read_the_device_only_at_observations(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, counted)
     model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
     x = torch.randn(8, 3)
-    for opt in (Opt2Vec(model.parameters(), 1e-2, observe_every=16),
-                LRController(torch.optim.SGD(model.parameters(), lr=1e-2), observe_every=16)):  # fmt: skip
-        reads.clear()
-        _steps(model, opt, x, 64)
-        assert len(reads) <= 4 * 8, len(reads)  # 4 observations, a few reads each
+    for make in (lambda ps: Opt2Vec(ps, 1e-2, observe_every=16),
+                 lambda ps: LRController(torch.optim.SGD(ps, lr=1e-2), observe_every=16),
+                 lambda ps: LearnedOptimizer(ps, 1e-2)):  # fmt: skip
+        opt = make(model.parameters())
+        every = opt.kernel.observe_every if isinstance(opt, LearnedOptimizer) else 16
+        per_step = []
+        for _ in range(4 * every):
+            reads.clear()
+            _steps(model, opt, x, 1)
+            per_step.append(len(reads))
+        observing = [(i + 1) % every == 0 for i in range(len(per_step))]
+        assert all(n == 0 for n, o in zip(per_step, observing) if not o), (type(opt).__name__, per_step)
+        assert all(0 < n <= 8 for n, o in zip(per_step, observing) if o), (type(opt).__name__, per_step)
 
 
 def test_weights_round_trip(tmp_path):
