@@ -27,6 +27,11 @@ one meta-training takes about half a minute of one CPU core; the result says how
 
     python benchmarks/fewshot.py --quick   # ~1 minute, prints JSON
     python benchmarks/fewshot.py           # full (~30 min on 2 cores): writes results/fewshot.json
+    python benchmarks/fewshot.py --hyper-source heldout   # (~40 min) results/fewshot_heldout.json
+
+``--hyper-source heldout`` runs ``meta_meta`` with its hypergradient from episodes of a training
+class held out of meta-training (``FewShotConfig.hyper_source``; on the ``@none`` cells, where
+five classes leave none to spare for 5-way episodes, from the training meta-loss as by default).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any
 import torch
 
 from _common import finish, parse_args, run_parallel, seed_means
-from metalearner.meta.fewshot import METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
+from metalearner.meta.fewshot import HYPER_SOURCES, METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
 # setting -> (task, k_shot, config shared by the methods)
@@ -55,15 +60,17 @@ SEEDS = (0, 1, 2)  # meta-training seeds of the sensitivity runs (the cells: see
 
 
 def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir: str | None,
-        seed: int = 0) -> dict:  # fmt: skip
+        seed: int = 0, hyper_source: str | None = None) -> dict:  # fmt: skip
     """``method`` is a few-shot method, or ``METHOD+prototypes`` for it with the prototype head;
     ``...@none`` meta-trains without the class augmentation."""
     task, k, shared = SETTINGS[setting]
     spec, _, augment = method.partition("@")
     train, test = make_families(task, k_shot=k, data_dir=data_dir, augment=augment or "dihedral")
     name, _, head = spec.partition("+")
+    # without the augmentation, five training classes leave none to hold out for 5-way episodes: the level reads the training loss
+    source = {"hyper_source": hyper_source} if name == "meta_meta" and augment != "none" and hyper_source else {}
     config = FewShotConfig(method=name, head=head or "learned", outer_lr=outer_lr, iterations=iterations[task.split("_")[0]],
-                           seed=seed, **shared)  # fmt: skip
+                           seed=seed, **shared, **source)  # fmt: skip
     result = train_and_evaluate(train, test, config, n_tasks=n_tasks)
     print(f"{setting} {method} lr={outer_lr:g} seed {seed}: {result['metric']} {result['mean']:.4f} "
           f"({result['train_seconds']:.0f}s)", flush=True)  # fmt: skip
@@ -98,7 +105,9 @@ def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "lea
 
 
 def main() -> None:
-    args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)")
+    args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)",
+                      extra=lambda ap: ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=None,
+                                                       help="meta_meta's hypergradient (default: FewShotConfig's)"))  # fmt: skip
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
     iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 8000, "mnist": 800, "fashion": 800}
@@ -114,7 +123,7 @@ def main() -> None:
     seeds = SEEDS[:1] if args.quick else SEEDS
     keys = [(s, m, "x1", 0) for s in SETTINGS for m in methods(s)]  # the cells (seed 0) are also the sensitivity's x1, seed 0
     keys += [(s, m, f, seed) for s in SENSITIVITY for m in METHODS for f in FACTORS for seed in seeds if (f, seed) != ("x1", 0)]
-    jobs = [(s, m, base_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed) for s, m, f, seed in keys]
+    jobs = [(s, m, base_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed, args.hyper_source) for s, m, f, seed in keys]
     results = dict(zip(keys, run_parallel(run, jobs)))
     cells = {s: {m: results[s, m, "x1", 0] for m in methods(s)} for s in SETTINGS}
     for s, (task, k, _) in SETTINGS.items():
@@ -139,7 +148,9 @@ def main() -> None:
     }  # fmt: skip
     details = {"settings": {s: [t, k, shared] for s, (t, k, shared) in SETTINGS.items()}, "cells": cells,
                "sensitivity_runs": sensitivity, "defaults": dataclasses.asdict(FewShotConfig())}  # fmt: skip
-    finish("fewshot", summary, details, quick=args.quick)
+    summary["meta_meta_hyper_source"] = args.hyper_source or FewShotConfig().hyper_source
+    name = "fewshot" if args.hyper_source in (None, FewShotConfig().hyper_source) else f"fewshot_{args.hyper_source}"
+    finish(name, summary, details, quick=args.quick)
 
 
 if __name__ == "__main__":

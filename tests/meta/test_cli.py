@@ -52,6 +52,7 @@ def test_fewshot_prints_json_with_interval_and_plots_the_adaptation(tmp_path):
                  "--eval-tasks", "30", "--eval-steps", "3", "--plot", str(tmp_path / "adapt.png"))  # fmt: skip
     assert out["metric"] == "mse" and out["ci95"][0] <= out["mean"] <= out["ci95"][1] and len(out["curve"]) == 4
     assert out["config"]["method"] == "meta_meta" and out["history"][-1]["iteration"] == 6
+    assert out["config"]["hyper_source"] == "train"  # the default
     assert (tmp_path / "adapt.png").stat().st_size > 10_000
 
 
@@ -60,6 +61,12 @@ def test_fewshot_prototype_head_on_unseen_digits(shared_data):
                  "--meta-batch", "2", "--eval-tasks", "40", "--data-dir", str(shared_data))  # fmt: skip
     # a random initialisation scores about 0.30 with the learned head and 0.42 with the prototype head
     assert out["metric"] == "acc" and out["config"]["head"] == "prototypes" and 0.36 < out["mean"] <= 1
+
+
+def test_holding_out_classes_without_the_augmentation_is_a_config_error(shared_data):
+    r = runner.invoke(app, ["fewshot", "--task", "mnist", "--method", "meta_meta", "--hyper-source", "heldout", "--augment", "none",
+                            "--data-dir", str(shared_data), "--no-progress"])  # fmt: skip
+    assert isinstance(r.exception, ConfigError) and "holding out 5 of 5 classes leaves too few for 5-way episodes" in str(r.exception)
 
 
 @pytest.mark.parametrize(
@@ -75,6 +82,8 @@ def test_fewshot_prototype_head_on_unseen_digits(shared_data):
         (["fewshot", "--k-shot", "0"], "k_shot must be >= 1"),
         (["fewshot", "--outer-lr", "-1"], "outer_lr must be a positive number"),
         (["fewshot", "--head", "prototypes"], "prototype head is for classification"),
+        (["fewshot", "--hyper-source", "heldout"], "hyper_source is the meta_meta level's"),
+        (["fewshot", "--method", "meta_meta", "--hyper-source", "val"], "unknown hyper_source 'val'; choose from train, heldout"),
     ],
 )
 def test_user_mistakes_are_config_errors(args, message):

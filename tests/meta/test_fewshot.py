@@ -321,3 +321,57 @@ def test_the_meta_meta_level_corrects_the_meta_learning_rate_from_its_first_iter
     assert opt.param_groups[0]["warmup"] == 0 and opt.param_groups[0]["effective_lr"] == 0.01
     assert opt.param_groups[0]["hyper_betas"] == (0.9, 0.9)  # as benchmarks/results/fewshot.json was measured
     assert opt.param_groups[0]["max_update_ratio"] == 0.0  # no ceiling on its steps: as measured
+
+
+@pytest.mark.parametrize("augment, held", [("dihedral", (4,)), ("rotations", (3, 4))])
+def test_hold_out_sets_aside_the_last_classes_enough_for_an_episode(augment, held):
+    x, y = torch.randn(200, 16), torch.arange(200) % 5
+    train, heldout = ClassSplit(x, y, (0, 1, 2, 3, 4), n_way=5, k_shot=1, k_query=3, augment=augment).hold_out()
+    assert heldout.classes == held and train.classes == tuple(c for c in range(5) if c not in held)
+    assert heldout.symmetries == train.symmetries and heldout.sample(2, torch.Generator().manual_seed(0)).x_support.shape == (2, 5, 16)
+    with pytest.raises(ConfigError, match="holding out 5 of 5 classes leaves too few for 5-way episodes"):
+        ClassSplit(x, y, (0, 1, 2, 3, 4), n_way=5, augment="none").hold_out()
+
+
+def test_a_heldout_meta_meta_level_trains_on_the_rest_and_reads_its_hypergradient_from_held_out_classes(monkeypatch):
+    """The weights follow the training classes' meta-gradient (``.grad``); the level, through
+    ``hyper_grads``, the held-out classes' at the same weights (with the prototype head, whose
+    output layer has no gradient, left out of both)."""
+    from metalearner.meta import fewshot
+    from metalearner.meta.towers import Tower
+
+    x, y = torch.randn(300, 16), torch.arange(300) % 5
+    family = ClassSplit(x, y, (0, 1, 2, 3, 4), n_way=5, k_shot=1, k_query=2, augment="dihedral")
+    config = FewShotConfig(method="meta_meta", hyper_source="heldout", iterations=3, meta_batch=2, head="prototypes")
+    names = list(init_learner(family.model(), config).meta)
+    drawn, checked = [], []
+    sample = ClassSplit.sample
+
+    def recording_sample(self, n, gen):
+        drawn.append((self.classes, sample(self, n, gen)))
+        return drawn[-1][1]
+
+    step = Tower.step
+
+    def checking_step(self, closure=None, *, hyper_grads=None):
+        meta = dict(zip(names, self.param_groups[0]["params"]))
+        with torch.enable_grad():
+            held = meta_loss(meta, {}, family.model(), F.cross_entropy, 1, False, drawn[-1][1], "prototypes")
+            expected = torch.autograd.grad(held, list(meta.values()), allow_unused=True)
+        used = [p for p, g in zip(meta.values(), expected) if g is not None]
+        assert len(used) == len(names) - 2 and set(hyper_grads) == set(used) == {p for p in meta.values() if p.grad is not None}
+        assert all(torch.equal(hyper_grads[p], g) for p, g in zip(meta.values(), expected) if g is not None)
+        assert any(not torch.equal(hyper_grads[p], p.grad) for p in used)  # not the training gradient
+        checked.append(True)
+        return step(self, closure, hyper_grads=hyper_grads)
+
+    monkeypatch.setattr(ClassSplit, "sample", recording_sample)
+    monkeypatch.setattr(Tower, "step", checking_step)
+    learner, history = fewshot.meta_train(family, config)
+    assert [classes for classes, _ in drawn] == [(0, 1, 2, 3), (4,)] * 3 and len(checked) == 3
+    assert history[-1]["outer_lr"] != config.outer_lr
+    for method in ("maml", "meta_sgd"):
+        with pytest.raises(ConfigError, match="hyper_source is the meta_meta level's"):
+            FewShotConfig(method=method, hyper_source="heldout")
+    with pytest.raises(ConfigError, match="unknown hyper_source 'test'; choose from train, heldout"):
+        FewShotConfig(method="meta_meta", hyper_source="test")

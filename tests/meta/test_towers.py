@@ -554,3 +554,37 @@ def test_with_a_ceiling_on_a_single_tensor_every_hypergradient_is_that_of_the_pl
         a, b = opt.param_groups[0]["tower_state"]["hypergrads"], twin.param_groups[0]["tower_state"]["hypergrads"]
         assert a[0] == pytest.approx(b[0], rel=1e-8, abs=1e-14)
     assert held >= 6
+
+
+@pytest.mark.parametrize("base", list(PLAIN))
+def test_hyper_grads_replace_the_gradient_in_the_hypergradient_only(base):
+    """``step(hyper_grads=...)``: the weights follow ``.grad`` as always; the levels read the
+    other gradient. Given ``.grad`` itself it is the plain step; given another loss's gradient,
+    the lr's hypergradient is that loss's (here of the opposite sign: the lr moves the other way)."""
+    runs = {}
+    for mode in ("plain", "same", "negated"):
+        model, loss = tiny(dtype=torch.float64)
+        opt = Tower(model.parameters(), lr=0.05, base=base, height=2, trace_decay=0.0, hyper_every=1, warmup=0, max_update_ratio=0.0)
+        lrs, hypergrads = [], []
+        for _ in range(5):
+            backward(model, loss)
+            if mode == "plain":
+                opt.step()
+            else:
+                sign = 1.0 if mode == "same" else -1.0
+                opt.step(hyper_grads={p: sign * p.grad for p in model.parameters()})
+            lrs.append(opt.param_groups[0]["lr"])
+            hypergrads.append(copy.deepcopy(opt.param_groups[0]["tower_state"]["hypergrads"]))
+        runs[mode] = (lrs, hypergrads, [p.detach().clone() for p in model.parameters()])
+    assert runs["same"][:2] == runs["plain"][:2] and all(torch.equal(a, b) for a, b in zip(runs["same"][2], runs["plain"][2]))
+    # the first hyper step (step 2) reads the same weights and vectors, so the lr's hypergradient is exactly negated
+    assert runs["negated"][1][1][0][0] == -runs["plain"][1][1][0][0] != 0
+    assert (runs["negated"][0][1] > 0.05) != (runs["plain"][0][1] > 0.05)  # and its move goes the other way
+    model, loss = tiny()
+    opt = Tower(model.parameters(), lr=0.05, base=base)
+    backward(model, loss)
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad in ({}, {p: torch.zeros(1) for p in model.parameters()}):
+        with pytest.raises(ConfigError, match="hyper_grads needs a tensor shaped like each parameter that has a gradient"):
+            opt.step(hyper_grads=bad)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # refused before any weight moved

@@ -87,6 +87,8 @@ def fewshot(
     iterations: int = typer.Option(1000, help="Meta-iterations."),
     height: int = typer.Option(1, help="meta_meta: tower height over the outer Adam."),
     hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
+    hyper_source: str = typer.Option("train", help="meta_meta: the level's hypergradient from the training meta-loss "
+                                     "('train') or from episodes of training classes held out of meta-training ('heldout')."),
     head: str = typer.Option("learned", help="Images: 'learned' (a meta-learned output layer) or 'prototypes' (set from "
                              "the support set's class means in feature space before adapting: ProtoMAML)."),
     augment: str = typer.Option("dihedral", help="Images: meta-train on each class under the square's symmetries as "
@@ -106,7 +108,7 @@ def fewshot(
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
                            outer_lr=outer_lr, meta_batch=meta_batch, iterations=iterations, height=height,
-                           hyper_lr=hyper_lr, head=head, seed=seed)  # fmt: skip
+                           hyper_lr=hyper_lr, head=head, seed=seed, hyper_source=hyper_source)  # fmt: skip
     for name, value in (("k_shot", k_shot), ("n_way", n_way), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")

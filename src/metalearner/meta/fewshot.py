@@ -15,7 +15,11 @@ tasks, by an outer optimizer with learning rate ``β`` (the meta-learning rate):
   hypergradient of the query loss w.r.t. the inner step sizes;
 - ``meta_meta``: Meta-SGD whose outer optimizer is a hyperoptimizer tower
   (:class:`~metalearner.meta.towers.Tower`), so the meta-learning rate ``β`` is itself
-  learned by one-step hypergradients: the **meta-meta** level.
+  learned by one-step hypergradients: the **meta-meta** level. By default its hypergradient
+  is the training meta-loss's (``hyper_source="train"``), which cannot see the meta-learner
+  fit its training classes at the cost of new ones; ``"heldout"`` takes it from episodes of
+  training classes set aside from meta-training (:meth:`ClassSplit.hold_out`), so the level
+  tunes ``β`` for classes it does not train on (better on digits, worse on MNIST: ``docs/meta.md``).
 
 On classification episodes any of them can start each task from a **prototype head**
 (``head="prototypes"``, ProtoMAML: Triantafillou et al., 2020): the output layer is set from
@@ -45,6 +49,7 @@ from metalearner.meta.towers import Tower
 
 Params = dict[str, Tensor]
 METHODS = ("maml", "meta_sgd", "meta_meta")
+HYPER_SOURCES = ("train", "heldout")  # meta_meta: the hypergradient of the training meta-loss, or of held-out classes'
 HEADS = ("learned", "prototypes")
 # class augmentation for meta-training: each class under the square's symmetries counts as a class of its own
 AUGMENTS = {"none": 1, "rotations": 4, "dihedral": 8}  # -> symmetries per class (4 turns; with the transpose, 8)
@@ -113,6 +118,7 @@ class ClassSplit:
         n_sym = symmetries(augment)
         if len(classes) * n_sym < n_way:
             raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * n_sym}")
+        self._source, self.classes, self.augment = (x, y), tuple(classes), augment
         self.x = x.reshape(len(x), -1)
         self.by_class = [torch.nonzero(y == c).flatten() for c in classes]
         if min(len(i) for i in self.by_class) < k_shot + k_query:
@@ -139,6 +145,17 @@ class ClassSplit:
             x = self._turn(x, turns)
         flat = lambda t: t.reshape(n_tasks, -1, *t.shape[3:])  # noqa: E731
         return Episodes(flat(x[:, :, :k]), flat(labels[:, :, :k]), flat(x[:, :, k:]), flat(labels[:, :, k:]))
+
+    def hold_out(self) -> tuple["ClassSplit", "ClassSplit"]:
+        """``(train, held out)``: the last ``ceil(n_way / symmetries)`` classes (each under its
+        symmetries, so enough for an episode) set aside, the way few-shot benchmarks keep
+        validation classes apart from training ones."""
+        k = -(-self.n_way // self.symmetries)
+        if (len(self.classes) - k) * self.symmetries < self.n_way:
+            raise ConfigError(f"holding out {k} of {len(self.classes)} classes leaves too few for {self.n_way}-way episodes")
+        x, y = self._source
+        make = lambda cs: ClassSplit(x, y, cs, n_way=self.n_way, k_shot=self.k_shot, k_query=self.k_query, augment=self.augment)  # noqa: E731
+        return make(self.classes[:-k]), make(self.classes[-k:])
 
     def _turn(self, x: Tensor, turns: list[list[int]]) -> Tensor:
         """``x (tasks, n_way, per, D)`` with each class's images under its symmetry: ``s % 4``
@@ -257,12 +274,19 @@ class FewShotConfig:
     hyper_lr: float = 0.03
     head: str = "learned"  # or "prototypes": the output layer set from the support set (classification)
     seed: int = 0
+    # meta_meta: the level's hypergradient from the training meta-loss ("train") or from held-out classes ("heldout",
+    # hold_out: better on digits, worse on MNIST, docs/meta.md); the other methods have no level ("train": nothing to do)
+    hyper_source: str = "train"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ConfigError(f"unknown few-shot method {self.method!r}; choose from {', '.join(METHODS)}")
         if self.head not in HEADS:
             raise ConfigError(f"unknown head {self.head!r}; choose from {', '.join(HEADS)}")
+        if self.hyper_source not in HYPER_SOURCES:
+            raise ConfigError(f"unknown hyper_source {self.hyper_source!r}; choose from {', '.join(HYPER_SOURCES)}")
+        if self.hyper_source != "train" and self.method != "meta_meta":
+            raise ConfigError("hyper_source is the meta_meta level's; the other methods have no hypergradient")
         for name in ("inner_steps", "meta_batch", "iterations", "height"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -313,9 +337,14 @@ def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimize
 
 def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
                progress: Callable[[int, int, float], None] | None = None) -> tuple[MetaLearner, list[dict[str, float]]]:  # fmt: skip
-    """Meta-train on ``family`` (``sample``, ``model``, ``loss``); returns the learner and a
-    history of ``{iteration, meta_loss, outer_lr}`` every ``log_every`` iterations."""
+    """Meta-train on ``family`` (``sample``, ``model``, ``loss``; for ``meta_meta`` with
+    held-out hypergradients also ``hold_out``, else held-out episodes are other draws of it);
+    returns the learner and a history of ``{iteration, meta_loss, outer_lr}`` every
+    ``log_every`` iterations."""
     _check_head(config, family)
+    heldout = None
+    if config.hyper_source == "heldout":  # a family without hold_out (every task a fresh draw, as sinusoids): other draws
+        family, heldout = family.hold_out() if hasattr(family, "hold_out") else (family, family)
     torch.manual_seed(config.seed)
     learner = init_learner(family.model(), config)
     opt = outer_optimizer(learner.meta, config)
@@ -327,7 +356,13 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
                          config.first_order, batch, config.head)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()  # the outer level is plain autograd through the vmapped torch.func inner loop
-        opt.step()
+        if heldout is None:
+            opt.step()
+        else:  # the level's hypergradient from held-out episodes at the same weights; the weights follow the training loss
+            held = meta_loss(learner.meta, learner.fixed, learner.model, heldout.loss, config.inner_steps,
+                             config.first_order, heldout.sample(config.meta_batch, gen), config.head)  # fmt: skip
+            params = list(learner.meta.values())  # (the prototype head's output layer is unused: no gradient, as for .grad)
+            opt.step(hyper_grads={p: g for p, g in zip(params, torch.autograd.grad(held, params, allow_unused=True)) if g is not None})
         running += float(loss.detach())
         if it % log_every == 0 or it == config.iterations:
             n = it % log_every or log_every

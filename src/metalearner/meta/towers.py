@@ -408,16 +408,25 @@ class Tower(torch.optim.Optimizer):
             group["max_update_ratio"] = float(ratio)
 
     @torch.no_grad()
-    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
-        """One step per group: hypergradients, the hyper levels top-down, then the weights."""
+    def step(self, closure: Callable[[], Tensor] | None = None, *, hyper_grads: dict[Tensor, Tensor] | None = None) -> Tensor | None:
+        """One step per group: hypergradients, the hyper levels top-down, then the weights.
+
+        ``hyper_grads`` (parameter -> tensor shaped like it; every parameter that has a
+        ``.grad``): the gradient of another loss at the current weights, for example of a
+        held-out batch, for the levels' hypergradients in place of ``.grad``, so that the
+        levels tune the hyperparameters for that loss while the weights follow ``.grad``."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        if hyper_grads is not None:  # checked whole before any group steps
+            for p in (p for _, params in groups for p in params):
+                if p not in hyper_grads or hyper_grads[p].shape != p.shape:
+                    raise ConfigError("hyper_grads needs a tensor shaped like each parameter that has a gradient")
+        for group, params in groups:
             if params:
-                self._group_step(group, params)
+                self._group_step(group, params, None if hyper_grads is None else [hyper_grads[p] for p in params])
         return loss
 
     def __setstate__(self, state: dict[str, Any]) -> None:  # unpickling, copying and load_state_dict
@@ -455,7 +464,7 @@ class Tower(torch.optim.Optimizer):
         self._plans[id(group)] = plan
         return plan
 
-    def _group_step(self, group: dict[str, Any], params: list[Tensor]) -> None:
+    def _group_step(self, group: dict[str, Any], params: list[Tensor], hyper_grads: list[Tensor] | None = None) -> None:
         grads = [p.grad for p in params]
         if "tower_state" not in group:
             group["tower_state"] = _new_tower_state(len(_learned(group)), len(group["hyper_lrs"]))
@@ -468,7 +477,7 @@ class Tower(torch.optim.Optimizer):
             tower["written"] = visible
         every = group.get("hyper_every", 1)  # state dicts saved before it existed
         if t > 1 and (t - 1) % every == 0 and (not plan.one_step or (tower["coef"] is not None and all("basis" in s for s in plan.states))):
-            dots, coef = _hyper_basis(tower, plan, params, grads, t)
+            dots, coef = _hyper_basis(tower, plan, params, grads if hyper_grads is None else hyper_grads, t)
             grad0 = [-sum(c * d for c, d in zip(row, dots)) for row in coef]
             tower["hypergrads"] = hypergradients(grad0, tower["moves"])  # kept for logs and tests
             directions = hyper_directions(group["hyper"], tower["hypergrads"], tower, tuple(group.get("hyper_betas", SAVED_HYPER_BETAS)))
