@@ -60,7 +60,7 @@ SEEDS = (0, 1, 2)  # meta-training seeds of the sensitivity runs (the cells: see
 
 
 def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir: str | None,
-        seed: int = 0, hyper_source: str | None = None) -> dict:  # fmt: skip
+        seed: int = 0, hyper_source: str = FewShotConfig.hyper_source) -> dict:  # fmt: skip
     """``method`` is a few-shot method, or ``METHOD+prototypes`` for it with the prototype head;
     ``...@none`` meta-trains without the class augmentation."""
     task, k, shared = SETTINGS[setting]
@@ -68,7 +68,7 @@ def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], 
     train, test = make_families(task, k_shot=k, data_dir=data_dir, augment=augment or "dihedral")
     name, _, head = spec.partition("+")
     # without the augmentation, five training classes leave none to hold out for 5-way episodes: the level reads the training loss
-    source = {"hyper_source": hyper_source} if name == "meta_meta" and augment != "none" and hyper_source else {}
+    source = {"hyper_source": hyper_source} if name == "meta_meta" and augment != "none" else {}
     config = FewShotConfig(method=name, head=head or "learned", outer_lr=outer_lr, iterations=iterations[task.split("_")[0]],
                            seed=seed, **shared, **source)  # fmt: skip
     result = train_and_evaluate(train, test, config, n_tasks=n_tasks)
@@ -106,7 +106,7 @@ def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "lea
 
 def main() -> None:
     args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)",
-                      extra=lambda ap: ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=None,
+                      extra=lambda ap: ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=FewShotConfig.hyper_source,
                                                        help="meta_meta's hypergradient (default: FewShotConfig's)"))  # fmt: skip
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
@@ -148,8 +148,8 @@ def main() -> None:
     }  # fmt: skip
     details = {"settings": {s: [t, k, shared] for s, (t, k, shared) in SETTINGS.items()}, "cells": cells,
                "sensitivity_runs": sensitivity, "defaults": dataclasses.asdict(FewShotConfig())}  # fmt: skip
-    summary["meta_meta_hyper_source"] = args.hyper_source or FewShotConfig().hyper_source
-    name = "fewshot" if args.hyper_source in (None, FewShotConfig().hyper_source) else f"fewshot_{args.hyper_source}"
+    summary["meta_meta_hyper_source"] = args.hyper_source
+    name = "fewshot" if args.hyper_source == FewShotConfig.hyper_source else f"fewshot_{args.hyper_source}"
     finish(name, summary, details, quick=args.quick)
 
 
