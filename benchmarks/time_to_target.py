@@ -4,12 +4,19 @@
     python benchmarks/time_to_target.py --suite quick   # small tasks, ~10 min on 2 cores
     python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion MLPs/CNN/GRU, MNIST-1D CNN, shift; ~2.5 h on 2 cores)
     python benchmarks/time_to_target.py --suite headline   # MNIST/Fashion cells + the CNN and GRU cells, tuning-free methods
+    python benchmarks/time_to_target.py --rerun opt2vec,adam+controller   # rerun these (and adam), keep the other methods' runs
 
 Runs ``metalearner bench`` into ``benchmarks/.cache/bench_SUITE`` (resumable: rerun to finish;
 the smoke suite into a fresh temporary directory),
 prints the headline JSON last; the full run writes ``results/time_to_target.json`` (every
 cell, ruleset, method and seed, with the curves) and the report into ``results/time_to_target/``;
 the headline suite likewise ``results/time_to_target_headline.json`` and ``results/time_to_target_headline/``.
+
+``--rerun METHODS`` (full or headline suite) runs only those methods and the reference method
+Adam, checks that Adam's runs equal the committed ones (so the targets are the same), and
+puts the new runs in place of those methods' in the committed results
+(:func:`metalearner.bench.summary.merge_rerun`; the file's ``reruns`` says which methods are
+from which run): for re-shipped weights, without the hours of the other methods' runs.
 """
 
 from __future__ import annotations
@@ -32,15 +39,23 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores)")
     ap.add_argument("--out", default=None, help="benchmark directory (default benchmarks/.cache/bench_SUITE)")
     ap.add_argument("--data-dir", default=default_data_dir())
+    ap.add_argument("--rerun", default=None, help="rerun only these methods (comma-separated) and adam, keep the others' committed runs")
     args = ap.parse_args()
 
     from metalearner.bench import get_suite, run_suite
+    from metalearner.bench.protocol import select
+    from metalearner.bench.summary import load_results, merge_rerun
     from metalearner.report.bench import write_report
     from metalearner.parallel import make_executor
 
     suite = get_suite(args.suite or ("smoke" if args.quick else "full"))
     args.quick = suite.name not in ("full", "headline")
     name = "time_to_target" if suite.name == "full" else f"time_to_target_{suite.name}"
+    rerun = tuple(m.strip() for m in args.rerun.split(",")) if args.rerun else ()
+    if rerun and args.quick:
+        sys.exit("--rerun merges into a committed full or headline suite's results; pick --suite full or headline")
+    previous = load_results(RESULTS / f"{name}.json") if rerun else None
+    whole, suite = suite, select(suite, methods=(suite.reference_method, *rerun)) if rerun else suite
     if args.out:
         out = Path(args.out)
     elif suite.name == "smoke":  # a fresh run every time, so that --quick really runs the protocol
@@ -50,6 +65,8 @@ def main() -> None:
     t0 = time.perf_counter()
     with make_executor("local", args.workers) as ex:
         results = run_suite(suite, out, ex, data_dir=args.data_dir, progress=True)
+    if rerun:
+        results = merge_rerun(previous, results, whole, rerun)
     summary = {
         "suite": suite.name,
         "cells": {c: {"target": v["target"], "self_tuning": {m: e["summary"]["epochs_to_target"] for m, e in v["rulesets"]["self_tuning"].items()}}

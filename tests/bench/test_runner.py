@@ -259,3 +259,42 @@ def test_exposure_of_weights_run_instead_of_the_shipped_ones(tmp_path):
     mine = meta_training_exposure({"opt2vec": str(path)})
     assert mine["opt2vec"]["datasets"] == ["digits"] and mine["opt2vec"]["widths"] == [24]
     assert mine["controller"] == shipped["controller"]
+
+
+def test_a_rerun_of_some_methods_replaces_their_runs_and_keeps_the_others(finished, tmp_path):
+    """``merge_rerun``: the rerun method's runs and tuning come from the part (here the
+    controller with untrained weights), every other method's from the earlier results, the
+    summaries and profiles are recomputed, and ``reruns`` says what came from when; a part
+    whose reference runs differ is refused."""
+    import copy
+
+    from metalearner.bench.summary import merge_rerun
+    from metalearner.lopt.policy import PolicyWeights, default_weights
+
+    _, results, _ = finished
+    w = default_weights("controller")
+    path = tmp_path / "controller.safetensors"
+    w.with_flat(w.flat() * 0).save(path)  # untrained: Adam's runs, other epochs to target
+    part_suite = select(TINY, methods="adam,adam+controller")
+    part = run_suite(part_suite, tmp_path / "part", InlineExecutor(), progress=False, weights={"adam+controller": str(path)})
+    merged = merge_rerun(results, part, TINY, ("adam+controller",))
+    for c, cell in merged["cells"].items():
+        for r in ("self_tuning", "tuned"):
+            seeds = lambda res, m: [(s["epochs_to_target"], s["curve"]) for s in res["cells"][c]["rulesets"][r][m]["seeds"]]  # noqa: E731
+            assert seeds(merged, "adam+controller") == seeds(part, "adam+controller")
+            assert seeds(merged, "adamw_cosine") == seeds(results, "adamw_cosine")
+            assert seeds(merged, "adam") == seeds(results, "adam") == seeds(part, "adam")
+            assert cell["rulesets"][r]["adam+controller"]["summary"]["step_time_vs_adam"] == \
+                part["cells"][c]["rulesets"][r]["adam+controller"]["summary"]["step_time_vs_adam"]
+        assert cell["tuning"]["adam+controller"] == part["cells"][c]["tuning"]["adam+controller"]
+    assert set(merged["profile_scores"]["self_tuning"]) == set(TINY.methods)
+    assert merged["reruns"] == [{"methods": ["adam+controller"], "date": merged["date"], "others_from": results["date"]}]
+    assert any(seeds_differ for seeds_differ in (
+        merged["cells"][c]["rulesets"]["self_tuning"]["adam+controller"]["seeds"] != results["cells"][c]["rulesets"]["self_tuning"]["adam+controller"]["seeds"]
+        for c in merged["cells"]))  # fmt: skip
+    bad = copy.deepcopy(part)
+    bad["cells"]["moons/mlp-1x16-relu"]["rulesets"]["tuned"]["adam"]["seeds"][1]["curve"][0][1] += 0.01
+    with pytest.raises(MetalearnerError, match="moons/mlp-1x16-relu: the rerun's adam runs differ"):
+        merge_rerun(results, bad, TINY, ("adam+controller",))
+    with pytest.raises(MetalearnerError, match="other than the reference"):
+        merge_rerun(results, part, TINY, ("adam",))

@@ -30,7 +30,7 @@ def test_meta_training_improves_the_objective(trained):
     ev = state.evaluation
     assert ev["final_mean"] < ev["initial_mean"] - 0.05, ev
     assert len(state.curve) == 4 and (out / "opt2vec.safetensors").is_file()
-    assert torch.equal(PolicyWeights.load(out / "opt2vec.safetensors").flat(), state.theta)
+    assert torch.equal(PolicyWeights.load(out / "opt2vec.safetensors").flat(), state.theta.detach())
 
 
 def test_resume_continues_exactly(trained, tmp_path):
@@ -38,9 +38,31 @@ def test_resume_continues_exactly(trained, tmp_path):
     meta_train(MetaTrainConfig(**{**TINY, "outer_steps": 2}), tmp_path, executor=InlineExecutor(), progress=False)
     _, resumed = meta_train(MetaTrainConfig(**TINY), tmp_path, executor=InlineExecutor(), progress=False)
     assert resumed.step == 4
-    torch.testing.assert_close(resumed.theta, full.theta)
+    assert torch.equal(resumed.theta, full.theta)  # bit for bit: θ and the outer Adam's state were checkpointed whole
+    assert isinstance(resumed.outer, torch.optim.Adam) and resumed.outer.param_groups[0]["lr"] == TINY["outer_lr"]
+    mine, theirs = resumed.outer.state_dict()["state"][0], full.outer.state_dict()["state"][0]
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     with pytest.raises(Exception, match="different config"):
         meta_train(MetaTrainConfig(**{**TINY, "sigma": 0.2}), tmp_path, executor=InlineExecutor(), progress=False)
+
+
+def test_a_checkpoint_of_the_old_hand_written_outer_adam_is_refused_in_one_line(trained, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from metalearner.errors import ConfigError
+
+    out, _, full = trained
+    shutil.copy(out / "state.json", tmp_path / "state.json")
+    saved = json.loads((tmp_path / "state.json").read_text())
+    del saved["outer_param_groups"]
+    (tmp_path / "state.json").write_text(json.dumps(saved))
+    theta = full.theta.detach()
+    save_file({"theta": theta, "m": torch.zeros_like(theta), "v": torch.zeros_like(theta)}, str(tmp_path / "checkpoint.safetensors"))
+    with pytest.raises(ConfigError, match="older version"):
+        meta_train(MetaTrainConfig(**TINY), tmp_path, executor=InlineExecutor(), progress=False)
 
 
 def test_meta_loss_penalises_divergence():

@@ -157,16 +157,20 @@ def test_shipped_weights_load_without_pickle(monkeypatch):
 
 
 def test_the_guards_bound_the_motion_and_halve_on_a_spike():
-    from metalearner.lopt.policy import MAX_MOVE, guarded_lr_scale, guarded_momentum
+    from metalearner.lopt.policy import MAX_MOVE, META_SPIKE_GUARD, SPIKE_GUARD, guarded_lr_scale, guarded_momentum
 
     state = {"lr_scale": 1.0}
-    assert guarded_lr_scale(state, 20.0, 1.0) == pytest.approx(1.5)  # at most 1.5x up ...
-    assert guarded_lr_scale({"lr_scale": 1.0}, 0.01, 1.0) == pytest.approx(1 / 1.5)  # ... or down
-    assert guarded_lr_scale({"lr_scale": 1.0}, 1.2, 1.0) == pytest.approx(1.2)  # within the bound: as proposed
+    assert guarded_lr_scale(state, 20.0, 1.0, SPIKE_GUARD) == pytest.approx(1.5)  # at most 1.5x up ...
+    assert guarded_lr_scale({"lr_scale": 1.0}, 0.01, 1.0, SPIKE_GUARD) == pytest.approx(1 / 1.5)  # ... or down
+    assert guarded_lr_scale({"lr_scale": 1.0}, 1.2, 1.0, SPIKE_GUARD) == pytest.approx(1.2)  # within the bound: as proposed
     state = {"lr_scale": 2.0, "min_loss": 0.5}
-    assert guarded_lr_scale(state, 20.0, 2.0) == pytest.approx(1.0)  # 4x its best window: half, not up
+    assert guarded_lr_scale(state, 20.0, 2.0, META_SPIKE_GUARD) == pytest.approx(1.0)  # 4x its best window: half, not up
     assert state["spike_guards"] == 1 and state["min_loss"] == 0.5
-    assert guarded_lr_scale({"lr_scale": 0.06}, 0.05, 1.0) >= math.exp(-3) - 1e-12  # never below 1/20
+    for guard, fires in ((SPIKE_GUARD, True), (META_SPIKE_GUARD, False)):  # 2.5x its best window
+        state = {"lr_scale": 2.0, "min_loss": 0.4}
+        assert guarded_lr_scale(state, 2.0, 1.0, guard) == pytest.approx(1.0 if fires else 2.0)
+        assert state.get("spike_guards", 0) == int(fires)
+    assert guarded_lr_scale({"lr_scale": 0.06}, 0.05, 1.0, SPIKE_GUARD) >= math.exp(-3) - 1e-12  # never below 1/20
     assert guarded_momentum(0.9, 0.2) == pytest.approx(1 / (1 + math.exp(-(math.log(9) - 0.5))))
     assert guarded_momentum(0.9, 0.91) == pytest.approx(0.91)
     assert MAX_MOVE == pytest.approx(math.log(1.5))
@@ -198,22 +202,36 @@ def test_opt2vec_and_the_controller_move_their_lr_a_bounded_amount(kind):
 
 
 @pytest.mark.parametrize("kind", ["opt2vec", "controller"])
-def test_opt2vec_and_the_controller_halve_their_lr_on_a_loss_spike(kind):
+@pytest.mark.parametrize("factor, guard, fires", [(10.0, {}, True), (2.5, {}, True), (2.5, {"spike_guard": 3.0}, False)])
+def test_opt2vec_and_the_controller_halve_their_lr_on_a_loss_spike(kind, factor, guard, fires):
+    """A window ``factor`` times its best halves the scale under the default 2x guard; the
+    3x guard of meta-training lets a 2.5x window pass."""
     torch.manual_seed(0)
     model = nn.Linear(3, 2)
     w = default_weights(kind)
     w = w.with_flat(torch.zeros(w.n_params))  # untrained: the scale stays 1 until the spike
-    opt = (Opt2Vec(model.parameters(), 1e-3, weights=w, observe_every=2) if kind == "opt2vec"
-           else LRController(torch.optim.Adam(model.parameters(), lr=1e-3), weights=w, observe_every=2))  # fmt: skip
+    opt = (Opt2Vec(model.parameters(), 1e-3, weights=w, observe_every=2, **guard) if kind == "opt2vec"
+           else LRController(torch.optim.Adam(model.parameters(), lr=1e-3), weights=w, observe_every=2, **guard))  # fmt: skip
     x = torch.randn(8, 3)
     _steps(model, opt, x, 4)
-    for _ in range(2):  # a window whose loss is 10x its best
+    for _ in range(2):  # a window whose loss is `factor` times its best
         loss = model(x).pow(2).mean()
         opt.zero_grad()
         loss.backward()
-        opt.step(loss=loss.detach() * 10)
+        opt.step(loss=loss.detach() * factor)
     state = opt.state["opt2vec"] if kind == "opt2vec" else opt.ctrl_state
-    assert state["spike_guards"] == 1
-    assert state["lr_scale"] == pytest.approx(0.5)
+    assert state["spike_guards"] == int(fires)
+    assert state["lr_scale"] == pytest.approx(0.5 if fires else 1.0)
     _steps(model, opt, x, 1)  # the next step applies it, and the group records it for the probe
-    assert opt.param_groups[0]["effective_lr"] == pytest.approx(opt.param_groups[0]["lr"] * 0.5)
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(opt.param_groups[0]["lr"] * (0.5 if fires else 1.0))
+
+
+@pytest.mark.parametrize("guard", [1.0, 0.5, math.inf, math.nan])
+def test_a_spike_guard_that_is_not_a_factor_above_one_is_refused(guard):
+    from metalearner.errors import ConfigError
+
+    model = nn.Linear(3, 2)
+    with pytest.raises(ConfigError, match="spike_guard must be > 1"):
+        Opt2Vec(model.parameters(), spike_guard=guard)
+    with pytest.raises(ConfigError, match="spike_guard must be > 1"):
+        LRController(torch.optim.Adam(model.parameters()), spike_guard=guard)

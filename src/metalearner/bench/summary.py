@@ -165,6 +165,53 @@ def goals(suite: Suite, cells: dict[str, Any], scores: dict[str, dict[str, float
     return out
 
 
+def merge_rerun(previous: dict[str, Any], part: dict[str, Any], suite: Suite, methods: tuple[str, ...]) -> dict[str, Any]:
+    """``previous`` (a whole suite's results) with ``methods``' runs and tuning replaced by
+    ``part``'s, then summarised again: rerunning some methods of a long suite (re-shipped
+    weights) without rerunning the others. ``part`` must hold the reference method's runs too,
+    and they must equal ``previous``'s (the same curves, to the 6 digits a results file keeps,
+    hence the same targets): otherwise the two were not made by the same code and data, and
+    the merge is refused. The rerun methods keep ``part``'s step-time ratios, timed beside
+    the reference runs of the same session; ``reruns`` records what came from when."""
+    import copy
+
+    from metalearner.errors import MetalearnerError
+
+    ref = suite.reference_method
+    if ref in methods or not set(methods) <= set(suite.methods):
+        raise MetalearnerError(f"rerun methods must be methods of the suite other than the reference {ref!r}: {', '.join(methods)}")
+    if set(previous["cells"]) != {c.name for c in suite.cells} or set(part["cells"]) != set(previous["cells"]):
+        raise MetalearnerError("the earlier results and the rerun do not hold the same cells")
+
+    def same(a: Any, b: Any) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, float) and isinstance(b, float):
+            return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-12) or (math.isinf(a) and a == b)
+        return a == b
+
+    cells = copy.deepcopy(previous["cells"])
+    for name, cell in cells.items():
+        new = part["cells"][name]
+        differ = [(r, s["seed"]) for r in cell["rulesets"] for s, t in zip(cell["rulesets"][r][ref]["seeds"], new["rulesets"][r][ref]["seeds"])
+                  if not same(s["curve"], t["curve"])]  # fmt: skip
+        if differ or not same(cell["target"], new["target"]):
+            raise MetalearnerError(f"{name}: the rerun's {ref} runs differ from the earlier ones ({len(differ)} runs, target "
+                                   f"{new['target']} against {cell['target']}); rerun the whole suite")  # fmt: skip
+        for r in cell["rulesets"]:
+            for m in methods:
+                cell["rulesets"][r][m] = copy.deepcopy(new["rulesets"][r][m])
+        for m in methods:
+            cell["tuning"][m] = copy.deepcopy(new["tuning"][m])
+    out = summarise(suite, cells)
+    for name, cell in out["cells"].items():
+        for r in cell["rulesets"]:
+            for m in methods:
+                cell["rulesets"][r][m]["summary"]["step_time_vs_adam"] = part["cells"][name]["rulesets"][r][m]["summary"]["step_time_vs_adam"]
+    out["reruns"] = [*previous.get("reruns", []), {"methods": list(methods), "date": out["date"], "others_from": previous["date"]}]
+    return out
+
+
 _INF_KEYS = ("epochs_to_target", "single_run_epochs_to_target", "ci95", "median_epochs_on_held_out_mnist", "median_epochs_on_headline_cells")
 
 

@@ -1,7 +1,8 @@
-"""Learned optimizers: Opt2Vec, the LR controller, their meta-training, pretrained weights.
+"""Learned optimizers: Opt2Vec, the LR controller, their meta-training, pretrained weights
+(``learned_sf``'s optimizer is :class:`metalearner.lopt.learned.LearnedOptimizer`).
 
     from metalearner.lopt import Opt2Vec, LRController
-    opt = Opt2Vec(model.parameters(), base_lr=1e-3)          # shipped pretrained weights
+    opt = Opt2Vec(model.parameters(), lr=1e-3, budget=steps)  # shipped pretrained weights
     opt = LRController(torch.optim.Adam(model.parameters()))  # learned lr scaling of Adam
 """
 

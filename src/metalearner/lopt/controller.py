@@ -27,8 +27,9 @@ device. A window whose losses or observed physics are not finite halves ``backof
 counts its steps in ``skipped_steps``) instead of updating the policy; the wrapped
 optimizer's own update on such steps is its business, but the controller's state stays
 finite and the lower lr is visible to a probe. The learned scale moves at most 1.5x per
-observation and a window whose loss is 3x its best window's halves it
-(:func:`~metalearner.lopt.policy.guarded_lr_scale`, counted in ``spike_guards``).
+observation and a window whose loss is ``spike_guard`` times its best window's (2x;
+meta-training 3x) halves it (:func:`~metalearner.lopt.policy.guarded_lr_scale`, counted in
+``spike_guards``).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ import torch
 
 from metalearner.lopt.policy import (
     CONTROLLER_FEATURES,
+    SPIKE_GUARD,
     PolicyConfig,
     PolicyWeights,
     lr_scale_from,
+    check_spike_guard,
     close_window,
     guarded_lr_scale,
     new_stats,
@@ -76,9 +79,11 @@ class LRController(torch.optim.Optimizer):
         *,
         weights: PolicyWeights | str | os.PathLike | None = "default",
         observe_every: int | None = None,
+        spike_guard: float = SPIKE_GUARD,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"LRController wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.spike_guard = check_spike_guard(spike_guard)
         untrained = PolicyConfig(kind="controller", features=CONTROLLER_FEATURES, history_length=8, hidden_dim=16,
                                  embedding_dim=16, activation="tanh", observe_every=observe_every or 16)  # fmt: skip
         self.theta = resolve_weights(weights, "controller", untrained)
@@ -165,7 +170,7 @@ class LRController(torch.optim.Optimizer):
             elif count:
                 history = push_observation(s, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=0.0)
                 lr_scale, s["embedding"] = controller_step(self.theta, history)
-                s["lr_scale"] = guarded_lr_scale(s, lr_scale, mean_loss)  # bounded motion, spike guard
+                s["lr_scale"] = guarded_lr_scale(s, lr_scale, mean_loss, self.spike_guard)  # bounded motion, spike guard
         s["step"] += 1
 
     def _set_groups(self) -> None:

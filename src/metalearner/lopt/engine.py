@@ -185,6 +185,25 @@ def tree_load(template: Any, tensors: dict[str, torch.Tensor], prefix: str) -> A
     return replace(template, **{f.name: tree_load(getattr(template, f.name), tensors, f"{prefix}/{f.name}") for f in fields(template)})
 
 
+def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "outer") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+    """An optimizer's ``state_dict`` as safetensors-ready tensors (``PREFIX/PARAM_ID/NAME``)
+    and its JSON-able param groups: a checkpoint without pickle."""
+    sd = opt.state_dict()
+    tensors = {f"{prefix}/{pid}/{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict[str, Any]],
+                           prefix: str = "outer") -> None:  # fmt: skip
+    """The inverse of :func:`optimizer_tensors`."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith(f"{prefix}/"):
+            _, pid, name = k.split("/", 2)
+            state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
 # -- the run -----------------------------------------------------------------------------------
 
 
@@ -261,13 +280,11 @@ class Engine:
     def save(self, out_dir: Path) -> None:
         from safetensors.torch import save_file
 
-        outer = self.outer.state_dict()
-        tensors = {"theta": self.theta.detach().contiguous(), "norms": self.norms.contiguous()}
-        for pid, st in outer["state"].items():
-            tensors.update({f"outer/{pid}/{k}": v.contiguous() for k, v in st.items()})
+        outer, groups = optimizer_tensors(self.outer)
+        tensors = {"theta": self.theta.detach().contiguous(), "norms": self.norms.contiguous(), **outer}
         for i, s in enumerate(self.states):
             tensors.update(tree_tensors(s, f"estimator/{i}"))
-        meta = {"config": asdict(self.cfg), "outer_param_groups": outer["param_groups"], **asdict(self.record)}
+        meta = {"config": asdict(self.cfg), "outer_param_groups": groups, **asdict(self.record)}
         with atomic_path(out_dir / CHECKPOINT) as tmp:
             save_file(tensors, str(tmp), metadata={"state": json.dumps(meta)})
         write_json(out_dir / "engine.json", meta)
@@ -296,12 +313,7 @@ class Engine:
         with torch.no_grad():
             self.theta.copy_(tensors["theta"])
             self.norms = tensors["norms"].clone()
-        state = {}
-        for k, v in tensors.items():
-            if k.startswith("outer/"):
-                _, pid, name = k.split("/", 2)
-                state.setdefault(int(pid), {})[name] = v
-        self.outer.load_state_dict({"state": state, "param_groups": meta["outer_param_groups"]})
+        load_optimizer_tensors(self.outer, tensors, meta["outer_param_groups"])
         self.states = [tree_load(s, tensors, f"estimator/{i}") for i, s in enumerate(self.states)]
         self.record = EngineRecord(step=meta["step"], curve=meta["curve"], evaluation=meta["evaluation"])
         return True

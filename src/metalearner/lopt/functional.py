@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, ONLINE, SPIKE, PolicyConfig, PolicyWeights, policy_forward
+from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, META_SPIKE_GUARD, ONLINE, PolicyConfig, PolicyWeights, check_spike_guard, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
 KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
@@ -196,21 +196,19 @@ class LearnedKernel:
     as a batched functional kernel."""
 
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 spike_guard: float = math.exp(SPIKE), scales: str = "per_tensor", fan_in_power: float = 0.0):  # fmt: skip
+                 spike_guard: float = META_SPIKE_GUARD, scales: str = "per_tensor", fan_in_power: float = 0.0):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over one of {FEATURE_SETS}; use LearnedKernel.policy_config()")
         if base not in BASES:
             raise ConfigError(f"unknown base {base!r}; choose from {', '.join(BASES)}")
         if scales not in SCALES:
             raise ConfigError(f"unknown scales {scales!r}; choose from {', '.join(SCALES)}")
-        if not spike_guard > 1:
-            raise ConfigError(f"spike_guard must be > 1 (a window's loss over its best window's), got {spike_guard}")
         if not (math.isfinite(fan_in_power) and fan_in_power >= 0):
             raise ConfigError(f"fan_in_power must be a finite number >= 0, got {fan_in_power}")
         self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
         self.fan_in_power = float(fan_in_power)
         self._factors: dict[tuple, torch.Tensor] = {}  # (layout, dtype, device) -> its fan-in factors
-        self.spike = math.log(spike_guard)
+        self.spike = math.log(check_spike_guard(spike_guard))
         self._online = torch.tensor([f in ONLINE for f in config.features])
         self.reads_motion = "motion_cos" in config.features
         self.reads_fan_in = "log10_fan_in" in config.features

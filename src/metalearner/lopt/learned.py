@@ -46,11 +46,10 @@ import torch
 
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
-from metalearner.lopt.policy import PolicyWeights, resolve_weights
+from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, resolve_weights
 from metalearner.methods import check_lr
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
-SPIKE_GUARD = 2.0  # in a user's run a window whose loss is 2x its best halves the lrs (meta-training: 3x)
 
 
 class LearnedOptimizer(torch.optim.Optimizer):

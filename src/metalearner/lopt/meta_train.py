@@ -5,7 +5,7 @@ backprop) can replace :func:`es_update` without touching the rest:
 
 1. **init** — :func:`init_state`: the untrained policy (zero heads, i.e. exactly the base
    optimizer: Adam for Opt2Vec, the wrapped optimizer for the controller) and the outer
-   Adam moments. Starting from a strong, safe optimizer means every ES step only has to
+   ``torch.optim.Adam`` over θ. Starting from a strong, safe optimizer means every ES step only has to
    find an improvement on it.
 2. **unroll** — :func:`unroll`: train a freshly initialised model of a sampled task
    (:func:`sample_task`: data set, architecture, activation, width, batch size, base lr and
@@ -25,8 +25,8 @@ backprop) can replace :func:`es_update` without touching the rest:
    The 2N unrolls of a step run through an executor of :mod:`metalearner.parallel` (local processes, inline, Ray).
 
 Each outer step draws its tasks and noise from ``(seed, step)`` only, and the checkpoint
-(``checkpoint.safetensors``: θ and the Adam moments; ``state.json``: config, step, the
-meta-loss curve and the tasks seen) is written atomically after every step, so a killed
+(``checkpoint.safetensors``: θ and the outer Adam's ``state_dict`` tensors; ``state.json``:
+config, step, its param groups, the meta-loss curve and the tasks seen) is written atomically after every step, so a killed
 run resumes exactly where it stopped.
 """
 
@@ -38,7 +38,7 @@ import math
 import os
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,7 +47,8 @@ import torch
 
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
-from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, PolicyConfig, PolicyWeights
+from metalearner.lopt.engine import load_optimizer_tensors, optimizer_tensors
+from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, META_SPIKE_GUARD, PolicyConfig, PolicyWeights
 from metalearner.tasks.sampling import draw
 from metalearner.tasks.task import TaskFamily
 from metalearner.train.run import check_device, resolve_device
@@ -161,14 +162,16 @@ def _splits(dataset: str, data_seed: int, n_train: int):
 
 
 def _optimizer(kind: str, weights: PolicyWeights, params, spec: dict[str, Any], steps: int):
-    """The learned optimizer of an unroll, from the method registry."""
+    """The learned optimizer of an unroll, from the method registry (with meta-training's
+    looser loss-spike guard)."""
     from metalearner.methods import get_method
 
     if kind == "opt2vec":
         ext = "budget_fraction" in weights.config.features
-        return get_method("opt2vec").build(params, lr=spec["base_lr"], total_steps=steps, weights=weights, use_extended_features=ext)[0]
+        return get_method("opt2vec").build(params, lr=spec["base_lr"], total_steps=steps, weights=weights, use_extended_features=ext,
+                                           spike_guard=META_SPIKE_GUARD)[0]  # fmt: skip
     lr = spec["base_lr"] * (30.0 if spec["optimizer"] == "momentum" else 1.0)
-    return get_method(spec["optimizer"] + "+controller").build(params, lr=lr, weights=weights)[0]
+    return get_method(spec["optimizer"] + "+controller").build(params, lr=lr, weights=weights, spike_guard=META_SPIKE_GUARD)[0]
 
 
 def unroll(kind: str, weights: PolicyWeights, spec: dict[str, Any], steps: int, device: str = "cpu") -> tuple[list[float], float]:
@@ -221,9 +224,8 @@ def evaluate_member(item: tuple) -> float:
 
 @dataclass
 class MetaState:
-    theta: torch.Tensor  # flat meta-parameters
-    m: torch.Tensor  # outer Adam moments
-    v: torch.Tensor
+    theta: torch.nn.Parameter  # flat meta-parameters
+    outer: torch.optim.Adam  # over [theta]
     step: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
     tasks_seen: list[dict[str, Any]] = field(default_factory=list)
@@ -231,9 +233,9 @@ class MetaState:
 
 
 def init_state(cfg: MetaTrainConfig) -> MetaState:
-    """Protocol step 1: the untrained policy (= the base optimizer) and zero Adam moments."""
-    theta = PolicyWeights.init(cfg.policy(), seed=cfg.seed).flat()
-    return MetaState(theta=theta, m=torch.zeros_like(theta), v=torch.zeros_like(theta))
+    """Protocol step 1: the untrained policy (= the base optimizer) and a fresh outer Adam."""
+    theta = torch.nn.Parameter(PolicyWeights.init(cfg.policy(), seed=cfg.seed).flat())
+    return MetaState(theta=theta, outer=torch.optim.Adam([theta], lr=cfg.outer_lr))
 
 
 def _run_population(executor, items: list[tuple]) -> list[float]:
@@ -253,22 +255,20 @@ def es_update(cfg: MetaTrainConfig, state: MetaState, executor) -> dict[str, flo
     """Protocol steps 2-4 for one outer step of antithetic ES; updates ``state`` in place."""
     rng = np.random.default_rng([cfg.seed, state.step])
     specs = [sample_task(cfg, rng) for _ in range(cfg.pairs)]
-    noise = torch.randn(cfg.pairs, len(state.theta), generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
+    theta = state.theta.detach()
+    noise = torch.randn(cfg.pairs, len(theta), generator=torch.Generator().manual_seed(int(rng.integers(2**62))))
     policy = asdict(cfg.policy())
     items = []
     for i, spec in enumerate(specs):
         for sign in (1.0, -1.0):
-            flat = (state.theta + sign * cfg.sigma * noise[i]).numpy()
+            flat = (theta + sign * cfg.sigma * noise[i]).numpy()
             items.append((cfg.kind, policy, flat, spec, cfg.unroll_steps, cfg.val_weight, cfg.device))
     losses = torch.tensor(_run_population(executor, items)).view(cfg.pairs, 2)
     diff = losses[:, 0] - losses[:, 1]
     grad = (diff[:, None] * noise).sum(0) / (2 * cfg.sigma * cfg.pairs)
-    # outer Adam (β = 0.9, 0.999)
+    state.theta.grad = grad
+    state.outer.step()
     state.step += 1
-    state.m.mul_(0.9).add_(grad, alpha=0.1)
-    state.v.mul_(0.999).addcmul_(grad, grad, value=0.001)
-    m_hat, v_hat = state.m / (1 - 0.9**state.step), state.v / (1 - 0.999**state.step)
-    state.theta -= cfg.outer_lr * m_hat / (v_hat.sqrt() + 1e-8)
     record = {"step": state.step, "meta_loss": float(losses.mean()), "grad_norm": float(grad.norm())}
     state.curve.append(record)
     state.tasks_seen.extend(specs)
@@ -284,7 +284,7 @@ def evaluate_theta(cfg: MetaTrainConfig, theta: torch.Tensor, executor, specs: l
     """Meta-loss of θ (no noise) on fixed tasks: the yardstick for before/after."""
     specs = eval_specs(cfg) if specs is None else specs
     policy = asdict(cfg.policy())
-    items = [(cfg.kind, policy, theta.numpy(), s, cfg.unroll_steps, cfg.val_weight, cfg.device) for s in specs]
+    items = [(cfg.kind, policy, theta.detach().numpy(), s, cfg.unroll_steps, cfg.val_weight, cfg.device) for s in specs]
     return _run_population(executor, items)
 
 
@@ -294,11 +294,12 @@ def evaluate_theta(cfg: MetaTrainConfig, theta: torch.Tensor, executor, specs: l
 def save_checkpoint(out_dir: Path, cfg: MetaTrainConfig, state: MetaState, extra: dict[str, Any] | None = None) -> None:
     from safetensors.torch import save_file
 
+    outer, groups = optimizer_tensors(state.outer)
     with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
-        save_file({"theta": state.theta.contiguous(), "m": state.m.contiguous(), "v": state.v.contiguous()}, str(tmp))
+        save_file({"theta": state.theta.detach().contiguous(), **outer}, str(tmp))
     write_json(out_dir / "state.json", {
-        "config": asdict(cfg), "step": state.step, "curve": state.curve, "tasks_seen": state.tasks_seen,
-        "evaluation": state.evaluation, **(extra or {}),
+        "config": asdict(cfg), "step": state.step, "outer_param_groups": groups, "curve": state.curve,
+        "tasks_seen": state.tasks_seen, "evaluation": state.evaluation, **(extra or {}),
     })  # fmt: skip
 
 
@@ -316,8 +317,14 @@ def load_checkpoint(out_dir: Path, cfg: MetaTrainConfig) -> MetaState | None:
         t = load_file(str(ckpt))
     except Exception as e:
         raise MetalearnerError(f"{ckpt} is not a readable safetensors checkpoint: {e}") from None
-    return MetaState(theta=t["theta"], m=t["m"], v=t["v"], step=int(saved["step"]), curve=saved["curve"],
-                     tasks_seen=saved["tasks_seen"], evaluation=saved.get("evaluation", {}))  # fmt: skip
+    if "outer_param_groups" not in saved:
+        raise ConfigError(f"{out_dir} holds a run of an older version (its own outer Adam, not torch.optim.Adam); use a new --out")
+    state = init_state(cfg)
+    with torch.no_grad():
+        state.theta.copy_(t["theta"])
+    load_optimizer_tensors(state.outer, t, saved["outer_param_groups"])
+    return replace(state, step=int(saved["step"]), curve=saved["curve"], tasks_seen=saved["tasks_seen"],
+                   evaluation=saved.get("evaluation", {}))  # fmt: skip
 
 
 def summarise_tasks(tasks: list[dict[str, Any]]) -> dict[str, Any]:
@@ -377,7 +384,7 @@ def meta_train(
     ev["initial_mean"] = float(np.mean(ev["initial"]))
     ev["final_mean"] = float(np.mean(ev["final"]))
     save_checkpoint(out, cfg, state)
-    weights = PolicyWeights.init(cfg.policy()).with_flat(state.theta)
+    weights = PolicyWeights.init(cfg.policy()).with_flat(state.theta.detach())
     meta = {"meta_train_config": json.dumps(asdict(cfg)), "outer_steps_done": str(state.step)}
     weights.save(out / f"{cfg.kind}.safetensors", metadata=meta)
     return weights, state

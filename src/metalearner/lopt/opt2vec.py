@@ -26,8 +26,8 @@ window's losses or the observed step's physics are not finite, it rolls back to 
 snapshot (forgetting the extended set's memory), counts the window's steps in
 ``skipped_steps`` and halves ``backoff``, which then recovers by 5% a step. So no NaN/Inf
 stays in the weights or the state. Bounded motion: the learned lr scale moves at most 1.5x
-and the momentum at most 0.5 in logit per observation, and a finite loss spike (a window 3x
-its best window's loss) halves the scale (:func:`~metalearner.lopt.policy.guarded_lr_scale`,
+and the momentum at most 0.5 in logit per observation, and a finite loss spike (a window
+``spike_guard`` times its best window's loss: 2x, meta-training 3x) halves the scale (:func:`~metalearner.lopt.policy.guarded_lr_scale`,
 counted in ``spike_guards``).
 
 Example::
@@ -49,6 +49,7 @@ import torch
 
 from metalearner.kernels import adam_moments_
 from metalearner.lopt.policy import (
+    SPIKE_GUARD,
     BASE_FEATURES,
     EXTENDED_FEATURES,
     PolicyConfig,
@@ -56,6 +57,7 @@ from metalearner.lopt.policy import (
     lr_scale_from,
     momentum_from,
     close_window,
+    check_spike_guard,
     guarded_lr_scale,
     guarded_momentum,
     new_stats,
@@ -112,6 +114,8 @@ class Opt2Vec(torch.optim.Optimizer):
             curvature and budget fraction (needs weights trained with them).
         observe_every: steps between observations; ``None`` takes the weights' value.
         budget: total number of steps planned, for the ``budget_fraction`` feature.
+        spike_guard: a window whose mean loss is this many times its best window's halves
+            the lr scale (2; meta-training runs with 3).
         weights: ``"default"`` (shipped pretrained), a safetensors path, a
             :class:`PolicyWeights`, or ``None`` for the untrained policy (= Adam).
     """
@@ -133,6 +137,7 @@ class Opt2Vec(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         weights: PolicyWeights | str | os.PathLike | None = "default",
+        spike_guard: float = SPIKE_GUARD,
     ) -> None:
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -144,6 +149,7 @@ class Opt2Vec(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if budget is not None and budget < 1:
             raise ValueError(f"Invalid budget: {budget}")
+        check_spike_guard(spike_guard)
         features = (*BASE_FEATURES, *EXTENDED_FEATURES) if use_extended_features else BASE_FEATURES
         untrained = PolicyConfig(
             kind="opt2vec",
@@ -162,6 +168,7 @@ class Opt2Vec(torch.optim.Optimizer):
         self.theta = theta
         self.observe_every = int(observe_every or cfg.observe_every)
         self.budget = budget
+        self.spike_guard = float(spike_guard)
         defaults = dict(lr=lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         named = [(f"group{i}.{j}", p) for i, g in enumerate(self.param_groups) for j, p in enumerate(g["params"])]
@@ -344,5 +351,5 @@ class Opt2Vec(torch.optim.Optimizer):
         fraction = min(1.0, g["step"] / self.budget) if self.budget else 0.0
         history = push_observation(g, self.theta.config, mean_loss=mean_loss, physics=phys, budget_fraction=fraction)
         lr_scale, momentum, g["embedding"] = policy_step(self.theta, history)
-        g["lr_scale"] = guarded_lr_scale(g, lr_scale, mean_loss)  # bounded motion, spike guard
+        g["lr_scale"] = guarded_lr_scale(g, lr_scale, mean_loss, self.spike_guard)  # bounded motion, spike guard
         g["momentum"] = guarded_momentum(g["momentum"], momentum)

@@ -280,21 +280,29 @@ def lr_scale_from(z: torch.Tensor | float) -> float:
 
 # The safety rules every learned lr obeys (the batched kernel applies them in tensor form).
 MAX_MOVE = math.log(1.5)  # the lr scale moves at most this much (log) per observation
-SPIKE = math.log(3.0)  # a window whose mean loss is 3x its best window's halves the scale instead
+META_SPIKE_GUARD = 3.0  # in meta-training a window whose mean loss is 3x its best window's halves the scale instead
+SPIKE_GUARD = 2.0  # in a user's run, 2x: at ten times the default lr, 3x let validation accuracy sink 10-13 points below its best
 MAX_MOMENTUM_MOVE = 0.5  # a learned momentum's logit moves at most this much per observation
 
 
-def guarded_lr_scale(state: dict[str, Any], proposed: float, mean_loss: float) -> float:
+def check_spike_guard(spike_guard: float) -> float:
+    """``spike_guard`` as a float, or a one-line error unless it is a finite factor above 1."""
+    if not (math.isfinite(spike_guard) and spike_guard > 1):
+        raise ConfigError(f"spike_guard must be > 1 (a window's loss over its best window's), got {spike_guard}")
+    return float(spike_guard)
+
+
+def guarded_lr_scale(state: dict[str, Any], proposed: float, mean_loss: float, spike_guard: float) -> float:
     """The scale to apply after an observation: ``proposed`` reached at most a factor 1.5 per
-    observation from ``state["lr_scale"]``; if the window's loss is a spike (3x the best
-    window's, tracked in ``state["min_loss"]``), half the smaller of the two instead, counted in
-    ``state["spike_guards"]``. Within ``[1/20, 20]``."""
+    observation from ``state["lr_scale"]``; if the window's loss is a spike (``spike_guard``
+    times the best window's, tracked in ``state["min_loss"]``), half the smaller of the two
+    instead, counted in ``state["spike_guards"]``. Within ``[1/20, 20]``."""
     old, best = state["lr_scale"], state.get("min_loss", math.inf)
     floor = math.exp(-MAX_LOG_SCALE)
     moved = old * math.exp(max(-MAX_MOVE, min(MAX_MOVE, math.log(proposed) - math.log(old))))
     if mean_loss > 0:
         state["min_loss"] = min(best, mean_loss)
-        if math.isfinite(best) and best > 0 and math.log(mean_loss) - math.log(best) > SPIKE:
+        if math.isfinite(best) and best > 0 and math.log(mean_loss) - math.log(best) > math.log(spike_guard):
             state["spike_guards"] = state.get("spike_guards", 0) + 1
             return max(floor, min(moved, old) / 2)
     return max(floor, moved)
