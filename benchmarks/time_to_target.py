@@ -22,6 +22,7 @@ from which run): for re-shipped weights, without the hours of the other methods'
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -44,18 +45,27 @@ def main() -> None:
 
     from metalearner.bench import get_suite, run_suite
     from metalearner.bench.protocol import select
-    from metalearner.bench.summary import load_results, merge_rerun
+    from metalearner.bench.summary import check_rerun, load_results, merge_rerun
+    from metalearner.errors import MetalearnerError
     from metalearner.report.bench import write_report
     from metalearner.parallel import make_executor
 
     suite = get_suite(args.suite or ("smoke" if args.quick else "full"))
     args.quick = suite.name not in ("full", "headline")
     name = "time_to_target" if suite.name == "full" else f"time_to_target_{suite.name}"
-    rerun = tuple(m.strip() for m in args.rerun.split(",")) if args.rerun else ()
-    if rerun and args.quick:
-        sys.exit("--rerun merges into a committed full or headline suite's results; pick --suite full or headline")
-    previous = load_results(RESULTS / f"{name}.json") if rerun else None
-    whole, suite = suite, select(suite, methods=(suite.reference_method, *rerun)) if rerun else suite
+    rerun = tuple(m.strip() for m in args.rerun.split(",")) if args.rerun is not None else ()
+    whole, previous, note = suite, None, None
+    if args.rerun is not None:
+        if args.quick:
+            sys.exit("--rerun merges into a committed full or headline suite's results; pick --suite full or headline")
+        try:
+            previous = load_results(RESULTS / f"{name}.json")
+            check_rerun(previous, suite, rerun)  # before hours of runs, not after
+        except MetalearnerError as e:
+            sys.exit(f"--rerun: {e}")
+        record = json.loads((RESULTS / f"{name}.json").read_text())
+        note = {"previous_command": record.get("command"), "previous_machine": record.get("machine")}
+        suite = select(suite, methods=(suite.reference_method, *rerun))
     if args.out:
         out = Path(args.out)
     elif suite.name == "smoke":  # a fresh run every time, so that --quick really runs the protocol
@@ -65,8 +75,11 @@ def main() -> None:
     t0 = time.perf_counter()
     with make_executor("local", args.workers) as ex:
         results = run_suite(suite, out, ex, data_dir=args.data_dir, progress=True)
-    if rerun:
-        results = merge_rerun(previous, results, whole, rerun)
+    if previous is not None:
+        try:
+            results = merge_rerun(previous, results, whole, rerun, note)
+        except MetalearnerError as e:
+            sys.exit(f"--rerun: {e} (the rerun's own results are in {out})")
     summary = {
         "suite": suite.name,
         "cells": {c: {"target": v["target"], "self_tuning": {m: e["summary"]["epochs_to_target"] for m, e in v["rulesets"]["self_tuning"].items()}}

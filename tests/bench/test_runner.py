@@ -263,38 +263,62 @@ def test_exposure_of_weights_run_instead_of_the_shipped_ones(tmp_path):
 
 def test_a_rerun_of_some_methods_replaces_their_runs_and_keeps_the_others(finished, tmp_path):
     """``merge_rerun``: the rerun method's runs and tuning come from the part (here the
-    controller with untrained weights), every other method's from the earlier results, the
-    summaries and profiles are recomputed, and ``reruns`` says what came from when; a part
-    whose reference runs differ is refused."""
+    controller with untrained weights), every other method's from the earlier results, read
+    back from a file as a results file keeps them (6 digits); the summaries and profiles are
+    recomputed from the merged runs, the step-time ratios stay those of each run's own session,
+    and ``reruns`` says what came from when. Refused: a part whose reference runs differ, the
+    reference method itself, another protocol, a kept method whose defaults changed."""
     import copy
 
-    from metalearner.bench.summary import merge_rerun
-    from metalearner.lopt.policy import PolicyWeights, default_weights
+    from metalearner.bench.metrics import profile_score
+    from metalearner.bench.summary import check_rerun, merge_rerun
+    from metalearner.lopt.policy import default_weights
 
     _, results, _ = finished
+
+    def six(obj):  # what benchmarks/time_to_target.py writes
+        if isinstance(obj, float):
+            return float(f"{obj:.6g}")
+        if isinstance(obj, dict):
+            return {k: six(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [six(v) for v in obj]
+        return obj
+
+    (tmp_path / "previous.json").write_text(json.dumps({"results": six(results)}).replace("Infinity", "null"))
+    previous = load_results(tmp_path / "previous.json")
     w = default_weights("controller")
     path = tmp_path / "controller.safetensors"
     w.with_flat(w.flat() * 0).save(path)  # untrained: Adam's runs, other epochs to target
-    part_suite = select(TINY, methods="adam,adam+controller")
-    part = run_suite(part_suite, tmp_path / "part", InlineExecutor(), progress=False, weights={"adam+controller": str(path)})
-    merged = merge_rerun(results, part, TINY, ("adam+controller",))
+    part = run_suite(select(TINY, methods="adam,adam+controller"), tmp_path / "part", InlineExecutor(), progress=False,
+                     weights={"adam+controller": str(path)})  # fmt: skip
+    merged = merge_rerun(previous, part, TINY, ("adam+controller",), {"previous_command": "x"})
     for c, cell in merged["cells"].items():
         for r in ("self_tuning", "tuned"):
             seeds = lambda res, m: [(s["epochs_to_target"], s["curve"]) for s in res["cells"][c]["rulesets"][r][m]["seeds"]]  # noqa: E731
             assert seeds(merged, "adam+controller") == seeds(part, "adam+controller")
-            assert seeds(merged, "adamw_cosine") == seeds(results, "adamw_cosine")
-            assert seeds(merged, "adam") == seeds(results, "adam") == seeds(part, "adam")
-            assert cell["rulesets"][r]["adam+controller"]["summary"]["step_time_vs_adam"] == \
-                part["cells"][c]["rulesets"][r]["adam+controller"]["summary"]["step_time_vs_adam"]
+            assert seeds(merged, "adamw_cosine") == seeds(previous, "adamw_cosine")
+            for m, source in (("adam+controller", part), ("adam", previous), ("adamw_cosine", previous)):
+                assert cell["rulesets"][r][m]["summary"]["step_time_vs_adam"] == source["cells"][c]["rulesets"][r][m]["summary"]["step_time_vs_adam"]
         assert cell["tuning"]["adam+controller"] == part["cells"][c]["tuning"]["adam+controller"]
-    assert set(merged["profile_scores"]["self_tuning"]) == set(TINY.methods)
-    assert merged["reruns"] == [{"methods": ["adam+controller"], "date": merged["date"], "others_from": results["date"]}]
-    assert any(seeds_differ for seeds_differ in (
-        merged["cells"][c]["rulesets"]["self_tuning"]["adam+controller"]["seeds"] != results["cells"][c]["rulesets"]["self_tuning"]["adam+controller"]["seeds"]
-        for c in merged["cells"]))  # fmt: skip
+    for r in ("self_tuning", "tuned"):
+        times = {m: {c: cell["rulesets"][r][m]["summary"]["epochs_to_target"] for c, cell in merged["cells"].items()} for m in TINY.methods}
+        assert merged["profile_scores"][r] == profile_score(times)
+    assert merged["profile_scores"] != results["profile_scores"]  # the controller's new runs count
+    assert merged["reruns"] == [{"methods": ["adam+controller"], "date": merged["date"], "others_from": results["date"], "previous_command": "x"}]
+    again = merge_rerun(merged, part, TINY, ("adam+controller",))
+    assert again["reruns"][-1]["others_from"] == results["date"] and len(again["reruns"]) == 2  # the kept runs' date carries over
     bad = copy.deepcopy(part)
     bad["cells"]["moons/mlp-1x16-relu"]["rulesets"]["tuned"]["adam"]["seeds"][1]["curve"][0][1] += 0.01
     with pytest.raises(MetalearnerError, match="moons/mlp-1x16-relu: the rerun's adam runs differ"):
-        merge_rerun(results, bad, TINY, ("adam+controller",))
+        merge_rerun(previous, bad, TINY, ("adam+controller",))
     with pytest.raises(MetalearnerError, match="other than the reference"):
-        merge_rerun(results, part, TINY, ("adam",))
+        check_rerun(previous, TINY, ("adam",))
+    with pytest.raises(MetalearnerError, match="other than the reference"):
+        check_rerun(previous, TINY, ("adam+controller", ""))  # a trailing comma
+    with pytest.raises(MetalearnerError, match="another tiny protocol"):
+        check_rerun(previous, dataclasses.replace(TINY, seeds=3), ("adam+controller",))
+    changed = copy.deepcopy(previous)
+    changed["methods"]["adamw_cosine"]["default_lr"] *= 2
+    with pytest.raises(MetalearnerError, match="defaults or tuning grid of adamw_cosine changed"):
+        check_rerun(changed, TINY, ("adam+controller",))

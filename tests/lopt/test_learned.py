@@ -374,9 +374,12 @@ SAFETY_TASKS = {
 
 
 # Each shipped learned optimizer at its default lr and at ten times it. At ten times on digits
-# the policies keep the lr high: under meta-training's 3x spike guard validation accuracy sank
-# 9-13 points below its best (learned_sf; Opt2Vec and the controller 10.4 and 10.8, Adam at most
-# 4.6, Schedule-Free AdamW 2); a user's optimizers guard at 2x (SPIKE_GUARD), which catches it.
+# learned_sf's policy keeps the lr high: under meta-training's 3x spike guard validation
+# accuracy sank 9-13 points below its best (Schedule-Free AdamW at the same lr: 2), under a
+# user's 2x (SPIKE_GUARD) 5-7. Opt2Vec and the controller sink 6.3-7.9 and 8.3-9.2 points there
+# (Adam 3.3-4.6) with either guard: their shipped weights pass whichever they run with, so the
+# guard itself is checked by tests/lopt/test_safety.py, not here. (The weights before them sank
+# 10.4 and 10.8 under 3x.)
 SAFETY_CASES = [("learned_sf", name, lr) for name in SAFETY_TASKS for lr in (2.5e-3, 2.5e-2)] + [
     (method, name, lr) for method in ("opt2vec", "adam+controller") for name in SAFETY_TASKS for lr in (1e-3, 1e-2)
 ]

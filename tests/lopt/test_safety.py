@@ -226,7 +226,7 @@ def test_opt2vec_and_the_controller_halve_their_lr_on_a_loss_spike(kind, factor,
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(opt.param_groups[0]["lr"] * (0.5 if fires else 1.0))
 
 
-@pytest.mark.parametrize("guard", [1.0, 0.5, math.inf, math.nan])
+@pytest.mark.parametrize("guard", [1.0, 0.5, math.nan, "two", None])
 def test_a_spike_guard_that_is_not_a_factor_above_one_is_refused(guard):
     from metalearner.errors import ConfigError
 
@@ -235,3 +235,5 @@ def test_a_spike_guard_that_is_not_a_factor_above_one_is_refused(guard):
         Opt2Vec(model.parameters(), spike_guard=guard)
     with pytest.raises(ConfigError, match="spike_guard must be > 1"):
         LRController(torch.optim.Adam(model.parameters()), spike_guard=guard)
+    assert Opt2Vec(model.parameters(), spike_guard="3").spike_guard == 3.0  # a spec's string is read as a number
+    assert LRController(torch.optim.Adam(model.parameters()), spike_guard=math.inf).spike_guard == math.inf  # the guard off

@@ -93,8 +93,7 @@ def summarise(suite: Suite, cells: dict[str, Any], weights: dict[str, str] | Non
     return {
         "protocol": suite.to_dict(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "methods": {m: {"label": get_method(m).label, "default_lr": get_method(m).default_lr, "grid": get_method(m).tuning_lrs(),
-                        "budget_aware": get_method(m).budget_aware, "ours": get_method(m).ours} for m in suite.methods},
+        "methods": summarise_methods(suite.methods),
         "meta_training": exposure,
         "cells": cells,
         "profiles": profiles,
@@ -165,39 +164,69 @@ def goals(suite: Suite, cells: dict[str, Any], scores: dict[str, dict[str, float
     return out
 
 
-def merge_rerun(previous: dict[str, Any], part: dict[str, Any], suite: Suite, methods: tuple[str, ...]) -> dict[str, Any]:
+def _same(a: Any, b: Any) -> bool:
+    """Equal up to the 6 significant digits a results file keeps (``inf`` only to ``inf``)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return a == b or math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-12)
+    return a == b
+
+
+def check_rerun(previous: dict[str, Any], suite: Suite, methods: tuple[str, ...]) -> None:
+    """Refuse (one-line :class:`MetalearnerError`) a rerun of ``methods`` that could not be
+    merged into ``previous``, before anything runs: the reference method, a method the suite
+    lacks, another protocol (cells, seeds, budgets, ...) or a kept method whose defaults or
+    grid have changed since."""
+    from metalearner.errors import MetalearnerError
+
+    ref = suite.reference_method
+    if not methods or ref in methods or not set(methods) <= set(suite.methods):
+        raise MetalearnerError(f"rerun methods must be methods of the suite other than the reference {ref!r}, got {', '.join(methods) or 'none'}")
+    if not _same(previous.get("protocol"), json.loads(json.dumps(suite.to_dict()))):
+        raise MetalearnerError(f"the committed results were made by another {suite.name} protocol (cells, seeds, budgets, ...); rerun the whole suite")
+    now = summarise_methods(suite.methods)
+    changed = [m for m in suite.methods if m not in methods and not _same(previous["methods"].get(m), now[m])]
+    if changed:
+        raise MetalearnerError(f"the defaults or tuning grid of {', '.join(changed)} changed since the committed results; rerun them too")
+
+
+def summarise_methods(methods: tuple[str, ...]) -> dict[str, Any]:
+    """What a results file records of each method: label, default lr, grid, budget-aware, ours."""
+    return {m: {"label": get_method(m).label, "default_lr": get_method(m).default_lr, "grid": get_method(m).tuning_lrs(),
+                "budget_aware": get_method(m).budget_aware, "ours": get_method(m).ours} for m in methods}  # fmt: skip
+
+
+def merge_rerun(previous: dict[str, Any], part: dict[str, Any], suite: Suite, methods: tuple[str, ...],
+                note: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """``previous`` (a whole suite's results) with ``methods``' runs and tuning replaced by
     ``part``'s, then summarised again: rerunning some methods of a long suite (re-shipped
-    weights) without rerunning the others. ``part`` must hold the reference method's runs too,
-    and they must equal ``previous``'s (the same curves, to the 6 digits a results file keeps,
-    hence the same targets): otherwise the two were not made by the same code and data, and
-    the merge is refused. The rerun methods keep ``part``'s step-time ratios, timed beside
-    the reference runs of the same session; ``reruns`` records what came from when."""
+    weights) without rerunning the others (:func:`check_rerun` first). ``part`` must hold the
+    reference method's runs too, and they must equal ``previous``'s (the same curves, to the 6
+    digits a results file keeps, hence the same targets): otherwise the two were not made by
+    the same code and data, and the merge is refused. Step-time ratios stay those timed beside
+    the reference runs of the same session: the rerun methods' from ``part``, the others' from
+    ``previous``. ``reruns`` lists each merge: its methods, its date, the date of the runs it
+    kept, and ``note`` (e.g. the earlier command and machine)."""
     import copy
 
     from metalearner.errors import MetalearnerError
 
+    check_rerun(previous, suite, methods)
     ref = suite.reference_method
-    if ref in methods or not set(methods) <= set(suite.methods):
-        raise MetalearnerError(f"rerun methods must be methods of the suite other than the reference {ref!r}: {', '.join(methods)}")
-    if set(previous["cells"]) != {c.name for c in suite.cells} or set(part["cells"]) != set(previous["cells"]):
+    if set(part["cells"]) != set(previous["cells"]):
         raise MetalearnerError("the earlier results and the rerun do not hold the same cells")
-
-    def same(a: Any, b: Any) -> bool:
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        if isinstance(a, float) and isinstance(b, float):
-            return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-12) or (math.isinf(a) and a == b)
-        return a == b
-
     cells = copy.deepcopy(previous["cells"])
     for name, cell in cells.items():
         new = part["cells"][name]
-        differ = [(r, s["seed"]) for r in cell["rulesets"] for s, t in zip(cell["rulesets"][r][ref]["seeds"], new["rulesets"][r][ref]["seeds"])
-                  if not same(s["curve"], t["curve"])]  # fmt: skip
-        if differ or not same(cell["target"], new["target"]):
-            raise MetalearnerError(f"{name}: the rerun's {ref} runs differ from the earlier ones ({len(differ)} runs, target "
-                                   f"{new['target']} against {cell['target']}); rerun the whole suite")  # fmt: skip
+        old_runs = [s["curve"] for r in cell["rulesets"] for s in cell["rulesets"][r][ref]["seeds"]]
+        new_runs = [s["curve"] for r in cell["rulesets"] for s in new["rulesets"][r][ref]["seeds"]]
+        differ = len(old_runs) != len(new_runs) or sum(not _same(a, b) for a, b in zip(old_runs, new_runs))
+        if differ or not _same(cell["target"], new["target"]):
+            raise MetalearnerError(f"{name}: the rerun's {ref} runs differ from the earlier ones (target {new['target']} against "
+                                   f"{cell['target']}); rerun the whole suite")  # fmt: skip
         for r in cell["rulesets"]:
             for m in methods:
                 cell["rulesets"][r][m] = copy.deepcopy(new["rulesets"][r][m])
@@ -206,9 +235,12 @@ def merge_rerun(previous: dict[str, Any], part: dict[str, Any], suite: Suite, me
     out = summarise(suite, cells)
     for name, cell in out["cells"].items():
         for r in cell["rulesets"]:
-            for m in methods:
-                cell["rulesets"][r][m]["summary"]["step_time_vs_adam"] = part["cells"][name]["rulesets"][r][m]["summary"]["step_time_vs_adam"]
-    out["reruns"] = [*previous.get("reruns", []), {"methods": list(methods), "date": out["date"], "others_from": previous["date"]}]
+            for m in suite.methods:
+                source = part if m in methods else previous
+                cell["rulesets"][r][m]["summary"]["step_time_vs_adam"] = source["cells"][name]["rulesets"][r][m]["summary"]["step_time_vs_adam"]
+    earlier = previous.get("reruns", [])
+    kept_from = earlier[0]["others_from"] if earlier else previous["date"]
+    out["reruns"] = [*earlier, {"methods": list(methods), "date": out["date"], "others_from": kept_from, **(note or {})}]
     return out
 
 

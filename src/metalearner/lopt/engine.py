@@ -186,10 +186,16 @@ def tree_load(template: Any, tensors: dict[str, torch.Tensor], prefix: str) -> A
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer, prefix: str = "outer") -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    """An optimizer's ``state_dict`` as safetensors-ready tensors (``PREFIX/PARAM_ID/NAME``)
+    """The ``state_dict`` of an optimizer whose per-parameter state is all tensors (Adam's:
+    ``step``, ``exp_avg``, ``exp_avg_sq``) as safetensors-ready tensors (``PREFIX/PARAM_ID/NAME``)
     and its JSON-able param groups: a checkpoint without pickle."""
     sd = opt.state_dict()
-    tensors = {f"{prefix}/{pid}/{k}": v.contiguous() for pid, st in sd["state"].items() for k, v in st.items()}
+    tensors = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if not isinstance(v, torch.Tensor):
+                raise TypeError(f"optimizer_tensors takes tensor-valued state; {type(opt).__name__} has {k}={v!r}")
+            tensors[f"{prefix}/{pid}/{k}"] = v.contiguous()
     return tensors, sd["param_groups"]
 
 
@@ -199,7 +205,7 @@ def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.
     state: dict[int, dict[str, torch.Tensor]] = {}
     for k, v in tensors.items():
         if k.startswith(f"{prefix}/"):
-            _, pid, name = k.split("/", 2)
+            pid, name = k[len(prefix) + 1 :].split("/", 1)
             state.setdefault(int(pid), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": param_groups})
 

@@ -25,9 +25,10 @@ backprop) can replace :func:`es_update` without touching the rest:
    The 2N unrolls of a step run through an executor of :mod:`metalearner.parallel` (local processes, inline, Ray).
 
 Each outer step draws its tasks and noise from ``(seed, step)`` only, and the checkpoint
-(``checkpoint.safetensors``: θ and the outer Adam's ``state_dict`` tensors; ``state.json``:
-config, step, its param groups, the meta-loss curve and the tasks seen) is written atomically after every step, so a killed
-run resumes exactly where it stopped.
+(``checkpoint.safetensors``: θ and the outer Adam's ``state_dict`` tensors, with the config,
+step, its param groups, the meta-loss curve and the tasks seen in its metadata; ``state.json``
+a readable copy) is written atomically after every step, so a killed run resumes exactly where
+it stopped.
 """
 
 from __future__ import annotations
@@ -291,34 +292,38 @@ def evaluate_theta(cfg: MetaTrainConfig, theta: torch.Tensor, executor, specs: l
 # -- checkpoints ------------------------------------------------------------------------------
 
 
-def save_checkpoint(out_dir: Path, cfg: MetaTrainConfig, state: MetaState, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(out_dir: Path, cfg: MetaTrainConfig, state: MetaState) -> None:
+    """θ, the outer Adam's state and the record in one atomic safetensors file (the record in
+    its metadata, so that a kill can never leave them from different steps); ``state.json`` is
+    a readable copy of the record."""
     from safetensors.torch import save_file
 
     outer, groups = optimizer_tensors(state.outer)
+    record = {"config": asdict(cfg), "step": state.step, "outer_param_groups": groups, "curve": state.curve,
+              "tasks_seen": state.tasks_seen, "evaluation": state.evaluation}  # fmt: skip
     with atomic_path(out_dir / "checkpoint.safetensors") as tmp:
-        save_file({"theta": state.theta.detach().contiguous(), **outer}, str(tmp))
-    write_json(out_dir / "state.json", {
-        "config": asdict(cfg), "step": state.step, "outer_param_groups": groups, "curve": state.curve,
-        "tasks_seen": state.tasks_seen, "evaluation": state.evaluation, **(extra or {}),
-    })  # fmt: skip
+        save_file({"theta": state.theta.detach().contiguous(), **outer}, str(tmp), metadata={"state": json.dumps(record)})
+    write_json(out_dir / "state.json", record)
 
 
 def load_checkpoint(out_dir: Path, cfg: MetaTrainConfig) -> MetaState | None:
-    state_path, ckpt = out_dir / "state.json", out_dir / "checkpoint.safetensors"
-    if not (state_path.is_file() and ckpt.is_file()):
+    ckpt = out_dir / "checkpoint.safetensors"
+    if not ckpt.is_file():
         return None
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    saved = json.loads(state_path.read_text())
+    try:
+        with safe_open(str(ckpt), framework="pt") as f:
+            meta = f.metadata() or {}
+            t = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise MetalearnerError(f"{ckpt} is not a readable safetensors checkpoint: {e}") from None
+    if "state" not in meta:
+        raise ConfigError(f"{out_dir} holds a run of an older version (its own outer Adam, not torch.optim.Adam); use a new --out")
+    saved = json.loads(meta["state"])
     # a run may be extended (more outer steps); anything else must match
     if {**saved["config"], "outer_steps": 0} != {**json.loads(json.dumps(asdict(cfg))), "outer_steps": 0}:
         raise ConfigError(f"{out_dir} holds a run with a different config; use a new --out or the same config")
-    try:
-        t = load_file(str(ckpt))
-    except Exception as e:
-        raise MetalearnerError(f"{ckpt} is not a readable safetensors checkpoint: {e}") from None
-    if "outer_param_groups" not in saved:
-        raise ConfigError(f"{out_dir} holds a run of an older version (its own outer Adam, not torch.optim.Adam); use a new --out")
     state = init_state(cfg)
     with torch.no_grad():
         state.theta.copy_(t["theta"])

@@ -115,7 +115,8 @@ class Opt2Vec(torch.optim.Optimizer):
         observe_every: steps between observations; ``None`` takes the weights' value.
         budget: total number of steps planned, for the ``budget_fraction`` feature.
         spike_guard: a window whose mean loss is this many times its best window's halves
-            the lr scale (2; meta-training runs with 3).
+            the lr scale (2; meta-training runs with 3; ``math.inf`` turns the guard off).
+            A construction argument, like ``observe_every``: ``state_dict`` does not carry it.
         weights: ``"default"`` (shipped pretrained), a safetensors path, a
             :class:`PolicyWeights`, or ``None`` for the untrained policy (= Adam).
     """
@@ -149,7 +150,7 @@ class Opt2Vec(torch.optim.Optimizer):
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         if budget is not None and budget < 1:
             raise ValueError(f"Invalid budget: {budget}")
-        check_spike_guard(spike_guard)
+        spike_guard = check_spike_guard(spike_guard)
         features = (*BASE_FEATURES, *EXTENDED_FEATURES) if use_extended_features else BASE_FEATURES
         untrained = PolicyConfig(
             kind="opt2vec",
@@ -168,7 +169,7 @@ class Opt2Vec(torch.optim.Optimizer):
         self.theta = theta
         self.observe_every = int(observe_every or cfg.observe_every)
         self.budget = budget
-        self.spike_guard = float(spike_guard)
+        self.spike_guard = spike_guard  # a construction argument, like observe_every: not in state_dict
         defaults = dict(lr=lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         named = [(f"group{i}.{j}", p) for i, g in enumerate(self.param_groups) for j, p in enumerate(g["params"])]

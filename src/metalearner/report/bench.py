@@ -284,6 +284,9 @@ def blocks(results: dict[str, Any], figures: dict[str, Path]) -> list[tuple[str,
                      f"around each method's default on seed {p['tuning_seed']}, never a scoring seed. Protocol: docs/benchmark.md."))  # fmt: skip
     for note in p.get("notes", []):
         out.append(("p", f"Note: {note}."))
+    for r in results.get("reruns", []):
+        out.append(("p", f"Rerun on {r['date']}: {', '.join(_label(results, m) for m in r['methods'])} (with the reference method, "
+                         f"whose runs were unchanged), merged into the runs of {r['others_from']} for the other methods."))  # fmt: skip
     out.append(("h2", "Verdict"))
     out.append(("ul", verdict(results)))
     out.append(("h2", "Headline: median epochs to target, self-tuning"))
