@@ -223,7 +223,7 @@ def merge_rerun(previous: dict[str, Any], part: dict[str, Any], suite: Suite, me
         new = part["cells"][name]
         old_runs = [s["curve"] for r in cell["rulesets"] for s in cell["rulesets"][r][ref]["seeds"]]
         new_runs = [s["curve"] for r in cell["rulesets"] for s in new["rulesets"][r][ref]["seeds"]]
-        differ = len(old_runs) != len(new_runs) or sum(not _same(a, b) for a, b in zip(old_runs, new_runs))
+        differ = len(old_runs) != len(new_runs) or any(not _same(a, b) for a, b in zip(old_runs, new_runs))
         if differ or not _same(cell["target"], new["target"]):
             raise MetalearnerError(f"{name}: the rerun's {ref} runs differ from the earlier ones (target {new['target']} against "
                                    f"{cell['target']}); rerun the whole suite")  # fmt: skip

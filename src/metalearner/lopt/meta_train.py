@@ -48,7 +48,6 @@ import torch
 
 from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
-from metalearner.lopt.engine import load_optimizer_tensors, optimizer_tensors
 from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, META_SPIKE_GUARD, PolicyConfig, PolicyWeights
 from metalearner.tasks.sampling import draw
 from metalearner.tasks.task import TaskFamily
@@ -298,6 +297,8 @@ def save_checkpoint(out_dir: Path, cfg: MetaTrainConfig, state: MetaState) -> No
     a readable copy of the record."""
     from safetensors.torch import save_file
 
+    from metalearner.lopt.engine import optimizer_tensors  # here: importing the package need not load the batched engine
+
     outer, groups = optimizer_tensors(state.outer)
     record = {"config": asdict(cfg), "step": state.step, "outer_param_groups": groups, "curve": state.curve,
               "tasks_seen": state.tasks_seen, "evaluation": state.evaluation}  # fmt: skip
@@ -311,6 +312,8 @@ def load_checkpoint(out_dir: Path, cfg: MetaTrainConfig) -> MetaState | None:
     if not ckpt.is_file():
         return None
     from safetensors import safe_open
+
+    from metalearner.lopt.engine import load_optimizer_tensors
 
     try:
         with safe_open(str(ckpt), framework="pt") as f:
