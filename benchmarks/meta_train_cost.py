@@ -25,7 +25,7 @@ side by side (the modes take turns within each repeat; medians over repeats):
 - ``one_by_one_current``: :func:`metalearner.lopt.meta_train.unroll`, the process-per-unroll
   path of Opt2Vec and the controller (an untrained Opt2Vec through ``train_step``; MLPs only);
 - ``one_by_one_engine``: the engine's own population with a single member, member after member;
-- ``batched_engine``: one population of ``--members`` members as one batched computation.
+- ``batched_engine``: one population of 64 members (32 with ``--quick``) as one batched computation.
 
 CPU time is this process's ``time.process_time()``, so load from elsewhere on a shared
 machine costs less than in wall time. The batched unroll does more per step than the

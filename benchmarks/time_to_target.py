@@ -36,7 +36,7 @@ from _common import RESULTS, ROOT, default_data_dir, finish  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the smoke suite (about a minute); nothing written to results/")
-    ap.add_argument("--suite", default=None, help="run this suite instead (smoke, quick, headline, full); headline and full write results/")
+    ap.add_argument("--suite", default=None, help="run this suite instead (smoke, quick, headline, full, dev); headline and full write results/")
     ap.add_argument("--workers", type=int, default=None, help="worker processes (default: the cores)")
     ap.add_argument("--out", default=None, help="benchmark directory (default benchmarks/.cache/bench_SUITE)")
     ap.add_argument("--data-dir", default=default_data_dir())

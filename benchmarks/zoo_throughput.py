@@ -101,7 +101,7 @@ def preset_run(zoo_dir: Path, data_dir: str | None, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 runs of ~2 s, 2 repeats (under a minute); prints JSON only")
-    ap.add_argument("--repeats", type=int, default=None, help="pairs of sweeps (default 5, quick 2)")
+    ap.add_argument("--repeats", type=int, default=None, help="pairs of sweeps (default 4, quick 2)")
     ap.add_argument("--preset-run", action="store_true", help="also train the mnist100 preset with 2 workers")
     ap.add_argument("--zoo-dir", type=Path, default=Path(tempfile.gettempdir()) / "metalearner_zoo_mnist100")
     ap.add_argument("--data-dir", default=default_data_dir())

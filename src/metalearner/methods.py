@@ -145,7 +145,8 @@ def make_schedule(name: str, optimizer: torch.optim.Optimizer, total_steps: int)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     if name == "onecycle":
         lr = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps)
+        cycles = all("momentum" in g or "betas" in g for g in optimizer.param_groups)  # it cycles momentum where there is one
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps, cycle_momentum=cycles)
     raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
 
 

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import copy
 import math
+import pickle
 
 import pytest
 import torch
 from torch import nn
 
+from metalearner.errors import ConfigError
 from metalearner.lopt import LRController, Opt2Vec, PolicyWeights
+from metalearner.lopt.learned import LearnedOptimizer
+from metalearner.meta.towers import Tower
 from metalearner.lopt.policy import PolicyConfig
 from metalearner.observe.probe import optimizer_hparams
 
@@ -214,13 +218,127 @@ def test_any_module_with_unused_params_and_zero_grad():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"lr": -1.0}, "Invalid learning rate"), ({"beta2": 1.0}, "Invalid beta2"), ({"eps": -1.0}, "Invalid epsilon"),
-     ({"weight_decay": -1.0}, "Invalid weight_decay"), ({"budget": 0}, "Invalid budget"),
-     ({"embedding_dim": 7}, "embedding_dim")],
+    [({"lr": -1.0}, "learning rate"), ({"beta2": 1.0}, "beta2"), ({"eps": -1.0}, "eps"),
+     ({"weight_decay": -1.0}, "weight_decay"), ({"weight_decay": math.nan}, "weight_decay"), ({"budget": 0}, "budget"),
+     ({"embedding_dim": 7}, "embedding_dim"), ({"observe_every": 0}, "observe_every")],
 )  # fmt: skip
 def test_validation(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         Opt2Vec([nn.Parameter(torch.ones(1))], **kwargs)
+
+
+def test_a_groups_own_values_are_checked():
+    w = nn.Parameter(torch.ones(1))
+    with pytest.raises(ConfigError, match="beta2"):
+        Opt2Vec([{"params": [w], "betas": (0.9, 1.5)}])
+    with pytest.raises(ConfigError, match="weight_decay"):
+        LearnedOptimizer([{"params": [w], "weight_decay": -1.0}])
+    with pytest.raises(ConfigError, match="one dtype"):
+        LearnedOptimizer([w, nn.Parameter(torch.ones(1, dtype=torch.float64))])
+
+
+ALL_FOUR = {
+    "learned_sf": lambda p: LearnedOptimizer(p, lr=1e-2, weight_decay=0.1),
+    "opt2vec": lambda p: Opt2Vec(p, lr=1e-2, weight_decay=0.1, observe_every=4),
+    "controller": lambda p: LRController(torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1), observe_every=4),
+    "tower": lambda p: Tower(p, lr=1e-2, height=2, warmup=3, hyper_every=2),
+}
+
+
+def _mlp_and_data(dtype=torch.float32):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2)).to(dtype)
+    gen = torch.Generator().manual_seed(1)
+    return model, torch.randn(32, 4, generator=gen).to(dtype), torch.randn(32, 2, generator=gen).to(dtype)
+
+
+def _train(model, opt, x, y, steps):
+    for i in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x[i % 4 * 8 : i % 4 * 8 + 8]), y[i % 4 * 8 : i % 4 * 8 + 8])
+        loss.backward()
+        step(opt, loss)
+
+
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_parameters_without_a_gradient_stay_as_they_are(name):
+    """Frozen and unused parameters: no step, no weight decay, no averaging (as torch.optim)."""
+    model, x, y = _mlp_and_data()
+    unused = nn.Parameter(torch.ones(3))
+    opt = ALL_FOUR[name]([*model.parameters(), unused])
+    _train(model, opt, x, y, 6)
+    model[0].requires_grad_(False)  # frozen mid-run
+    model[0].weight.grad = model[0].bias.grad = None
+    frozen = [p.detach().clone() for p in model[0].parameters()]
+    _train(model, opt, x, y, 12)
+    assert torch.equal(unused, torch.ones(3))
+    assert all(torch.equal(p, q) for p, q in zip(model[0].parameters(), frozen))
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_a_copy_continues_like_the_original(name, how):
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR[name](model.parameters())
+    _train(model, opt, x, y, 6)
+    model2, opt2 = copy.deepcopy((model, opt)) if how == "deepcopy" else pickle.loads(pickle.dumps((model, opt)))
+    _train(model, opt, x, y, 14)
+    _train(model2, opt2, x, y, 14)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), model2.parameters()))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_FOUR if n != "tower"])
+def test_a_loss_that_is_not_a_scalar_is_refused_before_the_step(name):
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR[name](model.parameters())
+    _train(model, opt, x, y, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    per_example = (model(x) - y).pow(2).mean(1)
+    per_example.mean().backward()
+    for bad in (per_example, "abc"):
+        with pytest.raises(ConfigError, match="step"):
+            opt.step(loss=bad)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    _train(model, opt, x, y, 8)  # and it goes on observing
+
+
+@pytest.mark.parametrize("name", ["opt2vec", "controller"])
+def test_float64_models_are_observed(name):
+    model, x, y = _mlp_and_data(torch.float64)
+    opt = ALL_FOUR[name](model.parameters())
+    _train(model, opt, x, y, 12)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_controller_closure_observes_this_steps_gradient():
+    """``step(closure)`` and ``step(loss=...)`` take the same steps (the closure runs before the
+    physics hook reads the gradient)."""
+    runs = []
+    for form in ("closure", "loss"):
+        model, x, y = _mlp_and_data()
+        opt = LRController(torch.optim.Adam(model.parameters(), lr=1e-2), weights=random_policy("controller"), observe_every=2)
+        for i in range(12):
+            def closure():
+                opt.zero_grad()
+                loss = nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                return loss
+
+            opt.step(closure) if form == "closure" else opt.step(loss=closure())
+        runs.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("name", ["learned_sf", "tower"])
+def test_onecycle_from_the_registry(name):
+    from metalearner.methods import get_method
+
+    model, x, y = _mlp_and_data()
+    opt, schedule = get_method({"learned_sf": "learned_sf", "tower": "hyper_sgd"}[name]).build(model.parameters(), total_steps=10, schedule="onecycle")
+    for _ in range(10):
+        _train(model, opt, x, y, 1)
+        schedule.step()
 
 
 def test_controller_is_a_drop_in_optimizer():

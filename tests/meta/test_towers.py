@@ -588,3 +588,31 @@ def test_hyper_grads_replace_the_gradient_in_the_hypergradient_only(base):
         with pytest.raises(ConfigError, match="hyper_grads needs a tensor shaped like each parameter that has a gradient"):
             opt.step(hyper_grads=bad)
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # refused before any weight moved
+
+
+def test_a_scheduler_may_set_the_lr_to_zero():
+    """A warm-up from 0 (or a cosine's end) steps by nothing; the tower goes on from the
+    smallest lr it keeps, 1e-20, instead of failing on log(0)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    opt = Tower(model.parameters(), lr=1e-2, height=2, warmup=0, hyper_every=1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: t / 5)
+    before = model.weight.detach().clone()
+    x = torch.randn(8, 3)
+    loss = model(x).pow(2).mean()
+    loss.backward()
+    opt.step()
+    assert torch.equal(model.weight, before)
+    for _ in range(6):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+        schedule.step()
+    assert torch.isfinite(model.weight).all() and not torch.equal(model.weight, before)
+
+
+@pytest.mark.parametrize("group, message", [({"hyper_every": 0}, "hyper_every"), ({"base": "foo"}, "tower base"),
+                                            ({"betas": (0.9, 1.5)}, "betas"), ({"lr": -1.0}, "learning rate")])  # fmt: skip
+def test_a_groups_own_values_are_checked(group, message):
+    with pytest.raises(ConfigError, match=message):
+        Tower([{"params": [torch.nn.Parameter(torch.ones(2))], **group}])

@@ -46,7 +46,9 @@ from metalearner.lopt.policy import (
     SPIKE_GUARD,
     PolicyConfig,
     PolicyWeights,
+    check_loss,
     lr_scale_from,
+    optimizer_getstate,
     check_spike_guard,
     close_window,
     guarded_lr_scale,
@@ -85,21 +87,34 @@ class LRController(torch.optim.Optimizer):
             raise TypeError(f"LRController wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         self.spike_guard = check_spike_guard(spike_guard)
         untrained = PolicyConfig(kind="controller", features=CONTROLLER_FEATURES, history_length=8, hidden_dim=16,
-                                 embedding_dim=16, activation="tanh", observe_every=observe_every or 16)  # fmt: skip
+                                 embedding_dim=16, activation="tanh", observe_every=16 if observe_every is None else observe_every)  # fmt: skip
         self.theta = resolve_weights(weights, "controller", untrained)
         self.optimizer = optimizer
-        self.observe_every = int(observe_every or self.theta.config.observe_every)
+        self.observe_every = int(self.theta.config.observe_every if observe_every is None else observe_every)
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.param_groups, self.state = optimizer.param_groups, optimizer.state  # shared, not copied
         named = [(f"group{i}.{j}", p) for i, g in enumerate(optimizer.param_groups) for j, p in enumerate(g["params"])]
         self.tracker = PhysicsTracker(named, extended=False)
         self._physics = None
-        self._hooks = [
-            optimizer.register_step_pre_hook(lambda *_: self._before()),
-            optimizer.register_step_post_hook(lambda *_: self._after()),
-        ]
+        self._hooks = self._register_hooks()
         self.ctrl_state = self._fresh()
         self._set_groups()
+
+    def _register_hooks(self) -> list[Any]:
+        return [self.optimizer.register_step_pre_hook(self._pre_hook), self.optimizer.register_step_post_hook(self._post_hook)]
+
+    def _pre_hook(self, *_: Any) -> None:
+        self._before()
+
+    def _post_hook(self, *_: Any) -> None:
+        self._after()
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle: the copy gets its own hooks
+        return optimizer_getstate(self, "_hooks")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._hooks = self._register_hooks()  # torch's copy of the wrapped optimizer comes without hooks
 
     def _fresh(self) -> dict[str, Any]:
         cfg = self.theta.config
@@ -140,16 +155,20 @@ class LRController(torch.optim.Optimizer):
         (``step(loss=loss)``, ``step(loss)`` or ``step(closure)``; none: no observation data)."""
         if closure is not None and not callable(closure):
             closure, loss = None, closure
+        if closure is not None:  # before the wrapped step's hooks, so that they read this step's gradient
+            with torch.enable_grad():
+                out = closure()
+            loss = out if loss is None else loss
+        loss = check_loss(loss)
         self._set_groups()
         users = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:
             group["lr"] = group["effective_lr"]
         try:
-            out = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+            self.optimizer.step()
         finally:
             for group, lr in zip(self.param_groups, users):
                 group["lr"] = lr
-        loss = out if loss is None else loss
         self._adapt(loss)
         return loss
 

@@ -14,7 +14,9 @@ its observation to where it started (weights, moments, step count; counted in ``
 and every scale is halved. That snapshot costs three copies of the parameters (weights, ``z``,
 ``v``) besides Schedule-Free's own two, and an observation's working copy one more. ``fit`` ends a run at its first non-finite loss, so
 there a NaN gradient usually ends the run before the rollback can act, as it would with Adam.
-A parameter without a gradient is stepped with a zero one, as in the kernel.
+A parameter without a gradient (frozen, or unused by this loss) is left as it is, as
+``torch.optim`` does: its weights, moments and averaging weight do not move; the policy reads
+it as a tensor with a zero gradient, as the kernel would.
 
     opt = LearnedOptimizer(model.parameters())           # shipped weights, lr 2.5e-3
     for x, y in loader:
@@ -46,10 +48,17 @@ import torch
 
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
-from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, resolve_weights
+from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
 from metalearner.methods import check_lr
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
+
+
+def _check_group_values(lr: Any, weight_decay: Any) -> None:
+    """A group's ``lr`` (as :func:`check_lr`) and ``weight_decay``, one-line errors."""
+    check_lr(lr)
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0 and math.isfinite(weight_decay)):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -70,16 +79,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ) -> None:
         self.theta = resolve_weights(weights, "learned", LearnedKernel.policy_config())
         base = base or self.theta.metadata.get("base", "schedulefree")
-        if not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
                                     fan_in_power=self.theta.fan_in_power())  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
-        if weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
+        _check_group_values(lr, weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
         self._params = [p for g in self.param_groups for p in g["params"]]
+        kinds = {(p.dtype, p.device) for p in self._params}
+        if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
+            raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
         self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
@@ -89,10 +100,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
                          "rollbacks": 0}  # fmt: skip
         self.train_mode = True
 
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the policy and its buffers
+        return optimizer_getstate(self)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if hasattr(self, "layout"):  # the per-tensor state is laid out once, at construction
             raise ConfigError("LearnedOptimizer takes all its parameters at construction; make a new one to add a group")
         super().add_param_group(param_group)
+        _check_group_values(self.param_groups[-1]["lr"], self.param_groups[-1]["weight_decay"])
 
     @property
     def base(self) -> str:
@@ -125,12 +140,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        loss = check_loss(loss)
         if not self.train_mode:
             raise ConfigError("the optimizer is in eval mode: call optimizer.train() before optimizer.step()")
         params = self._params
         if self.kstate is None:
             self._start()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        stepped = None if all(p.grad is not None for p in params) else [i for i, p in enumerate(params) if p.grad is not None]
         c, k = self.counters, self.kstate
         c["steps"] += 1
         c["since_observation"] += 1
@@ -140,14 +157,14 @@ class LearnedOptimizer(torch.optim.Optimizer):
             k.loss_sum.add_(loss.reshape(1).to(k.loss_sum.dtype) if torch.is_tensor(loss) else float(loss))
             c["window_losses"] += 1  # the window's count, given to the kernel at the observation
         if not (c["since_observation"] >= self.kernel.observe_every and c["window_losses"] > 0):
-            self._base_step(params, grads)
+            self._base_step(params, grads, stepped)
             self._set_groups()
             return loss
         grad_norm = torch.stack(torch._foreach_norm(grads))
         motion = self._motion_cos(params, grads, grad_norm) if self.kernel.reads_motion else None
         old = self._scratch
         torch._foreach_copy_(old, params)
-        self._base_step(params, grads)
+        self._base_step(params, grads, stepped)
         torch._foreach_sub_(old, params)  # minus this step's update: the same norm
         norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (old, params))]
         second = torch.stack(torch._foreach_norm(self._v))
@@ -177,15 +194,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
         torch._foreach_mul_(motion, grads)  # the products g·d, summed per tensor
         return motion_cos(torch.stack([t.sum() for t in motion]), grad_norm.square(), motion_sq)[None]
 
-    def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], only: list[int] | None = None) -> None:
         """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``
         ops, in place, its per-tensor scalars on the host (they change only at observations and
-        with the group's lr): the update ``g / (√v̂ + ε)`` is never materialised."""
+        with the group's lr): the update ``g / (√v̂ + ε)`` is never materialised. ``only``: the
+        indices of the tensors to step (those with a gradient), if not all."""
+        if only is not None and not only:
+            return
         b1, b2 = self.kernel.betas
         h = self.host
         h["count"] += 1
-        groups, moments, v = self._groups, self._moments, self._v
-        lrs = [g["lr"] * s * f for g, s, f in zip(groups, h["scales"], self._fan_in_host)]
+        groups, moments, v, scales, fan_in = self._groups, self._moments, self._v, h["scales"], self._fan_in_host
+        weight_sum = h["weight_sum"]
+        if only is not None:
+            params, grads, groups, moments, v, scales, fan_in, weight_sum = (
+                [x[i] for i in only] for x in (params, grads, groups, moments, v, scales, fan_in, weight_sum))
+        lrs = [g["lr"] * s * f for g, s, f in zip(groups, scales, fan_in)]
         decay = [g["weight_decay"] for g in groups]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
             grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
@@ -198,7 +222,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
             torch._foreach_lerp_(moments, grads, 1 - b1)
             torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b1 ** h["count"]) for lr in lrs])
             return
-        ws = h["weight_sum"] = [w + lr * lr for w, lr in zip(h["weight_sum"], lrs)]
+        ws = [w + lr * lr for w, lr in zip(weight_sum, lrs)]
+        if only is None:
+            h["weight_sum"] = ws
+        else:
+            for i, w in zip(only, ws):
+                h["weight_sum"][i] = w
         c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, ws)]  # the averaging weight follows the controlled lr
         coef = [lr * (b1 * (1 - ci) - 1) for lr, ci in zip(lrs, c)]
         neg_lrs = [-lr for lr in lrs]

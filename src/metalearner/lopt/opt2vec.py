@@ -17,7 +17,9 @@ into an embedding ``e`` and two outputs ``z``; until the next observation every 
 so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``lr`` and β₁ = 0.9.
 The learned factor applies at step time: ``param_groups[i]["lr"]`` stays the user's (a
 torch LR scheduler on it composes with the learned scale), and the group records what was
-applied in ``effective_lr`` and ``effective_momentum``, which a probe logs.
+applied in ``effective_lr`` and ``effective_momentum``, which a probe logs. The momentum is
+the policy's: of ``betas`` in the groups only β₂ is read (β₁ is there for code that expects
+Adam's pair; a scheduler that cycles it, as ``OneCycleLR`` does by default, changes nothing).
 
 No step reads a device value except the observations (every ``observe_every`` steps): the
 loss is summed on the device and looked at only there. Safety without per-step checks: the
@@ -47,6 +49,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from metalearner.errors import ConfigError
 from metalearner.kernels import adam_moments_
 from metalearner.lopt.policy import (
     SPIKE_GUARD,
@@ -54,7 +57,9 @@ from metalearner.lopt.policy import (
     EXTENDED_FEATURES,
     PolicyConfig,
     PolicyWeights,
+    check_loss,
     lr_scale_from,
+    optimizer_getstate,
     momentum_from,
     close_window,
     check_spike_guard,
@@ -102,6 +107,18 @@ def policy_step(
     return lr_scale_from(z[0]), momentum_from(z[1]), emb
 
 
+def _check_hyperparameters(lr: float, betas: Any, eps: float, weight_decay: float) -> None:
+    """One-line errors for values Adam's update cannot use (β₁ is the policy's: only β₂ is read)."""
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive finite number, got {lr}")
+    if not (len(betas) == 2 and 0.0 <= betas[1] < 1.0):
+        raise ConfigError(f"beta2 must be in [0, 1), got {betas}")
+    if not (eps >= 0.0 and math.isfinite(eps)):
+        raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
+    if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+
+
 class Opt2Vec(torch.optim.Optimizer):
     """Learned learning-rate scale and momentum on top of Adam (see the module docstring).
 
@@ -140,16 +157,9 @@ class Opt2Vec(torch.optim.Optimizer):
         weights: PolicyWeights | str | os.PathLike | None = "default",
         spike_guard: float = SPIKE_GUARD,
     ) -> None:
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if not 0.0 <= beta2 < 1.0:
-            raise ValueError(f"Invalid beta2: {beta2}")
-        if not eps >= 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        _check_hyperparameters(lr, (0.9, beta2), eps, weight_decay)
         if budget is not None and budget < 1:
-            raise ValueError(f"Invalid budget: {budget}")
+            raise ConfigError(f"budget must be >= 1 step, got {budget}")
         spike_guard = check_spike_guard(spike_guard)
         features = (*BASE_FEATURES, *EXTENDED_FEATURES) if use_extended_features else BASE_FEATURES
         untrained = PolicyConfig(
@@ -158,16 +168,16 @@ class Opt2Vec(torch.optim.Optimizer):
             history_length=history_length or 16,
             embedding_dim=embedding_dim or 64,
             activation=activation or "gelu",
-            observe_every=observe_every or 16,
+            observe_every=16 if observe_every is None else observe_every,
         )
         theta = resolve_weights(weights, "opt2vec", untrained)
         cfg = theta.config
         asked = {"embedding_dim": embedding_dim, "history_length": history_length, "activation": activation, "features": features}
         for name, value in asked.items():
             if value is not None and getattr(cfg, name) != value:
-                raise ValueError(f"the weights have {name}={getattr(cfg, name)!r}, not {value!r}")
+                raise ConfigError(f"the weights have {name}={getattr(cfg, name)!r}, not {value!r}")
         self.theta = theta
-        self.observe_every = int(observe_every or cfg.observe_every)
+        self.observe_every = int(cfg.observe_every if observe_every is None else observe_every)
         self.budget = budget
         self.spike_guard = spike_guard  # a construction argument, like observe_every: not in state_dict
         defaults = dict(lr=lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
@@ -199,6 +209,16 @@ class Opt2Vec(torch.optim.Optimizer):
             "embedding": None,
             "tracker": None,
         }
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, then the group's own values checked. A group added after construction is
+        stepped but not observed: the policy's physics cover the parameters it was built with."""
+        super().add_param_group(param_group)
+        g = self.param_groups[-1]
+        _check_hyperparameters(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+
+    def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the policy and its tracker
+        return optimizer_getstate(self)
 
     # -- public read-outs -----------------------------------------------------------------
     @property
@@ -296,6 +316,7 @@ class Opt2Vec(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        loss = check_loss(loss)
         g = self.state[_GLOBAL]
         self._set_groups(g)
         t = g["step"]

@@ -297,6 +297,32 @@ def check_spike_guard(spike_guard: float) -> float:
     return value
 
 
+def check_loss(loss: Any) -> Any:
+    """``loss`` if a learned optimizer can read it (``None``, a real number, or a one-element
+    tensor), else a one-line error, raised before the step touches anything. Reads no device
+    value (``numel`` is metadata)."""
+    if loss is None or (torch.is_tensor(loss) and loss.numel() == 1 and not loss.is_complex()):
+        return loss
+    if torch.is_tensor(loss):
+        raise ConfigError(f"step() takes the loss as a scalar (reduce it first, e.g. loss.mean()); got a tensor of shape {tuple(loss.shape)}")
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return loss
+    raise ConfigError(f"step() takes the loss as a number or a one-element tensor, got {type(loss).__name__}")
+
+
+OPTIMIZER_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
+                   "_optimizer_state_dict_post_hooks", "_optimizer_load_state_dict_pre_hooks",
+                   "_optimizer_load_state_dict_post_hooks")  # fmt: skip
+
+
+def optimizer_getstate(optimizer: torch.optim.Optimizer, *drop: str) -> dict[str, Any]:
+    """What ``copy.deepcopy`` and ``pickle`` keep of a learned optimizer: all of it (its policy,
+    counters and buffers live outside ``defaults``/``state``/``param_groups``, all that
+    ``torch.optim.Optimizer.__getstate__`` keeps), less the users' hooks, as torch leaves them
+    out (``Optimizer.__setstate__`` makes them anew), and ``drop``."""
+    return {k: v for k, v in optimizer.__dict__.items() if k not in OPTIMIZER_HOOKS and k not in drop}
+
+
 def guarded_lr_scale(state: dict[str, Any], proposed: float, mean_loss: float, spike_guard: float) -> float:
     """The scale to apply after an observation: ``proposed`` reached at most a factor 1.5 per
     observation from ``state["lr_scale"]``; if the window's loss is a spike (``spike_guard``

@@ -83,7 +83,11 @@ Hyperparameters in ``param_groups`` are plain floats, as in ``torch.optim``. ``l
 (the default, cheapest) learns the base's learning rate only; ``learn="all"`` also its
 momentum or betas. ``hyper_lrs[k-1]`` is level k's step size; the last one is the fixed top.
 A scheduler or user that overwrites a value is respected: the tower continues from the value
-it finds (so a scheduler resets rather than scales it). A group shares one step counter.
+it finds (so a scheduler resets rather than scales it; an lr of 0, a warm-up's start, steps by
+nothing and the tower goes on from 1e-20). A group shares one step counter. A group may set
+any of the constructor's options; each group's values are checked as the constructor's are.
+A non-finite gradient is not guarded against, as in ``torch.optim`` (the levels count a
+non-finite hypergradient as zero, but the weights take the step).
 """
 
 from __future__ import annotations
@@ -233,6 +237,8 @@ class Ceiling:
         if self.refresh or any("ceiling_lr" not in s for s in self.states):
             for s, x in zip(self.states, update_caps(params, vecs(), self.ratio)):
                 s["ceiling_lr"] = x / unit
+        if lr <= 0:  # a zero step (a scheduler at 0) needs no ceiling
+            return None
         caps = [min(1.0, s["ceiling_lr"] / lr) for s in self.states]
         if min(caps) >= 1.0:
             return None
@@ -303,6 +309,34 @@ def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
     ok = value >= 0 if zero_ok else value > 0
     if not (ok and math.isfinite(value)):
         raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
+
+
+def _check_group(group: dict[str, Any]) -> None:
+    """A group's values, as the constructor checks its arguments (a group may override any);
+    ``max_update_ratio`` None becomes its base's default."""
+    for name, key, choices in (("tower base", "base", BASES), ("hyper rule", "hyper", HYPERS), ("learn", "learn", ("lr", "all"))):
+        if group[key] not in choices:
+            raise ConfigError(f"unknown {name} {group[key]!r}; choose from {', '.join(choices)}")
+    _check_rate("learning rate", group["lr"])
+    _check_rate("eps", group["eps"])
+    if not group["hyper_lrs"]:
+        raise ConfigError("hyper_lrs needs one value per level (at least one)")
+    for r in group["hyper_lrs"]:
+        _check_rate("hyper_lr", r, zero_ok=True)
+    every, warmup, decay = group["hyper_every"], group["warmup"], group["trace_decay"]
+    if not (isinstance(every, int) and every >= 1):
+        raise ConfigError(f"hyper_every must be an integer >= 1, got {every}")
+    if not (isinstance(warmup, int) and warmup >= 0):
+        raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
+    if not (decay == 0 or MIN_TRACE_DECAY <= decay < 1):
+        raise ConfigError(f"trace_decay must be 0 (the one-step hypergradient) or in [{MIN_TRACE_DECAY}, 1), got {decay}")
+    if group["base"] == "adam" and not (len(group.get("betas", ())) == 2 and all(0 < b < 1 for b in group["betas"])):
+        raise ConfigError(f"an Adam tower's betas must be two numbers in (0, 1), got {group.get('betas')}")
+    if group["base"] == "momentum" and not 0 < group.get("momentum", 0) < 1:
+        raise ConfigError(f"momentum must be in (0, 1), got {group.get('momentum')}")
+    ratio = MAX_UPDATE_RATIO[group["base"]] if group["max_update_ratio"] is None else group["max_update_ratio"]
+    _check_rate("max_update_ratio", ratio, zero_ok=True)
+    group["max_update_ratio"] = float(ratio)
 
 
 class Tower(torch.optim.Optimizer):
@@ -402,10 +436,11 @@ class Tower(torch.optim.Optimizer):
             defaults["momentum"] = float(momentum)
         self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
-        for group in self.param_groups:  # the constructor's value or a group's own (None: its base's default), checked once
-            ratio = MAX_UPDATE_RATIO[group["base"]] if group["max_update_ratio"] is None else group["max_update_ratio"]
-            _check_rate("max_update_ratio", ratio, zero_ok=True)
-            group["max_update_ratio"] = float(ratio)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's, then the group's own values checked (a group may set any of the constructor's options)."""
+        super().add_param_group(param_group)
+        _check_group(self.param_groups[-1])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Tensor] | None = None, *, hyper_grads: dict[Tensor, Tensor] | None = None) -> Tensor | None:
@@ -580,7 +615,10 @@ def _read_z(group: dict[str, Any], names: Sequence[str]) -> Levels:
     """``[z_0, z_1, …, z_h]`` from the group's current values."""
     betas = group.get("betas", (None, None))
     value = {"lr": group["lr"], "momentum": group.get("momentum"), "beta1": betas[0], "beta2": betas[1]}
-    z0 = [math.log(value[n]) if n == "lr" else _logit(value[n]) for n in names]
+    if not (value["lr"] >= 0 and math.isfinite(value["lr"])):
+        raise ConfigError(f"a tower's learning rate must be a non-negative finite number, got {value['lr']}")
+    # an lr set to 0 (by a scheduler's warm-up or its end) is the smallest the tower keeps, 1e-20
+    z0 = [max(math.log(value[n]) if value[n] > 0 else -math.inf, -LOG_LR_BOUND) if n == "lr" else _logit(value[n]) for n in names]
     return [z0, *([math.log(r)] if r > 0 else [-math.inf] for r in group["hyper_lrs"])]
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -153,6 +153,10 @@ class PhysicsTracker:
         self._beta = noise_ema
         self.forget()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._flat_before = [b.view(-1) for b in self._before]  # pickle copies views apart from their base
+
     def _grads(self) -> list[torch.Tensor]:
         grads = []
         for i, p in enumerate(self.params):
@@ -209,7 +213,8 @@ class PhysicsTracker:
 
     def pool(self, squares: torch.Tensor) -> torch.Tensor:
         """Squared per-tensor norms ``(..., 3P)`` -> ``(..., 3 + 3L)`` global and layer norms."""
-        return (squares @ self._pool).sqrt()
+        pool = self._pool if squares.dtype == self._pool.dtype else self._pool.to(squares.dtype)  # float64, bf16 models
+        return (squares @ pool).sqrt()
 
     _STATE = ("_t", "_m", "_s", "_prev_grad", "_prev_update")  # what the extended set carries
 
