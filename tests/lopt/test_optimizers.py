@@ -412,3 +412,21 @@ def test_analysis_plots(tmp_path):
     plot_embedding(traj, tmp_path / "emb.png")
     plot_schedule(traj, tmp_path / "sched.png")
     assert (tmp_path / "emb.png").stat().st_size > 1000 and (tmp_path / "sched.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_a_state_of_another_kind_or_model_is_refused_at_load(name):
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR[name](model.parameters())
+    adam = torch.optim.Adam(model.parameters())
+    _train(model, adam, x, y, 2)
+    with pytest.raises(ConfigError, match="state"):
+        opt.load_state_dict(adam.state_dict())
+    wider = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
+    other = ALL_FOUR[name](wider.parameters())
+    _train(wider, other, x, y, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ConfigError, match="does not fit"):
+        opt.load_state_dict(other.state_dict())
+    _train(model, opt, x, y, 3)  # the optimizer is as it was
+    assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), before))

@@ -41,6 +41,8 @@ from typing import Any, Callable
 
 import torch
 
+from metalearner.errors import ConfigError
+from metalearner.kernels import check_state_fits
 from metalearner.lopt.policy import (
     CONTROLLER_FEATURES,
     SPIKE_GUARD,
@@ -202,6 +204,13 @@ class LRController(torch.optim.Optimizer):
         return {"optimizer": self.optimizer.state_dict(), "controller": copy.deepcopy(self.ctrl_state)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        cfg, ctrl = self.theta.config, state_dict.get("controller") if isinstance(state_dict, dict) else None
+        if "optimizer" not in state_dict or not isinstance(ctrl, dict) or not torch.is_tensor(ctrl.get("history")):
+            raise ConfigError("this is not the state of an LRController (no 'optimizer' and 'controller' parts)")
+        if tuple(ctrl["history"].shape) != (cfg.history_length, cfg.n_features):
+            raise ConfigError(f"this state is of an LRController with another policy (history {tuple(ctrl['history'].shape)}, "
+                              f"not {(cfg.history_length, cfg.n_features)})")  # fmt: skip
+        check_state_fits(self.optimizer, state_dict["optimizer"])
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.param_groups = self.optimizer.param_groups  # torch replaces the group dicts on load
         self.state = self.optimizer.state

@@ -48,6 +48,7 @@ import torch
 
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
+from metalearner.kernels import check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
 from metalearner.methods import check_lr
 
@@ -351,6 +352,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"this state is of a learned optimizer with {scales!r} lr multipliers, not {self.kernel.scales!r}")
         if power != self.kernel.fan_in_power:
             raise ConfigError(f"this state is of a learned optimizer with fan_in_power {power}, not {self.kernel.fan_in_power}")
+        check_state_fits(self, state_dict)
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place

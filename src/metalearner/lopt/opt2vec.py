@@ -50,7 +50,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from metalearner.errors import ConfigError
-from metalearner.kernels import adam_moments_
+from metalearner.kernels import adam_moments_, check_state_fits
 from metalearner.lopt.policy import (
     SPIKE_GUARD,
     BASE_FEATURES,
@@ -240,6 +240,14 @@ class Opt2Vec(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        g = state_dict.get("state", {}).get(_GLOBAL)
+        cfg = self.theta.config
+        if g is None or not torch.is_tensor(g.get("history")) or tuple(g["history"].shape) != (cfg.history_length, cfg.n_features):
+            raise ConfigError("this is not the state of an Opt2Vec with this policy (history length "
+                              f"{cfg.history_length}, {cfg.n_features} features)")  # fmt: skip
+        if not all({"betas", "eps", "weight_decay"} <= set(group) for group in state_dict["param_groups"]):
+            raise ConfigError("this is not the state of an Opt2Vec (its groups lack betas, eps or weight_decay)")
+        check_state_fits(self, state_dict)
         super().load_state_dict(state_dict)
         g = self.state.get(_GLOBAL)
         if g is not None:

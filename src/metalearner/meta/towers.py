@@ -99,7 +99,7 @@ import torch
 from torch import Tensor
 
 from metalearner.errors import ConfigError
-from metalearner.kernels import adam_moments_
+from metalearner.kernels import adam_moments_, check_state_fits
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
@@ -117,6 +117,7 @@ WARMUP = 300  # base steps of linear lr warm-up (docs/meta.md: chosen on tower_d
 # per base (Tower's max_update_ratio; 0: off): chosen per base on tower_dev.py's cell, momentum takes SGD's (docs/meta.md)
 MAX_UPDATE_RATIO = {"sgd": 0.01, "momentum": 0.01, "adam": 0.01}  # the same, chosen apart
 MIN_TRACE_DECAY = 0.01  # below it θ − a = γe drowns in float32 rounding of θ (1e-3: 1% error, 1e-5: all of it)
+SAVED_WITHOUT = {"trace_decay": 0.0, "hyper_every": 1, "warmup": 0, "max_update_ratio": 0.0}  # what a state saved before each ran with
 Levels = list[list[float]]  # one list per level: z_0 (its learned hyperparameters), z_1, …, z_h
 
 # ------------------------------------------------------------------------- functional kernel
@@ -436,6 +437,17 @@ class Tower(torch.optim.Optimizer):
             defaults["momentum"] = float(momentum)
         self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's (the saved groups' values replace the current ones, as for any optimizer),
+        refusing in one line a state that is not a tower's or does not fit the parameters."""
+        groups = state_dict.get("param_groups", []) if isinstance(state_dict, dict) else []
+        if not groups or not all({"base", "learn", "hyper_lrs"} <= set(g) for g in groups):
+            raise ConfigError("this is not the state of a Tower (its groups lack base, learn or hyper_lrs)")
+        check_state_fits(self, state_dict)
+        for group in state_dict["param_groups"]:  # a state saved before an option existed ran without it
+            _check_group({**SAVED_WITHOUT, **group})
+        super().load_state_dict(state_dict)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """torch's, then the group's own values checked (a group may set any of the constructor's options)."""
