@@ -29,7 +29,8 @@ optimizer's own update on such steps is its business, but the controller's state
 finite and the lower lr is visible to a probe. The learned scale moves at most 1.5x per
 observation and a window whose loss is ``spike_guard`` times its best window's (2x;
 meta-training 3x) halves it (:func:`~metalearner.lopt.policy.guarded_lr_scale`, counted in
-``spike_guards``).
+``spike_guards``). The physics cover the wrapped optimizer's parameters that require a
+gradient when the controller is made; a group added later is stepped but not observed.
 """
 
 from __future__ import annotations

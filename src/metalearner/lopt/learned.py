@@ -14,6 +14,8 @@ its observation to where it started (weights, moments, step count; counted in ``
 and every scale is halved. That snapshot costs three copies of the parameters (weights, ``z``,
 ``v``) besides Schedule-Free's own two, and an observation's working copy one more. ``fit`` ends a run at its first non-finite loss, so
 there a NaN gradient usually ends the run before the rollback can act, as it would with Adam.
+The snapshot is not part of ``state_dict``: a run resumed in the middle of a window that then
+goes non-finite rolls back to where it was resumed.
 A parameter without a gradient (frozen, or unused by this loss) is left as it is, as
 ``torch.optim`` does: its weights, moments and averaging weight do not move; the policy reads
 it as a tensor with a zero gradient, as the kernel would.

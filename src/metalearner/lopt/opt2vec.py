@@ -30,7 +30,10 @@ snapshot (forgetting the extended set's memory), counts the window's steps in
 stays in the weights or the state. Bounded motion: the learned lr scale moves at most 1.5x
 and the momentum at most 0.5 in logit per observation, and a finite loss spike (a window
 ``spike_guard`` times its best window's loss: 2x, meta-training 3x) halves the scale (:func:`~metalearner.lopt.policy.guarded_lr_scale`,
-counted in ``spike_guards``).
+counted in ``spike_guards``). The snapshot is not part of ``state_dict``: a run resumed in the
+middle of a window that then goes non-finite rolls back to where it was resumed, not to the
+window's start. The physics cover the parameters given at construction that require a
+gradient; a group added later is stepped but not observed.
 
 Example::
 
