@@ -66,6 +66,8 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["train", "--task", "moons", "--target-acc", "97"], "(a fraction: 0.97 for 97%)"),
         (["train", "--task", "moons", "--optimizer", "sgd", "--momentum", "0.9"], "sgd has no momentum"),
         (["train", "--task", "moons", "--optimizer", "opt2vec+controller"], "unknown method"),
+        (["zoo", "--out", "{tmp}/z"], "give the sweep with --spec"),
+        (["lopt", "analyse", "--steps", "10", "--out", "{tmp}/a"], "--steps must be >= 48"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
@@ -76,6 +78,15 @@ def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "nonexistent").exists()  # nothing created at a mistyped path
+
+
+def test_an_output_path_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    for args in (["train", "--task", "moons", "--steps", "2", "--out", f"{tmp_path}/afile/sub"],
+                 ["bench", "--suite", "smoke", "--out", f"{tmp_path}/afile"]):  # fmt: skip
+        r = cli(*args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot write there"), r.stderr
 
 
 def test_a_command_exit_code_is_the_process_exit_code(monkeypatch):

@@ -23,18 +23,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes 0600, and a writer that replaces the file (safetensors does) makes its own:
+        # ordinary permissions, set after the write
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    try:  # persist the rename itself
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)  # persist the rename itself
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Persist the renames in ``folder`` (where the platform can; elsewhere nothing)."""
+    try:
+        dir_fd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:

@@ -26,7 +26,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Learning to 
 app.add_typer(zoo_app, name="zoo")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(mirror_app, name="mirror")
-app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec or the LR controller).")(meta_train_command)
+app.command("meta-train", help="Meta-train a learned optimizer (Opt2Vec, the LR controller, or learned_sf with --kind learned).")(meta_train_command)
 app.add_typer(lopt_app, name="lopt")
 app.add_typer(bench_app, name="bench")
 app.add_typer(tower_app, name="tower")
@@ -151,6 +151,10 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         STDERR.print("interrupted")
         sys.exit(130)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an output path the user gave
+        where = f": {e.filename}" if e.filename else ""
+        typer.echo(f"error: cannot write there, {e.strerror.lower() if e.strerror else e}{where}", err=True)
+        sys.exit(2)
     except Exception as e:  # usage errors (click's, or the copy of click that newer typer vendors)
         if any(c.__name__ == "ClickException" for c in type(e).__mro__):
             e.show()

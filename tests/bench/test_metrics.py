@@ -9,6 +9,7 @@ from metalearner.bench.metrics import (
     bootstrap_median_ci,
     budget_epochs_to_target,
     epochs_to_target,
+    lower_median,
     performance_profile,
     profile_score,
 )
@@ -65,3 +66,9 @@ def test_bootstrap_ci_brackets_the_median_and_keeps_inf():
     med, lo, hi = bootstrap_median_ci([1.0, 1.0, 1.0])
     assert (med, lo, hi) == (1.0, 1.0, 1.0)
     assert all(math.isnan(x) for x in bootstrap_median_ci([]))
+
+
+def test_the_target_is_a_value_half_the_reference_runs_reach():
+    assert lower_median([0.9, 0.7, 0.8]) == 0.8  # odd: the median
+    assert lower_median([0.7242, 0.743]) == 0.7242  # even: both seeds reach it (their mean, one)
+    assert lower_median([0.4, 0.1, 0.3, 0.2]) == 0.2

@@ -200,3 +200,34 @@ def test_trend_features_are_the_baselines_and_causal(tmp_path):
     old = ds.rows.drop(columns=list(TREND_FEATURES))
     Dataset(rows=old, runs=ds.runs, config=ds.config).save(tmp_path / "old")
     pd.testing.assert_frame_equal(Dataset.load(tmp_path / "old").rows[list(TREND_FEATURES)], ds.rows[list(TREND_FEATURES)])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("dataset.json", "{", "dataset.json is not valid JSON"),
+    ("dataset.json", '{"config": {}}', "dataset.json is not a mirror dataset description"),
+    ("dataset.json", "[]", "dataset.json is not a mirror dataset description"),
+    ("rows.parquet", "PAR1 truncated", "rows.parquet is not a readable parquet file"),
+])  # fmt: skip
+def test_corrupt_dataset_is_a_data_error_naming_the_file(tmp_path, name, content, message):
+    fake_run(tmp_path, "a")
+    build_dataset(tmp_path, tmp_path / "data")
+    (tmp_path / "data" / name).write_text(content)
+    with pytest.raises(DataError, match=message) as e:
+        Dataset.load(tmp_path / "data")
+    assert str(tmp_path / "data" / name) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_build_reports_progress_per_run(tmp_path):
+    class Bar:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, done, total):
+            self.calls.append((done, total))
+
+    for rid in ("a", "b", "c"):
+        fake_run(tmp_path, rid)
+    (tmp_path / "runs" / "b" / "run.json").write_text("{")  # unreadable: skipped, still counted
+    bar = Bar()
+    ds = build_dataset(tmp_path, progress=bar)
+    assert len(ds.runs) == 2 and bar.calls == [(0, 3), (1, 3), (2, 3), (3, 3)]

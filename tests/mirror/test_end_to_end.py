@@ -142,7 +142,7 @@ def test_cli(zoo, tmp_path):
     assert load_predictor(tmp_path / "m").cfg.kind == "transformer"
     r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "m"), str(tmp_path / "d"), "--plots", str(tmp_path / "p"), "--json"])
     assert r.exit_code == 0, r.output
-    rep = json.loads(r.output)
+    rep = json.loads(r.stdout)
     assert rep[0]["target"] == "smooth_loss" and "ratio_ci95" in rep[0]
     assert (tmp_path / "p" / "training.png").exists() and (tmp_path / "p" / "heldout.png").exists()
     r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "m"), str(tmp_path / "d")])
@@ -171,9 +171,27 @@ def test_cli_ensemble(zoo, tmp_path):
     assert np.array_equal(ens.predict(x), np.median([m.predict(x) for m in ens.models], axis=0))
     r = runner.invoke(app, ["mirror", "eval", str(tmp_path / "e"), str(tmp_path / "d"), "--plots", str(tmp_path / "p"), "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)[0]["target"] == "smooth_loss" and (tmp_path / "p" / "training.png").exists()
+    assert json.loads(r.stdout)[0]["target"] == "smooth_loss" and (tmp_path / "p" / "training.png").exists()
     r = runner.invoke(app, ["mirror", "train", str(tmp_path / "d"), "--out", str(tmp_path / "x"), "--members", "0"])
     assert r.exit_code != 0 and "--members must be >= 1" in str(r.exception)  # a ConfigError: one line, no traceback
+
+
+def test_cli_retrain_into_the_same_out_replaces_the_ensemble(ds, zoo, tmp_path):
+    """A GRU trained into the folder of a 2-member MLP ensemble is what loads (and is scored)
+    afterwards, with the GRU's own split."""
+    from metalearner.mirror.models import Ensemble
+
+    common = [str(zoo.parent / "data"), "--out", str(tmp_path / "m"), "--window", "4", "--hidden", "8", "--epochs", "1", "--no-progress"]
+    r = runner.invoke(app, ["mirror", "train", *common, "--kind", "mlp", "--members", "2", "--holdout", "1x8:relu"])
+    assert r.exit_code == 0, r.output
+    assert isinstance(load_predictor(tmp_path / "m"), Ensemble)
+    r = runner.invoke(app, ["mirror", "train", *common, "--kind", "gru", "--holdout", "1x16:tanh"])
+    assert r.exit_code == 0, r.output
+    back = load_predictor(tmp_path / "m")
+    assert not isinstance(back, Ensemble) and back.cfg.kind == "gru"
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "history.json", "model.safetensors", "split.json"]
+    split = json.loads((tmp_path / "m" / "split.json").read_text())["split"]
+    assert {rid for rid, side in split.items() if side == "test"} == set(ds.runs.loc[ds.runs["width"] == 16, "run_id"])
 
 
 def test_live_features_match_the_dataset(ds, zoo):

@@ -1,6 +1,7 @@
 """Baselines, metrics and the three predictors: correctness, overfitting, save/load."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,9 @@ from metalearner.errors import ConfigError, DataError
 from metalearner.mirror.baselines import ema, linear, persistence
 from metalearner.mirror.curves import curve_baselines, curve_features
 from metalearner.mirror.evaluate import bootstrap_ratio, compare, metrics
-from metalearner.mirror.models import KINDS, Ensemble, PredictorConfig, TrainConfig, load_predictor, save_predictor, train_predictor
+from metalearner.mirror.models import (
+    KINDS, Ensemble, PredictorConfig, TrainConfig, load_predictor, read_history, save_predictor, train_predictor,
+)  # fmt: skip
 
 
 def test_window_baselines():
@@ -161,3 +164,119 @@ def test_early_stopping_stops_when_validation_stalls():
     assert len(hist) < 60
     best = int(np.argmin([h["val_loss"] for h in hist]))
     assert len(hist) - 1 - best <= 3 + 1  # stopped within `patience` epochs of the best one
+
+
+def _saved(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_saving_replaces_the_predictor_of_the_other_kind(tmp_path):
+    """A single model saved where an ensemble was (and back) leaves only its own files, so the
+    folder loads as what was saved last; files that are not a predictor's stay."""
+    x, y = _toy()
+    members = [train_predictor(_cfg("mlp"), (x, y), None, TrainConfig(epochs=1, seed=s)) for s in range(3)]
+    single, hist = train_predictor(_cfg("gru"), (x, y), None, TrainConfig(epochs=1))
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    save_predictor(Ensemble([m for m, _ in members]), out, [h for _, h in members], split={"split": {"r": "test"}})
+    assert _saved(out) == ["ensemble.json", "member-0", "member-1", "member-2", "notes.txt", "split.json"]
+    save_predictor(single, out, hist)
+    assert _saved(out) == ["config.json", "history.json", "model.safetensors", "notes.txt"]  # no split given: the old one goes
+    back = load_predictor(out)
+    assert not isinstance(back, Ensemble) and back.cfg.kind == "gru"
+    assert np.array_equal(back.predict(x), single.predict(x))
+    save_predictor(Ensemble([m for m, _ in members[:2]]), out)
+    assert _saved(out) == ["ensemble.json", "member-0", "member-1", "notes.txt"]
+    assert len(load_predictor(out).models) == 2 and read_history(out) == []
+
+
+def test_a_crash_while_saving_never_loads_a_mix(tmp_path, monkeypatch):
+    """Killed while writing the new files: the old predictor loads. Killed while moving them
+    in: nothing loads (a DataError), never the old model with new files or the reverse."""
+    import metalearner.mirror.models as models
+
+    x, y = _toy()
+    old = Ensemble([train_predictor(_cfg("mlp"), (x, y), None, TrainConfig(epochs=1, seed=s))[0] for s in range(2)])
+    new, _ = train_predictor(_cfg("gru"), (x, y), None, TrainConfig(epochs=1))
+    out = tmp_path / "m"
+    save_predictor(old, out)
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(models, "write_json", crash)
+        with pytest.raises(KeyboardInterrupt):
+            save_predictor(new, out)
+    assert np.array_equal(load_predictor(out).predict(x), old.predict(x))
+    assert [p for p in out.iterdir() if p.name.startswith(".")] == []  # the staging folder is gone
+    real, calls = models.os.replace, []
+
+    def crash_on_second(src, dst):  # the weights moved into `out`, then a kill before the marker
+        if Path(dst).parent == out:
+            calls.append(Path(dst).name)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        real(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(models.os, "replace", crash_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            save_predictor(new, out)
+    assert calls == ["model.safetensors", "config.json"]
+    with pytest.raises(DataError, match="not a saved predictor"):
+        load_predictor(out)
+    save_predictor(new, out)  # a later save recovers the folder
+    assert np.array_equal(load_predictor(out).predict(x), new.predict(x))
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:40])
+
+
+@pytest.mark.parametrize("name, corrupt, message", [
+    ("model.safetensors", _truncate, "model.safetensors is not a readable safetensors file"),
+    ("model.safetensors", lambda p: p.write_text("not safetensors"), "model.safetensors is not a readable safetensors file"),
+    ("config.json", lambda p: p.write_text('{"kind": '), "config.json is not valid JSON"),
+    ("config.json", lambda p: p.write_text('{"kind": "mlp", "colour": 1}'), "config.json is not a valid predictor config"),
+    ("config.json", lambda p: p.write_text('{"kind": "lstm"}'), "config.json is not a valid predictor config"),
+    ("config.json", lambda p: p.write_text("[1, 2]"), "config.json is not a valid predictor config"),
+    ("config.json", lambda p: p.write_text(p.read_text().replace('"hidden": 32', '"hidden": 16')), "does not match"),
+    ("ensemble.json", lambda p: p.write_text("{"), "ensemble.json is not valid JSON"),
+    ("ensemble.json", lambda p: p.write_text('{"members": "two"}'), "ensemble.json does not give a number of members"),
+    ("ensemble.json", lambda p: p.write_text('{"members": 3}'), "member-2 is not a saved predictor"),
+    ("member-1/model.safetensors", _truncate, "member-1/model.safetensors is not a readable"),
+    ("member-0/history.json", lambda p: p.write_text("[{"), "history.json is not valid JSON"),
+])  # fmt: skip
+def test_corrupt_saved_predictor_is_a_data_error_naming_the_file(tmp_path, name, corrupt, message):
+    x, y = _toy()
+    fits = [train_predictor(_cfg("mlp"), (x, y), None, TrainConfig(epochs=1, seed=s)) for s in range(2)]
+    model = Ensemble([m for m, _ in fits]) if "/" in name or name == "ensemble.json" else fits[0][0]
+    save_predictor(model, tmp_path, [h for _, h in fits] if isinstance(model, Ensemble) else fits[0][1])
+    corrupt(tmp_path / name)
+    with pytest.raises(DataError, match=message.replace(".", r"\.")) as e:
+        read_history(tmp_path) if name.endswith("history.json") else load_predictor(tmp_path)
+    assert "\n" not in str(e.value)
+
+
+def test_training_reports_progress_per_epoch():
+    """``TrainConfig.progress`` hears every epoch, and the whole count on an early stop."""
+
+    class Bar:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, done, total, **fields):
+            self.calls.append((done, total, sorted(fields)))
+
+    x, y = _toy()
+    bar = Bar()
+    _, hist = train_predictor(_cfg("mlp"), (x, y), None, TrainConfig(epochs=4, progress=bar))
+    assert bar.calls == [(e, 4, ["loss", "val"]) for e in range(1, 5)] and len(hist) == 4
+    xv, _ = _toy(32, seed=1)
+    yv = np.random.default_rng(5).normal(size=(32, 2)).astype(np.float32) * 10  # unlearnable: stops early
+    bar = Bar()
+    _, hist = train_predictor(_cfg("mlp"), (x, y), (xv, yv), TrainConfig(epochs=60, patience=2, batch_size=48, progress=bar))
+    assert len(hist) < 60 and len(bar.calls) == len(hist)
+    assert [c[0] for c in bar.calls] == [*range(1, len(hist)), 60]

@@ -158,6 +158,18 @@ def test_reading_a_non_run_fails_clearly(tmp_path):
         read_trajectory(tmp_path)
 
 
+def test_atomic_path_gives_ordinary_permissions_even_to_writers_that_replace_the_file(tmp_path):
+    from safetensors.torch import save_file
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))  # safetensors replaces the file it writes (0600)
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+
+
 def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     target = tmp_path / "f.txt"
     target.write_text("old")

@@ -34,6 +34,13 @@ def median(values: Iterable[float]) -> float:
     return float(np.median(v)) if len(v) else math.nan
 
 
+def lower_median(values: Iterable[float]) -> float:
+    """The median for an odd count; for an even count the lower of the two middle values, a
+    value that half the runs reach (the mean of two seeds is reached by one of them)."""
+    v = sorted(float(x) for x in values)
+    return v[(len(v) - 1) // 2] if v else math.nan
+
+
 def bootstrap_median_ci(values: Sequence[float], *, level: float = 0.95, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """Median and a percentile-bootstrap interval; ``inf`` values are kept (no interpolation
     across them: the bounds are order statistics of the resampled medians)."""

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from metalearner.atomic import write_json
-from metalearner.bench.metrics import budget_epochs_to_target, epochs_to_target, median
+from metalearner.bench.metrics import budget_epochs_to_target, epochs_to_target, lower_median
 from metalearner.bench.protocol import Cell, Suite
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.methods import get_method
@@ -179,7 +179,7 @@ class Bench:
     def target(self, cell: Cell) -> float:
         ref = self.suite.reference_method
         lr = self.tuned_lr(cell, ref)
-        return median(self.result(self.job(cell, ref, lr, s))["runs"][0]["val_acc"] or 0.0 for s in range(self.suite.seeds))
+        return lower_median(self.result(self.job(cell, ref, lr, s))["runs"][0]["val_acc"] or 0.0 for s in range(self.suite.seeds))
 
     def scoring_jobs(self, cell: Cell, ruleset: str, budget_aware: bool, target: float | None = None) -> list[dict[str, Any]]:
         return [

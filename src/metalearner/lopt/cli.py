@@ -26,7 +26,7 @@ def meta_train_command(
     kind: str = typer.Option("opt2vec", help="opt2vec or controller (process-per-unroll ES), or learned (the batched PES engine)."),
     out: Path = typer.Option(Path("runs/meta"), help="Output folder (checkpoint, state.json, weights)."),
     seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
-    outer_steps: Optional[int] = typer.Option(None, help="ES steps (default config: 40)."),
+    outer_steps: Optional[int] = typer.Option(None, help="Outer steps (default: 40 for opt2vec and controller, 500 for learned)."),
     pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
     unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512; --kind learned: the PES truncation, default 64)."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (default 2; --kind learned: its populations run in this "
@@ -73,7 +73,7 @@ def meta_train_command(
     finally:
         ex.close()
     ev = state.evaluation
-    typer.echo(json.dumps({"kind": kind, "out": str(out), "outer_steps": state.step, "n_params": weights.n_params,
+    typer.echo(json.dumps({"kind": kind, "out": str(out), "weights": str(out / f"{kind}.safetensors"), "outer_steps": state.step, "n_params": weights.n_params,
                            "eval_meta_loss_initial": ev["initial_mean"], "eval_meta_loss_final": ev["final_mean"]}))  # fmt: skip
 
 
@@ -93,7 +93,7 @@ def _engine(out: Path, seed: int, outer_steps: int | None, pairs: int | None, tr
         bar = display.bar("meta-train learned", cfg.outer_steps, info="meta-loss {meta_loss:.4f}", meta_loss=float("nan"))
         _, record = run(cfg, out, resume=resume, on_step=lambda r: bar.update(r["step"], meta_loss=r["meta_loss"]), executor=executor)
     ev = record.evaluation
-    typer.echo(json.dumps({"kind": "learned", "out": str(out / WEIGHTS), "outer_steps": record.step,
+    typer.echo(json.dumps({"kind": "learned", "out": str(out), "weights": str(out / WEIGHTS), "outer_steps": record.step,
                            "eval_meta_loss_initial": float(sum(ev["initial"]) / len(ev["initial"])),
                            "eval_meta_loss_final": float(sum(ev["final"]) / len(ev["final"]))}))  # fmt: skip
 
@@ -152,8 +152,8 @@ def analyse_command(
     from metalearner.errors import ConfigError
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
 
-    if steps < 1 or not base_lr > 0:
-        raise ConfigError(f"--steps must be >= 1 and --base-lr > 0, got {steps} and {base_lr}")
+    if steps < 48 or not base_lr > 0:  # Opt2Vec observes every 16 steps: fewer than three embeddings draw no trajectory
+        raise ConfigError(f"--steps must be >= 48 (three of Opt2Vec's observations) and --base-lr > 0, got {steps} and {base_lr}")
     t = make_task(TaskConfig(dataset=task, model=ModelConfig(depth=2, width=128)), data_dir=data_dir)
     traj = record_run(t, "opt2vec", lr=base_lr, steps=steps, seed=seed, options={"weights": weights})
     out.mkdir(parents=True, exist_ok=True)

@@ -96,7 +96,7 @@ class MetaTrainConfig:
             if isinstance(getattr(self, f.name), list):
                 object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         if self.kind not in ("opt2vec", "controller"):
-            raise ConfigError(f"unknown kind {self.kind!r}; choose from opt2vec, controller")
+            raise ConfigError(f"unknown kind {self.kind!r}; choose from opt2vec, controller (or learned: the batched engine)")
         check_device(self.device)
         if self.outer_steps < 0 or self.pairs < 1 or self.unroll_steps < 2 or self.sigma <= 0 or self.outer_lr <= 0:
             raise ConfigError("outer_steps >= 0, pairs >= 1, unroll_steps >= 2, sigma > 0 and outer_lr > 0 are required")

@@ -13,14 +13,15 @@ import typer
 
 from metalearner import options
 
-tower_app = typer.Typer(add_completion=False, invoke_without_command=True,
+tower_app = typer.Typer(add_completion=False, invoke_without_command=True, subcommand_metavar="",
                         help="Train a model with a hyperoptimizer tower (its hyperparameters learned by gradient descent).")  # fmt: skip
-fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True,
+fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True, subcommand_metavar="",
                           help="Few-shot meta-learning: MAML, Meta-SGD, or Meta-SGD with a learned meta-learning rate.")  # fmt: skip
 
 # options both commands take
 SEED = typer.Option(0, help="Seed for the initial weights and the data (batches or tasks).")
-PLOT = typer.Option(None, help="Write the command's figure (see above) to this PNG.")
+PLOT = typer.Option(None, help="Write the command's figure to this PNG (tower: each level's hyperparameters over training; "
+                                "fewshot: the adaptation curves and the meta-training history).")
 
 
 @tower_app.callback(invoke_without_command=True)

@@ -72,6 +72,20 @@ class DatasetConfig:
     seed: int = 0
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file's content; unreadable or invalid JSON raises :class:`DataError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path} is not valid JSON: {e}") from None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to one line (for a one-line :class:`DataError`)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def forward_mean(x: np.ndarray, k: int, offset: int = 1) -> np.ndarray:
     """``out[t] = mean(x[t+offset-k+1 .. t+offset])`` for windows ending at ``t+offset`` with
     ``offset >= k``, else ``mean(x[t+1 .. t+k])``; NaN where the window runs past the end."""
@@ -234,14 +248,20 @@ def run_rows(run_dir: Path, cfg: DatasetConfig) -> tuple[pd.DataFrame, dict[str,
     return rows, summary
 
 
-def build_dataset(zoo_dir: str | Path, out: str | Path | None = None, cfg: DatasetConfig = DatasetConfig()) -> "Dataset":
+def build_dataset(
+    zoo_dir: str | Path, out: str | Path | None = None, cfg: DatasetConfig = DatasetConfig(), progress: Any = None,
+) -> "Dataset":
     """Rows of every finished run of a zoo (``zoo_dir/runs/*``); written to ``out`` as
-    ``rows.parquet`` + ``dataset.json`` when given. Deterministic: runs sorted by id."""
+    ``rows.parquet`` + ``dataset.json`` when given. Deterministic: runs sorted by id.
+    ``progress``: an object with ``update(done, total)`` (a progress bar), told the runs done."""
     root = Path(zoo_dir) / "runs"
     if not root.is_dir():
         raise DataError(f"{zoo_dir} is not a zoo (no runs/ folder)")
     parts, summaries = [], []
-    for run_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+    run_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    for i, run_dir in enumerate(run_dirs):
+        if progress is not None:
+            progress.update(i, len(run_dirs))
         try:
             meta = read_run(run_dir)
         except DataError:
@@ -252,6 +272,8 @@ def build_dataset(zoo_dir: str | Path, out: str | Path | None = None, cfg: Datas
         if got is not None:
             parts.append(got[0])
             summaries.append(got[1])
+    if progress is not None:
+        progress.update(len(run_dirs), len(run_dirs))
     if not parts:
         raise DataError(f"{zoo_dir} has no finished runs")
     runs = pd.DataFrame(summaries)
@@ -299,14 +321,21 @@ class Dataset:
         path = Path(path)
         if not (path / ROWS).exists() or not (path / META).exists():
             raise DataError(f"{path} is not a mirror dataset (needs {ROWS} and {META})")
-        meta = json.loads((path / META).read_text())
-        runs = pd.DataFrame(meta["runs"])
-        runs["final_acc"] = pd.to_numeric(runs["final_acc"], errors="coerce")
-        runs["lr_log_ratio"] = pd.to_numeric(runs["lr_log_ratio"], errors="coerce")
-        rows = pq.read_table(path / ROWS).to_pandas()
+        meta = read_json(path / META)
+        try:
+            runs = pd.DataFrame(meta["runs"])
+            runs["final_acc"] = pd.to_numeric(runs["final_acc"], errors="coerce")
+            runs["lr_log_ratio"] = pd.to_numeric(runs["lr_log_ratio"], errors="coerce")
+            config = DatasetConfig(**meta["config"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{path / META} is not a mirror dataset description (bad or missing entry {first_line(e)})") from None
+        try:
+            rows = pq.read_table(path / ROWS).to_pandas()
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{path / ROWS} is not a readable parquet file: {first_line(e)}") from None
         if any(c not in rows.columns for c in TREND_FEATURES):  # written before the smoothers were features
             add_trend_features(rows)
-        return cls(rows=rows, runs=runs, config=DatasetConfig(**meta["config"]))
+        return cls(rows=rows, runs=runs, config=config)
 
 
 def add_trend_features(rows: pd.DataFrame) -> pd.DataFrame:

@@ -15,8 +15,10 @@ quantile (or the only output).
 
 from __future__ import annotations
 
-import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from metalearner.atomic import atomic_path, write_json
+from metalearner.atomic import atomic_path, fsync_dir, write_json
 from metalearner.errors import ConfigError, DataError
+from metalearner.mirror.dataset import first_line, read_json
 
 KINDS = ("mlp", "gru", "transformer")
 ENSEMBLE_JSON = "ensemble.json"  # marks a folder of saved ensemble members
@@ -185,6 +188,9 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     max_train: int | None = None  # cap on examples drawn per epoch (None: all)
+    # told ``update(epochs done, epochs, loss=..., val=...)`` after each epoch (all done on an early stop): a progress
+    # bar, fit's protocol
+    progress: Any = field(default=None, repr=False, compare=False)
 
 
 def _standardise(cfg: PredictorConfig, x: np.ndarray, y: np.ndarray) -> None:
@@ -247,47 +253,108 @@ def train_predictor(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
-            if bad >= tc.patience:
-                break
+        stop = bad >= tc.patience
+        if tc.progress is not None:  # an early stop skips the remaining epochs
+            tc.progress.update(tc.epochs if stop else epoch + 1, tc.epochs, loss=rec["train_loss"], val=rec.get("val_loss", math.nan))
+        if stop:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return model, history
 
 
-def save_predictor(model: Predictor | Ensemble, out: str | Path, history: list[Any] | None = None) -> Path:
-    """``out/model.safetensors`` + ``out/config.json`` (+ ``history.json``). An
-    :class:`Ensemble` is saved as ``out/ensemble.json`` and one such folder per member
-    (``member-0``, ...); its ``history`` is the list of the members' histories."""
+CONFIG_JSON, WEIGHTS, HISTORY_JSON, SPLIT_JSON = "config.json", "model.safetensors", "history.json", "split.json"
+
+
+def _write(model: Predictor | Ensemble, folder: Path, history: list[Any] | None) -> None:
+    """Write ``model``'s files into ``folder`` (the layout of :func:`save_predictor`)."""
     from safetensors.torch import save_file
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(model, Ensemble):
         for i, member in enumerate(model.models):
-            save_predictor(member, out / f"member-{i}", history[i] if history else None)
-        write_json(out / ENSEMBLE_JSON, {"members": len(model.models), "combine": "median"})
-        return out
-    with atomic_path(out / "model.safetensors") as tmp:
+            _write(member, folder / f"member-{i}", history[i] if history else None)
+        write_json(folder / ENSEMBLE_JSON, {"members": len(model.models), "combine": "median"})
+        return
+    with atomic_path(folder / WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(out / "config.json", asdict(model.cfg))
+    write_json(folder / CONFIG_JSON, asdict(model.cfg))
     if history is not None:
-        write_json(out / "history.json", history)
+        write_json(folder / HISTORY_JSON, history)
+
+
+def _saved_files(folder: Path) -> list[Path]:
+    """The files of a predictor saved in ``folder``, its markers (what makes it load) first."""
+    members = sorted(p for p in folder.glob("member-*") if p.name[len("member-"):].isdigit())
+    return [folder / n for n in (CONFIG_JSON, ENSEMBLE_JSON, WEIGHTS, HISTORY_JSON, SPLIT_JSON)] + members
+
+
+def save_predictor(
+    model: Predictor | Ensemble, out: str | Path, history: list[Any] | None = None, split: dict[str, Any] | None = None,
+) -> Path:
+    """``out/model.safetensors`` + ``out/config.json`` (+ ``history.json``). An
+    :class:`Ensemble` is saved as ``out/ensemble.json`` and one such folder per member
+    (``member-0``, ...); its ``history`` is the list of the members' histories. ``split``
+    (the split it was trained on) is saved as ``split.json``, which ``mirror eval`` reads.
+
+    Saving replaces the predictor ``out`` held before, single or ensemble, with its history
+    and split (other files stay). The new files are written into a hidden folder in ``out``
+    first; then the old markers (``config.json``, ``ensemble.json``) go, the rest moves in,
+    and the new marker comes last: a crash leaves the old predictor, none (loading raises
+    :class:`DataError`) or the new one, never a mix."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=out, prefix=".saving-"))
+    try:
+        _write(model, stage, history)
+        if split is not None:
+            write_json(stage / SPLIT_JSON, split)
+        for old in _saved_files(out):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old)
+            else:
+                old.unlink(missing_ok=True)
+        marker = ENSEMBLE_JSON if isinstance(model, Ensemble) else CONFIG_JSON
+        for p in sorted(stage.iterdir(), key=lambda p: p.name == marker):  # the marker last
+            os.replace(p, out / p.name)
+        fsync_dir(out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return out
 
 
 def load_predictor(path: str | Path) -> Predictor | Ensemble:
-    """A predictor or ensemble saved by :func:`save_predictor` (safetensors, no pickle)."""
+    """A predictor or ensemble saved by :func:`save_predictor` (safetensors, no pickle); a
+    missing, corrupt or inconsistent file raises :class:`DataError` naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if (path / ENSEMBLE_JSON).exists():
-        n = int(json.loads((path / ENSEMBLE_JSON).read_text())["members"])
-        return Ensemble([load_predictor(path / f"member-{i}") for i in range(n)])
-    if not (path / "config.json").exists() or not (path / "model.safetensors").exists():
-        raise DataError(f"{path} is not a saved predictor (needs config.json and model.safetensors)")
-    model = Predictor(PredictorConfig(**json.loads((path / "config.json").read_text())))
-    model.load_state_dict(load_file(str(path / "model.safetensors")))
+        meta = read_json(path / ENSEMBLE_JSON)
+        n = meta.get("members") if isinstance(meta, dict) else None
+        if not isinstance(n, int) or n < 1:
+            raise DataError(f"{path / ENSEMBLE_JSON} does not give a number of members >= 1")
+        try:
+            return Ensemble([load_predictor(path / f"member-{i}") for i in range(n)])
+        except ConfigError as e:
+            raise DataError(f"{path}: {e}") from None
+    config, weights = path / CONFIG_JSON, path / WEIGHTS
+    if not config.exists() or not weights.exists():
+        raise DataError(f"{path} is not a saved predictor (needs {CONFIG_JSON} and {WEIGHTS})")
+    cfg = read_json(config)
+    try:
+        model = Predictor(PredictorConfig(**cfg))
+    except Exception as e:  # not a dict, unknown keys, values no predictor can have
+        raise DataError(f"{config} is not a valid predictor config: {first_line(e)}") from None
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # SafetensorError (truncated, not safetensors), OSError
+        raise DataError(f"{weights} is not a readable safetensors file: {first_line(e)}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise DataError(f"{weights} does not match {config} (tensors with other names or shapes)") from None
     model.eval()
     return model
 
@@ -295,5 +362,5 @@ def load_predictor(path: str | Path) -> Predictor | Ensemble:
 def read_history(path: str | Path) -> list[dict[str, Any]]:
     """A saved predictor's training curve (an ensemble's first member's)."""
     path = Path(path)
-    p = (path / "member-0" if (path / ENSEMBLE_JSON).exists() else path) / "history.json"
-    return json.loads(p.read_text()) if p.exists() else []
+    p = (path / "member-0" if (path / ENSEMBLE_JSON).exists() else path) / HISTORY_JSON
+    return read_json(p) if p.exists() else []

@@ -91,7 +91,10 @@ def verdict(results: dict[str, Any]) -> list[str]:
                     base = [b for b in times if b not in ours]
                     beaten = [b for b in base if times[b] > t]
                     took = "never reached the target" if not math.isfinite(t) else f"{fmt_epochs(t)} epochs"
-                    line += f"; {_label(results, m)} loses ({took}; faster than {len(beaten)} of {len(base)} baselines)"
+                    if base and len(beaten) == len(base):  # behind another of ours only
+                        line += f"; {_label(results, m)} {took}, behind ours only (faster than all {len(base)} baselines)"
+                    else:
+                        line += f"; {_label(results, m)} loses ({took}; faster than {len(beaten)} of {len(base)} baselines)"
             out.append(line + ".")
     pair = shift_cells(results)
     if pair:

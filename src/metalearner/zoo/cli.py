@@ -47,6 +47,8 @@ def zoo(
     from metalearner.zoo.sweep import print_report, run_sweep
 
     if spec is None and not set_:
+        if out is not None:
+            raise ConfigError("give the sweep with --spec SPEC (a .toml/.yaml file or a preset: mnist100, tiny) or --set KEY=VALUE")
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
     base = load_spec(spec) if spec is not None else None
