@@ -151,9 +151,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         STDERR.print("interrupted")
         sys.exit(130)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # an output path the user gave
-        where = f": {e.filename}" if e.filename else ""
-        typer.echo(f"error: cannot write there, {e.strerror.lower() if e.strerror else e}{where}", err=True)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path given where it cannot be used
+        where = f" {e.filename}" if e.filename else ""
+        typer.echo(f"error: cannot use{where}: {e.strerror.lower() if e.strerror else e}", err=True)
         sys.exit(2)
     except Exception as e:  # usage errors (click's, or the copy of click that newer typer vendors)
         if any(c.__name__ == "ClickException" for c in type(e).__mro__):

@@ -31,17 +31,18 @@ def adam_moments_(
     return denom
 
 
-def check_state_fits(optimizer: torch.optim.Optimizer, state_dict: dict) -> None:
+def check_state_fits(optimizer: torch.optim.Optimizer, state_dict: dict, keys: tuple[str, ...] | None = None) -> None:
     """Before ``load_state_dict``: every per-parameter state tensor (beyond 0-d counters) of
     ``state_dict`` has the shape of the parameter it will be given to (torch pairs them by
     order), else a one-line error (another model's state, or its parameters in another order),
-    before the optimizer changes or a step fails on it."""
+    before the optimizer changes or a step fails on it. ``keys``: only these entries (the
+    others may have other shapes), else every one."""
     params = [p for g in optimizer.param_groups for p in g["params"]]
     saved = [i for g in state_dict.get("param_groups", []) for i in g.get("params", [])]
     if len(saved) != len(params):
         return  # torch refuses it in its own words
     for p, i in zip(params, saved):
         for name, v in state_dict.get("state", {}).get(i, {}).items():
-            if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape:
+            if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape and (keys is None or name in keys):
                 raise ConfigError(f"this state does not fit the parameters: {name!r} has shape {tuple(v.shape)} for a parameter "
                                   f"of shape {tuple(p.shape)} (another model's state, or its parameters in another order)")  # fmt: skip

@@ -72,3 +72,4 @@ def test_the_target_is_a_value_half_the_reference_runs_reach():
     assert lower_median([0.9, 0.7, 0.8]) == 0.8  # odd: the median
     assert lower_median([0.7242, 0.743]) == 0.7242  # even: both seeds reach it (their mean, one)
     assert lower_median([0.4, 0.1, 0.3, 0.2]) == 0.2
+    assert math.isnan(lower_median([0.9, math.nan, 0.8])) and math.isnan(lower_median([]))

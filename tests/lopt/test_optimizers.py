@@ -6,6 +6,7 @@ import copy
 import math
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -430,3 +431,53 @@ def test_a_state_of_another_kind_or_model_is_refused_at_load(name):
         opt.load_state_dict(other.state_dict())
     _train(model, opt, x, y, 3)  # the optimizer is as it was
     assert not any(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_FOUR if n != "tower"])
+def test_a_copy_with_a_scheduler_attached_steps_itself(name):
+    """A scheduler wraps ``opt.step`` in a closure over the original: the copy leaves it out."""
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR[name](model.parameters())
+    torch.optim.lr_scheduler.StepLR(opt, 10)
+    _train(model, opt, x, y, 3)
+    for model2, opt2 in (copy.deepcopy((model, opt)), pickle.loads(pickle.dumps((model, opt)))):
+        before = [p.detach().clone() for p in model.parameters()]
+        _train(model2, opt2, x, y, 2)
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))  # the original did not move
+        assert not all(torch.equal(p, q) for p, q in zip(model2.parameters(), before))
+
+
+def test_the_controller_passes_a_closure_to_an_optimizer_that_needs_one():
+    model, x, y = _mlp_and_data()
+    opt = LRController(torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4), observe_every=2)
+    calls = []
+
+    def closure():
+        calls.append(1)
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    first = float(closure().detach())
+    for _ in range(4):
+        opt.step(closure)
+    assert float(nn.functional.mse_loss(model(x), y).detach()) < first and len(calls) > 5
+
+
+def test_the_controller_keeps_state_of_other_shapes_to_its_optimizer():
+    model, x, y = _mlp_and_data()
+    opt = LRController(torch.optim.Adafactor(model.parameters(), lr=1e-2), observe_every=2)
+    _train(model, opt, x, y, 3)
+    opt.load_state_dict(opt.state_dict())  # row and column factors are not the parameters' shape
+
+
+def test_numpy_and_one_element_losses_are_read():
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR["opt2vec"](model.parameters())
+    for loss in (np.float32(0.5), np.array(0.5), 0.5, torch.tensor([0.5])):
+        opt.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        opt.step(loss=loss)
+    with pytest.raises(ConfigError):
+        opt.step(loss=True)

@@ -609,6 +609,9 @@ def test_a_scheduler_may_set_the_lr_to_zero():
         opt.step()
         schedule.step()
     assert torch.isfinite(model.weight).all() and not torch.equal(model.weight, before)
+    fresh = Tower(model.parameters(), lr=1e-2, height=2, warmup=0, hyper_every=1)
+    opt.param_groups[0]["lr"] = 0.0  # as a scheduler leaves it between hyper steps
+    fresh.load_state_dict(opt.state_dict())  # a state saved at lr 0 loads
 
 
 @pytest.mark.parametrize("group, message", [({"hyper_every": 0}, "hyper_every"), ({"base": "foo"}, "tower base"),

@@ -36,9 +36,10 @@ def median(values: Iterable[float]) -> float:
 
 def lower_median(values: Iterable[float]) -> float:
     """The median for an odd count; for an even count the lower of the two middle values, a
-    value that half the runs reach (the mean of two seeds is reached by one of them)."""
+    value that half the runs reach (the mean of two seeds is reached by one of them). NaN if
+    any value is (as ``np.median``)."""
     v = sorted(float(x) for x in values)
-    return v[(len(v) - 1) // 2] if v else math.nan
+    return v[(len(v) - 1) // 2] if v and not any(math.isnan(x) for x in v) else math.nan
 
 
 def bootstrap_median_ci(values: Sequence[float], *, level: float = 0.95, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:

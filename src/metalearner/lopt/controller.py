@@ -72,6 +72,12 @@ def controller_step(theta: PolicyWeights, history: torch.Tensor) -> tuple[float,
     return lr_scale_from(out[0]), emb
 
 
+# the per-parameter state that torch.optim's optimizers keep in the parameter's shape (others, such
+# as Adafactor's row and column factors or LBFGS's flat buffers, are the wrapped optimizer's business)
+PARAMETER_SHAPED = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer", "square_avg", "acc_delta", "sum", "prev",
+                    "step_size", "grad_avg", "ax")  # fmt: skip
+
+
 class LRController(torch.optim.Optimizer):
     """Learned lr scaling around ``optimizer`` (see the module docstring). Attributes it does
     not have (e.g. Schedule-Free's ``train``/``eval``) fall through to the wrapped optimizer."""
@@ -158,17 +164,20 @@ class LRController(torch.optim.Optimizer):
         (``step(loss=loss)``, ``step(loss)`` or ``step(closure)``; none: no observation data)."""
         if closure is not None and not callable(closure):
             closure, loss = None, closure
+        inner = None
         if closure is not None:  # before the wrapped step's hooks, so that they read this step's gradient
             with torch.enable_grad():
                 out = closure()
             loss = out if loss is None else loss
+            first = [out]  # an optimizer that calls the closure (LBFGS) gets this result first, then fresh ones
+            inner = lambda: first.pop() if first else closure()  # noqa: E731
         loss = check_loss(loss)
         self._set_groups()
         users = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:
             group["lr"] = group["effective_lr"]
         try:
-            self.optimizer.step()
+            self.optimizer.step() if inner is None else self.optimizer.step(inner)
         finally:
             for group, lr in zip(self.param_groups, users):
                 group["lr"] = lr
@@ -211,7 +220,7 @@ class LRController(torch.optim.Optimizer):
         if tuple(ctrl["history"].shape) != (cfg.history_length, cfg.n_features):
             raise ConfigError(f"this state is of an LRController with another policy (history {tuple(ctrl['history'].shape)}, "
                               f"not {(cfg.history_length, cfg.n_features)})")  # fmt: skip
-        check_state_fits(self.optimizer, state_dict["optimizer"])
+        check_state_fits(self.optimizer, state_dict["optimizer"], keys=PARAMETER_SHAPED)
         self.optimizer.load_state_dict(state_dict["optimizer"])
         self.param_groups = self.optimizer.param_groups  # torch replaces the group dicts on load
         self.state = self.optimizer.state

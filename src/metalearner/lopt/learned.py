@@ -18,7 +18,9 @@ The snapshot is not part of ``state_dict``: a run resumed in the middle of a win
 goes non-finite rolls back to where it was resumed.
 A parameter without a gradient (frozen, or unused by this loss) is left as it is, as
 ``torch.optim`` does: its weights, moments and averaging weight do not move; the policy reads
-it as a tensor with a zero gradient, as the kernel would.
+it as a tensor with a zero gradient, as the kernel would. (The bias correction counts the
+optimizer's steps, not each tensor's, as ``schedulefree`` does: a tensor that gets its first
+gradient late takes a larger first step than under torch's per-parameter count.)
 
     opt = LearnedOptimizer(model.parameters())           # shipped weights, lr 2.5e-3
     for x, y in loader:
@@ -60,8 +62,16 @@ DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
 def _check_group_values(lr: Any, weight_decay: Any) -> None:
     """A group's ``lr`` (as :func:`check_lr`) and ``weight_decay``, one-line errors."""
     check_lr(lr)
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0 and math.isfinite(weight_decay)):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
+    if not _real(weight_decay) >= 0 or not math.isfinite(_real(weight_decay)):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+
+
+def _real(x: Any) -> float:
+    """``x`` as a float (numpy and one-element tensors too), NaN if it is not a number."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -366,7 +376,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
             self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
-            self.host = {**learned["host"], "scales": [1.0] * len(self._params)}
+            self.host = {**learned["host"], "weight_sum": list(learned["host"]["weight_sum"]), "scales": [1.0] * len(self._params)}
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
             self._scratch = [torch.empty_like(p) for p in self._params]

@@ -112,7 +112,11 @@ def policy_step(
 
 def _check_hyperparameters(lr: float, betas: Any, eps: float, weight_decay: float) -> None:
     """One-line errors for values Adam's update cannot use (β₁ is the policy's: only β₂ is read)."""
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+    try:
+        lr = float(lr)  # numpy numbers and one-element tensors too
+    except (TypeError, ValueError):
+        lr = math.nan
+    if not (lr > 0 and math.isfinite(lr)):
         raise ConfigError(f"learning rate must be a positive finite number, got {lr}")
     if not (len(betas) == 2 and 0.0 <= betas[1] < 1.0):
         raise ConfigError(f"beta2 must be in [0, 1), got {betas}")
@@ -252,15 +256,11 @@ class Opt2Vec(torch.optim.Optimizer):
             raise ConfigError("this is not the state of an Opt2Vec (its groups lack betas, eps or weight_decay)")
         check_state_fits(self, state_dict)
         super().load_state_dict(state_dict)
-        g = self.state.get(_GLOBAL)
-        if g is not None:
-            g = self.state[_GLOBAL] = copy.deepcopy(g)
-        if g is None:
-            self.state[_GLOBAL] = self._fresh_global()
-        elif g.get("tracker"):
+        g = self.state[_GLOBAL] = copy.deepcopy(self.state[_GLOBAL])
+        if g.get("tracker"):
             self.tracker.load_state_dict(g["tracker"])
             g["tracker"] = None
-        if g is not None and not torch.is_tensor(g["loss_sum"]):
+        if not torch.is_tensor(g["loss_sum"]):
             g["loss_sum"] = torch.tensor(float(g["loss_sum"]), dtype=torch.float64)
         self._snapshot = None
         self._set_groups(self.state[_GLOBAL])

@@ -50,11 +50,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -301,12 +303,12 @@ def check_loss(loss: Any) -> Any:
     """``loss`` if a learned optimizer can read it (``None``, a real number, or a one-element
     tensor), else a one-line error, raised before the step touches anything. Reads no device
     value (``numel`` is metadata)."""
-    if loss is None or (torch.is_tensor(loss) and loss.numel() == 1 and not loss.is_complex()):
+    if loss is None or (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
         return loss
-    if torch.is_tensor(loss):
-        raise ConfigError(f"step() takes the loss as a scalar (reduce it first, e.g. loss.mean()); got a tensor of shape {tuple(loss.shape)}")
-    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-        return loss
+    if torch.is_tensor(loss) or getattr(loss, "size", 1) != 1:  # a tensor or array of several values
+        raise ConfigError(f"step() takes the loss as a scalar (reduce it first, e.g. loss.mean()); got shape {tuple(loss.shape)}")
+    if isinstance(loss, (numbers.Real, np.ndarray, np.generic)) and not isinstance(loss, (bool, np.bool_)):
+        return float(loss)  # Python and numpy numbers, 0-d arrays
     raise ConfigError(f"step() takes the loss as a number or a one-element tensor, got {type(loss).__name__}")
 
 
@@ -318,9 +320,10 @@ OPTIMIZER_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_
 def optimizer_getstate(optimizer: torch.optim.Optimizer, *drop: str) -> dict[str, Any]:
     """What ``copy.deepcopy`` and ``pickle`` keep of a learned optimizer: all of it (its policy,
     counters and buffers live outside ``defaults``/``state``/``param_groups``, all that
-    ``torch.optim.Optimizer.__getstate__`` keeps), less the users' hooks, as torch leaves them
-    out (``Optimizer.__setstate__`` makes them anew), and ``drop``."""
-    return {k: v for k, v in optimizer.__dict__.items() if k not in OPTIMIZER_HOOKS and k not in drop}
+    ``torch.optim.Optimizer.__getstate__`` keeps), less the users' hooks and an LR scheduler's
+    wrapper of ``step`` (it points at the original), as torch leaves them out
+    (``Optimizer.__setstate__`` makes the hooks anew), and ``drop``."""
+    return {k: v for k, v in optimizer.__dict__.items() if k not in OPTIMIZER_HOOKS and k not in ("step", "_opt_called", *drop)}
 
 
 def guarded_lr_scale(state: dict[str, Any], proposed: float, mean_loss: float, spike_guard: float) -> float:

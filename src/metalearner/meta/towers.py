@@ -312,13 +312,14 @@ def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
 
 
-def _check_group(group: dict[str, Any]) -> None:
+def _check_group(group: dict[str, Any], *, lr_zero_ok: bool = False) -> None:
     """A group's values, as the constructor checks its arguments (a group may override any);
-    ``max_update_ratio`` None becomes its base's default."""
+    ``max_update_ratio`` None becomes its base's default. ``lr_zero_ok``: a saved state's lr,
+    which a scheduler may have set to 0."""
     for name, key, choices in (("tower base", "base", BASES), ("hyper rule", "hyper", HYPERS), ("learn", "learn", ("lr", "all"))):
         if group[key] not in choices:
             raise ConfigError(f"unknown {name} {group[key]!r}; choose from {', '.join(choices)}")
-    _check_rate("learning rate", group["lr"])
+    _check_rate("learning rate", group["lr"], zero_ok=lr_zero_ok)
     _check_rate("eps", group["eps"])
     if not group["hyper_lrs"]:
         raise ConfigError("hyper_lrs needs one value per level (at least one)")
@@ -446,7 +447,7 @@ class Tower(torch.optim.Optimizer):
             raise ConfigError("this is not the state of a Tower (its groups lack base, learn or hyper_lrs)")
         check_state_fits(self, state_dict)
         for group in state_dict["param_groups"]:  # a state saved before an option existed ran without it
-            _check_group({**SAVED_WITHOUT, **group})
+            _check_group({**SAVED_WITHOUT, **group}, lr_zero_ok=True)
         super().load_state_dict(state_dict)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -120,8 +120,7 @@ def run_mirror(cfg: MirrorStage, out: Path, inputs: dict[str, Path], ctx: Contex
     train = TrainConfig(epochs=cfg.epochs, seed=cfg.seed)
     arch = dict(kind=cfg.kind, window=cfg.window, hidden=cfg.hidden, layers=cfg.layers, stride=cfg.stride, train=train)
     model, history = fit_on_dataset(ds, ["smooth_loss"], split, **arch)
-    save_predictor(model, out / "smooth_loss", history)
-    (out / "smooth_loss" / "split.json").write_text(json.dumps({"by": cfg.split, "seed": cfg.seed, "split": split}))
+    save_predictor(model, out / "smooth_loss", history, split={"by": cfg.split, "seed": cfg.seed, "split": split})
     scores = {"smooth_loss": score(ds, model, "smooth_loss", split, "test", seed=cfg.seed)}
     savings = None
     if cfg.prune:
