@@ -121,8 +121,10 @@ def test_lr_stays_the_users_and_the_group_records_what_is_applied():
     assert (g0["lr"], g1["lr"]) == (1e-3, 1e-2)  # never overwritten
     assert g1["effective_lr"] / g0["effective_lr"] == pytest.approx(10.0)
     assert g0["effective_lr"] != pytest.approx(1e-3)  # the learned scale acts
-    lr, momentum = optimizer_hparams(opt)  # what the probe logs
-    assert lr == g0["effective_lr"] and momentum == g0["effective_momentum"] and 0 <= momentum < 1
+    lr, momentum = optimizer_hparams(opt)  # what the probe logs: the groups' size-weighted means
+    n0, n1 = (sum(p.numel() for p in g["params"]) for g in (g0, g1))
+    assert lr == pytest.approx((n0 * g0["effective_lr"] + n1 * g1["effective_lr"]) / (n0 + n1))
+    assert momentum == pytest.approx(g0["effective_momentum"]) and 0 <= momentum < 1
     assert opt.embedding is not None and opt.embedding.shape == (64,)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearner.atomic import atomic_path
-from metalearner.errors import DataError
+from metalearner.errors import ConfigError, DataError
 from metalearner.observe import COLUMNS, EXTENDED_COLUMNS, SCHEMA_VERSION, Probe, export_trajectory, read_run, read_trajectory
 
 
@@ -254,3 +254,34 @@ def test_probe_refuses_a_file_as_its_run_directory(tmp_path):
     model = nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="exists and is not a directory"):
         Probe(model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=f)
+
+
+def test_probe_contract_edges(tmp_path):
+    """Several param groups log their size-weighted lr; an evaluation logged after a flush
+    lands on its step; a second close keeps the final metrics; bad inputs fail at once."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters(), "lr": 0.1}])
+    probe = Probe(model, opt, out_dir=tmp_path / "run")
+    x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    for _ in range(3):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        probe.observe(loss, logits=logits, targets=y)
+        opt.step()
+    probe.table()  # flushes the three steps
+    probe.log_eval(0.5, 0.75)
+    with pytest.raises(ConfigError, match="one-element"):
+        probe.observe(F.cross_entropy(model(x), y, reduction="none"))
+    with pytest.raises(ConfigError, match="targets of shape"):
+        probe.observe(loss, logits=logits, targets=y[:3])
+    probe.close(final={"test_acc": 0.9})
+    probe.close()
+    table = read_trajectory(tmp_path / "run", format="pandas")
+    assert table["lr"].iloc[0] == pytest.approx(0.1 * 27 / (40 + 27))
+    assert table["val_acc"].iloc[-1] == pytest.approx(0.75) and table["val_acc"].iloc[:-1].isna().all()
+    assert read_run(tmp_path / "run")["final"]["test_acc"] == 0.9
+    with pytest.raises(ConfigError, match="chunk_size"):
+        Probe(model, opt, chunk_size=0)

@@ -37,7 +37,7 @@ from torch import nn
 from metalearner.errors import ConfigError
 from metalearner.observe import store
 from metalearner.observe.physics import PhysicsTracker, layout
-from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS
+from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS, arrow_type
 
 _NOTHING: tuple = (None, None, None, -1, -1)  # a step the training loop did not report
 
@@ -50,14 +50,24 @@ class Sink(Protocol):
 
 
 def optimizer_hparams(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
-    """The learning rate and momentum the optimizer applies (first param group).
+    """The learning rate and momentum the optimizer applies: with several param groups, their
+    means weighted by the groups' parameter counts (one column for the whole model).
 
     An optimizer whose learned or scheduled factor applies at step time records what it
     applied in ``effective_lr`` / ``effective_momentum`` (Opt2Vec; Schedule-Free's
     ``scheduled_lr``); otherwise ``lr``, and ``momentum`` (SGD, RMSprop) or ``betas[0]`` (Adam
     family); NaN if there is none.
     """
-    group = optimizer.param_groups[0]
+    groups = optimizer.param_groups
+    if len(groups) == 1:
+        return _group_hparams(groups[0])
+    sizes = [sum(p.numel() for p in g["params"]) for g in groups]
+    values = [_group_hparams(g) for g in groups]
+    total = sum(sizes) or 1
+    return tuple(sum(n * v[i] for n, v in zip(sizes, values) if n) / total for i in (0, 1))  # type: ignore[return-value]
+
+
+def _group_hparams(group: dict[str, Any]) -> tuple[float, float]:
     lr = float(group.get("effective_lr", group.get("scheduled_lr", group.get("lr", math.nan))))
     if "effective_momentum" in group:
         momentum = float(group["effective_momentum"])
@@ -68,6 +78,10 @@ def optimizer_hparams(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
     else:
         momentum = math.nan
     return lr, momentum
+
+
+def _shape(x: Any) -> str:
+    return f"shape {tuple(x.shape)}" if hasattr(x, "shape") else type(x).__name__
 
 
 def guess_architecture(model: nn.Module) -> dict[str, Any]:
@@ -133,6 +147,8 @@ class Probe:
         chunk_size: int = 1024,
         sinks: Iterable[Sink] = (),
     ) -> None:
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ConfigError(f"chunk_size must be an integer >= 1 (steps per flush), got {chunk_size!r}")
         self.optimizer = optimizer
         self.tracker = PhysicsTracker(model.named_parameters(), extended=extended)
         self.extended = extended
@@ -164,6 +180,7 @@ class Probe:
         self._last_loss = math.nan
         self.step = 0  # optimizer steps recorded so far
         self.status = "partial"
+        self._closed = False
         self._t0 = time.perf_counter()
         self._hooks = [
             optimizer.register_step_pre_hook(lambda *_: self.tracker.before_step()),
@@ -183,22 +200,43 @@ class Probe:
         epoch: int = -1,
         batch: int = -1,
     ) -> None:
-        """Report the current batch; call between ``backward()`` and ``optimizer.step()``."""
+        """Report the current batch; call between ``backward()`` and ``optimizer.step()``.
+        ``loss``: a scalar; ``logits`` ``(..., classes)`` with ``targets`` of shape ``(...)``
+        (a sequence model's ``(batch, time, classes)`` scores every position)."""
+        if not torch.is_tensor(loss) or loss.numel() != 1:
+            raise ConfigError(f"observe() takes the loss as a one-element tensor (reduce it first), got {_shape(loss)}")
+        if logits is not None and targets is not None and tuple(logits.shape[:-1]) != tuple(targets.shape):
+            raise ConfigError(f"observe(): logits of shape {tuple(logits.shape)} need targets of shape {tuple(logits.shape[:-1])}, "
+                              f"got {tuple(targets.shape)}")  # fmt: skip
         preds = None if logits is None or targets is None else logits.detach().argmax(-1)
         self._pending = (loss.detach(), preds, targets, epoch, batch)
 
     def log_eval(self, val_loss: float, val_acc: float) -> None:
-        """Attach validation metrics to the latest recorded step."""
+        """Attach validation metrics to the latest recorded step (also when that step was
+        already flushed: its chunk is rewritten; sinks get evaluations logged before a flush)."""
         if self.step > 0:
             self._evals[self.step - 1] = (float(val_loss), float(val_acc))
+            if not self._rows and self._tables:  # the step is in the last flushed chunk
+                self._patch_last_chunk(self.step - 1, float(val_loss), float(val_acc))
         self._last_eval = {"val_loss": float(val_loss), "val_acc": float(val_acc)}
+
+    def _patch_last_chunk(self, step: int, val_loss: float, val_acc: float) -> None:
+        table = self._tables[-1]
+        i = table.num_rows - 1  # the chunk ends at the latest step
+        for name, value in (("val_loss", val_loss), ("val_acc", val_acc)):
+            column = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+            column[i] = value
+            table = table.set_column(table.schema.get_field_index(name), name, _column(name, column, table.num_rows))
+        self._tables[-1] = table
+        if self.out_dir is not None:
+            store.write_part(self.out_dir, len(self._tables) - 1, table)
 
     # -- hooks --------------------------------------------------------------------------
     def _record(self) -> None:
         if len(self._rows) == self.chunk_size:
             self.flush()
         loss, preds, targets, epoch, batch = self._pending
-        squares, extended = self.tracker.after_step_raw(None if targets is None else len(targets))
+        squares, extended = self.tracker.after_step_raw(None if targets is None else len(targets))  # the batch size
         self._rows.append((loss, preds, targets, squares, extended))
         lr, momentum = optimizer_hparams(self.optimizer)
         h = self._host
@@ -220,8 +258,8 @@ class Probe:
         acc = torch.full((n,), math.nan)
         seen = [i for i, r in enumerate(rows) if r[1] is not None]
         if seen:
-            counts = torch.tensor([len(rows[i][2]) for i in seen])
-            hits = (torch.cat([rows[i][1] for i in seen]) == torch.cat([rows[i][2] for i in seen])).float().cpu()
+            counts = torch.tensor([rows[i][2].numel() for i in seen])
+            hits = (torch.cat([rows[i][1].reshape(-1) for i in seen]) == torch.cat([rows[i][2].reshape(-1) for i in seen])).float().cpu()
             owner = torch.repeat_interleave(torch.arange(len(seen)), counts)
             acc[seen] = torch.zeros(len(seen)).index_add_(0, owner, hits) / counts
         squares = torch.stack([sq for r in rows for sq in r[3]]).view(n, -1)  # one stack per chunk
@@ -267,7 +305,12 @@ class Probe:
     def table(self) -> pa.Table:
         """Everything recorded so far as one Arrow table."""
         self.flush()
-        return pa.concat_tables(self._tables) if self._tables else pa.table({})
+        return pa.concat_tables(self._tables) if self._tables else self._empty()
+
+    def _empty(self) -> pa.Table:
+        """No step recorded: the schema's columns, no rows."""
+        names = COLUMNS + (EXTENDED_COLUMNS if self.extended else ())
+        return pa.table({name: pa.array([], type=arrow_type(name)) for name in names})
 
     def _run_meta(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
@@ -286,14 +329,18 @@ class Probe:
 
     def close(self, status: str = "complete", final: dict[str, Any] | None = None) -> None:
         """Flush, detach the hooks, and (with ``out_dir``) write the final files. ``final``
-        adds to what the probe knows (the last :meth:`log_eval` and the step count)."""
+        adds to what the probe knows (the last :meth:`log_eval` and the step count). A second
+        call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self.flush()
         for h in self._hooks:
             h.remove()
         self._hooks = []
         self.status = status
         if self.out_dir is not None:
-            store.finalize(self.out_dir, self._tables)
+            store.finalize(self.out_dir, self._tables or [self._empty()])
             store.write_run_json(self.out_dir, self._run_meta(final))
         for sink in self.sinks:
             sink.close()

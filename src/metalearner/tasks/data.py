@@ -295,6 +295,8 @@ def _images(name: str, *, data_dir: str | os.PathLike | None, download: bool, **
 def _mnist1d(*, seed: int, num_samples: int, **_: Any) -> _Raw:
     from mnist1d.data import get_dataset_args, make_dataset
 
+    if not (_is_int(num_samples) and num_samples >= 10):  # 20% of it is the test set, a few per class
+        raise ConfigError(f"mnist1d num_samples must be a whole number >= 10, got {num_samples!r}")
     args = get_dataset_args()
     args.seed, args.num_samples = seed, int(num_samples)
     # make_dataset reseeds the global RNGs; restore them so loading has no side effects.
@@ -310,6 +312,10 @@ def _mnist1d(*, seed: int, num_samples: int, **_: Any) -> _Raw:
 def _moons(*, seed: int, n_samples: int, noise: float, **_: Any) -> _Raw:
     from sklearn.datasets import make_moons
 
+    if not (_is_int(n_samples) and n_samples >= 1):
+        raise ConfigError(f"moons n_samples must be a whole number >= 1, got {n_samples!r}")
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) or not noise >= 0:
+        raise ConfigError(f"moons noise must be a number >= 0, got {noise!r}")
     x, y = make_moons(n_samples=int(n_samples), noise=float(noise), random_state=seed)
     return _Raw(x, y, None, None, 2, per_feature=True)
 
@@ -342,8 +348,8 @@ DATASETS: tuple[str, ...] = (*_LOADERS, "synthetic")
 
 
 def _check_fraction(name: str, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{name} must be in [0, 1), got {value}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -388,6 +394,10 @@ def _options(name: str, given: dict[str, Any], accepted: dict[str, Any]) -> dict
     return {**accepted, **given}
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
 def dataset_key(name: str) -> str:
     """Canonical data set name (``"Fashion-MNIST"`` -> ``"fashion_mnist"``); unknown names fail."""
     key = name.strip().lower().replace("-", "_")
@@ -413,10 +423,14 @@ def load_dataset(
     that many training examples (a seeded subset) for fast runs. Inputs are standardised
     with the full training split's statistics (per feature for tabular sets).
     """
+    if not isinstance(name, str):
+        raise ConfigError(f"the data set is named by a string, got {name!r}; valid names: {', '.join(DATASETS)}")
     key = dataset_key(name)
     val_fraction = _check_fraction("val_fraction", val_fraction)
-    if n_train is not None and n_train < 1:
-        raise ConfigError(f"n_train must be a positive number of examples, got {n_train}")
+    if n_train is not None and not (_is_int(n_train) and n_train >= 1):
+        raise ConfigError(f"n_train must be a whole positive number of examples, got {n_train!r}")
+    if not (_is_int(seed) and seed >= 0):
+        raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
 
     if key == "synthetic":
         from metalearner.tasks.synthetic import Shift, SyntheticSpec, make_synthetic

@@ -9,6 +9,7 @@ learned optimizers consume.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -54,6 +55,10 @@ class ModelConfig:
             )
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
+        for name in ("depth", "width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ConfigError(f"{name} must be a whole number, got {value!r}")
         least = 0 if self.family == "mlp" else 1
         if self.depth < least:
             raise ConfigError(f"depth must be >= {least} for a {self.family}, got {self.depth}")

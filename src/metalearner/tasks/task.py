@@ -12,7 +12,9 @@ random generator, so a distribution of tasks is reproducible from one seed::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import numbers
+
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -39,17 +41,33 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # rebuilt from JSON
-            object.__setattr__(self, "model", ModelConfig(**self.model))
+            object.__setattr__(self, "model", ModelConfig(**_known(ModelConfig, self.model, "model")))
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError(f"model must be a ModelConfig or a dict of its fields, got {type(self.model).__name__}")
+        if not isinstance(self.dataset, str):
+            raise ConfigError(f"the data set is named by a string, got {self.dataset!r}")
         dataset_key(self.dataset)  # fails early on an unknown name
-        if self.batch_size < 1:
-            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+            raise ConfigError(f"batch size must be a whole number >= 1, got {self.batch_size!r}")
+        if self.n_train is not None and (isinstance(self.n_train, bool) or not isinstance(self.n_train, numbers.Integral) or self.n_train < 1):
+            raise ConfigError(f"n_train must be a whole positive number of examples, got {self.n_train!r}")
+        if not isinstance(self.data_options, dict):
+            raise ConfigError(f"data_options must be a dict of the data set's options, got {self.data_options!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TaskConfig":
-        return cls(**d)
+        return cls(**_known(cls, d, "task"))
+
+
+def _known(cls: type, d: dict[str, Any], what: str) -> dict[str, Any]:
+    """``d`` if every key is a field of ``cls``, else a one-line error naming the others."""
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ConfigError(f"unknown {what} field(s) {', '.join(unknown)}; valid: {', '.join(f.name for f in fields(cls))}")
+    return d
 
 
 @dataclass
@@ -74,6 +92,8 @@ class Task:
 
 
 def make_task(config: TaskConfig, *, data_dir: str | None = None, download: bool = True) -> Task:
+    if isinstance(config, dict):
+        config = TaskConfig.from_dict(config)
     data = load_dataset(
         config.dataset,
         data_dir=data_dir,

@@ -22,6 +22,7 @@ optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -76,8 +77,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, batch_
         total_loss += loss_fn(logits, yb, reduction="sum").double().cpu()
         correct += (logits.argmax(-1) == yb).sum().cpu()
     model.train(was_training)
-    n = max(len(x), 1)
-    return float(total_loss) / n, float(correct) / n
+    if len(x) == 0:  # no examples: nothing measured
+        return math.nan, math.nan
+    return float(total_loss) / len(x), float(correct) / len(x)
 
 
 def _has_modes(optimizer: torch.optim.Optimizer) -> bool:
@@ -125,6 +127,18 @@ def train_step(
     return loss
 
 
+def _check_fit_options(batch_size: Any, scheduler_interval: Any, eval_every: Any, target_acc: Any) -> None:
+    """One-line errors for :func:`fit`'s options (``RunConfig`` checks its own the same way)."""
+    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if scheduler_interval not in ("step", "epoch"):
+        raise ConfigError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
+    if eval_every is not None and not (isinstance(eval_every, int) and eval_every >= 1):
+        raise ConfigError(f"eval_every must be an integer >= 1, got {eval_every!r}")
+    if target_acc is not None and not 0 < target_acc <= 1:
+        raise ConfigError(f"target_acc must be an accuracy in (0, 1] (a fraction: 0.97 for 97%), got {target_acc!r}")
+
+
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -162,6 +176,7 @@ def fit(
             ``ceil(n / batch_size)`` steps).
     """
     check_sampler(sampler)
+    _check_fit_options(batch_size, scheduler_interval, eval_every, target_acc)
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
