@@ -264,13 +264,9 @@ def test_probe_contract_edges(tmp_path):
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0}, {"params": model[2].parameters(), "lr": 0.1}])
     probe = Probe(model, opt, out_dir=tmp_path / "run")
     x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
-    for _ in range(3):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
-        opt.zero_grad()
-        loss.backward()
-        probe.observe(loss, logits=logits, targets=y)
-        opt.step()
+    train_steps(model, opt, probe, x, y, 3)
+    logits = model(x)
+    loss = F.cross_entropy(logits, y)
     probe.table()  # flushes the three steps
     probe.log_eval(0.5, 0.75)
     with pytest.raises(ConfigError, match="one-element"):
