@@ -166,3 +166,16 @@ def test_device_cuda_without_a_gpu_fails_at_the_start_in_one_line(args, tmp_path
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == ["error: device 'cuda' asked for, but torch sees no GPU (use --device cpu or auto)"]
     assert not (tmp_path / "out").exists()
+
+
+def test_zoo_set_beats_the_specs_per_optimizer_values():
+    r = cli("zoo", "--spec", "tiny", "--dry-run", "--set", "lr=0.05")
+    assert r.returncode == 0, r.stderr
+    lrs = {line.split("lr=")[1].split()[0] for line in r.stdout.splitlines() if "lr=" in line}
+    assert lrs == {"0.05"}
+
+
+def test_a_zoo_with_failed_runs_exits_1(tmp_path):
+    r = cli("zoo", "--spec", "tiny", "--set", "data_options={bogus=1}", "--set", "optimizer=adam", "--set", "seed=0",
+            "--workers", "0", "--no-progress", "--out", str(tmp_path / "z"))  # fmt: skip
+    assert r.returncode == 1 and "run(s) failed" in r.stderr, r.stderr

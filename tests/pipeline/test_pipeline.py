@@ -67,10 +67,12 @@ def test_interrupted_run_resumes_where_it_stopped(tiny):
     assert json.loads((out / "pipeline.json").read_text())["preset"] == "tiny"
 
 
-def test_unchanged_rerun_skips_everything(tiny, shared_data):
+def test_unchanged_rerun_skips_everything_but_the_report(tiny, shared_data):
     out, cfg, _, _ = tiny
+    (out / "report.html").unlink()
     again = _run(cfg, out, shared_data)
-    assert all(r["cached"] for r in again.stages.values())
+    assert all(r["cached"] for name, r in again.stages.items() if name != "report")
+    assert not again.stages["report"]["cached"] and (out / "report.html").exists()  # rebuilt, seconds
 
 
 def test_changed_stage_reruns_it_and_what_reads_it(tiny, shared_data):

@@ -94,6 +94,7 @@ def test_set_assignments():
     assert parse_assignment("optimizer=sgd,adam") == ("optimizer", ["sgd", "adam"])
     assert parse_assignment("lr=[0.1, 0.01]") == ("lr", [0.1, 0.01])
     assert parse_assignment("lr={log_uniform=[1e-4, 1]}") == ("lr", {"log_uniform": [1e-4, 1]})
+    assert parse_assignment("width=16,32") == ("width", [16, 32])  # each item a TOML value
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_assignment("lr")
     with pytest.raises(ConfigError, match="'rate'"):

@@ -145,7 +145,8 @@ def _run_stage(cfg: PipelineConfig, name: str, out: Path, ks: dict[str, str], ct
     d = out / name
     key = ks[name]
     old = read_stage(out, name)
-    if old is not None and old.get("key") == key and old.get("status") == "complete":
+    # the report is always rebuilt (seconds): its files live beside the stages and may have been removed
+    if name != "report" and old is not None and old.get("key") == key and old.get("status") == "complete":
         return {"key": key, "status": "complete", "cached": True, "wall_s": old.get("wall_s", 0.0)}
     earlier = 0.0
     if old is not None and old.get("key") == key:

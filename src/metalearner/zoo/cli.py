@@ -26,7 +26,7 @@ def zoo(
     workers: Optional[int] = options.WORKERS,
     executor: str = options.EXECUTOR,
     address: Optional[str] = options.ADDRESS,
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a space key: KEY=VALUE (TOML value)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a space key everywhere (per-optimizer values too): KEY=VALUE (a TOML value; a,b,c is a list)."),
     sampling: Optional[str] = typer.Option(None, help="Override the spec's sampling: grid or random."),
     n_runs: Optional[int] = typer.Option(None, help="Override the number of random runs."),
     seed: Optional[int] = typer.Option(None, help="Override the sampling seed."),
@@ -53,7 +53,11 @@ def zoo(
         raise typer.Exit(0)
     base = load_spec(spec) if spec is not None else None
     d = base.to_dict() if base is not None else SweepSpec().to_dict()
-    d["space"] = {**d["space"], **dict(parse_assignment(s) for s in set_ or [])}
+    overrides = dict(parse_assignment(s) for s in set_ or [])
+    d["space"] = {**d["space"], **overrides}
+    for per_optimizer in d["space"].get("by_optimizer", {}).values():  # --set beats the spec's per-optimizer values too
+        for key in overrides:
+            per_optimizer.pop(key, None)
     if device is not None:
         from metalearner.train.run import resolve_device
 
@@ -81,6 +85,10 @@ def zoo(
             data_dir=str(data_dir) if data_dir else None, progress=progress,
         )  # fmt: skip
     print_report(out, result, ids=[run_id(r) for r in runs])
+    failed = result.counts.get("failed", 0)
+    if failed:  # the sweep went on; a script still learns that runs failed
+        typer.echo(f"error: {failed} run(s) failed (the table above); rerun the same command to retry them", err=True)
+        raise typer.Exit(1)
 
 
 @zoo_app.command()

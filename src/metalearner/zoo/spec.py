@@ -166,9 +166,16 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         raise ConfigError(f"unknown key {key!r} in --set; valid keys: {', '.join(SPACE_KEYS)}")
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = [v.strip() for v in value.split(",")] if "," in value else value
+    except tomllib.TOMLDecodeError:  # a bare word, or a comma list of TOML values or bare words
+        parsed = [_toml_or_word(v) for v in value.split(",")] if "," in value else value
     return key, parsed
+
+
+def _toml_or_word(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text.strip()
 
 
 # -- sampling ------------------------------------------------------------------------------
