@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from metalearner.errors import DataError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -48,6 +50,15 @@ def fsync_dir(folder: str | os.PathLike) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A JSON file's content; invalid JSON raises :class:`DataError` naming the file (one that
+    cannot be read raises its ``OSError``)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as e:  # JSONDecodeError, or bytes that are not text
+        raise DataError(f"{path} is not valid JSON: {e}") from None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -16,3 +16,9 @@ class DataError(MetalearnerError):
 
 class ConfigError(MetalearnerError, ValueError):
     """A configuration value is invalid (unknown name, out-of-range number)."""
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's message cut to one line (for a one-line error that quotes it)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

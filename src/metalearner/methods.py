@@ -43,10 +43,29 @@ GRID = (1 / 3, 1.0, 3.0)  # the external-tuning trials: multipliers of the defau
 CONTROLLER = "+controller"
 
 
+def _real(x: Any) -> float:
+    """``x`` as a float (numpy numbers and one-element tensors too), NaN if it is not a number."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def check_lr(lr: float) -> float:
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"learning rate must be a positive number, got {lr}")
+    """``lr`` as given, or a one-line error unless it is a positive finite number (numpy
+    numbers and one-element tensors count)."""
+    value = _real(lr)
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
     return lr
+
+
+def check_weight_decay(weight_decay: float) -> float:
+    """``weight_decay`` as given, or a one-line error unless it is a finite number >= 0."""
+    value = _real(weight_decay)
+    if not (value >= 0 and math.isfinite(value)):
+        raise ConfigError(f"weight decay (weight_decay) must be a finite number >= 0, got {weight_decay!r}")
+    return weight_decay
 
 
 @dataclass(frozen=True)
@@ -97,15 +116,13 @@ class Method:
         steps; unset hyperparameters take this method's defaults. ``schedule`` adds one of
         :data:`SCHEDULES` to a method that has none; ``options``
         go to the factory (e.g. ``weights=`` for a learned optimizer)."""
-        lr = check_lr(self.default_lr if lr is None else float(lr))
+        lr = float(check_lr(self.default_lr if lr is None else lr))
         if momentum is not None and self.momentum is None:
             raise ConfigError(f"{self.name} has no momentum; use momentum or nesterov for SGD with momentum")
         m = self.momentum if momentum is None else momentum
         if m is not None and not 0 <= m < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {m}")
-        wd = self.weight_decay if weight_decay is None else weight_decay
-        if not (wd >= 0 and math.isfinite(wd)):
-            raise ConfigError(f"weight decay must be >= 0, got {wd}")
+        wd = check_weight_decay(self.weight_decay if weight_decay is None else weight_decay)
         schedule = self.check_schedule(schedule)
         budget = None if total_steps is None else int(total_steps)
         if schedule != "constant" and budget is None:

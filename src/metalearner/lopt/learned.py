@@ -54,24 +54,9 @@ from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
 from metalearner.kernels import check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
-from metalearner.methods import check_lr
+from metalearner.methods import check_lr, check_weight_decay
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
-
-
-def _check_group_values(lr: Any, weight_decay: Any) -> None:
-    """A group's ``lr`` (as :func:`check_lr`) and ``weight_decay``, one-line errors."""
-    check_lr(lr)
-    if not _real(weight_decay) >= 0 or not math.isfinite(_real(weight_decay)):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-
-
-def _real(x: Any) -> float:
-    """``x`` as a float (numpy and one-element tensors too), NaN if it is not a number."""
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -98,7 +83,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
                                     fan_in_power=self.theta.fan_in_power())  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
-        _check_group_values(lr, weight_decay)
+        check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
         self._params = [p for g in self.param_groups for p in g["params"]]
         kinds = {(p.dtype, p.device) for p in self._params}
@@ -120,7 +105,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if hasattr(self, "layout"):  # the per-tensor state is laid out once, at construction
             raise ConfigError("LearnedOptimizer takes all its parameters at construction; make a new one to add a group")
         super().add_param_group(param_group)
-        _check_group_values(self.param_groups[-1]["lr"], self.param_groups[-1]["weight_decay"])
+        check_lr(self.param_groups[-1]["lr"])
+        check_weight_decay(self.param_groups[-1]["weight_decay"])
 
     @property
     def base(self) -> str:

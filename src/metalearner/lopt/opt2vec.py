@@ -73,6 +73,7 @@ from metalearner.lopt.policy import (
     push_observation,
     resolve_weights,
 )
+from metalearner.methods import check_lr, check_weight_decay
 from metalearner.observe.physics import PhysicsTracker
 
 _GLOBAL = "opt2vec"  # key of the optimizer-wide state in ``self.state``
@@ -112,18 +113,12 @@ def policy_step(
 
 def _check_hyperparameters(lr: float, betas: Any, eps: float, weight_decay: float) -> None:
     """One-line errors for values Adam's update cannot use (β₁ is the policy's: only β₂ is read)."""
-    try:
-        lr = float(lr)  # numpy numbers and one-element tensors too
-    except (TypeError, ValueError):
-        lr = math.nan
-    if not (lr > 0 and math.isfinite(lr)):
-        raise ConfigError(f"learning rate must be a positive finite number, got {lr}")
+    check_lr(lr)
+    check_weight_decay(weight_decay)
     if not (len(betas) == 2 and 0.0 <= betas[1] < 1.0):
         raise ConfigError(f"beta2 must be in [0, 1), got {betas}")
     if not (eps >= 0.0 and math.isfinite(eps)):
         raise ConfigError(f"eps must be a finite number >= 0, got {eps}")
-    if not (weight_decay >= 0.0 and math.isfinite(weight_decay)):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
 
 
 class Opt2Vec(torch.optim.Optimizer):

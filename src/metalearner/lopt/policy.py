@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearner.atomic import atomic_path
-from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.errors import ConfigError, MetalearnerError, first_line
 from metalearner.observe.schema import PHYSICS, feature, log_feature
 
 if TYPE_CHECKING:
@@ -211,7 +211,7 @@ class PolicyWeights:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as e:  # SafetensorError, OSError, a pickle renamed .safetensors ...
-            raise WeightsError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise WeightsError(f"{path} is not a readable safetensors file: {first_line(e)}") from None
         try:
             config = PolicyConfig.from_dict(json.loads(meta.pop("config")))
         except (KeyError, TypeError, ValueError) as e:

@@ -332,13 +332,23 @@ def _check_group(group: dict[str, Any], *, lr_zero_ok: bool = False) -> None:
         raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
     if not (decay == 0 or MIN_TRACE_DECAY <= decay < 1):
         raise ConfigError(f"trace_decay must be 0 (the one-step hypergradient) or in [{MIN_TRACE_DECAY}, 1), got {decay}")
+    hyper_betas = tuple(group.get("hyper_betas", SAVED_HYPER_BETAS))
+    if len(hyper_betas) != 2 or not all(0 <= b < 1 for b in hyper_betas):
+        raise ConfigError(f"hyper_betas must be two numbers in [0, 1), got {hyper_betas}")
     if group["base"] == "adam" and not (len(group.get("betas", ())) == 2 and all(0 < b < 1 for b in group["betas"])):
-        raise ConfigError(f"an Adam tower's betas must be two numbers in (0, 1), got {group.get('betas')}")
+        raise ConfigError(f"betas must be in (0, 1) (two numbers, for an Adam tower), got {group.get('betas')}")
     if group["base"] == "momentum" and not 0 < group.get("momentum", 0) < 1:
         raise ConfigError(f"momentum must be in (0, 1), got {group.get('momentum')}")
     ratio = MAX_UPDATE_RATIO[group["base"]] if group["max_update_ratio"] is None else group["max_update_ratio"]
     _check_rate("max_update_ratio", ratio, zero_ok=True)
     group["max_update_ratio"] = float(ratio)
+    for key in ("lr", "eps", "trace_decay"):  # plain floats, as torch.optim keeps them
+        group[key] = float(group[key])
+    group["hyper_betas"] = tuple(map(float, hyper_betas))
+    if "betas" in group:
+        group["betas"] = tuple(map(float, group["betas"]))
+    if group["base"] == "momentum":
+        group["momentum"] = float(group["momentum"])
 
 
 class Tower(torch.optim.Optimizer):
@@ -401,41 +411,22 @@ class Tower(torch.optim.Optimizer):
         hyper_betas: tuple[float, float] = HYPER_BETAS,
         max_update_ratio: float | None = None,
     ) -> None:
-        for name, value, choices in (("tower base", base, BASES), ("hyper rule", hyper, HYPERS), ("learn", learn, ("lr", "all"))):
-            if value not in choices:
-                raise ConfigError(f"unknown {name} {value!r}; choose from {', '.join(choices)}")
         if not (isinstance(height, int) and height >= 1):
             raise ConfigError(f"tower height must be an integer >= 1, got {height}")
-        _check_rate("learning rate", lr)
-        _check_rate("eps", eps)
         if isinstance(hyper_lr, (int, float)):
             rates = [float(hyper_lr) * LEVEL_RATIO**k for k in range(height)]
         else:
             rates = [float(r) for r in hyper_lr]
         if len(rates) != height:
             raise ConfigError(f"hyper_lr needs one value per level ({height}), got {len(rates)}")
-        for r in rates:
-            _check_rate("hyper_lr", r, zero_ok=True)
-        if not (trace_decay == 0 or MIN_TRACE_DECAY <= trace_decay < 1):
-            raise ConfigError(f"trace_decay must be 0 (the one-step hypergradient) or in [{MIN_TRACE_DECAY}, 1), got {trace_decay}")
-        if not (isinstance(hyper_every, int) and hyper_every >= 1):
-            raise ConfigError(f"hyper_every must be an integer >= 1, got {hyper_every}")
-        if not (isinstance(warmup, int) and warmup >= 0):
-            raise ConfigError(f"warmup must be an integer >= 0, got {warmup}")
-        if len(hyper_betas) != 2 or not all(0 <= b < 1 for b in hyper_betas):
-            raise ConfigError(f"hyper_betas must be two numbers in [0, 1), got {tuple(hyper_betas)}")
-        defaults: dict[str, Any] = dict(lr=float(lr), eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
-                                        trace_decay=float(trace_decay), hyper_every=hyper_every, warmup=warmup,
-                                        warmup_hold=bool(warmup_hold), hyper_betas=tuple(map(float, hyper_betas)),
-                                        max_update_ratio=MAX_UPDATE_RATIO[base] if max_update_ratio is None else max_update_ratio)  # fmt: skip
+        # every value is checked per group by _check_group (add_param_group), the defaults' and a group's own alike
+        defaults: dict[str, Any] = dict(lr=lr, eps=eps, base=base, learn=learn, hyper=hyper, hyper_lrs=tuple(rates),
+                                        trace_decay=trace_decay, hyper_every=hyper_every, warmup=warmup,
+                                        warmup_hold=bool(warmup_hold), hyper_betas=tuple(hyper_betas), max_update_ratio=max_update_ratio)  # fmt: skip
         if base == "adam":
-            if not all(0 < b < 1 for b in betas):
-                raise ConfigError(f"betas must be in (0, 1), got {tuple(betas)}")
-            defaults["betas"] = tuple(map(float, betas))
+            defaults["betas"] = tuple(betas)
         elif base == "momentum":
-            if not 0 < momentum < 1:
-                raise ConfigError(f"momentum must be in (0, 1), got {momentum}")
-            defaults["momentum"] = float(momentum)
+            defaults["momentum"] = momentum
         self._plans: dict[int, _Plan] = {}  # id(group) -> its plan (Tower._plan)
         super().__init__(params, defaults)
 

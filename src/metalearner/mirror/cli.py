@@ -138,7 +138,8 @@ def evaluate(
 ) -> None:
     """MAE, RMSE, R^2 of the model and every baseline on the same rows; ratio to the best
     baseline with a run-bootstrap 95% CI."""
-    from metalearner.mirror.dataset import Dataset, read_json
+    from metalearner.atomic import read_json
+    from metalearner.mirror.dataset import Dataset
     from metalearner.mirror.evaluate import plot_history
     from metalearner.mirror.models import SPLIT_JSON, load_predictor, read_history
     from metalearner.mirror.pipeline import plot_heldout, score

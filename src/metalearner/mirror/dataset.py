@@ -42,8 +42,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metalearner.atomic import atomic_path, write_json
-from metalearner.errors import ConfigError, DataError
+from metalearner.atomic import atomic_path, read_json, write_json
+from metalearner.errors import ConfigError, DataError, first_line
 from metalearner.mirror.curves import curve_features
 from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
 from metalearner.observe.schema import feature
@@ -70,20 +70,6 @@ class DatasetConfig:
     ahead: int = 50
     acc_threshold: float = 0.9
     seed: int = 0
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file's content; unreadable or invalid JSON raises :class:`DataError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's message cut to one line (for a one-line :class:`DataError`)."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def forward_mean(x: np.ndarray, k: int, offset: int = 1) -> np.ndarray:

@@ -27,9 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from metalearner.atomic import atomic_path, fsync_dir, write_json
-from metalearner.errors import ConfigError, DataError
-from metalearner.mirror.dataset import first_line, read_json
+from metalearner.atomic import atomic_path, fsync_dir, read_json, write_json
+from metalearner.errors import ConfigError, DataError, first_line
 
 KINDS = ("mlp", "gru", "transformer")
 ENSEMBLE_JSON = "ensemble.json"  # marks a folder of saved ensemble members

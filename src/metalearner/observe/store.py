@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metalearner.atomic import atomic_path, write_json
+from metalearner.atomic import atomic_path, read_json, write_json
 from metalearner.errors import DataError
 from metalearner.observe.schema import SCHEMA_VERSION
 
@@ -71,10 +71,7 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         raise DataError(f"{run_dir} is not a run directory (no {RUN_JSON})")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
+    return read_json(path)
 
 
 def read_trajectory(

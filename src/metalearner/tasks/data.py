@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import logging
 import math
+import numbers
 import os
 import random
 import shutil
@@ -295,7 +296,7 @@ def _images(name: str, *, data_dir: str | os.PathLike | None, download: bool, **
 def _mnist1d(*, seed: int, num_samples: int, **_: Any) -> _Raw:
     from mnist1d.data import get_dataset_args, make_dataset
 
-    if not (_is_int(num_samples) and num_samples >= 10):  # 20% of it is the test set, a few per class
+    if not (is_whole(num_samples) and num_samples >= 10):  # 20% of it is the test set, a few per class
         raise ConfigError(f"mnist1d num_samples must be a whole number >= 10, got {num_samples!r}")
     args = get_dataset_args()
     args.seed, args.num_samples = seed, int(num_samples)
@@ -312,7 +313,7 @@ def _mnist1d(*, seed: int, num_samples: int, **_: Any) -> _Raw:
 def _moons(*, seed: int, n_samples: int, noise: float, **_: Any) -> _Raw:
     from sklearn.datasets import make_moons
 
-    if not (_is_int(n_samples) and n_samples >= 1):
+    if not (is_whole(n_samples) and n_samples >= 1):
         raise ConfigError(f"moons n_samples must be a whole number >= 1, got {n_samples!r}")
     if isinstance(noise, bool) or not isinstance(noise, (int, float, np.number)) or not noise >= 0:
         raise ConfigError(f"moons noise must be a number >= 0, got {noise!r}")
@@ -394,8 +395,9 @@ def _options(name: str, given: dict[str, Any], accepted: dict[str, Any]) -> dict
     return {**accepted, **given}
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+def is_whole(x: Any) -> bool:
+    """An integer (Python's or numpy's), not a bool: the type of sizes, counts and seeds."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def dataset_key(name: str) -> str:
@@ -427,9 +429,9 @@ def load_dataset(
         raise ConfigError(f"the data set is named by a string, got {name!r}; valid names: {', '.join(DATASETS)}")
     key = dataset_key(name)
     val_fraction = _check_fraction("val_fraction", val_fraction)
-    if n_train is not None and not (_is_int(n_train) and n_train >= 1):
+    if n_train is not None and not (is_whole(n_train) and n_train >= 1):
         raise ConfigError(f"n_train must be a whole positive number of examples, got {n_train!r}")
-    if not (_is_int(seed) and seed >= 0):
+    if not (is_whole(seed) and seed >= 0):
         raise ConfigError(f"seed must be a whole number >= 0, got {seed!r}")
 
     if key == "synthetic":

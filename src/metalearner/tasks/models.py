@@ -9,7 +9,6 @@ learned optimizers consume.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import asdict, dataclass
 from typing import Callable
 
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 
 from metalearner.errors import ConfigError
+from metalearner.tasks.data import is_whole
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "relu": nn.ReLU,
@@ -57,7 +57,7 @@ class ModelConfig:
             raise ConfigError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
         for name in ("depth", "width"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            if not is_whole(value):
                 raise ConfigError(f"{name} must be a whole number, got {value!r}")
         least = 0 if self.family == "mlp" else 1
         if self.depth < least:

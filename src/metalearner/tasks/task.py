@@ -12,8 +12,6 @@ random generator, so a distribution of tasks is reproducible from one seed::
 
 from __future__ import annotations
 
-import numbers
-
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
@@ -23,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.tasks.data import Splits, dataset_key, load_dataset
+from metalearner.tasks.data import Splits, dataset_key, is_whole, load_dataset
 from metalearner.tasks.models import ACTIVATIONS, ModelConfig, build_model, count_params, encode_architecture
 from metalearner.tasks.sampling import check_value, draw
 
@@ -47,9 +45,9 @@ class TaskConfig:
         if not isinstance(self.dataset, str):
             raise ConfigError(f"the data set is named by a string, got {self.dataset!r}")
         dataset_key(self.dataset)  # fails early on an unknown name
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, numbers.Integral) or self.batch_size < 1:
+        if not is_whole(self.batch_size) or self.batch_size < 1:
             raise ConfigError(f"batch size must be a whole number >= 1, got {self.batch_size!r}")
-        if self.n_train is not None and (isinstance(self.n_train, bool) or not isinstance(self.n_train, numbers.Integral) or self.n_train < 1):
+        if self.n_train is not None and (not is_whole(self.n_train) or self.n_train < 1):
             raise ConfigError(f"n_train must be a whole positive number of examples, got {self.n_train!r}")
         if not isinstance(self.data_options, dict):
             raise ConfigError(f"data_options must be a dict of the data set's options, got {self.data_options!r}")

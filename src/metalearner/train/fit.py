@@ -33,6 +33,7 @@ from torch import nn
 
 from metalearner.errors import ConfigError
 from metalearner.observe.probe import Probe
+from metalearner.tasks.data import is_whole
 from metalearner.tasks.task import Task
 from metalearner.train.budget import Budget
 
@@ -127,16 +128,27 @@ def train_step(
     return loss
 
 
+def check_eval_every(eval_every: Any) -> None:
+    """``None`` (epoch ends only) or a whole number of steps >= 1 (``fit`` and ``RunConfig``)."""
+    if eval_every is not None and not (is_whole(eval_every) and eval_every >= 1):
+        raise ConfigError(f"eval_every must be a whole number >= 1, got {eval_every!r}")
+
+
+def check_target_acc(target_acc: Any) -> None:
+    """``None`` or an accuracy in (0, 1], with a hint for a percentage (``fit`` and ``RunConfig``)."""
+    if target_acc is not None and not 0 < target_acc <= 1:
+        hint = f" (a fraction: {target_acc / 100:g} for {target_acc:g}%)" if 1 < target_acc <= 100 else ""
+        raise ConfigError(f"target accuracy must be in (0, 1], got {target_acc:g}{hint}")
+
+
 def _check_fit_options(batch_size: Any, scheduler_interval: Any, eval_every: Any, target_acc: Any) -> None:
-    """One-line errors for :func:`fit`'s options (``RunConfig`` checks its own the same way)."""
-    if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    """One-line errors for :func:`fit`'s own options."""
+    if batch_size is not None and not (is_whole(batch_size) and batch_size >= 1):
+        raise ConfigError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
     if scheduler_interval not in ("step", "epoch"):
         raise ConfigError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-    if eval_every is not None and not (isinstance(eval_every, int) and eval_every >= 1):
-        raise ConfigError(f"eval_every must be an integer >= 1, got {eval_every!r}")
-    if target_acc is not None and not 0 < target_acc <= 1:
-        raise ConfigError(f"target_acc must be an accuracy in (0, 1] (a fraction: 0.97 for 97%), got {target_acc!r}")
+    check_eval_every(eval_every)
+    check_target_acc(target_acc)
 
 
 def fit(

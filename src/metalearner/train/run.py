@@ -14,7 +14,7 @@ from metalearner.observe.probe import Probe
 from metalearner.observe.store import RUN_JSON
 from metalearner.tasks.task import Task, TaskConfig, make_task
 from metalearner.train.budget import Budget, check_budget
-from metalearner.train.fit import FitResult, check_sampler, fit
+from metalearner.train.fit import FitResult, check_eval_every, check_sampler, check_target_acc, fit
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,8 @@ class RunConfig:
         if self.weight_decay is None:
             object.__setattr__(self, "weight_decay", method.weight_decay)
         method.check_schedule(self.schedule)
-        if self.target_acc is not None and not 0 < self.target_acc <= 1:
-            hint = f" (a fraction: {self.target_acc / 100:g} for {self.target_acc:g}%)" if 1 < self.target_acc <= 100 else ""
-            raise ConfigError(f"target accuracy must be in (0, 1], got {self.target_acc:g}{hint}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"eval_every must be >= 1, got {self.eval_every}")
+        check_target_acc(self.target_acc)
+        check_eval_every(self.eval_every)
         check_sampler(self.sampler)
         check_device(self.device)
 

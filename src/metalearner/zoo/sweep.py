@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from metalearner.atomic import write_json
+from metalearner.atomic import read_json, write_json
 from metalearner.errors import ConfigError, DataError, MetalearnerError
 from metalearner.observe.store import RUN_JSON, TRAJECTORY, read_run
 from metalearner.train.run import RunConfig
@@ -157,10 +157,7 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return {"schema_version": 1, "runs": {}}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path)
     data.setdefault("runs", {})
     return data
 
