@@ -43,7 +43,7 @@ def name(p: PopulationConfig) -> str:
 def scan(population: PopulationConfig, horizons: tuple[float, ...]) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Meta-loss of plain Schedule-Free AdamW at each lr, one task per horizon (in epochs),
     and the mean ``motion_cos`` it observed."""
-    lopt = EngineConfig().lopt()
+    lopt = replace(EngineConfig(), fan_in_power=0.0).lopt()  # plain Schedule-Free, whatever a population's input width
     step = PopulationStep(replace(population, input_scales=(1.0,)), lopt)
     zero = torch.zeros(len(LRS), lopt.init_theta(seed=0).numel())
     column = lopt.config.features.index("motion_cos")

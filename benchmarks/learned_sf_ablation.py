@@ -21,6 +21,10 @@ A variant would replace the shipped weights only by the rule of ``learned_dev.py
 six-task means at least the shipped weights', and its dev-suite figures at least theirs),
 fixed before the variants ran.
 
+Since the twenty-first attempt (docs/meta_training.md) ``EngineConfig()`` carries the shipped
+input-layer fan-in factor, so every variant's weights carry it too: it leaves meta-training as
+it was and acts on the 784-input cells (the committed results were made before it, without).
+
     python benchmarks/learned_sf_ablation.py --quick   # tiny variants (about a minute), prints JSON
     python benchmarks/learned_sf_ablation.py           # ~90 min from scratch (three meta-trainings), minutes when cached
 """

@@ -12,6 +12,11 @@ prints the headline JSON last; the full run writes ``results/time_to_target.json
 cell, ruleset, method and seed, with the curves) and the report into ``results/time_to_target/``;
 the headline suite likewise ``results/time_to_target_headline.json`` and ``results/time_to_target_headline/``.
 
+``--methods`` / ``--cells`` with ``--tag TAG`` run a part of a suite (jobs cached by content, so
+a part reuses what a ``--out`` directory already holds) and write
+``results/time_to_target_TAG.json`` (no report), never the suite's own file;
+``--learned-weights FILE`` runs ``learned_sf`` with other weights there (earlier ones, say).
+
 ``--rerun METHODS`` (full or headline suite) runs only those methods and the reference method
 Adam, checks that Adam's runs equal the committed ones (so the targets are the same), and
 puts the new runs in place of those methods' in the committed results
@@ -41,7 +46,14 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="benchmark directory (default benchmarks/.cache/bench_SUITE)")
     ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--rerun", default=None, help="rerun only these methods (comma-separated) and adam, keep the others' committed runs")
+    ap.add_argument("--methods", default=None, help="only these methods (comma-separated, adam among them); needs --tag")
+    ap.add_argument("--cells", default=None, help="only these cells (comma-separated); needs --tag")
+    ap.add_argument("--tag", default=None, help="a part of a suite (--methods/--cells) writes results/time_to_target_TAG.json")
+    ap.add_argument("--learned-weights", default=None, help="with --tag: learned_sf with these weights instead of the shipped ones")
     args = ap.parse_args()
+    if (args.methods or args.cells or args.learned_weights) and not args.tag or args.tag and args.rerun:
+        ap.error("--methods, --cells and --learned-weights need --tag (a part never replaces the suite's own results), "
+                 "and --tag is not for --rerun")
 
     from metalearner.bench import get_suite, run_suite
     from metalearner.bench.protocol import select
@@ -53,6 +65,12 @@ def main() -> None:
     suite = get_suite(args.suite or ("smoke" if args.quick else "full"))
     args.quick = suite.name not in ("full", "headline")
     name = "time_to_target" if suite.name == "full" else f"time_to_target_{suite.name}"
+    if args.tag:
+        try:
+            suite = select(suite, methods=args.methods, cells=args.cells)
+        except MetalearnerError as e:
+            sys.exit(f"time_to_target: {e}")
+        name = f"time_to_target_{args.tag}"
     rerun = tuple(m.strip() for m in args.rerun.split(",")) if args.rerun is not None else ()
     whole, previous, note = suite, None, None
     if args.rerun is not None:
@@ -74,7 +92,8 @@ def main() -> None:
         out = ROOT / "benchmarks" / ".cache" / f"bench_{suite.name}"
     t0 = time.perf_counter()
     with make_executor("local", args.workers) as ex:
-        results = run_suite(suite, out, ex, data_dir=args.data_dir, progress=True)
+        results = run_suite(suite, out, ex, data_dir=args.data_dir, progress=True,
+                            weights={"learned_sf": args.learned_weights} if args.learned_weights else None)
     if previous is not None:
         try:
             results = merge_rerun(previous, results, whole, rerun, note)
@@ -88,7 +107,7 @@ def main() -> None:
         "goals": {m: g for m, g in results["goals"].items() if isinstance(g, dict)},
         "wall_s_this_call": round(time.perf_counter() - t0, 1),
     }  # fmt: skip
-    if not args.quick:
+    if not args.quick and not args.tag:
         report_dir = RESULTS / name
         if report_dir.exists():
             shutil.rmtree(report_dir)

@@ -68,6 +68,10 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["train", "--task", "moons", "--optimizer", "opt2vec+controller"], "unknown method"),
         (["zoo", "--out", "{tmp}/z"], "give the sweep with --spec"),
         (["lopt", "analyse", "--steps", "10", "--out", "{tmp}/a"], "--steps must be >= 48"),
+        (["lopt", "ship-learned"], "give an engine folder to ship, or --fan-in-power"),
+        (["lopt", "ship-learned", "--fan-in-power", "0.5", "--fan-in-scope", "hidden"], "--fan-in-scope one of all, input"),
+        (["lopt", "ship-learned", "--fan-in-power", "nan"], "--fan-in-power must be a finite number >= 0"),
+        (["lopt", "ship-learned", "--fan-in-scope", "input"], "--fan-in-scope needs --fan-in-power"),
     ],
 )
 def test_user_mistakes_print_one_line_and_exit_2(args, message, tmp_path):
@@ -155,6 +159,14 @@ def test_train_refuses_a_file_or_an_existing_run_as_out_unless_overwrite(tmp_pat
     assert r.returncode == 2 and "already holds a run; pass --overwrite" in r.stderr and read_run(out)["run_id"] == first
     r = cli(*args, "--out", str(out), "--overwrite")
     assert r.returncode == 0 and read_run(out)["run_id"] != first
+
+
+def test_a_run_stopped_at_its_target_says_so_and_is_complete_on_disk(tmp_path):
+    out = tmp_path / "run"
+    r = cli("train", "--task", "moons", "--width", "16", "--epochs", "5", "--eval-every", "5", "--target-acc", "0.6", "--no-progress", "--out", str(out))
+    assert r.returncode == 0 and r.stdout.startswith("complete (target reached), "), r.stdout
+    run = read_run(out)
+    assert run["status"] == "complete" and run["final"]["val_acc"] >= 0.6
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")

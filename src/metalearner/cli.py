@@ -86,7 +86,8 @@ def train(
         bar = display.bar(f"{task} {model}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=float("nan"), acc=float("nan"))
         result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar, overwrite=overwrite)
     f = result.final
-    parts = [f"{result.status}", f"{result.steps} steps ({result.epochs:.2f} epochs)"]
+    status = "complete (target reached)" if result.status == "target_reached" else result.status  # run.json says "complete"
+    parts = [status, f"{result.steps} steps ({result.epochs:.2f} epochs)"]
     if "diverged_at_step" in f:
         parts.append(f"non-finite loss at step {f['diverged_at_step']}")
     if "val_acc" in f:

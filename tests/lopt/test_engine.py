@@ -306,6 +306,50 @@ def test_the_weights_name_their_base_and_scales_and_an_unknown_scales_is_refused
     assert LearnedOptimizer([torch.nn.Parameter(torch.ones(2))], weights=in_memory).base == "adam"
     with pytest.raises(ConfigError, match="unknown scales 'layer'; choose from per_tensor, global"):
         EngineConfig(scales="layer")
+    meta = Engine(replace(TINY_RUN, fan_in_power=0.5, fan_in_scope="input")).weights().metadata  # and the fan-in factor's settings
+    assert (meta["fan_in_power"], meta["fan_in_scope"]) == ("0.5", "input")
+    assert "fan_in_scope" not in Engine(replace(TINY_RUN, fan_in_power=0.5, fan_in_scope="all")).weights().metadata  # the fingerprint it always had
+    assert "fan_in_power" not in Engine(replace(TINY_RUN, fan_in_power=0.0)).weights().metadata
+    with pytest.raises(ConfigError, match="unknown fan_in_scope 'hidden'"):
+        EngineConfig(fan_in_scope="hidden")
+
+
+def test_the_default_input_fan_in_factor_leaves_meta_training_as_it_was(tmp_path):
+    """The default's factor acts only on input layers wider than the family's: it is 1 on every
+    tensor of every default population, and θ is the one meta-training without it gives, bit
+    for bit (a short run)."""
+    from metalearner.lopt.engine import TASK_FAMILY
+    from metalearner.lopt.truncation import load_splits
+
+    default = EngineConfig()
+    for pop in TASK_FAMILY:  # the input width does not depend on the number of examples
+        data = load_splits(pop.dataset, pop.data_seed, 256, pop.data_options)
+        layout = ParamLayout.of(build_model(pop.model(), data.input_shape, data.n_classes, seed=0))
+        assert set(layout.fan_in_factor(default.fan_in_power, default.fan_in_scope).tolist()) == {1.0}, pop
+    short = replace(TINY_RUN, outer_steps=3)
+    assert (short.fan_in_power, short.fan_in_scope) == (0.5, "input")
+    with_factor, _ = run(short, tmp_path / "a", evaluate=False)
+    without, _ = run(replace(short, fan_in_power=0.0), tmp_path / "b", evaluate=False)
+    assert torch.equal(with_factor, without)
+
+
+def test_shipping_an_engine_run_replaces_the_weights_and_the_card_entry(trained, tmp_path):
+    import shutil
+
+    from metalearner.lopt.card import ship_learned
+    from metalearner.lopt.engine import WEIGHTS
+    from metalearner.lopt.policy import PRETRAINED, PolicyWeights
+
+    out, theta, _ = trained
+    for name in ("learned.safetensors", "MODEL_CARD.json", "MODEL_CARD.md"):
+        shutil.copyfile(PRETRAINED / name, tmp_path / name)
+    entry = ship_learned(out, pretrained=tmp_path)
+    shipped, run_weights = PolicyWeights.load(tmp_path / "learned.safetensors"), PolicyWeights.load(out / WEIGHTS)
+    assert torch.equal(shipped.flat(), theta.float()) and shipped.fingerprint() == run_weights.fingerprint() == entry["fingerprint"]
+    assert entry["fan_in"] == {"power": 0.5, "scope": "input"}  # the run's own factor (TINY_RUN has the default's)
+    assert entry["config"]["pairs"] == TINY_RUN.pairs and "fan_in_scope` input" in (tmp_path / "MODEL_CARD.md").read_text()
+    entry = ship_learned(out, fan_in_power=0.0, pretrained=tmp_path)  # set at shipping: off
+    assert "fan_in" not in entry and PolicyWeights.load(tmp_path / "learned.safetensors").fan_in_power() == 0.0
 
 
 def test_checkpoint_resume_gives_the_same_trajectory(trained, tmp_path):
@@ -336,6 +380,13 @@ def test_a_checkpoint_written_before_a_config_field_existed_resumes_with_its_def
         run(replace(TINY_RUN, prior="integrator"), tmp_path, evaluate=False)
     resumed, _ = run(TINY_RUN, tmp_path, evaluate=False)
     assert torch.equal(resumed, theta)
+    for field in ("fan_in_power", "fan_in_scope"):  # saved before they existed: no factor, as then
+        del state["config"][field]
+    save_file(tensors, str(tmp_path / CHECKPOINT), metadata={**meta, "state": json.dumps(state)})
+    with pytest.raises(ConfigError, match="different config"):
+        run(TINY_RUN, tmp_path, evaluate=False)
+    assert torch.equal(run(replace(TINY_RUN, fan_in_power=0.0, fan_in_scope="all"), tmp_path, evaluate=False)[0], theta)
+    assert EngineConfig.from_dict({"fan_in_power": 0.5}).fan_in_scope == "all"  # the nineteenth's runs: every tensor
     state["config"]["retired_field"] = 1  # a field this version does not know: the same one-line refusal
     save_file(tensors, str(tmp_path / CHECKPOINT), metadata={**meta, "state": json.dumps(state)})
     with pytest.raises(ConfigError, match="different config"):

@@ -462,6 +462,97 @@ def test_the_fan_in_factor_scales_the_first_layers_step_and_nothing_else():
         LearnedOptimizer(make().parameters(), weights=weights)
 
 
+def test_the_input_scope_gives_the_fan_in_factor_to_the_first_matrix_only():
+    layout = ParamLayout(("a.bias0", "a.weight", "a.bias", "b.weight", "conv.weight"), ((3,), (16, 512), (16,), (10, 256), (8, 32, 3, 3)))
+    assert layout.fan_in_factor(0.5, "input").tolist() == [1.0, 0.5, 1.0, 1.0, 1.0]
+    assert layout.fan_in_factor(0.5, "all").tolist() == [1.0, 0.5, 1.0, (128 / 256) ** 0.5, (128 / 288) ** 0.5]
+    assert layout.fan_in_factor(0.0, "input").tolist() == [1.0] * 5
+    small = ParamLayout(("w", "v"), ((8, 64), (4, 512)))  # the input layer's fan-in is within the family's
+    assert small.fan_in_factor(0.5, "input").tolist() == [1.0, 1.0]
+    with pytest.raises(ConfigError, match="unknown fan_in_scope 'hidden'"):
+        layout.fan_in_factor(0.5, "hidden")
+    with pytest.raises(ConfigError, match="unknown fan_in_scope 'hidden'"):
+        LearnedKernel(CONFIG, fan_in_power=0.5, fan_in_scope="hidden")
+
+
+@pytest.mark.parametrize("scope", ["all", "input"])
+def test_the_fan_in_scope_decides_which_layers_steps_shrink(scope):
+    """Zero policy heads, ``fan_in_power`` 0.5, a 200-input network with a 160-wide hidden
+    layer: Adam with the factor on the input layer only (``input``) or on every matrix whose
+    fan-in exceeds 128 (``all``); the scope is in the fingerprint and the saved state."""
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata.update(fan_in_power="0.5", fan_in_scope=scope)
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 200, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    make = lambda: build_model(ModelConfig(family="mlp", depth=2, width=160, activation="tanh"), (200,), 4, seed=1)  # noqa: E731
+    a, b = make(), make()
+    ours = LearnedOptimizer(a.parameters(), 3e-3, weights=weights, base="adam")
+    factors = [(128 / 200) ** 0.5, 1.0, 1.0, 1.0, 1.0, 1.0] if scope == "input" else [(128 / 200) ** 0.5, 1.0, (128 / 160) ** 0.5, 1.0, (128 / 160) ** 0.5, 1.0]
+    assert ours._fan_in_host == pytest.approx(factors, rel=1e-12)
+    ref = torch.optim.Adam([{"params": [p], "lr": 3e-3 * f} for p, f in zip(b.parameters(), factors)])
+    _train(a, ours, 12, x, y)
+    _train(b, ref, 12, x, y)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    other = weights.with_flat(weights.flat())
+    other.metadata.update(fan_in_power="0.5", fan_in_scope="all" if scope == "input" else "input")
+    assert other.fingerprint() != weights.fingerprint()
+    with pytest.raises(ConfigError, match=f"fan_in_scope {scope!r}, not"):
+        LearnedOptimizer(make().parameters(), 3e-3, weights=other, base="adam").load_state_dict(ours.state_dict())
+    weights.metadata["fan_in_scope"] = "hidden"
+    with pytest.raises(WeightsError, match="fan_in_scope in the weights' metadata must be one of all, input, got 'hidden'"):
+        LearnedOptimizer(make().parameters(), weights=weights)
+
+
+def test_shipping_a_fan_in_factor_changes_the_metadata_and_the_card_not_the_tensors(tmp_path):
+    import json
+    import shutil
+
+    from metalearner.lopt.card import ship_learned
+    from metalearner.lopt.policy import PRETRAINED
+
+    for name in ("learned.safetensors", "MODEL_CARD.json", "MODEL_CARD.md"):
+        shutil.copyfile(PRETRAINED / name, tmp_path / name)
+    ship_learned(None, fan_in_power=0.0, pretrained=tmp_path)  # the policy alone, whatever ships now
+    before = PolicyWeights.load(tmp_path / "learned.safetensors")
+    assert before.fan_in_power() == 0.0 and "fan-in" not in (tmp_path / "MODEL_CARD.md").read_text()
+    entry = ship_learned(None, fan_in_power=0.5, fan_in_scope="input", pretrained=tmp_path)
+    after = PolicyWeights.load(tmp_path / "learned.safetensors")
+    assert torch.equal(after.flat(), before.flat()) and (after.fan_in_power(), after.fan_in_scope()) == (0.5, "input")
+    assert entry["fan_in"] == {"power": 0.5, "scope": "input", "set_at_shipping": True}
+    assert entry["fingerprint"] == after.fingerprint() != before.fingerprint()
+    assert json.loads((tmp_path / "MODEL_CARD.json").read_text())["optimizers"]["learned"]["fan_in"]["scope"] == "input"
+    assert "min(1, (128 / fan-in)^0.5) on the input layer" in (tmp_path / "MODEL_CARD.md").read_text()
+    assert ship_learned(None, fan_in_power=1.0, pretrained=tmp_path)["fan_in"]["scope"] == "input"  # the scope kept
+    entry = ship_learned(None, fan_in_power=0.0, pretrained=tmp_path)  # and off again: the weights as they were
+    assert "fan_in" not in entry and entry["fingerprint"] == before.fingerprint()
+    assert "fan-in" not in (tmp_path / "MODEL_CARD.md").read_text()
+    with pytest.raises(WeightsError, match="fan_in_scope"):
+        ship_learned(None, fan_in_power=0.5, fan_in_scope="hidden", pretrained=tmp_path)
+
+
+def test_the_shipped_weights_shrink_only_a_wide_input_layers_lr():
+    """The shipped ``learned_sf`` (docs/meta_training.md, the twenty-first attempt): a 784-input
+    MLP's first layer at (128/784)^0.5 of the policy's lr, every other tensor and every tensor
+    of a network with at most 128 inputs (all that meta-training saw) at 1."""
+    wide = build_model(ModelConfig(family="mlp", depth=2, width=256, activation="relu"), (1, 28, 28), 10, seed=0)
+    narrow = build_model(ModelConfig(family="mlp", depth=2, width=256, activation="relu"), (64,), 10, seed=0)
+    cnn = build_model(ModelConfig(family="cnn", depth=2, width=8, activation="relu"), (1, 28, 28), 10, seed=0)
+    assert LearnedOptimizer(wide.parameters())._fan_in_host == pytest.approx([(128 / 784) ** 0.5] + [1.0] * 5, rel=1e-12)
+    assert LearnedOptimizer(narrow.parameters())._fan_in_host == [1.0] * 6
+    assert set(LearnedOptimizer(cnn.parameters())._fan_in_host) == {1.0}
+
+
+def test_the_fingerprint_of_the_all_scope_is_the_one_before_scopes_existed():
+    weights = _random_policy(seed=3)
+    weights.metadata["fan_in_power"] = "0.5"
+    before = weights.fingerprint()
+    weights.metadata["fan_in_scope"] = "all"
+    assert weights.fingerprint() == before
+    weights.metadata["fan_in_scope"] = "input"
+    assert weights.fingerprint() != before
+
+
 @pytest.mark.parametrize("members", [1, 5])
 @pytest.mark.parametrize("activation", ["tanh", "gelu"])
 def test_policy_forward_batched_over_members_is_vmap_bit_for_bit(members, activation):

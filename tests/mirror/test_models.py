@@ -189,6 +189,10 @@ def test_saving_replaces_the_predictor_of_the_other_kind(tmp_path):
     save_predictor(Ensemble([m for m, _ in members[:2]]), out)
     assert _saved(out) == ["ensemble.json", "member-0", "member-1", "notes.txt"]
     assert len(load_predictor(out).models) == 2 and read_history(out) == []
+    (out / ".saving-killed").mkdir()  # a save killed (SIGKILL) before its cleanup
+    (out / ".saving-killed" / "model.safetensors").write_text("half")
+    save_predictor(single, out)
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [] and load_predictor(out).cfg.kind == "gru"
 
 
 def test_a_crash_while_saving_never_loads_a_mix(tmp_path, monkeypatch):

@@ -73,18 +73,37 @@ def learned_entry(engine_dir: Path) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def ship_learned(engine_dir: Path) -> dict[str, Any]:
+def ship_learned(engine_dir: Path | None, *, fan_in_power: float | None = None, fan_in_scope: str | None = None,
+                 pretrained: Path = PRETRAINED) -> dict[str, Any]:  # fmt: skip
     """Copy an engine run's weights into ``metalearner/lopt/pretrained/learned.safetensors``
-    and record it in the model card beside the others."""
+    and record it in the model card beside the others. ``fan_in_power`` (not None) sets the
+    shipped weights' fixed fan-in lr factor (0: none) and ``fan_in_scope`` the tensors it scales
+    (None: the weights' own), in their metadata (their tensors unchanged; the card says it was
+    set at shipping); ``engine_dir`` None: only that, on the weights shipped now."""
     from metalearner.lopt.engine import WEIGHTS
 
-    card = json.loads((PRETRAINED / "MODEL_CARD.json").read_text())
-    card["optimizers"]["learned"] = learned_entry(engine_dir)
-    shutil.copyfile(Path(engine_dir) / WEIGHTS, PRETRAINED / "learned.safetensors")
-    write_json(PRETRAINED / "MODEL_CARD.json", card)
-    with atomic_path(PRETRAINED / "MODEL_CARD.md") as tmp:
+    card = json.loads((pretrained / "MODEL_CARD.json").read_text())
+    target = pretrained / "learned.safetensors"
+    weights = PolicyWeights.load(target if engine_dir is None else Path(engine_dir) / WEIGHTS)
+    if engine_dir is not None:
+        card["optimizers"]["learned"] = learned_entry(engine_dir)
+    entry = card["optimizers"]["learned"]
+    if fan_in_power is not None:
+        scope = fan_in_scope or weights.fan_in_scope()
+        for key in ("fan_in_power", "fan_in_scope"):
+            weights.metadata.pop(key, None)
+        if fan_in_power:
+            weights.metadata.update(fan_in_power=str(float(fan_in_power)), **({"fan_in_scope": scope} if scope != "all" else {}))
+    power, scope = weights.fan_in_power(), weights.fan_in_scope()  # a bad value is refused here, before anything is written
+    entry.pop("fan_in", None)
+    if power:  # set at shipping: the run's config may say otherwise
+        entry["fan_in"] = {"power": power, "scope": scope, **({"set_at_shipping": True} if fan_in_power is not None else {})}
+    entry["fingerprint"] = weights.fingerprint()
+    weights.save(target)
+    write_json(pretrained / "MODEL_CARD.json", card)
+    with atomic_path(pretrained / "MODEL_CARD.md") as tmp:
         tmp.write_text(_markdown(card))
-    return card["optimizers"]["learned"]
+    return entry
 
 
 START = {"none": "untrained (= base optimizer)", "integrator": "at the start (the integrator prior, not trained)"}  # EngineConfig.prior
@@ -108,8 +127,18 @@ def _markdown(card: dict[str, Any]) -> str:
                 f"- meta-loss (validation AUC + final, log ratio to the initial loss, lower is better) on "
                 f"{c['eval_members']} fixed tasks of {c['eval_epochs']} epochs per population: {START.get(c.get('prior', 'none'), 'at the start')} "
                 f"{ev['initial_mean']:.3f} -> trained {ev['final_mean']:.3f} (per population: "
-                + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in zip(ev["initial"], ev["final"])) + ")", "",
+                + ", ".join(f"{a:.3f} -> {b:.3f}" for a, b in zip(ev["initial"], ev["final"])) + ")",
             ]  # fmt: skip
+            if "fan_in" in part:
+                f = part["fan_in"]
+                where = "the input layer (the first tensor of two or more dimensions)" if f["scope"] == "input" else "every tensor of two or more dimensions"
+                lines.append(f"- a fixed lr factor, not learned: min(1, (128 / fan-in)^{f['power']:g}) on {where} (`fan_in_power` "
+                             f"{f['power']:g}, `fan_in_scope` {f['scope']} in the weights' metadata"
+                             + (", set at shipping: `metalearner lopt ship-learned --fan-in-power ...`" if f.get("set_at_shipping") else "")
+                             + "; docs/meta_training.md)")  # fmt: skip
+            if "fingerprint" in part:
+                lines.append(f"- fingerprint `{part['fingerprint']}`")
+            lines.append("")
             continue
         curve = ", ".join(f"{c['meta_loss']:.2f}" for c in part["curve"])
         lines += [

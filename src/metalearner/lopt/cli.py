@@ -6,11 +6,13 @@
     metalearner meta-train --kind learned --out runs/meta/learned     # the batched PES engine
     metalearner lopt card --opt2vec runs/meta/opt2vec --controller runs/meta/controller --ship
     metalearner lopt ship-learned runs/meta/learned
+    metalearner lopt ship-learned --fan-in-power 0.5 --fan-in-scope input   # the shipped weights' fixed factor
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -124,16 +126,29 @@ def card_command(
 
 
 @app.command("ship-learned")
-def ship_learned_command(engine: Path = typer.Argument(..., help="Output folder of `metalearner meta-train --kind learned`.")) -> None:
+def ship_learned_command(
+    engine: Optional[Path] = typer.Argument(None, help="Output folder of `metalearner meta-train --kind learned` (none: the weights shipped now)."),
+    fan_in_power: Optional[float] = typer.Option(None, help="A fixed lr factor min(1, (128/fan-in)^POWER) in the shipped weights' metadata (0: none)."),
+    fan_in_scope: Optional[str] = typer.Option(None, help="With --fan-in-power: the tensors it scales, all (every matrix) or input "
+                                                        "(the input layer only); default: the weights' own (all when they have none)."),
+) -> None:
     """Ship an engine run's weights as the default `learned_sf` weights and record them in the model card."""
-    from metalearner.errors import DataError
+    from metalearner.errors import ConfigError, DataError
     from metalearner.lopt.card import ship_learned
+    from metalearner.lopt.policy import FAN_IN_SCOPES
 
-    if not (engine / "engine.json").is_file() or not (engine / "learned.safetensors").is_file():
+    if fan_in_scope is not None and fan_in_power is None:
+        raise ConfigError("--fan-in-scope needs --fan-in-power (0 takes the factor off)")
+    if engine is None and fan_in_power is None:
+        raise ConfigError("give an engine folder to ship, or --fan-in-power to set the shipped weights' fan-in factor")
+    if engine is not None and (not (engine / "engine.json").is_file() or not (engine / "learned.safetensors").is_file()):
         raise DataError(f"{engine} is not a finished `meta-train --kind learned` folder (engine.json, learned.safetensors)")
-    entry = ship_learned(engine)
-    typer.echo(json.dumps({"shipped": "learned.safetensors", "meta_loss": [entry["meta_evaluation"]["initial_mean"],
-                                                                           entry["meta_evaluation"]["final_mean"]]}))  # fmt: skip
+    if fan_in_scope not in (None, *FAN_IN_SCOPES) or fan_in_power is not None and not (math.isfinite(fan_in_power) and fan_in_power >= 0):
+        raise ConfigError(f"--fan-in-power must be a finite number >= 0 and --fan-in-scope one of {', '.join(FAN_IN_SCOPES)}, "
+                          f"got {fan_in_power} and {fan_in_scope!r}")  # fmt: skip
+    entry = ship_learned(engine, fan_in_power=fan_in_power, fan_in_scope=fan_in_scope)
+    typer.echo(json.dumps({"shipped": "learned.safetensors", "fingerprint": entry["fingerprint"], "fan_in": entry.get("fan_in"),
+                           "meta_loss": [entry["meta_evaluation"]["initial_mean"], entry["meta_evaluation"]["final_mean"]]}))  # fmt: skip
 
 
 @app.command("analyse")

@@ -71,6 +71,9 @@ TASK_FAMILY: tuple[PopulationConfig, ...] = (
 BALANCE_DECAY = 0.9
 
 
+SAVED_WITHOUT: dict[str, Any] = {"fan_in_power": 0.0, "fan_in_scope": "all"}  # fields a saved EngineConfig may lack: what they were then
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Everything a meta-training run depends on; saved whole in its checkpoint."""
@@ -87,7 +90,10 @@ class EngineConfig:
     # the learned optimizer: its base and its policy
     base: str = "schedulefree"
     scales: str = "per_tensor"  # or "global": one multiplier per network (an ablation; docs/meta_training.md)
-    fan_in_power: float = 0.0  # the fixed lr factor (128/fan_in)^power beyond fan-in 128 (functional.ParamLayout.fan_in_factor)
+    # the fixed lr factor min(1, (128/fan_in)^power) (functional.ParamLayout.fan_in_factor) on the tensors of fan_in_scope,
+    # "all" or "input" (the input layer only); the default's is 1 on every tensor of the family, so it acts only beyond it
+    fan_in_power: float = 0.5
+    fan_in_scope: str = "input"
     history_length: int = 8
     hidden_dim: int = 16
     embedding_dim: int = 16
@@ -117,11 +123,13 @@ class EngineConfig:
     def lopt(self) -> LearnedKernel:
         return LearnedKernel(LearnedKernel.policy_config(self.history_length, self.hidden_dim, self.embedding_dim,
                                                          self.activation, self.observe_every, self.features), base=self.base, scales=self.scales,
-                            fan_in_power=self.fan_in_power)  # fmt: skip
+                            fan_in_power=self.fan_in_power, fan_in_scope=self.fan_in_scope)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EngineConfig":
-        return cls(**d)
+        """A config saved by ``asdict``; a field added since the save takes what its absence
+        meant then (``SAVED_WITHOUT``), not today's default."""
+        return cls(**{**SAVED_WITHOUT, **d})
 
 
 def make_estimator(cfg: EngineConfig, step: PopulationStep) -> GradientEstimator:
@@ -324,10 +332,18 @@ class Engine:
         self.record = EngineRecord(step=meta["step"], curve=meta["curve"], evaluation=meta["evaluation"])
         return True
 
+    def _fan_in_metadata(self) -> dict[str, str]:
+        """The fan-in factor's settings for the weights' metadata: none when it is off (so the
+        fingerprint is what it always was), its scope only when not "all"."""
+        if not self.cfg.fan_in_power:
+            return {}
+        scope = {"fan_in_scope": self.cfg.fan_in_scope} if self.cfg.fan_in_scope != "all" else {}
+        return {"fan_in_power": str(self.cfg.fan_in_power), **scope}
+
     def weights(self) -> PolicyWeights:
         """θ as policy weights, with the base and scales that ``LearnedOptimizer`` builds its kernel from."""
         w = PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
-        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales, **({"fan_in_power": str(self.cfg.fan_in_power)} if self.cfg.fan_in_power else {}))
+        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales, **self._fan_in_metadata())
         return w
 
 

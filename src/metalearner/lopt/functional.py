@@ -33,7 +33,8 @@ or not) every scale of the member is halved instead. Zero policy heads give ``s 
 ablation, not the default) gives every tensor of a network the mean of their targets: one
 multiplier per network. ``fan_in_power = α > 0`` multiplies the lr of each tensor whose
 fan-in exceeds the family's largest, ``FAN_IN_REF``, by the fixed ``(FAN_IN_REF/fan_in)^α``
-(:meth:`ParamLayout.fan_in_factor`; not learned, 1 on every meta-training tensor).
+(:meth:`ParamLayout.fan_in_factor`; not learned, 1 on every meta-training tensor);
+``fan_in_scope="input"`` gives it to the input layer only.
 
     lopt = LearnedKernel(LearnedKernel.policy_config(), base="schedulefree")
     theta = lopt.init_theta(seed=0)                  # (D,) the meta-parameters
@@ -51,7 +52,7 @@ import torch
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.policy import CLIP, MAX_LOG_SCALE, MAX_MOVE, META_SPIKE_GUARD, ONLINE, PolicyConfig, PolicyWeights, check_spike_guard, policy_forward
+from metalearner.lopt.policy import CLIP, FAN_IN_SCOPES, MAX_LOG_SCALE, MAX_MOVE, META_SPIKE_GUARD, ONLINE, PolicyConfig, PolicyWeights, check_spike_guard, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
 KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
@@ -99,15 +100,21 @@ class ParamLayout:
         ``(out, …)`` reads as if it were), what the ``log10_fan_in`` feature reads."""
         return torch.tensor([math.log10(max(math.prod(s[1:]), 1)) for s in self.shapes])
 
-    def fan_in_factor(self, power: float) -> torch.Tensor:
+    def fan_in_factor(self, power: float, scope: str = "all") -> torch.Tensor:
         """``(J,)``: the fixed lr factor ``min(1, (FAN_IN_REF / fan_in)^power)`` of each tensor of
         two or more dimensions (fan-in as in :meth:`log10_fan_in`), 1 for vectors: beyond the
         fan-ins a policy was trained on, the lr shrinks as Adam-like updates need it to when a
         layer's fan-in grows (after the width transfer of μP, loosely: the input layer is scaled
         by its data's dimension too, and a tensor not laid out ``(out, in, …)``, an embedding
-        or a transposed convolution, reads a fan-in it does not have); ``power = 0``: all ones."""
-        return torch.tensor([min(1.0, (FAN_IN_REF / max(math.prod(s[1:]), 1)) ** power) if len(s) >= 2 and power else 1.0
-                             for s in self.shapes], dtype=torch.float64)  # fmt: skip
+        or a transposed convolution, reads a fan-in it does not have); ``power = 0``: all ones.
+        ``scope="input"``: only the input layer, the first tensor of two or more dimensions in
+        the layout's order (its fan-in is the data's dimension), gets it; every other tensor 1."""
+        if scope not in FAN_IN_SCOPES:
+            raise ConfigError(f"unknown fan_in_scope {scope!r}; choose from {', '.join(FAN_IN_SCOPES)}")
+        matrices = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
+        scaled = set(matrices[:1] if scope == "input" else matrices) if power else set()
+        return torch.tensor([min(1.0, (FAN_IN_REF / max(math.prod(s[1:]), 1)) ** power) if j in scaled else 1.0
+                             for j, s in enumerate(self.shapes)], dtype=torch.float64)  # fmt: skip
 
     def per_tensor_sq_norms(self, flat: torch.Tensor) -> torch.Tensor:
         """``(P, N)`` -> ``(P, J)``: squared norm of each tensor of each member."""
@@ -196,7 +203,8 @@ class LearnedKernel:
     as a batched functional kernel."""
 
     def __init__(self, config: PolicyConfig, base: str = "schedulefree", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 spike_guard: float = META_SPIKE_GUARD, scales: str = "per_tensor", fan_in_power: float = 0.0):  # fmt: skip
+                 spike_guard: float = META_SPIKE_GUARD, scales: str = "per_tensor", fan_in_power: float = 0.0,
+                 fan_in_scope: str = "all"):  # fmt: skip
         if tuple(config.features) not in FEATURE_SETS or config.n_outputs != 1:
             raise ValueError(f"LearnedKernel needs a one-output policy over one of {FEATURE_SETS}; use LearnedKernel.policy_config()")
         if base not in BASES:
@@ -205,8 +213,10 @@ class LearnedKernel:
             raise ConfigError(f"unknown scales {scales!r}; choose from {', '.join(SCALES)}")
         if not (math.isfinite(fan_in_power) and fan_in_power >= 0):
             raise ConfigError(f"fan_in_power must be a finite number >= 0, got {fan_in_power}")
+        if fan_in_scope not in FAN_IN_SCOPES:
+            raise ConfigError(f"unknown fan_in_scope {fan_in_scope!r}; choose from {', '.join(FAN_IN_SCOPES)}")
         self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
-        self.fan_in_power = float(fan_in_power)
+        self.fan_in_power, self.fan_in_scope = float(fan_in_power), fan_in_scope
         self._factors: dict[tuple, torch.Tensor] = {}  # (layout, dtype, device) -> its fan-in factors
         self.spike = math.log(check_spike_guard(spike_guard))
         self._online = torch.tensor([f in ONLINE for f in config.features])
@@ -225,7 +235,7 @@ class LearnedKernel:
         """``(J,)`` :meth:`ParamLayout.fan_in_factor` in ``like``'s dtype and device, made once."""
         key = (layout, like.dtype, like.device)
         if key not in self._factors:
-            self._factors[key] = layout.fan_in_factor(self.fan_in_power).to(like)
+            self._factors[key] = layout.fan_in_factor(self.fan_in_power, self.fan_in_scope).to(like)
         return self._factors[key]
 
     @property
@@ -400,4 +410,4 @@ def _per_param(x: torch.Tensor, sizes: list[int]) -> torch.Tensor:
     return torch.cat([x[:, j : j + 1].expand(len(x), n) for j, n in enumerate(sizes)], dim=1)
 
 
-__all__ = ["BASES", "SCALES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]
+__all__ = ["BASES", "SCALES", "FAN_IN_SCOPES", "FEATURE_SETS", "PRIORS", "KERNEL_FEATURES", "KERNEL_FEATURES_FAN_IN", "KERNEL_FEATURES_V1", "motion_cos", "KernelState", "LearnedKernel", "ParamLayout", "normalise_online", "policy_tensors", "reset_rows"]

@@ -81,7 +81,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
-                                    fan_in_power=self.theta.fan_in_power())  # fmt: skip
+                                    fan_in_power=self.theta.fan_in_power(), fan_in_scope=self.theta.fan_in_scope())  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         check_weight_decay(weight_decay)
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
@@ -90,7 +90,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
             raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
-        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power)  # (J,) fixed per-tensor lr factors
+        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power, self.kernel.fan_in_scope)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
@@ -333,7 +333,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["learned"] = {
-            "base": self.base, "scales": self.kernel.scales, "fan_in_power": self.kernel.fan_in_power, "counters": dict(self.counters), "train_mode": self.train_mode,
+            "base": self.base, "scales": self.kernel.scales, "fan_in_power": self.kernel.fan_in_power, "fan_in_scope": self.kernel.fan_in_scope, "counters": dict(self.counters), "train_mode": self.train_mode,
             "host": None if self.kstate is None else {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])},
             "kernel": None if self.kstate is None else {f.name: getattr(self.kstate, f.name).clone() for f in fields(self.kstate)},
         }  # fmt: skip
@@ -350,6 +350,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"this state is of a learned optimizer with {scales!r} lr multipliers, not {self.kernel.scales!r}")
         if power != self.kernel.fan_in_power:
             raise ConfigError(f"this state is of a learned optimizer with fan_in_power {power}, not {self.kernel.fan_in_power}")
+        if power and (scope := learned.get("fan_in_scope", "all")) != self.kernel.fan_in_scope:
+            raise ConfigError(f"this state is of a learned optimizer with fan_in_scope {scope!r}, not {self.kernel.fan_in_scope!r}")
         check_state_fits(self, state_dict)
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         self._params = [p for g in self.param_groups for p in g["params"]]

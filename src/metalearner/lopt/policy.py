@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 BASE_FEATURES: tuple[str, ...] = ("log_loss", "log_loss_rel", "log_loss_delta", "log_grad_norm", "log_lr_scale")
 EXTENDED_FEATURES: tuple[str, ...] = ("log_weight_norm", "log_update_ratio", "grad_cos", "curvature", "budget_fraction")
 CONTROLLER_FEATURES: tuple[str, ...] = (*BASE_FEATURES, "log_weight_norm", "log_update_ratio")
+FAN_IN_SCOPES = ("all", "input")  # which tensors the fixed fan-in factor scales: every one, or the input layer only
 KERNEL_ONLY_FEATURES: tuple[str, ...] = ("loss_vs_min", "loss_vs_ema", "update_ratio_level", "motion_cos", "log10_fan_in")
 KINDS: tuple[str, ...] = ("opt2vec", "controller", "learned")
 ONLINE = frozenset({"log_loss", "log_grad_norm", "log_weight_norm", "log_update_ratio", "curvature"})
@@ -160,12 +161,15 @@ class PolicyWeights:
     def fingerprint(self) -> str:
         """A short hash of the config, the tensor values (not of the file's bytes, whose
         header order differs between saves of the same weights) and a nonzero ``fan_in_power``
-        in the metadata (it changes the steps; absent or 0, the hash is what it always was)."""
+        in the metadata with its ``fan_in_scope`` unless "all" (they change the steps; absent
+        or 0, the hash is what it always was)."""
         h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
         h.update(self.flat().to(torch.float32).contiguous().numpy().tobytes())
         power = self.fan_in_power()
         if power:
             h.update(f"fan_in_power={power!r}".encode())
+            if self.fan_in_scope() != "all":
+                h.update(f"fan_in_scope={self.fan_in_scope()}".encode())
         return h.hexdigest()[:16]
 
     def fan_in_power(self) -> float:
@@ -179,6 +183,14 @@ class PolicyWeights:
         if not (math.isfinite(value) and value >= 0):
             raise WeightsError(f"fan_in_power in the weights' metadata must be a finite number >= 0, got {raw!r}")
         return value
+
+    def fan_in_scope(self) -> str:
+        """The metadata's ``fan_in_scope`` ("all" when absent): which tensors the fan-in factor
+        scales, every one or the input layer only."""
+        raw = self.metadata.get("fan_in_scope", "all")
+        if raw not in FAN_IN_SCOPES:
+            raise WeightsError(f"fan_in_scope in the weights' metadata must be one of {', '.join(FAN_IN_SCOPES)}, got {raw!r}")
+        return raw
 
     def with_flat(self, vector: torch.Tensor) -> "PolicyWeights":
         tensors, i = {}, 0
@@ -223,7 +235,7 @@ class PolicyWeights:
             raise WeightsError(f"{path}: weights contain NaN or Inf")
         weights = cls(config, {k: v.float() for k, v in tensors.items()}, meta)
         try:
-            weights.fan_in_power()
+            weights.fan_in_power(), weights.fan_in_scope()
         except WeightsError as e:
             raise WeightsError(f"{path}: {e}") from None
         return weights

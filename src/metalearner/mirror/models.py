@@ -301,9 +301,12 @@ def save_predictor(
     and split (other files stay). The new files are written into a hidden folder in ``out``
     first; then the old markers (``config.json``, ``ensemble.json``) go, the rest moves in,
     and the new marker comes last: a crash leaves the old predictor, none (loading raises
-    :class:`DataError`) or the new one, never a mix."""
+    :class:`DataError`) or the new one, never a mix (a hidden folder that a killed save left
+    is removed by the next save, so two saves into one folder at once are not supported)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".saving-*"):  # what a save killed before its cleanup left
+        shutil.rmtree(stale, ignore_errors=True)
     stage = Path(tempfile.mkdtemp(dir=out, prefix=".saving-"))
     try:
         _write(model, stage, history)
