@@ -21,6 +21,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def pretrained_copy(tmp_path: Path) -> Path:
+    """A copy of the shipped learned_sf weights and model card, for tests that ship into it."""
+    import shutil
+
+    from metalearner.lopt.policy import PRETRAINED
+
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    for name in ("learned.safetensors", "MODEL_CARD.json", "MODEL_CARD.md"):
+        shutil.copyfile(PRETRAINED / name, folder / name)
+    return folder
+
+
 ONE_THREAD = ("meta", "mirror")  # test folders of small-tensor work: one intra-op thread
 
 

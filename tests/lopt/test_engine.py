@@ -333,16 +333,13 @@ def test_the_default_input_fan_in_factor_leaves_meta_training_as_it_was(tmp_path
     assert torch.equal(with_factor, without)
 
 
-def test_shipping_an_engine_run_replaces_the_weights_and_the_card_entry(trained, tmp_path):
-    import shutil
-
+def test_shipping_an_engine_run_replaces_the_weights_and_the_card_entry(trained, pretrained_copy):
     from metalearner.lopt.card import ship_learned
     from metalearner.lopt.engine import WEIGHTS
-    from metalearner.lopt.policy import PRETRAINED, PolicyWeights
+    from metalearner.lopt.policy import PolicyWeights
 
     out, theta, _ = trained
-    for name in ("learned.safetensors", "MODEL_CARD.json", "MODEL_CARD.md"):
-        shutil.copyfile(PRETRAINED / name, tmp_path / name)
+    tmp_path = pretrained_copy
     entry = ship_learned(out, pretrained=tmp_path)
     shipped, run_weights = PolicyWeights.load(tmp_path / "learned.safetensors"), PolicyWeights.load(out / WEIGHTS)
     assert torch.equal(shipped.flat(), theta.float()) and shipped.fingerprint() == run_weights.fingerprint() == entry["fingerprint"]

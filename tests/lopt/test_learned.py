@@ -504,15 +504,12 @@ def test_the_fan_in_scope_decides_which_layers_steps_shrink(scope):
         LearnedOptimizer(make().parameters(), weights=weights)
 
 
-def test_shipping_a_fan_in_factor_changes_the_metadata_and_the_card_not_the_tensors(tmp_path):
+def test_shipping_a_fan_in_factor_changes_the_metadata_and_the_card_not_the_tensors(pretrained_copy):
     import json
-    import shutil
 
     from metalearner.lopt.card import ship_learned
-    from metalearner.lopt.policy import PRETRAINED
 
-    for name in ("learned.safetensors", "MODEL_CARD.json", "MODEL_CARD.md"):
-        shutil.copyfile(PRETRAINED / name, tmp_path / name)
+    tmp_path = pretrained_copy
     ship_learned(None, fan_in_power=0.0, pretrained=tmp_path)  # the policy alone, whatever ships now
     before = PolicyWeights.load(tmp_path / "learned.safetensors")
     assert before.fan_in_power() == 0.0 and "fan-in" not in (tmp_path / "MODEL_CARD.md").read_text()

@@ -13,7 +13,7 @@ import numpy as np
 
 from metalearner.atomic import atomic_path, write_json
 from metalearner.lopt.meta_train import summarise_tasks
-from metalearner.lopt.policy import PRETRAINED, PolicyWeights
+from metalearner.lopt.policy import PRETRAINED, PolicyWeights, fan_in_metadata
 
 HELD_OUT = "mnist, MLP 784-256-256-10 relu (never seen in meta-training), batch 128"
 
@@ -92,8 +92,7 @@ def ship_learned(engine_dir: Path | None, *, fan_in_power: float | None = None, 
         scope = fan_in_scope or weights.fan_in_scope()
         for key in ("fan_in_power", "fan_in_scope"):
             weights.metadata.pop(key, None)
-        if fan_in_power:
-            weights.metadata.update(fan_in_power=str(float(fan_in_power)), **({"fan_in_scope": scope} if scope != "all" else {}))
+        weights.metadata.update(fan_in_metadata(fan_in_power, scope))
     power, scope = weights.fan_in_power(), weights.fan_in_scope()  # a bad value is refused here, before anything is written
     entry.pop("fan_in", None)
     if power:  # set at shipping: the run's config may say otherwise

@@ -43,7 +43,7 @@ from metalearner.atomic import atomic_path, write_json
 from metalearner.errors import ConfigError, MetalearnerError
 from metalearner.lopt.estimators import PES, AntitheticES, Estimate, GradientEstimator
 from metalearner.lopt.functional import KERNEL_FEATURES, PRIORS, LearnedKernel
-from metalearner.lopt.policy import PolicyWeights
+from metalearner.lopt.policy import PolicyWeights, fan_in_metadata
 from metalearner.lopt.truncation import PopulationConfig, PopulationStep, preload_splits
 
 ESTIMATORS = ("pes", "es")
@@ -332,18 +332,10 @@ class Engine:
         self.record = EngineRecord(step=meta["step"], curve=meta["curve"], evaluation=meta["evaluation"])
         return True
 
-    def _fan_in_metadata(self) -> dict[str, str]:
-        """The fan-in factor's settings for the weights' metadata: none when it is off (so the
-        fingerprint is what it always was), its scope only when not "all"."""
-        if not self.cfg.fan_in_power:
-            return {}
-        scope = {"fan_in_scope": self.cfg.fan_in_scope} if self.cfg.fan_in_scope != "all" else {}
-        return {"fan_in_power": str(self.cfg.fan_in_power), **scope}
-
     def weights(self) -> PolicyWeights:
         """θ as policy weights, with the base and scales that ``LearnedOptimizer`` builds its kernel from."""
         w = PolicyWeights.init(self.lopt.config).with_flat(self.theta.detach())
-        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales, **self._fan_in_metadata())
+        w.metadata.update(base=self.cfg.base, scales=self.cfg.scales, **fan_in_metadata(self.cfg.fan_in_power, self.cfg.fan_in_scope))
         return w
 
 

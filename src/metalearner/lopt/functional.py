@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.policy import CLIP, FAN_IN_SCOPES, MAX_LOG_SCALE, MAX_MOVE, META_SPIKE_GUARD, ONLINE, PolicyConfig, PolicyWeights, check_spike_guard, policy_forward
+from metalearner.lopt.policy import CLIP, FAN_IN_SCOPES, MAX_LOG_SCALE, MAX_MOVE, META_SPIKE_GUARD, ONLINE, PolicyConfig, PolicyWeights, check_fan_in_scope, check_spike_guard, policy_forward
 
 # per-member loss trajectory first, then per-tensor physics; names from policy.py's vocabulary
 KERNEL_FEATURES_V1: tuple[str, ...] = ("log_loss_rel", "log_loss_delta", "loss_vs_min", "loss_vs_ema",
@@ -109,8 +109,7 @@ class ParamLayout:
         or a transposed convolution, reads a fan-in it does not have); ``power = 0``: all ones.
         ``scope="input"``: only the input layer, the first tensor of two or more dimensions in
         the layout's order (its fan-in is the data's dimension), gets it; every other tensor 1."""
-        if scope not in FAN_IN_SCOPES:
-            raise ConfigError(f"unknown fan_in_scope {scope!r}; choose from {', '.join(FAN_IN_SCOPES)}")
+        check_fan_in_scope(scope)
         matrices = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
         scaled = set(matrices[:1] if scope == "input" else matrices) if power else set()
         return torch.tensor([min(1.0, (FAN_IN_REF / max(math.prod(s[1:]), 1)) ** power) if j in scaled else 1.0
@@ -213,8 +212,7 @@ class LearnedKernel:
             raise ConfigError(f"unknown scales {scales!r}; choose from {', '.join(SCALES)}")
         if not (math.isfinite(fan_in_power) and fan_in_power >= 0):
             raise ConfigError(f"fan_in_power must be a finite number >= 0, got {fan_in_power}")
-        if fan_in_scope not in FAN_IN_SCOPES:
-            raise ConfigError(f"unknown fan_in_scope {fan_in_scope!r}; choose from {', '.join(FAN_IN_SCOPES)}")
+        check_fan_in_scope(fan_in_scope)
         self.config, self.base, self.betas, self.eps, self.scales = config, base, betas, eps, scales
         self.fan_in_power, self.fan_in_scope = float(fan_in_power), fan_in_scope
         self._factors: dict[tuple, torch.Tensor] = {}  # (layout, dtype, device) -> its fan-in factors
@@ -231,11 +229,15 @@ class LearnedKernel:
         return PolicyConfig(kind="learned", features=features, history_length=history_length, hidden_dim=hidden_dim,
                             embedding_dim=embedding_dim, activation=activation, observe_every=observe_every)  # fmt: skip
 
+    def fan_in_factors(self, layout: ParamLayout) -> torch.Tensor:
+        """``(J,)`` float64: this kernel's fixed lr factor of each tensor (:meth:`ParamLayout.fan_in_factor`)."""
+        return layout.fan_in_factor(self.fan_in_power, self.fan_in_scope)
+
     def _fan_in_factor(self, layout: ParamLayout, like: torch.Tensor) -> torch.Tensor:
-        """``(J,)`` :meth:`ParamLayout.fan_in_factor` in ``like``'s dtype and device, made once."""
+        """:meth:`fan_in_factors` in ``like``'s dtype and device, made once."""
         key = (layout, like.dtype, like.device)
         if key not in self._factors:
-            self._factors[key] = layout.fan_in_factor(self.fan_in_power, self.fan_in_scope).to(like)
+            self._factors[key] = self.fan_in_factors(layout).to(like)
         return self._factors[key]
 
     @property

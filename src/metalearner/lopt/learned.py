@@ -90,7 +90,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
             raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
-        self._fan_in = self.layout.fan_in_factor(self.kernel.fan_in_power, self.kernel.fan_in_scope)  # (J,) fixed per-tensor lr factors
+        self._fan_in = self.kernel.fan_in_factors(self.layout)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device

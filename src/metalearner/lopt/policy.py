@@ -241,6 +241,21 @@ class PolicyWeights:
         return weights
 
 
+def check_fan_in_scope(scope: str) -> str:
+    """``scope`` if it is one of :data:`FAN_IN_SCOPES`, else a one-line :class:`ConfigError`."""
+    if scope not in FAN_IN_SCOPES:
+        raise ConfigError(f"unknown fan_in_scope {scope!r}; choose from {', '.join(FAN_IN_SCOPES)}")
+    return scope
+
+
+def fan_in_metadata(power: float, scope: str) -> dict[str, str]:
+    """The weights' metadata for a fan-in factor: none when it is off, the scope only when not
+    "all" (so such weights keep the fingerprint they had before scopes existed)."""
+    if not power:
+        return {}
+    return {"fan_in_power": str(float(power)), **({"fan_in_scope": scope} if scope != "all" else {})}
+
+
 def default_weights(kind: str) -> PolicyWeights:
     """The pretrained weights shipped in ``metalearner/lopt/pretrained``."""
     return PolicyWeights.load(PRETRAINED / f"{kind}.safetensors")
