@@ -15,7 +15,7 @@ plus a final evaluation as long as the initial one).
 (``LocalExecutor`` with ``--workers`` processes; peak bounded by this process plus ``workers``
 times the largest worker).
 
-    python benchmarks/meta_train_cost.py --quick    # a few minutes, prints JSON
+    python benchmarks/meta_train_cost.py --quick    # under two minutes, prints JSON
     python benchmarks/meta_train_cost.py            # about 35 min: results/meta_train_cost.json
 
 It also measures the meta-training engine (:mod:`metalearner.lopt.engine`): **unrolls per

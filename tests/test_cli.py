@@ -65,7 +65,13 @@ def test_data_dir_from_environment(shared_data, tmp_path, monkeypatch):
         (["train", "--task", "moons", "--steps", "0"], "steps must be >= 1"),
         (["train", "--task", "moons", "--target-acc", "97"], "(a fraction: 0.97 for 97%)"),
         (["train", "--task", "moons", "--optimizer", "sgd", "--momentum", "0.9"], "sgd has no momentum"),
-        (["train", "--task", "moons", "--optimizer", "opt2vec+controller"], "unknown method"),
+        (["train", "--task", "moons", "--optimizer", "opt2vec+controller"], "has a learned part of its own"),
+        (["train", "--task", "moons", "--optimizer", "adamw_cosine+controller"], "its own cosine schedule"),
+        (["tower", "--task", "moons", "--steps", "2", "--plot", "{tmp}/levels.txt"], "cannot write a figure to {tmp}/levels.txt"),
+        (["fewshot", "--task", "sinusoid", "--iterations", "1", "--plot", "{tmp}/adapt.txt"], "cannot write a figure"),
+        (["zoo", "summary", "{tmp}", "--top", "-1"], "--top must be >= 0"),
+        (["zoo", "--set", "dataset=moons", "--n-runs", "3", "--out", "{tmp}/z"], "n_runs is for sampling = 'random'"),
+        (["zoo", "--set", "dataset=moons", "--prune", "halving", "--eta", "nan", "--out", "{tmp}/z"], "needs eta > 1"),
         (["zoo", "--out", "{tmp}/z"], "give the sweep with --spec"),
         (["lopt", "analyse", "--steps", "10", "--out", "{tmp}/a"], "--steps must be >= 48"),
         (["lopt", "ship-learned"], "give an engine folder to ship, or --fan-in-power"),
@@ -91,6 +97,89 @@ def test_an_output_path_under_a_file_is_one_line(tmp_path):
         r = cli(*args)
         lines = [line for line in r.stderr.splitlines() if line.strip()]
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot use"), r.stderr
+
+
+def test_a_bad_figure_path_fails_before_the_work(tmp_path):
+    """The figure's path is checked first: a run that would end in a failed savefig does not start."""
+    (tmp_path / "afile").write_text("")
+    for args in (["tower", "--task", "moons", "--steps", "2000", "--plot", f"{tmp_path}/afile/levels.png"],
+                 ["fewshot", "--task", "sinusoid", "--iterations", "5000", "--plot", f"{tmp_path}/afile/adapt.png"]):  # fmt: skip
+        r = cli(*args)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: cannot use {tmp_path}/afile"), r.stderr
+
+
+def test_inspect_plots_to_the_path_it_reports(tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", "--task", "moons", "--steps", "5", "--out", str(run), "--no-progress").returncode == 0
+    r = cli("inspect", str(run), "--plot", str(tmp_path / "figs" / "curves"))  # no suffix, a folder not made yet
+    assert r.returncode == 0 and f"plot written to {tmp_path / 'figs' / 'curves.png'}" in r.stdout
+    assert (tmp_path / "figs" / "curves.png").stat().st_size > 1000
+
+
+def test_corrupt_or_foreign_trajectories_are_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run = tmp_path / "run"
+    assert cli("train", "--task", "moons", "--steps", "5", "--out", str(run), "--no-progress").returncode == 0
+    for content, message in ((None, "is not a readable Parquet file"), (pa.table({"x": [1, 2]}), "lacks the column(s) step, loss, val_acc")):
+        if content is None:
+            (run / "trajectory.parquet").write_text("not parquet")
+        else:
+            pq.write_table(content, run / "trajectory.parquet")
+        for args in (["inspect", str(run)], ["export", str(run), str(tmp_path / "t.csv")]):
+            r = cli(*args)
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+    assert not (tmp_path / "t.csv").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_an_output_path_that_cannot_be_made_is_one_line():
+    r = cli("zoo", "--set", "dataset=moons", "--set", "steps=2", "--out", "/proc/nonexistent/zoo")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: cannot use /proc/nonexistent"), r.stderr
+
+
+def test_zoo_folders_grow_but_do_not_mix(tmp_path):
+    from metalearner.atomic import write_json
+    from metalearner.zoo import read_manifest
+
+    write_json(tmp_path / "manifest.json", {"schema_version": 1, "runs": {"0123456789ab": {}}, "spec": {"name": "other"}})
+    r = cli("zoo", "--set", "dataset=moons", "--out", str(tmp_path))
+    assert r.returncode == 2 and "holds 1 run(s) this sweep would not make" in r.stderr
+    spec = tmp_path / "s.toml"
+    spec.write_text('sampling = "random"\nn_runs = 2\n[space]\ndataset = "moons"\nsteps = 2\nlr = { log_uniform = [0.001, 0.1] }\n')
+    zoo = ["zoo", "--spec", str(spec), "--out", str(tmp_path / "z"), "--no-progress"]
+    assert cli(*zoo).returncode == 0
+    first = set(read_manifest(tmp_path / "z")["runs"])
+    r = cli(*zoo, "--n-runs", "3")  # the same draws and one more: the zoo grows
+    assert r.returncode == 0, r.stderr
+    assert first < set(read_manifest(tmp_path / "z")["runs"])
+    assert cli(*zoo).returncode == 2  # and the smaller sweep no longer makes every run it holds
+    r = cli("zoo", "--spec", str(spec), "--sampling", "grid", "--set", "lr=[0.1,0.01]", "--dry-run")  # its n_runs dropped
+    assert r.returncode == 0 and r.stdout.strip().endswith("2 runs"), r.stderr
+    spec.write_text('name = "empty"\n')
+    r = cli("zoo", "--spec", str(spec), "--out", str(tmp_path / "e"))
+    assert r.returncode == 2 and "has an empty or missing [space] table" in r.stderr
+    assert cli("zoo", "--spec", str(spec), "--set", "dataset=moons", "--dry-run").returncode == 0  # --set gives it one
+
+
+def test_ctrl_c_says_interrupted(monkeypatch, capsys):
+    import typer
+
+    from metalearner import cli as cli_module
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_module, "app", typer.Typer())
+    cli_module.app.command()(interrupted)
+    monkeypatch.setattr(sys, "argv", ["metalearner"])
+    with pytest.raises(SystemExit) as e:
+        cli_module.main()
+    assert e.value.code == 130 and "interrupted" in capsys.readouterr().err
 
 
 def test_a_command_exit_code_is_the_process_exit_code(monkeypatch):

@@ -112,7 +112,8 @@ def test_any_base_optimizer_takes_the_controller(base):
 
 @pytest.mark.parametrize(
     "name, kwargs, message",
-    [("adamw_cosine+controller", {}, "unknown method"), ("opt2vec+controller", {}, "unknown method"),
+    [("adamw_cosine+controller", {}, "its own cosine schedule; wrap"), ("opt2vec+controller", {}, "a learned part of its own"),
+     ("nosuch+controller", {}, "unknown method"),
      ("sgd", {"momentum": 0.9}, "sgd has no momentum"), ("adamw_cosine", {"schedule": "onecycle"}, "its own cosine schedule"),
      ("adam", {"schedule": "linear"}, "unknown schedule"), ("adam", {"lr": 0.0}, "learning rate"),
      ("adam", {"weight_decay": -1.0}, "weight decay"), ("adam", {"schedule": "cosine"}, "needs the step budget")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -21,7 +22,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():  # named as the user gave it (os.replace would name the temporary file)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    with _named(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -38,6 +42,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)  # persist the rename itself
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """``folder``, made if missing and checked writable by writing a file into it: called
+    before long work, so a place that cannot take the results costs a one-line error (the
+    ``OSError`` names it) and not the work."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _named(folder), tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder
+
+
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    """An ``OSError`` inside names ``path`` (as the user gave it), not a temporary file in it."""
+    try:
+        yield
+    except OSError as e:
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def fsync_dir(folder: str | os.PathLike) -> None:

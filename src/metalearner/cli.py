@@ -107,6 +107,9 @@ def inspect(
     """Summarise a run: status, steps, final metrics, divergence; optionally plot its curves."""
     from metalearner.observe.store import read_run, read_trajectory, summarize
 
+    from metalearner.report.paths import figure_path
+
+    plot = figure_path(plot)  # before the work
     summary = summarize(run_dir)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -152,16 +155,17 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         STDERR.print("interrupted")
         sys.exit(130)
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:  # a path given where it cannot be used
-        where = f" {e.filename}" if e.filename else ""
-        typer.echo(f"error: cannot use{where}: {e.strerror.lower() if e.strerror else e}", err=True)
-        sys.exit(2)
-    except Exception as e:  # usage errors (click's, or the copy of click that newer typer vendors)
-        if any(c.__name__ == "ClickException" for c in type(e).__mro__):
+    except Exception as e:
+        if isinstance(e, OSError) and e.filename:  # a path given where it cannot be used (missing, read-only, a folder, ...)
+            typer.echo(f"error: cannot use {e.filename}: {e.strerror.lower() if e.strerror else e}", err=True)
+            sys.exit(2)
+        if any(c.__name__ == "ClickException" for c in type(e).__mro__):  # usage errors (click's, or typer's vendored copy)
             e.show()
             sys.exit(e.exit_code)
         raise
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        if rc == 130:  # typer returns Ctrl-C as this code
+            STDERR.print("interrupted")
         sys.exit(rc)
 
 

@@ -275,6 +275,9 @@ def get_method(name: str) -> Method:
     base = name[: -len(CONTROLLER)] if isinstance(name, str) and name.endswith(CONTROLLER) else None
     if base in METHODS and not METHODS[base].ours and METHODS[base].schedule == "constant":
         return _controller_method(METHODS[base])
+    if base in METHODS:
+        why = "has a learned part of its own" if METHODS[base].ours else f"has its own {METHODS[base].schedule} schedule"
+        raise ConfigError(f"the controller cannot wrap {base!r}: it {why}; wrap a base optimizer with a constant lr, e.g. adam+controller")
     raise ConfigError(f"unknown method {name!r}; choose from {', '.join(METHODS)} (or BASE+controller for a base optimizer)")
 
 

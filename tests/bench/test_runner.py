@@ -117,7 +117,7 @@ def test_a_failed_job_keeps_the_finished_ones_and_a_rerun_completes(tmp_path, mo
     assert math.isfinite(results["cells"][small.cells[0].name]["target"])
 
 
-def test_report_and_results_file(finished):
+def test_report_and_results_file(finished, tmp_path):
     out, results, _ = finished
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
@@ -128,6 +128,10 @@ def test_report_and_results_file(finished):
         assert (out / "figures" / fig).stat().st_size > 1000
     back = load_results(out)
     assert json.loads((out / "results.json").read_text())["protocol"]["name"] == "tiny"
+    cut = {k: v for k, v in json.loads((out / "results.json").read_text()).items() if k != "methods"}
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    with pytest.raises(ConfigError, match="is not a benchmark results file \\(no methods\\)"):
+        load_results(tmp_path / "cut.json")
     for name, cell in results["cells"].items():
         for r in ("self_tuning", "tuned"):
             for m, e in cell["rulesets"][r].items():

@@ -601,3 +601,20 @@ def test_the_kernel_never_writes_its_input_state(base):
             first, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), **step)
             again, _ = kernel.update(theta, state, layout, w, grad, torch.ones(3), torch.full((3,), 1e-2), **step)
             assert torch.equal(first, again) and all(torch.equal(v, before[k]) for k, v in vars(state).items())
+
+
+def test_the_card_checks_where_it_goes_before_the_evaluation(tmp_path, monkeypatch):
+    """A card that cannot be written fails before the held-out runs, not after them: the two
+    meta-train folders here hold nothing, so the target's error shows it is checked before
+    anything else is read or run."""
+    from metalearner.errors import DataError
+    from metalearner.lopt import card
+
+    monkeypatch.setattr(card, "evaluate_held_out", lambda *a, **k: pytest.fail("evaluated before the target was checked"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError):
+        card.write_card(tmp_path, tmp_path, data_dir=None, epochs=0.1, seeds=1, ship=False, out=tmp_path / "afile", command="")
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "MODEL_CARD.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="is not a model card"):
+        card.write_card(tmp_path, tmp_path, data_dir=None, epochs=0.1, seeds=1, ship=False, out=tmp_path / "old", command="")

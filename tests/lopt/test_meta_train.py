@@ -51,13 +51,16 @@ def test_a_checkpoint_of_the_old_hand_written_outer_adam_is_refused_in_one_line(
 
     from safetensors.torch import save_file
 
-    from metalearner.errors import ConfigError
+    from metalearner.errors import ConfigError, DataError
 
     out, _, full = trained
     shutil.copy(out / "state.json", tmp_path / "state.json")
     theta = full.theta.detach()  # the old layout: θ and the moments as tensors, the record in state.json only
     save_file({"theta": theta, "m": torch.zeros_like(theta), "v": torch.zeros_like(theta)}, str(tmp_path / "checkpoint.safetensors"))
     with pytest.raises(ConfigError, match="older version"):
+        meta_train(MetaTrainConfig(**TINY), tmp_path, executor=InlineExecutor(), progress=False)
+    save_file({"weights": theta}, str(tmp_path / "checkpoint.safetensors"))  # some other safetensors file
+    with pytest.raises(DataError, match="is not a meta-train checkpoint"):
         meta_train(MetaTrainConfig(**TINY), tmp_path, executor=InlineExecutor(), progress=False)
 
 

@@ -140,6 +140,8 @@ def test_pickle_renamed_to_safetensors_fails_cleanly(tmp_path):
         Opt2Vec([nn.Parameter(torch.ones(2))], weights=tmp_path / "torch.safetensors")
     with pytest.raises(WeightsError, match="does not exist"):
         PolicyWeights.load(tmp_path / "missing.safetensors")
+    with pytest.raises(WeightsError, match="is a folder"):
+        PolicyWeights.load(tmp_path)
 
 
 def test_shipped_weights_load_without_pickle(monkeypatch):

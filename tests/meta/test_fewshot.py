@@ -205,6 +205,8 @@ def test_nearest_centroid_labels_each_query_by_the_nearest_support_mean():
 def test_class_split_refuses_too_few_classes():
     with pytest.raises(ConfigError, match="5-way episodes need at least 5 classes"):
         ClassSplit(torch.zeros(10, 4), torch.arange(10) % 3, (0, 1, 2), n_way=5)
+    with pytest.raises(ConfigError, match="n_way must be an integer >= 2"):  # one class: every answer right, a score of 1 that means nothing
+        ClassSplit(torch.zeros(10, 4), torch.arange(10) % 3, (0, 1, 2), n_way=1)
 
 
 def _symmetries(img: torch.Tensor) -> list[torch.Tensor]:

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from metalearner.errors import ConfigError, DataError
@@ -101,6 +102,9 @@ def test_save_load_round_trip(tmp_path):
         Dataset.load(tmp_path / "nope")
     with pytest.raises(DataError):
         build_dataset(tmp_path / "nope")
+    pq.write_table(pa.table({"x": [1]}), tmp_path / "data" / "rows.parquet")  # written by something else
+    with pytest.raises(DataError, match="lacks the column"):
+        Dataset.load(tmp_path / "data")
 
 
 def _many_runs(n=40, seed=0):
@@ -206,7 +210,7 @@ def test_trend_features_are_the_baselines_and_causal(tmp_path):
     ("dataset.json", "{", "dataset.json is not valid JSON"),
     ("dataset.json", '{"config": {}}', "dataset.json is not a mirror dataset description"),
     ("dataset.json", "[]", "dataset.json is not a mirror dataset description"),
-    ("rows.parquet", "PAR1 truncated", "rows.parquet is not a readable parquet file"),
+    ("rows.parquet", "PAR1 truncated", "rows.parquet is not a readable Parquet file"),
 ])  # fmt: skip
 def test_corrupt_dataset_is_a_data_error_naming_the_file(tmp_path, name, content, message):
     fake_run(tmp_path, "a")
@@ -231,3 +235,14 @@ def test_build_reports_progress_per_run(tmp_path):
     bar = Bar()
     ds = build_dataset(tmp_path, progress=bar)
     assert len(ds.runs) == 2 and bar.calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
+
+
+def test_build_warns_when_the_runs_are_too_short_for_the_loss_targets(tmp_path):
+    from typer.testing import CliRunner
+
+    from metalearner.cli import app
+
+    fake_run(tmp_path, "a")  # 8 steps, ahead 50 by default
+    r = CliRunner().invoke(app, ["dataset", "build", str(tmp_path), "--out", str(tmp_path / "data"), "--no-progress"])
+    assert r.exit_code == 0 and (tmp_path / "data" / "rows.parquet").exists()  # the other targets still serve
+    assert "warning: no row has a smooth_loss or ahead_loss target" in r.stderr and "the longest has 8" in r.stderr

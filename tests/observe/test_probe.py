@@ -281,3 +281,29 @@ def test_probe_contract_edges(tmp_path):
     assert read_run(tmp_path / "run")["final"]["test_acc"] == 0.9
     with pytest.raises(ConfigError, match="chunk_size"):
         Probe(model, opt, chunk_size=0)
+
+
+def test_an_unusable_output_path_is_named_as_given(tmp_path):
+    from metalearner.atomic import writable_folder, write_json
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        write_json(tmp_path / "folder", {})
+    assert e.value.filename == str(tmp_path / "folder")  # not the temporary file beside it
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError):
+        writable_folder(tmp_path / "afile")
+    assert writable_folder(tmp_path / "new" / "deep") == tmp_path / "new" / "deep" and (tmp_path / "new" / "deep").is_dir()
+
+
+def test_figure_paths_are_checked_before_the_work(tmp_path):
+    from metalearner.errors import ConfigError
+    from metalearner.report.paths import figure_path
+
+    assert figure_path(tmp_path / "sub" / "curves") == tmp_path / "sub" / "curves.png" and (tmp_path / "sub").is_dir()
+    assert figure_path(tmp_path / "c.pdf").suffix == ".pdf"
+    with pytest.raises(ConfigError, match="use one of"):
+        figure_path(tmp_path / "c.txt")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(ConfigError, match="it is a folder"):
+        figure_path(tmp_path / "d.png")

@@ -108,6 +108,23 @@ def test_report_rebuilds_from_artifacts(tiny, capsys):
     assert "did NOT" in md or "does NOT" in md or "WINS" in md  # the verdict says where it did (not) help
 
 
+def test_a_corrupt_stage_file_is_one_line(tiny, tmp_path):
+    import shutil
+
+    from metalearner.errors import DataError
+    from metalearner.report.pipeline import write_pipeline_report
+
+    out, *_ = tiny
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "mirror" / "scores.json").write_text('{"scores": {}}')  # valid JSON, not what the stage wrote
+    with pytest.raises(DataError, match="scores.json is not what its stage writes \\(no scores.smooth_loss\\)"):
+        write_pipeline_report(copy)
+    (copy / "mirror" / "scores.json").write_text("not json")
+    with pytest.raises(DataError, match="scores.json is not valid JSON"):
+        write_pipeline_report(copy)
+
+
 def test_report_in_a_real_browser(tiny):
     browser = find_browser()
     if browser is None:

@@ -99,3 +99,8 @@ def test_set_assignments():
         parse_assignment("lr")
     with pytest.raises(ConfigError, match="'rate'"):
         parse_assignment("rate=1")
+
+
+def test_a_grid_refuses_a_draw_count():
+    with pytest.raises(ConfigError, match="n_runs is for sampling = 'random'"):
+        SweepSpec(sampling="grid", n_runs=3, space={"dataset": "moons"})

@@ -275,6 +275,7 @@ def load_results(path: str | Any) -> dict[str, Any]:
         raise ConfigError(f"{p} is not a results file: {e}") from None
     if isinstance(d, dict) and "cells" not in d and isinstance(d.get("results"), dict):
         d = d["results"]  # benchmarks/results/time_to_target.json wraps them with the command and machine
-    if not isinstance(d, dict) or "cells" not in d:
-        raise ConfigError(f"{p} is not a benchmark results file")
+    missing = [k for k in ("cells", "protocol", "methods", "profiles") if k not in d] if isinstance(d, dict) else ["cells"]
+    if missing:
+        raise ConfigError(f"{p} is not a benchmark results file (no {', '.join(missing)})")
     return fix(d)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from metalearner.atomic import atomic_path, write_json
+from metalearner.atomic import atomic_path, read_json, writable_folder, write_json
+from metalearner.errors import DataError
 from metalearner.lopt.meta_train import summarise_tasks
 from metalearner.lopt.policy import PRETRAINED, PolicyWeights, fan_in_metadata
 
@@ -45,13 +46,21 @@ def evaluate_held_out(opt2vec: str | Path, controller: str | Path, *, data_dir: 
     return {"task": HELD_OUT, "epochs": epochs, "steps": steps, "seeds": seeds, "summary": summary, "runs": runs}
 
 
+def read_card(path: Path) -> dict[str, Any]:
+    """A ``MODEL_CARD.json``; a file that is not one is a one-line :class:`DataError`."""
+    card = read_json(path)
+    if not (isinstance(card, dict) and isinstance(card.get("optimizers"), dict)):
+        raise DataError(f"{path} is not a model card (no 'optimizers' entry)")
+    return card
+
+
 def learned_entry(engine_dir: Path) -> dict[str, Any]:
     """The card entry of an engine-trained optimizer (``meta-train --kind learned``): its
     command, config, what it saw (in the keys the benchmark's exposure check reads), curve."""
     from metalearner.lopt.engine import WEIGHTS
 
     folder = Path(engine_dir)
-    state = json.loads((folder / "engine.json").read_text())
+    state = read_json(folder / "engine.json")
     cfg, curve, ev = state["config"], state["curve"], state["evaluation"]
     pops = cfg["populations"]
     exposure = {
@@ -82,7 +91,7 @@ def ship_learned(engine_dir: Path | None, *, fan_in_power: float | None = None, 
     set at shipping); ``engine_dir`` None: only that, on the weights shipped now."""
     from metalearner.lopt.engine import WEIGHTS
 
-    card = json.loads((pretrained / "MODEL_CARD.json").read_text())
+    card = read_card(pretrained / "MODEL_CARD.json")
     target = pretrained / "learned.safetensors"
     weights = PolicyWeights.load(target if engine_dir is None else Path(engine_dir) / WEIGHTS)
     if engine_dir is not None:
@@ -162,9 +171,11 @@ def _markdown(card: dict[str, Any]) -> str:
 
 def write_card(opt2vec_dir: Path, controller_dir: Path, *, data_dir: str | None, epochs: float, seeds: int, ship: bool,
                out: Path | None, command: str) -> dict[str, Any]:  # fmt: skip
+    target = writable_folder(PRETRAINED if ship else Path(out or opt2vec_dir))  # checked before the evaluation
+    kept = read_card(target / "MODEL_CARD.json")["optimizers"] if (target / "MODEL_CARD.json").exists() else {}
     parts, weights = {}, {}
     for kind, folder in (("opt2vec", Path(opt2vec_dir)), ("controller", Path(controller_dir))):
-        state = json.loads((folder / "state.json").read_text())
+        state = read_json(folder / "state.json")
         weights[kind] = PolicyWeights.load(folder / f"{kind}.safetensors")
         curve = state["curve"]
         parts[kind] = {
@@ -176,12 +187,8 @@ def write_card(opt2vec_dir: Path, controller_dir: Path, *, data_dir: str | None,
         }  # fmt: skip
     evaluation = evaluate_held_out(Path(opt2vec_dir) / "opt2vec.safetensors", Path(controller_dir) / "controller.safetensors",
                                    data_dir=data_dir, epochs=epochs, seeds=seeds)  # fmt: skip
-    target = PRETRAINED if ship else Path(out or opt2vec_dir)
-    if (target / "MODEL_CARD.json").exists():  # keep the entries this command does not make (the engine's)
-        kept = json.loads((target / "MODEL_CARD.json").read_text())["optimizers"]
-        parts.update({kind: part for kind, part in kept.items() if kind not in parts})
+    parts.update({kind: part for kind, part in kept.items() if kind not in parts})  # keep the entries this command does not make (the engine's)
     card = {"command": command, "optimizers": parts, "evaluation": evaluation}
-    target.mkdir(parents=True, exist_ok=True)
     if ship:
         for kind, folder in (("opt2vec", Path(opt2vec_dir)), ("controller", Path(controller_dir))):
             shutil.copyfile(folder / f"{kind}.safetensors", target / f"{kind}.safetensors")

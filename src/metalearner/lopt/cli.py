@@ -29,7 +29,7 @@ def meta_train_command(
     out: Path = typer.Option(Path("runs/meta"), help="Output folder (checkpoint, state.json, weights)."),
     seed: int = typer.Option(0, help="Seed of the tasks, noise and initial policy."),
     outer_steps: Optional[int] = typer.Option(None, help="Outer steps (default: 40 for opt2vec and controller, 500 for learned)."),
-    pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6)."),
+    pairs: Optional[int] = typer.Option(None, help="Antithetic pairs per step (default 6; --kind learned: 16)."),
     unroll_steps: Optional[int] = typer.Option(None, help="Inner steps per unroll (default 512; --kind learned: the PES truncation, default 64)."),
     workers: Optional[int] = typer.Option(None, help="Local worker processes (default 2; --kind learned: its populations run in this "
                                                   "process unless --workers or --executor ray is given); 0 runs inline."),
@@ -162,16 +162,16 @@ def analyse_command(
     seed: int = typer.Option(0, help="Seed of the weights and batches."),
 ) -> None:
     """Plot Opt2Vec's embedding trajectory (PCA, by phase) and its learned lr/momentum next to the loss."""
-    from metalearner.atomic import write_json
+    from metalearner.atomic import writable_folder, write_json
     from metalearner.lopt.analysis import plot_embedding, plot_schedule, record_run
     from metalearner.errors import ConfigError
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
 
     if steps < 48 or not base_lr > 0:  # Opt2Vec observes every 16 steps: fewer than three embeddings draw no trajectory
         raise ConfigError(f"--steps must be >= 48 (three of Opt2Vec's observations) and --base-lr > 0, got {steps} and {base_lr}")
+    writable_folder(out)
     t = make_task(TaskConfig(dataset=task, model=ModelConfig(depth=2, width=128)), data_dir=data_dir)
     traj = record_run(t, "opt2vec", lr=base_lr, steps=steps, seed=seed, options={"weights": weights})
-    out.mkdir(parents=True, exist_ok=True)
     plot_embedding(traj, out / "embedding.png")
     plot_schedule(traj, out / "schedule.png")
     write_json(out / "trajectory.json", {k: v.tolist() for k, v in traj.items()})

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from metalearner.atomic import atomic_path, write_json
-from metalearner.errors import ConfigError, MetalearnerError
+from metalearner.errors import ConfigError, DataError, MetalearnerError
 from metalearner.lopt.policy import BASE_FEATURES, CONTROLLER_FEATURES, EXTENDED_FEATURES, META_SPIKE_GUARD, PolicyConfig, PolicyWeights
 from metalearner.tasks.sampling import draw
 from metalearner.tasks.task import TaskFamily
@@ -321,6 +321,8 @@ def load_checkpoint(out_dir: Path, cfg: MetaTrainConfig) -> MetaState | None:
             t = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise MetalearnerError(f"{ckpt} is not a readable safetensors checkpoint: {e}") from None
+    if "theta" not in t:
+        raise DataError(f"{ckpt} is not a meta-train checkpoint (no theta); use a new --out")
     if "state" not in meta:
         raise ConfigError(f"{out_dir} holds a run of an older version (its own outer Adam, not torch.optim.Adam); use a new --out")
     saved = json.loads(meta["state"])

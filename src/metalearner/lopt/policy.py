@@ -217,7 +217,7 @@ class PolicyWeights:
 
         path = Path(path)
         if not path.is_file():
-            raise WeightsError(f"weights file {path} does not exist")
+            raise WeightsError(f"weights file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})

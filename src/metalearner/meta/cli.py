@@ -18,6 +18,7 @@ tower_app = typer.Typer(add_completion=False, invoke_without_command=True, subco
 fewshot_app = typer.Typer(add_completion=False, invoke_without_command=True, subcommand_metavar="",
                           help="Few-shot meta-learning: MAML, Meta-SGD, or Meta-SGD with a learned meta-learning rate.")  # fmt: skip
 
+
 # options both commands take
 SEED = typer.Option(0, help="Seed for the initial weights and the data (batches or tasks).")
 PLOT = typer.Option(None, help="Write the command's figure to this PNG (tower: each level's hyperparameters over training; "
@@ -51,8 +52,10 @@ def tower(
     from metalearner.meta.towers import Tower, tower_hparams
     from metalearner.progress import Progress
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
+    from metalearner.report.paths import figure_path
     from metalearner.train import fit
 
+    plot = figure_path(plot)  # before the work
     config = TaskConfig(dataset=task, model=ModelConfig(depth=depth, width=width), batch_size=batch_size, seed=seed,
                         n_train=n_train)  # fmt: skip
     model_task = make_task(config, data_dir=str(data_dir) if data_dir else None)
@@ -106,13 +109,15 @@ def fewshot(
     from metalearner.errors import ConfigError
     from metalearner.progress import Progress
     from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
+    from metalearner.report.paths import figure_path
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
                            outer_lr=outer_lr, meta_batch=meta_batch, iterations=iterations, height=height,
                            hyper_lr=hyper_lr, head=head, seed=seed, hyper_source=hyper_source)  # fmt: skip
-    for name, value in (("k_shot", k_shot), ("n_way", n_way), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
+    for name, value in (("k_shot", k_shot), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
+    plot = figure_path(plot)  # before the work
     train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment)
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
@@ -122,4 +127,4 @@ def fewshot(
         from metalearner.meta.plots import plot_fewshot
 
         plot_fewshot(result, plot, title=f"{method} on {task}, {k_shot}-shot")
-    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way, "augment": augment if task != "sinusoid" else None, **result, "plot": str(plot) if plot else None}))
+    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way if task != "sinusoid" else None, "augment": augment if task != "sinusoid" else None, **result, "plot": str(plot) if plot else None}))

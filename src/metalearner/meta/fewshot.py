@@ -97,6 +97,12 @@ class Sinusoid:
     metric = "mse"
 
 
+def check_n_way(n_way: int) -> None:
+    """Classification episodes need two classes or more (one makes every answer right)."""
+    if not (isinstance(n_way, int) and n_way >= 2):
+        raise ConfigError(f"n_way must be an integer >= 2 (one class leaves nothing to classify), got {n_way}")
+
+
 class ClassSplit:
     """N-way K-shot classification episodes drawn from some classes of an image set.
 
@@ -116,6 +122,7 @@ class ClassSplit:
     def __init__(self, x: Tensor, y: Tensor, classes: tuple[int, ...], *, n_way: int = 5, k_shot: int = 1,
                  k_query: int = 15, augment: str = "none") -> None:  # fmt: skip
         n_sym = symmetries(augment)
+        check_n_way(n_way)
         if len(classes) * n_sym < n_way:
             raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * n_sym}")
         self._source, self.classes, self.augment = (x, y), tuple(classes), augment
@@ -444,6 +451,7 @@ def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | Non
         return Sinusoid(k_shot=k_shot, k_query=k_shot), Sinusoid(k_shot=k_shot, k_query=100)
     if task not in FEWSHOT_TASKS:
         raise ConfigError(f"unknown few-shot task {task!r}; choose from {', '.join(FEWSHOT_TASKS)}")
+    check_n_way(n_way)  # before the data set is loaded (or downloaded)
     from metalearner.tasks import load_dataset
 
     return image_splits(load_dataset(task, data_dir=data_dir), n_way=n_way, k_shot=k_shot, augment=augment)

@@ -63,6 +63,10 @@ def build(
         bar = display.bar("dataset runs")
         ds = build_dataset(zoo_dir, out, DatasetConfig(k=k, ahead=ahead, acc_threshold=acc_threshold, seed=seed), progress=bar)
     typer.echo(f"{len(ds.rows)} rows of {len(ds.runs)} runs, {len(ds.features)} features -> {out}")
+    empty = [t for t in ("smooth_loss", "ahead_loss") if not ds.rows[t].notna().any()]
+    if empty:  # the other targets still serve, so not an error
+        typer.echo(f"warning: no row has a {' or '.join(empty)} target: no run goes on for more than --ahead ({ahead}) steps "
+                   f"(the longest has {int(ds.rows['step'].max()) + 1}); lower --ahead and --k for those targets", err=True)
 
 
 @mirror_app.command("train")
@@ -138,7 +142,7 @@ def evaluate(
 ) -> None:
     """MAE, RMSE, R^2 of the model and every baseline on the same rows; ratio to the best
     baseline with a run-bootstrap 95% CI."""
-    from metalearner.atomic import read_json
+    from metalearner.atomic import read_json, writable_folder
     from metalearner.mirror.dataset import Dataset
     from metalearner.mirror.evaluate import plot_history
     from metalearner.mirror.models import SPLIT_JSON, load_predictor, read_history
@@ -147,6 +151,8 @@ def evaluate(
 
     _check("--side", repr(side), side in ("test", "val"), "test or val")
     _check("--at-fraction", at_fraction, at_fraction is None or 0 < at_fraction <= 1, "a fraction of the budget in (0, 1]")
+    if plots is not None:
+        writable_folder(plots)
     model = load_predictor(model_dir)
     ds = Dataset.load(dataset)
     missing = [f for f in model.cfg.features if f not in ds.rows.columns]
@@ -167,7 +173,6 @@ def evaluate(
             reports.append(score(ds, model, t, sp, side, at_fraction=at_fraction))
             bar.advance()
         if plots is not None:
-            plots.mkdir(parents=True, exist_ok=True)
             bar.update(what="training curve")
             plot_history(read_history(model_dir), plots / "training.png")
             bar.advance(what="held-out runs")

@@ -47,7 +47,7 @@ from metalearner.errors import ConfigError, DataError, first_line
 from metalearner.mirror.curves import curve_features
 from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
 from metalearner.observe.schema import feature
-from metalearner.observe.store import read_run, read_trajectory
+from metalearner.observe.store import read_parquet, read_run, read_trajectory
 from metalearner.tasks.data import DATASETS
 from metalearner.methods import METHODS
 
@@ -315,10 +315,7 @@ class Dataset:
             config = DatasetConfig(**meta["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{path / META} is not a mirror dataset description (bad or missing entry {first_line(e)})") from None
-        try:
-            rows = pq.read_table(path / ROWS).to_pandas()
-        except (OSError, pa.ArrowException) as e:
-            raise DataError(f"{path / ROWS} is not a readable parquet file: {first_line(e)}") from None
+        rows = read_parquet(path / ROWS, needs=("run_id", "step", "log_loss", "fraction")).to_pandas()
         if any(c not in rows.columns for c in TREND_FEATURES):  # written before the smoothers were features
             add_trend_features(rows)
         return cls(rows=rows, runs=runs, config=config)

@@ -40,12 +40,15 @@ def bootstrap_ratio(
     return float(lo), float(hi)
 
 
+NO_ROWS = "no rows to score: the split side, the runs or the fraction selected nothing with a finite target"
+
+
 def compare(y: np.ndarray, model: np.ndarray, baselines: dict[str, np.ndarray], groups: np.ndarray, *, seed: int = 0,
             n_boot: int = 1000) -> dict[str, Any]:  # fmt: skip
     """Model and baseline metrics on the same rows, the best baseline, the MAE ratio with CI."""
     ok = np.isfinite(y) & np.isfinite(model) & np.all([np.isfinite(b) for b in baselines.values()], axis=0)
     if not ok.any():
-        raise DataError("no rows to score: the split side, the runs or the fraction selected nothing with a finite target")
+        raise DataError(NO_ROWS)
     y, model, groups = y[ok], model[ok], groups[ok]
     base = {k: v[ok] for k, v in baselines.items()}
     out: dict[str, Any] = {"model": metrics(y, model), "baselines": {k: metrics(y, v) for k, v in base.items()}}

@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from metalearner.errors import DataError
 from metalearner.mirror.baselines import LOSS_TARGETS, baselines, tune_loss_baselines
 from metalearner.mirror.dataset import Dataset, examples, windows
-from metalearner.mirror.evaluate import compare
+from metalearner.mirror.evaluate import NO_ROWS, compare
 from metalearner.mirror.models import Ensemble, Predictor, PredictorConfig, TrainConfig, train_predictor
 from metalearner.mirror.trends import LOSS_LEVELS
 
@@ -100,6 +101,8 @@ def score(
     """The model beside every baseline of ``target`` on the same rows of ``side``; the EMA
     and linear baselines' settings are tuned on the ``train`` side first."""
     idx = select(ds, [target], split, side, stride=stride, fraction=fraction, at_fraction=at_fraction)
+    if not len(idx):  # before the baselines' tuning, which would warn about empty means first
+        raise DataError(NO_ROWS)
     y = ds.rows[target].to_numpy(float)[idx]
     j = model.cfg.targets.index(target)
     pred = model.predict(windows(ds.rows, model.cfg.features, idx, model.cfg.window))[:, j]

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metalearner.atomic import atomic_path, read_json, write_json
-from metalearner.errors import DataError
+from metalearner.errors import DataError, first_line
 from metalearner.observe.schema import SCHEMA_VERSION
 
 TRAJECTORY = "trajectory.parquet"
@@ -34,6 +34,21 @@ PARTS = "trajectory.parts"
 RUN_JSON = "run.json"
 
 _METADATA = {b"metalearner.schema_version": str(SCHEMA_VERSION).encode()}
+TRAJECTORY_NEEDS = ("step", "loss", "val_acc")  # what every reader of a trajectory uses
+
+
+def read_parquet(path: str | Path, *, columns: Sequence[str] | None = None, needs: Sequence[str] = ()) -> pa.Table:
+    """A Parquet file as a table (only ``columns``, if given). A file that is not Parquet, or
+    lacks one of ``columns`` or of ``needs`` (a file written by something else), is a one-line
+    :class:`DataError` naming it."""
+    try:
+        names = pq.read_schema(path).names
+        missing = [c for c in (*(columns or ()), *needs) if c not in names]
+        if not missing:
+            return pq.read_table(path, columns=None if columns is None else list(columns))
+    except (OSError, pa.ArrowException) as e:
+        raise DataError(f"{path} is not a readable Parquet file: {first_line(e)}") from None
+    raise DataError(f"{path} lacks the column(s) {', '.join(dict.fromkeys(missing))} (was it written by metalearner?)")
 
 
 def with_schema_metadata(table: pa.Table) -> pa.Table:
@@ -81,10 +96,10 @@ def read_trajectory(
     run_dir = Path(run_dir)
     full = run_dir / TRAJECTORY
     if full.exists():
-        table = pq.read_table(full)
+        table = read_parquet(full, needs=TRAJECTORY_NEEDS)
     elif (run_dir / PARTS).is_dir():
         parts = sorted((run_dir / PARTS).glob("part-*.parquet"))
-        table = pa.concat_tables([pq.read_table(p) for p in parts]) if parts else pa.table({})
+        table = pa.concat_tables([read_parquet(p, needs=TRAJECTORY_NEEDS) for p in parts]) if parts else pa.table({})
     else:
         raise DataError(f"{run_dir} has no {TRAJECTORY} (is it a run directory?)")
     return table.to_pandas() if format == "pandas" else table

@@ -12,13 +12,12 @@ benchmark (report/bench.py's figures and tables); the verdict. Figures reuse
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from metalearner.atomic import atomic_path
+from metalearner.atomic import atomic_path, read_json
 from metalearner.errors import DataError
 
 STAGE_TITLES = {"zoo": "zoo of observed runs", "dataset": "dataset of trajectories", "mirror": "mirror (predictors of training)",
@@ -29,8 +28,22 @@ def _stage(out: Path, name: str) -> dict[str, Any] | None:
     p = out / name / "stage.json"
     if not p.exists():
         return None
-    rec = json.loads(p.read_text())
-    return rec if rec.get("status") == "complete" else None
+    rec = read_json(p)
+    return rec if isinstance(rec, dict) and rec.get("status") == "complete" else None
+
+
+def _stage_json(path: Path, *keys: str) -> dict[str, Any]:
+    """A stage's JSON file, which must be an object holding ``keys`` (nested, in order); one
+    that is not (written by something else, or cut short) is a one-line :class:`DataError`."""
+    obj = rec = read_json(path)
+    for key in keys:
+        if not isinstance(obj, dict) or key not in obj:
+            raise DataError(f"{path} is not what its stage writes (no {'.'.join(keys[: keys.index(key) + 1])}); "
+                            f"run `metalearner run` again into a new folder")
+        obj = obj[key]
+    if not isinstance(rec, dict):
+        raise DataError(f"{path} is not what its stage writes (not a JSON object)")
+    return rec
 
 
 def _plt() -> Any:
@@ -169,9 +182,9 @@ def _mirror_section(out: Path, figs: Path) -> tuple[list[tuple[str, Any]], list[
     from metalearner.mirror.pipeline import plot_heldout
 
     bl: list[tuple[str, Any]] = [("h2", "2. The mirror: predicting how training will go")]
-    scores = json.loads((out / "mirror" / "scores.json").read_text())
+    scores = _stage_json(out / "mirror" / "scores.json", "scores", "smooth_loss")
     s = scores["scores"]["smooth_loss"]
-    split = json.loads((out / "mirror" / "split.json").read_text())
+    split = _stage_json(out / "mirror" / "split.json", "by")
     best = s["best_baseline"]
     bl.append(("p", f"A small network (the mirror) read the probe's recent history of each run and predicted the loss a few "
                     f"steps ahead. It was trained on some runs and is scored here on {s['n_runs']} runs it never saw "
@@ -217,7 +230,7 @@ def _lopt_section(out: Path, figs: Path, rec: dict[str, Any]) -> tuple[list[tupl
                     "same training physics the probe records. " + src))  # fmt: skip
     if info.get("curve"):
         bl.append(("img", plot_meta_loss(info["curve"], figs / "meta_loss.png")))
-    traj = {k: np.asarray(v, dtype=float) for k, v in json.loads((out / "meta_train" / "trajectory.json").read_text()).items()}
+    traj = {k: np.asarray(v, dtype=float) for k, v in _stage_json(out / "meta_train" / "trajectory.json").items()}
     bl.append(("p", f"One run on {info.get('analysis_task', cfg['analysis_task']['dataset'])} ({cfg['analysis_steps']} steps, base lr "
                     f"{cfg['analysis_lr']:g}): the loss, the learning rate it applied and its momentum, step by step."))  # fmt: skip
     plot_schedule(traj, figs / "lopt_schedule.png")
@@ -274,7 +287,8 @@ def write_pipeline_report(out: str | Path, *, figures_dir: str | Path | None = N
         raise DataError(f"{out} holds no completed pipeline stage (run `metalearner run --out {out}` first)")
     figs = Path(figures_dir) if figures_dir else out / "report" / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    preset = json.loads((out / "pipeline.json").read_text()).get("preset", "?") if (out / "pipeline.json").exists() else "?"
+    saved = read_json(out / "pipeline.json") if (out / "pipeline.json").exists() else {}
+    preset = saved.get("preset", "?") if isinstance(saved, dict) else "?"
     bl: list[tuple[str, Any]] = [("h1", "metalearner: what was learned about training")]
     bl.append(("p", "metalearner studies how neural networks train and learns to make training faster. This report comes from one "
                     f"command (`metalearner run --preset {preset}`): it trained a zoo of small networks while recording the physics "

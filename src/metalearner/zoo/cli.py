@@ -44,7 +44,7 @@ def zoo(
     from metalearner.parallel import make_executor
     from metalearner.zoo.pruning import make_pruner
     from metalearner.zoo.spec import SweepSpec, load_spec, parse_assignment, run_id, sample_runs
-    from metalearner.zoo.sweep import print_report, run_sweep
+    from metalearner.zoo.sweep import MANIFEST, print_report, read_manifest, run_sweep
 
     if spec is None and not set_:
         if out is not None:
@@ -65,11 +65,16 @@ def zoo(
         d["space"]["device"] = device
     if sampling is not None:
         d["sampling"] = sampling
+        if sampling == "grid":  # a random spec's draw count means nothing to a grid
+            d["n_runs"] = None
     if n_runs is not None:
         d["n_runs"] = n_runs
     if seed is not None:
         d["seed"] = seed
+    if not d["space"]:
+        raise ConfigError(f"the sweep spec {spec} has an empty or missing [space] table: say what its runs vary (or use --set KEY=VALUE)")
     sweep_spec = SweepSpec.from_dict(d)
+    pruner = make_pruner(prune, eta=eta)
     runs = sample_runs(sweep_spec)
     if dry_run:
         for r in runs:
@@ -79,12 +84,17 @@ def zoo(
         return
     if out is None:
         raise ConfigError("give --out DIR for the zoo")
+    ids = [run_id(r) for r in runs]
+    other = set(read_manifest(out)["runs"]) - set(ids) if (out / MANIFEST).is_file() else set()
+    if other:  # a zoo grown with more runs is fine; one mixed with another sweep's runs is not
+        raise ConfigError(f"{out} holds {len(other)} run(s) this sweep would not make (a zoo of another spec or options); "
+                          "resume it with the spec and options that made it, or use another --out")
     with make_executor(executor, workers, address=address) as ex:
         result = run_sweep(
-            sweep_spec, out, ex, pruner=make_pruner(prune, eta=eta),
+            sweep_spec, out, ex, pruner=pruner,
             data_dir=str(data_dir) if data_dir else None, progress=progress,
         )  # fmt: skip
-    print_report(out, result, ids=[run_id(r) for r in runs])
+    print_report(out, result, ids=ids)
     failed = result.counts.get("failed", 0)
     if failed:  # the sweep went on; a script still learns that runs failed
         typer.echo(f"error: {failed} run(s) failed (the table above); rerun the same command to retry them", err=True)
@@ -100,9 +110,12 @@ def summary(
 ) -> None:
     """One row per run (config, status, final metrics); best runs and diverged runs."""
     from metalearner.atomic import atomic_path
+    from metalearner.errors import ConfigError
     from metalearner.zoo.summary import summarize_zoo, summary_json
     from metalearner.zoo.sweep import print_report
 
+    if top < 0:
+        raise ConfigError(f"--top must be >= 0, got {top}")
     df = summarize_zoo(zoo_dir)
     if csv is not None:
         with atomic_path(csv) as tmp:

@@ -52,7 +52,7 @@ class SuccessiveHalving:
     """
 
     def __init__(self, eta: float = 3, min_fraction: float = 1 / 9, metric: str = "val_acc", mode: str = "max") -> None:
-        if eta <= 1:
+        if not (math.isfinite(eta) and eta > 1):
             raise ConfigError(f"successive halving needs eta > 1, got {eta}")
         if not 0 < min_fraction < 1:
             raise ConfigError(f"min_fraction must be in (0, 1), got {min_fraction}")

@@ -79,6 +79,8 @@ class SweepSpec:
             raise ConfigError(f"sampling must be 'grid' or 'random', got {self.sampling!r}")
         if self.sampling == "random" and not (isinstance(self.n_runs, int) and self.n_runs >= 1):
             raise ConfigError("random sampling needs n_runs = a positive integer")
+        if self.sampling == "grid" and self.n_runs is not None:
+            raise ConfigError("n_runs is for sampling = 'random' (a grid runs each of its points); drop it or sample at random")
         if not isinstance(self.space, dict):
             raise ConfigError("space must be a table")
         by_opt = self.space.get("by_optimizer", {})

@@ -23,10 +23,9 @@ from typing import Any, Literal
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from metalearner.errors import ConfigError, DataError
-from metalearner.observe.store import TRAJECTORY, read_run, read_trajectory
+from metalearner.observe.store import TRAJECTORY, read_parquet, read_run, read_trajectory
 from metalearner.zoo.sweep import DONE, RUNS, done_status, read_manifest
 
 CONFIG_TYPES: dict[str, pa.DataType] = {
@@ -101,7 +100,7 @@ def summarize_zoo(out_dir: str | Path) -> pd.DataFrame:
         path = Path(out_dir) / RUNS / rid / TRAJECTORY
         row["best_val_acc"] = row["final_train_loss"] = None
         if path.exists() and row["status"] in DONE.values():
-            t = pq.read_table(path, columns=["loss", "val_acc"]).to_pandas()
+            t = read_parquet(path, columns=["loss", "val_acc"]).to_pandas()
             if len(t):
                 va = t["val_acc"].dropna()
                 row["best_val_acc"] = float(va.max()) if len(va) else None
