@@ -106,7 +106,6 @@ def inspect(
 ) -> None:
     """Summarise a run: status, steps, final metrics, divergence; optionally plot its curves."""
     from metalearner.observe.store import read_run, read_trajectory, summarize
-
     from metalearner.report.paths import figure_path
 
     plot = figure_path(plot)  # before the work

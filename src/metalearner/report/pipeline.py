@@ -36,13 +36,12 @@ def _stage_json(path: Path, *keys: str) -> dict[str, Any]:
     """A stage's JSON file, which must be an object holding ``keys`` (nested, in order); one
     that is not (written by something else, or cut short) is a one-line :class:`DataError`."""
     obj = rec = read_json(path)
-    for key in keys:
-        if not isinstance(obj, dict) or key not in obj:
-            raise DataError(f"{path} is not what its stage writes (no {'.'.join(keys[: keys.index(key) + 1])}); "
-                            f"run `metalearner run` again into a new folder")
-        obj = obj[key]
     if not isinstance(rec, dict):
         raise DataError(f"{path} is not what its stage writes (not a JSON object)")
+    for depth, key in enumerate(keys, start=1):
+        if not isinstance(obj, dict) or key not in obj:
+            raise DataError(f"{path} is not what its stage writes (no {'.'.join(keys[:depth])}); run `metalearner run` again into a new folder")
+        obj = obj[key]
     return rec
 
 

@@ -44,7 +44,7 @@ def zoo(
     from metalearner.parallel import make_executor
     from metalearner.zoo.pruning import make_pruner
     from metalearner.zoo.spec import SweepSpec, load_spec, parse_assignment, run_id, sample_runs
-    from metalearner.zoo.sweep import MANIFEST, print_report, read_manifest, run_sweep
+    from metalearner.zoo.sweep import print_report, read_manifest, run_sweep
 
     if spec is None and not set_:
         if out is not None:
@@ -85,7 +85,7 @@ def zoo(
     if out is None:
         raise ConfigError("give --out DIR for the zoo")
     ids = [run_id(r) for r in runs]
-    other = set(read_manifest(out)["runs"]) - set(ids) if (out / MANIFEST).is_file() else set()
+    other = set(read_manifest(out)["runs"]) - set(ids)
     if other:  # a zoo grown with more runs is fine; one mixed with another sweep's runs is not
         raise ConfigError(f"{out} holds {len(other)} run(s) this sweep would not make (a zoo of another spec or options); "
                           "resume it with the spec and options that made it, or use another --out")

@@ -198,7 +198,7 @@ def run_sweep(
     executor = executor or LocalExecutor()
 
     with DirectoryLock(out):
-        manifest = read_manifest(out) if (out / MANIFEST).exists() else {"schema_version": 1, "runs": {}}
+        manifest = read_manifest(out)
         entries: dict[str, dict[str, Any]] = manifest["runs"]
         if spec is not None:
             manifest["spec"] = spec.to_dict()
