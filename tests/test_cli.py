@@ -135,6 +135,26 @@ def test_corrupt_or_foreign_trajectories_are_one_line(tmp_path):
     assert not (tmp_path / "t.csv").exists()
 
 
+def test_a_corrupt_run_in_a_zoo_is_skipped_with_a_one_line_warning(tmp_path):
+    """One unreadable trajectory among several: the summary and the data set keep the others and say which they skipped."""
+    spec = tmp_path / "s.toml"
+    spec.write_text('sampling = "random"\nn_runs = 3\n[space]\ndataset = "moons"\nsteps = 6\nlr = { log_uniform = [0.001, 0.1] }\n')
+    zoo = tmp_path / "z"
+    assert cli("zoo", "--spec", str(spec), "--out", str(zoo), "--workers", "0", "--no-progress").returncode == 0
+    bad = sorted((zoo / "runs").iterdir())[0]
+    (bad / "trajectory.parquet").write_text("not parquet")
+    for args in (["zoo", "summary", str(zoo)], ["dataset", "build", str(zoo), "--out", str(tmp_path / "ds")]):
+        r = cli(*args)
+        warned = [line for line in r.stderr.splitlines() if "unreadable" in line]
+        assert r.returncode == 0, r.stderr
+        assert len(warned) == 1 and warned[0].startswith("warning: ") and "skipped 1 unreadable run(s)" in warned[0], r.stderr
+        assert bad.name in warned[0] and "Traceback" not in r.stderr
+    import pandas as pd
+
+    rows = pd.read_parquet(tmp_path / "ds" / "rows.parquet")
+    assert bad.name not in set(rows["run_id"]) and rows["run_id"].nunique() == 2
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
 def test_an_output_path_that_cannot_be_made_is_one_line():
     r = cli("zoo", "--set", "dataset=moons", "--set", "steps=2", "--out", "/proc/nonexistent/zoo")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from metalearner.errors import ConfigError, DataError
+from metalearner.errors import ConfigError, DataError, MetalearnerWarning
 from metalearner.mirror.dataset import (
     SPLITS, Dataset, DatasetConfig, build_dataset, forward_mean, group_of, split_runs, windows,
 )  # fmt: skip
@@ -231,9 +231,10 @@ def test_build_reports_progress_per_run(tmp_path):
 
     for rid in ("a", "b", "c"):
         fake_run(tmp_path, rid)
-    (tmp_path / "runs" / "b" / "run.json").write_text("{")  # unreadable: skipped, still counted
+    (tmp_path / "runs" / "b" / "run.json").write_text("{")  # unreadable: skipped with a warning, still counted
     bar = Bar()
-    ds = build_dataset(tmp_path, progress=bar)
+    with pytest.warns(MetalearnerWarning, match=r"skipped 1 unreadable run\(s\): .*runs/b/run.json is not valid JSON"):
+        ds = build_dataset(tmp_path, progress=bar)
     assert len(ds.runs) == 2 and bar.calls == [(0, 3), (1, 3), (2, 3), (3, 3)]
 
 

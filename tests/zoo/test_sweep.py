@@ -14,7 +14,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, MetalearnerWarning
 from metalearner.observe import read_run, read_trajectory
 from metalearner.tasks.models import ModelConfig
 from metalearner.tasks.task import TaskConfig
@@ -65,6 +65,13 @@ def test_tiny_sweep_with_two_workers_then_resume_is_a_no_op(tmp_path):
     runs = summarize_zoo(out)
     assert len(runs) == 8 and runs["val_acc"].max() > 0.9
     assert set(runs.loc[runs["status"] == "diverged", "lr"]) == {30.0}
+
+    bad = run_id(TINY[1])  # one corrupt trajectory: the others stay readable, and the skip is said once
+    (out / "runs" / bad / "trajectory.parquet").write_bytes(b"not parquet")
+    for read in (load_zoo, summarize_zoo):
+        with pytest.warns(MetalearnerWarning, match=f"skipped 1 unreadable run.*{bad}"):
+            got = read(out)
+        assert set(got["run_id"]) == {run_id(r) for r in TINY} - ({bad} if read is load_zoo else set())
 
 
 RESUME_SCRIPT = textwrap.dedent(

@@ -43,11 +43,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from metalearner.atomic import atomic_path, read_json, write_json
-from metalearner.errors import ConfigError, DataError, first_line
+from metalearner.errors import ConfigError, DataError, first_line, warn_skipped
 from metalearner.mirror.curves import curve_features
 from metalearner.mirror.trends import TREND_FEATURES, loss_trend_features
 from metalearner.observe.schema import feature
-from metalearner.observe.store import read_parquet, read_run, read_trajectory
+from metalearner.observe.store import RUN_JSON, TRAJECTORY, read_parquet, read_run, read_trajectory
 from metalearner.tasks.data import DATASETS
 from metalearner.methods import METHODS
 
@@ -243,23 +243,24 @@ def build_dataset(
     root = Path(zoo_dir) / "runs"
     if not root.is_dir():
         raise DataError(f"{zoo_dir} is not a zoo (no runs/ folder)")
-    parts, summaries = [], []
+    parts, summaries, unreadable = [], [], []
     run_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     for i, run_dir in enumerate(run_dirs):
         if progress is not None:
             progress.update(i, len(run_dirs))
+        if not (run_dir / RUN_JSON).exists() or not (run_dir / TRAJECTORY).exists():
+            continue  # not a finished run: a folder a sweep is still making
         try:
-            meta = read_run(run_dir)
-        except DataError:
+            got = run_rows(run_dir, cfg) if read_run(run_dir).get("status") in ("complete", "diverged", "stopped") else None
+        except DataError as err:  # one corrupt run does not stop the others
+            unreadable.append(first_line(err))
             continue
-        if meta.get("status") not in ("complete", "diverged", "stopped") or not (run_dir / "trajectory.parquet").exists():
-            continue
-        got = run_rows(run_dir, cfg)
         if got is not None:
             parts.append(got[0])
             summaries.append(got[1])
     if progress is not None:
         progress.update(len(run_dirs), len(run_dirs))
+    warn_skipped("the data set", unreadable)
     if not parts:
         raise DataError(f"{zoo_dir} has no finished runs")
     runs = pd.DataFrame(summaries)

@@ -126,4 +126,4 @@ def summary(
         return
     counts = df["status"].value_counts().to_dict()
     typer.echo(f"{len(df)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    print_report(zoo_dir, top=top)
+    print_report(zoo_dir, top=top, summary=df)

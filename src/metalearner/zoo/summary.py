@@ -24,7 +24,7 @@ from typing import Any, Literal
 import pandas as pd
 import pyarrow as pa
 
-from metalearner.errors import ConfigError, DataError
+from metalearner.errors import ConfigError, DataError, first_line, warn_skipped
 from metalearner.observe.store import TRAJECTORY, read_parquet, read_run, read_trajectory
 from metalearner.zoo.sweep import DONE, RUNS, done_status, read_manifest
 
@@ -89,7 +89,7 @@ def summarize_zoo(out_dir: str | Path) -> pd.DataFrame:
 
     Whole-number columns (:data:`INTEGER_COLUMNS`) are nullable ``Int64``; ``n_params`` is
     the run's parameter count from its ``run.json``."""
-    rows = []
+    rows, unreadable = [], []
     for rid, e in sorted(zoo_runs(out_dir).items()):
         final = e.get("final") or {}
         row: dict[str, Any] = {"run_id": rid, "status": e.get("status"), **flatten_config(e.get("config") or {})}
@@ -100,12 +100,17 @@ def summarize_zoo(out_dir: str | Path) -> pd.DataFrame:
         path = Path(out_dir) / RUNS / rid / TRAJECTORY
         row["best_val_acc"] = row["final_train_loss"] = None
         if path.exists() and row["status"] in DONE.values():
-            t = read_parquet(path, columns=["loss", "val_acc"]).to_pandas()
+            try:
+                t = read_parquet(path, columns=["loss", "val_acc"]).to_pandas()
+            except DataError as err:  # one corrupt run does not hide the others
+                unreadable.append(first_line(err))
+                t = pd.DataFrame()
             if len(t):
                 va = t["val_acc"].dropna()
                 row["best_val_acc"] = float(va.max()) if len(va) else None
                 row["final_train_loss"] = float(t["loss"].iloc[-20:].mean())
         rows.append(row)
+    warn_skipped("the zoo summary", unreadable)
     cols = ["run_id", "status", *CONFIG_TYPES, *METRICS, "error"]
     df = pd.DataFrame(rows).reindex(columns=cols)
     for c in ("val_acc", "val_loss", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "lr", "wall_s"):
@@ -135,14 +140,15 @@ def load_zoo(
     Finished runs only, unless ``include_partial`` (then also what killed runs flushed)."""
     if format not in ("pandas", "arrow", "duckdb"):
         raise ConfigError(f"format must be pandas, arrow or duckdb, got {format!r}")
-    tables = []
+    tables, unreadable = [], []
     for rid, e in sorted(zoo_runs(out_dir).items()):
         status = e.get("status")
         if status not in DONE.values() and not (include_partial and status == "partial"):
             continue
         try:
             t = read_trajectory(Path(out_dir) / RUNS / rid)
-        except DataError:
+        except DataError as err:
+            unreadable.append(first_line(err))
             continue
         if t.num_rows == 0:
             continue
@@ -156,6 +162,7 @@ def load_zoo(
                 v = float(v)
             t = t.append_column(f"cfg_{k}", pa.repeat(pa.scalar(v, typ), n))
         tables.append(t)
+    warn_skipped("load_zoo", unreadable)
     if tables:
         table = pa.concat_tables(tables, promote_options="default")
     else:

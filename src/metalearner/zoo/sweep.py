@@ -264,9 +264,12 @@ def run_sweep(
 # -- terminal output -----------------------------------------------------------------------
 
 
-def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids: list[str] | None = None, top: int = 10) -> None:
+def print_report(
+    out_dir: str | Path, result: SweepResult | None = None, *, ids: list[str] | None = None, top: int = 10, summary: Any = None,
+) -> None:
     """Results on stdout (progress is on stderr): a line on what the sweep ``result`` did,
-    then rich tables of the best runs by final val acc and of the diverged/failed/pruned."""
+    then rich tables of the best runs by final val acc and of the diverged/failed/pruned.
+    ``summary``: the zoo's :func:`~metalearner.zoo.summary.summarize_zoo` if already made."""
     import pandas as pd
     from rich.console import Console
     from rich.table import Table
@@ -274,7 +277,7 @@ def print_report(out_dir: str | Path, result: SweepResult | None = None, *, ids:
     from metalearner.zoo.summary import summarize_zoo
 
     console = Console()  # stdout, so `metalearner zoo ... > out.txt` keeps the tables
-    df = summarize_zoo(out_dir)
+    df = summarize_zoo(out_dir) if summary is None else summary
     if ids is not None:
         df = df[df["run_id"].isin(ids)]
     if result is not None:
