@@ -46,3 +46,10 @@ def check_state_fits(optimizer: torch.optim.Optimizer, state_dict: dict, keys: t
             if torch.is_tensor(v) and v.dim() > 0 and v.shape != p.shape and (keys is None or name in keys):
                 raise ConfigError(f"this state does not fit the parameters: {name!r} has shape {tuple(v.shape)} for a parameter "
                                   f"of shape {tuple(p.shape)} (another model's state, or its parameters in another order)")  # fmt: skip
+
+
+def check_dense_grads(params: list[torch.Tensor], name: str) -> None:
+    """A one-line error, before a step changes anything, for a sparse gradient (``nn.Embedding(...,
+    sparse=True)``): these optimizers' ``foreach`` kernels take dense tensors, as torch's Adam does."""
+    if any(p.grad is not None and p.grad.is_sparse for p in params):
+        raise ConfigError(f"{name} does not take sparse gradients; use a dense embedding (sparse=False) or torch.optim.SparseAdam")

@@ -44,7 +44,10 @@ CONTROLLER = "+controller"
 
 
 def _real(x: Any) -> float:
-    """``x`` as a float (numpy numbers and one-element tensors too), NaN if it is not a number."""
+    """``x`` as a float (numpy numbers and one-element tensors too), NaN if it is not a number
+    (a string is not: ``float("1e-3")`` would pass a YAML value that later fails in a kernel)."""
+    if isinstance(x, (str, bytes)):
+        return math.nan
     try:
         return float(x)
     except (TypeError, ValueError):

@@ -200,6 +200,9 @@ def test_the_learned_scale_moves_a_bounded_amount_per_observation():
         scales.append(opt.lr_scales().log())
     steps = torch.diff(torch.stack([torch.zeros_like(scales[0]), *scales]), dim=0)
     assert (steps <= MAX_MOVE + 1e-6).all() and (steps > 0).all()
+    # the last step was the fourth observation: it stepped with the third's scale (the fourth's is the next step's)
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(1e-3 * math.exp(3 * MAX_MOVE), rel=1e-5)
+    _train(model, opt, 1, x, y)
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(1e-3 * math.exp(4 * MAX_MOVE), rel=1e-5)
 
 
@@ -235,6 +238,8 @@ def test_a_loss_spike_halves_the_learning_rates_and_is_visible():
         loss.backward()
         opt.step(loss=loss.detach() * 10)
     assert opt.spike_guards == 1
+    assert opt.param_groups[0]["effective_lr"] == pytest.approx(1e-3)  # the observing step's own lr
+    opt.step()  # the next step applies the halved scale
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(5e-4) and opt.param_groups[0]["lr"] == 1e-3
 
 
@@ -428,6 +433,7 @@ def test_the_front_is_the_kernel_with_a_fan_in_factor(base):
     assert factor.tolist()[:2] == [(128 / 200) ** 0.5, 1.0]
     sizes = torch.tensor(layout.sizes, dtype=torch.float64)
     expected = 3e-3 * math.exp(float(((kernel.lr_scale(state)[0].log() + factor.log()) * sizes).sum() / sizes.sum()))
+    opt.step()  # the 24th step observed: the scales it set are recorded by the next step
     assert opt.param_groups[0]["effective_lr"] == pytest.approx(expected, rel=1e-9)
     plain = weights.with_flat(weights.flat())
     plain.metadata.pop("fan_in_power")
@@ -618,3 +624,50 @@ def test_the_card_checks_where_it_goes_before_the_evaluation(tmp_path, monkeypat
     (tmp_path / "old" / "MODEL_CARD.json").write_text("[1, 2]")
     with pytest.raises(DataError, match="is not a model card"):
         card.write_card(tmp_path, tmp_path, data_dir=None, epochs=0.1, seeds=1, ship=False, out=tmp_path / "old", command="")
+
+
+def test_a_layer_unfrozen_late_steps_as_under_schedulefree():
+    """A tensor without gradients for many steps (gradual unfreezing) still counts them in its
+    averaging weight, as Schedule-Free's group-wide sum does: untrained, the run is
+    Schedule-Free's, unfrozen layer included (it once took its whole z step: ten times larger)."""
+    import schedulefree
+
+    x, y = _data()
+    a, b = _model(), _model()
+    ours = LearnedOptimizer(a.parameters(), 3e-3, weights=None)
+    ref = schedulefree.AdamWScheduleFree(b.parameters(), lr=3e-3)
+    ref.train()
+    first = [next(m.parameters()) for m in (a, b)]
+    for t in range(60):
+        for model, opt in ((a, ours), (b, ref)):
+            i = slice(16 * (t % 4), 16 * (t % 4 + 1))
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[i]), y[i])
+            loss.backward()
+            if t < 50 or t % 3:  # frozen, then stepped on two steps in three
+                next(model.parameters()).grad = None
+            opt.step(loss=loss) if opt is ours else opt.step()
+    ours.eval()
+    ref.eval()
+    assert not torch.equal(first[0], _model().state_dict()[next(iter(_model().state_dict()))])  # it did move
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_effective_lr_is_the_lr_the_step_applied_also_on_observation_steps():
+    """The probe reads ``effective_lr`` after each step: an observation's new scales are the
+    next step's, so the observation step records the scale it stepped with."""
+    torch.manual_seed(0)
+    layer = nn.Linear(20, 4, bias=False)  # one tensor: the group's scale is its scale
+    opt = LearnedOptimizer(layer.parameters(), 2e-3)
+    x, y = _data()
+    changed = 0
+    for t in range(40):
+        before = float(opt.lr_scales()[0]) * opt._fan_in_host[0]
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(x[:16]), y[:16])
+        loss.backward()
+        opt.step(loss=loss)
+        assert opt.param_groups[0]["effective_lr"] == pytest.approx(2e-3 * before, rel=1e-6)
+        changed += float(opt.lr_scales()[0]) != pytest.approx(before / opt._fan_in_host[0], rel=1e-6)
+    assert changed == 2  # the observations (every 16 steps) moved the scale, and only they did

@@ -483,3 +483,77 @@ def test_numpy_and_one_element_losses_are_read():
         opt.step(loss=loss)
     with pytest.raises(ConfigError):
         opt.step(loss=True)
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_FOUR if n != "controller"])
+def test_a_sparse_gradient_is_refused_before_anything_changes(name):
+    """nn.Embedding(sparse=True): one line, as torch's Adam refuses it, and nothing moved (the
+    controller passes its optimizer's own refusal through)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Flatten(), nn.Linear(12, 2))
+    opt = ALL_FOUR[name](model.parameters())
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    loss = model(torch.randint(0, 10, (5, 3))).pow(2).mean()
+    loss.backward()
+    with pytest.raises(ConfigError, match="sparse gradients"):
+        step(opt, loss)
+    assert all(torch.equal(p, before[0][k]) for k, p in model.state_dict().items())
+    assert repr(opt.state_dict()) == repr(before[1])
+
+
+@pytest.mark.parametrize("name", ALL_FOUR)
+def test_a_tensor_lr_steps_as_the_same_float_and_a_string_lr_is_refused(name):
+    """torch.optim takes a tensor lr (a scheduler may set one mid-run); a string (a YAML value
+    read as text) is refused in one line instead of failing inside a kernel."""
+    runs = []
+    for lr in (torch.tensor(1e-2), 1e-2):
+        model, x, y = _mlp_and_data()
+        opt = ALL_FOUR[name](model.parameters())
+        opt.param_groups[0]["lr"] = lr
+        _train(model, opt, x, y, 9)
+        runs.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.allclose(p, q, rtol=1e-6, atol=1e-8) for p, q in zip(*runs))
+    model, _, _ = _mlp_and_data()
+    make = {"opt2vec": Opt2Vec, "learned_sf": LearnedOptimizer, "tower": Tower}.get(name)
+    if make is not None:
+        with pytest.raises(ConfigError, match="positive"):
+            make(model.parameters(), lr="1e-3")
+
+
+def test_observe_every_must_be_a_whole_number():
+    p = [nn.Parameter(torch.ones(1))]
+    for value in (2.5, True, "4"):
+        with pytest.raises(ConfigError, match="whole number"):
+            LRController(torch.optim.Adam(p), observe_every=value)
+        with pytest.raises(ConfigError, match="whole number"):
+            Opt2Vec(p, observe_every=value)
+
+
+def test_an_integer_loss_is_refused_for_its_dtype():
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR["opt2vec"](model.parameters())
+    nn.functional.mse_loss(model(x), y).backward()
+    with pytest.raises(ConfigError, match="floating-point"):
+        opt.step(loss=torch.tensor(3))
+
+
+def test_the_controllers_state_dict_has_torchs_keys_and_reads_the_earlier_form():
+    model, x, y = _mlp_and_data()
+    opt = ALL_FOUR["controller"](model.parameters())
+    _train(model, opt, x, y, 6)
+    sd = opt.state_dict()
+    assert {"state", "param_groups", "controller"} <= set(sd)
+    runs = []
+    for form in (sd, {"optimizer": {k: v for k, v in sd.items() if k != "controller"}, "controller": sd["controller"]}):
+        twin, _, _ = _mlp_and_data()
+        twin.load_state_dict(model.state_dict())
+        again = ALL_FOUR["controller"](twin.parameters())
+        again.load_state_dict(copy.deepcopy(form))
+        _train(twin, again, x, y, 8)
+        runs.append([p.detach().clone() for p in twin.parameters()])
+    assert all(torch.equal(p, q) for p, q in zip(*runs))
+    nested = LRController(LRController(torch.optim.Adam(model.parameters()), observe_every=4), observe_every=4)
+    _train(model, nested, x, y, 6)
+    sd = nested.state_dict()
+    assert set(sd) == {"optimizer", "controller"} and "controller" in sd["optimizer"]
+    nested.load_state_dict(sd)

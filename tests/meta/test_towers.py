@@ -373,6 +373,7 @@ def test_during_a_warm_up_the_probe_reads_the_lr_applied_and_the_group_keeps_the
     "kwargs, message",
     [
         (dict(lr=-1.0), "learning rate must be a positive"),
+        (dict(lr="1e-3"), "learning rate must be a positive"),
         (dict(base="rmsprop"), "unknown tower base 'rmsprop'; choose from sgd, momentum, adam"),
         (dict(hyper="lion"), "unknown hyper rule 'lion'"),
         (dict(learn="betas"), "unknown learn 'betas'"),
@@ -619,3 +620,12 @@ def test_a_scheduler_may_set_the_lr_to_zero():
 def test_a_groups_own_values_are_checked(group, message):
     with pytest.raises(ConfigError, match=message):
         Tower([{"params": [torch.nn.Parameter(torch.ones(2))], **group}])
+
+
+def test_a_loss_given_to_step_is_a_one_line_error_before_any_change():
+    w = torch.ones(3, requires_grad=True)
+    tower = Tower([w], lr=0.1)
+    (w**2).sum().backward()
+    with pytest.raises(ConfigError, match="closure"):
+        tower.step(torch.tensor(1.0))
+    assert torch.equal(w, torch.ones(3)) and not tower.state

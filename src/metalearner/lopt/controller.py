@@ -49,6 +49,7 @@ from metalearner.lopt.policy import (
     SPIKE_GUARD,
     PolicyConfig,
     PolicyWeights,
+    check_count,
     check_loss,
     lr_scale_from,
     optimizer_getstate,
@@ -99,7 +100,7 @@ class LRController(torch.optim.Optimizer):
                                  embedding_dim=16, activation="tanh", observe_every=16 if observe_every is None else observe_every)  # fmt: skip
         self.theta = resolve_weights(weights, "controller", untrained)
         self.optimizer = optimizer
-        self.observe_every = int(self.theta.config.observe_every if observe_every is None else observe_every)
+        self.observe_every = check_count("observe_every", self.theta.config.observe_every if observe_every is None else observe_every)
         super().__init__(optimizer.param_groups, optimizer.defaults)
         self.param_groups, self.state = optimizer.param_groups, optimizer.state  # shared, not copied
         named = [(f"group{i}.{j}", p) for i, g in enumerate(optimizer.param_groups) for j, p in enumerate(g["params"])]
@@ -211,17 +212,24 @@ class LRController(torch.optim.Optimizer):
             group["effective_lr"] = group["lr"] * s["lr_scale"] * s["backoff"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "controller": copy.deepcopy(self.ctrl_state)}
+        """The wrapped optimizer's state dict (torch's ``state`` and ``param_groups``, so code that
+        reads them works) with the controller's own state under ``"controller"``; around another
+        controller, ``{"optimizer": its state, "controller": ...}``, so neither hides the other."""
+        inner = self.optimizer.state_dict()
+        mine = copy.deepcopy(self.ctrl_state)
+        return {"optimizer": inner, "controller": mine} if "controller" in inner else {**inner, "controller": mine}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """This form, or the earlier ``{"optimizer": ..., "controller": ...}``."""
         cfg, ctrl = self.theta.config, state_dict.get("controller") if isinstance(state_dict, dict) else None
-        if "optimizer" not in state_dict or not isinstance(ctrl, dict) or not torch.is_tensor(ctrl.get("history")):
-            raise ConfigError("this is not the state of an LRController (no 'optimizer' and 'controller' parts)")
+        inner = state_dict.get("optimizer", {k: v for k, v in state_dict.items() if k != "controller"}) if ctrl is not None else None
+        if not isinstance(ctrl, dict) or not torch.is_tensor(ctrl.get("history")) or not isinstance(inner, dict) or "param_groups" not in inner:
+            raise ConfigError("this is not the state of an LRController (no optimizer state and 'controller' part)")
         if tuple(ctrl["history"].shape) != (cfg.history_length, cfg.n_features):
             raise ConfigError(f"this state is of an LRController with another policy (history {tuple(ctrl['history'].shape)}, "
                               f"not {(cfg.history_length, cfg.n_features)})")  # fmt: skip
-        check_state_fits(self.optimizer, state_dict["optimizer"], keys=PARAMETER_SHAPED)
-        self.optimizer.load_state_dict(state_dict["optimizer"])
+        check_state_fits(self.optimizer, inner, keys=PARAMETER_SHAPED)
+        self.optimizer.load_state_dict(inner)
         self.param_groups = self.optimizer.param_groups  # torch replaces the group dicts on load
         self.state = self.optimizer.state
         self.ctrl_state = copy.deepcopy(state_dict["controller"])

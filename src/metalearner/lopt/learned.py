@@ -17,10 +17,13 @@ there a NaN gradient usually ends the run before the rollback can act, as it wou
 The snapshot is not part of ``state_dict``: a run resumed in the middle of a window that then
 goes non-finite rolls back to where it was resumed.
 A parameter without a gradient (frozen, or unused by this loss) is left as it is, as
-``torch.optim`` does: its weights, moments and averaging weight do not move; the policy reads
-it as a tensor with a zero gradient, as the kernel would. (The bias correction counts the
-optimizer's steps, not each tensor's, as ``schedulefree`` does: a tensor that gets its first
-gradient late takes a larger first step than under torch's per-parameter count.)
+``torch.optim`` does: its weights and moments do not move; the policy reads it as a tensor with
+a zero gradient, as the kernel would. Its averaging weight's sum still counts the step, as
+``schedulefree``'s group-wide sum does: a tensor unfrozen after a thousand steps then averages
+as the others do, instead of taking its whole ``z`` step into the weights (ten times
+Schedule-Free's first step before this was so). The bias correction counts the optimizer's
+steps, not each tensor's, as ``schedulefree`` does: a tensor that gets its first gradient late
+takes a larger first step than under torch's per-parameter count.
 
     opt = LearnedOptimizer(model.parameters())           # shipped weights, lr 2.5e-3
     for x, y in loader:
@@ -52,7 +55,7 @@ import torch
 
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
-from metalearner.kernels import check_state_fits
+from metalearner.kernels import check_dense_grads, check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
 from metalearner.methods import check_lr, check_weight_decay
 
@@ -93,6 +96,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._fan_in = self.kernel.fan_in_factors(self.layout)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
+        self._set_groups()
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
         self.counters = {"steps": 0, "since_observation": 0, "window_losses": 0, "observations": 0, "spike_guards": 0,
                          "rollbacks": 0}  # fmt: skip
@@ -143,6 +147,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if not self.train_mode:
             raise ConfigError("the optimizer is in eval mode: call optimizer.train() before optimizer.step()")
         params = self._params
+        check_dense_grads(params, "LearnedOptimizer")
         if self.kstate is None:
             self._start()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -164,6 +169,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         old = self._scratch
         torch._foreach_copy_(old, params)
         self._base_step(params, grads, stepped)
+        self._set_groups()  # the lr this step applied; the observation's scales are the next step's
         torch._foreach_sub_(old, params)  # minus this step's update: the same norm
         norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (old, params))]
         second = torch.stack(torch._foreach_norm(self._v))
@@ -203,12 +209,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
         b1, b2 = self.kernel.betas
         h = self.host
         h["count"] += 1
-        groups, moments, v, scales, fan_in = self._groups, self._moments, self._v, h["scales"], self._fan_in_host
+        groups, moments, v = self._groups, self._moments, self._v
+        scales, fan_in = h["scales"], self._fan_in_host
+        lrs = [float(g["lr"]) * s * f for g, s, f in zip(groups, scales, fan_in)]  # a tensor lr too (torch.optim allows it)
+        if self.base == "schedulefree":  # every tensor's averaging weight counts the step, stepped or not (module docstring)
+            h["weight_sum"] = [w + lr * lr for w, lr in zip(h["weight_sum"], lrs)]
         weight_sum = h["weight_sum"]
         if only is not None:
-            params, grads, groups, moments, v, scales, fan_in, weight_sum = (
-                [x[i] for i in only] for x in (params, grads, groups, moments, v, scales, fan_in, weight_sum))
-        lrs = [g["lr"] * s * f for g, s, f in zip(groups, scales, fan_in)]
+            params, grads, groups, moments, v, lrs, weight_sum = (
+                [x[i] for i in only] for x in (params, grads, groups, moments, v, lrs, weight_sum))
         decay = [g["weight_decay"] for g in groups]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
             grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
@@ -221,13 +230,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             torch._foreach_lerp_(moments, grads, 1 - b1)
             torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b1 ** h["count"]) for lr in lrs])
             return
-        ws = [w + lr * lr for w, lr in zip(weight_sum, lrs)]
-        if only is None:
-            h["weight_sum"] = ws
-        else:
-            for i, w in zip(only, ws):
-                h["weight_sum"][i] = w
-        c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, ws)]  # the averaging weight follows the controlled lr
+        c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, weight_sum)]  # the averaging weight follows the controlled lr
         coef = [lr * (b1 * (1 - ci) - 1) for lr, ci in zip(lrs, c)]
         neg_lrs = [-lr for lr in lrs]
         decayed = torch._foreach_mul(params, decay) if any(decay) else None  # Schedule-Free's form: λ y in the update
@@ -293,20 +296,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._set_lr_scales(log_scale)
 
     def _set_lr_scales(self, log_scale: torch.Tensor) -> None:
-        """Each group's ``lr_scale``: the size-weighted geometric mean of its tensors' learned
-        multipliers (``log_scale``, ``(J,)``) times their fan-in factors; and ``effective_lr``."""
+        """Each group's ``lr_scale`` from the next step on (:meth:`_set_groups` records it): the
+        size-weighted geometric mean of its tensors' learned multipliers (``log_scale``, ``(J,)``)
+        times their fan-in factors."""
         log_scale = log_scale + self._fan_in.log()
-        i = 0
+        self._lr_scales, i = [], 0
         for group in self.param_groups:
             n = len(group["params"])
             sizes = torch.tensor(self.layout.sizes[i : i + n], dtype=torch.float64)
-            group["lr_scale"] = float(math.exp(float((log_scale[i : i + n] * sizes).sum() / sizes.sum()))) if n else 1.0
+            self._lr_scales.append(float(math.exp(float((log_scale[i : i + n] * sizes).sum() / sizes.sum()))) if n else 1.0)
             i += n
-        self._set_groups()
 
     def _set_groups(self) -> None:
-        for group in self.param_groups:
-            group["effective_lr"] = group["lr"] * group["lr_scale"]
+        """Record in each group the lr its tensors step with (after a step: the one it applied)."""
+        for group, lr_scale in zip(self.param_groups, self._lr_scales):
+            group["lr_scale"] = lr_scale
+            group["effective_lr"] = float(group["lr"]) * lr_scale
 
     # -- Schedule-Free's train/eval modes ------------------------------------------------------
 

@@ -14,7 +14,10 @@ into an embedding ``e`` and two outputs ``z``; until the next observation every 
     \\qquad η_t = \\text{lr}\\cdot e^{3\\tanh(z_0/3)} \\cdot \\text{backoff},
     \\quad β_1 = σ(\\text{logit}(0.9) + z_1)
 
-so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``lr`` and β₁ = 0.9.
+so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``lr`` and β₁ = 0.9,
+with one difference: ``t`` counts the optimizer's steps, not each parameter's, so a tensor that
+gets its first gradient late (a layer unfrozen after a thousand steps) takes first steps up to
+about ``1/√(1−β₂)``/``1/(1−β₁)`` = 3x torch Adam's, which restarts the count for it.
 The learned factor applies at step time: ``param_groups[i]["lr"]`` stays the user's (a
 torch LR scheduler on it composes with the learned scale), and the group records what was
 applied in ``effective_lr`` and ``effective_momentum``, which a probe logs. The momentum is
@@ -53,13 +56,14 @@ from typing import Any, Callable, Iterable
 import torch
 
 from metalearner.errors import ConfigError
-from metalearner.kernels import adam_moments_, check_state_fits
+from metalearner.kernels import adam_moments_, check_dense_grads, check_state_fits
 from metalearner.lopt.policy import (
     SPIKE_GUARD,
     BASE_FEATURES,
     EXTENDED_FEATURES,
     PolicyConfig,
     PolicyWeights,
+    check_count,
     check_loss,
     lr_scale_from,
     optimizer_getstate,
@@ -179,7 +183,7 @@ class Opt2Vec(torch.optim.Optimizer):
             if value is not None and getattr(cfg, name) != value:
                 raise ConfigError(f"the weights have {name}={getattr(cfg, name)!r}, not {value!r}")
         self.theta = theta
-        self.observe_every = int(cfg.observe_every if observe_every is None else observe_every)
+        self.observe_every = check_count("observe_every", cfg.observe_every if observe_every is None else observe_every)
         self.budget = budget
         self.spike_guard = spike_guard  # a construction argument, like observe_every: not in state_dict
         defaults = dict(lr=lr, betas=(0.9, beta2), eps=eps, weight_decay=weight_decay)
@@ -323,6 +327,7 @@ class Opt2Vec(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         loss = check_loss(loss)
+        check_dense_grads([p for group in self.param_groups for p in group["params"]], "Opt2Vec")
         g = self.state[_GLOBAL]
         self._set_groups(g)
         t = g["step"]

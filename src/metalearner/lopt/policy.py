@@ -106,8 +106,7 @@ class PolicyConfig:
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
         for name in ("history_length", "hidden_dim", "embedding_dim", "observe_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            check_count(name, getattr(self, name))
 
     @property
     def n_features(self) -> int:
@@ -314,6 +313,14 @@ SPIKE_GUARD = 2.0  # in a user's run, 2x: at ten times its default lr on digits 
 MAX_MOMENTUM_MOVE = 0.5  # a learned momentum's logit moves at most this much per observation
 
 
+def check_count(name: str, value: Any) -> int:
+    """``value`` as an int, or a one-line error unless it is a whole number >= 1 (``observe_every``
+    of 2.5 would otherwise be cut to 2 without a word)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    return int(value)
+
+
 def check_spike_guard(spike_guard: float) -> float:
     """``spike_guard`` as a float (``inf``: the guard off), or a one-line error unless it is a
     factor above 1."""
@@ -332,6 +339,8 @@ def check_loss(loss: Any) -> Any:
     value (``numel`` is metadata)."""
     if loss is None or (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
         return loss
+    if torch.is_tensor(loss) and loss.numel() == 1:
+        raise ConfigError(f"step() takes the loss as a floating-point tensor (the value the gradients came from), got {loss.dtype}")
     if torch.is_tensor(loss) or getattr(loss, "size", 1) != 1:  # a tensor or array of several values
         raise ConfigError(f"step() takes the loss as a scalar (reduce it first, e.g. loss.mean()); got shape {tuple(loss.shape)}")
     if isinstance(loss, (numbers.Real, np.ndarray, np.generic)) and not isinstance(loss, (bool, np.bool_)):

@@ -93,13 +93,14 @@ non-finite hypergradient as zero, but the weights take the step).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
 from metalearner.errors import ConfigError
-from metalearner.kernels import adam_moments_, check_state_fits
+from metalearner.kernels import adam_moments_, check_dense_grads, check_state_fits
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
@@ -307,7 +308,8 @@ def _logit(p: float) -> float:
 
 
 def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
-    ok = value >= 0 if zero_ok else value > 0
+    number = isinstance(value, (numbers.Real, torch.Tensor)) and not isinstance(value, bool)
+    ok = number and (value >= 0 if zero_ok else value > 0)
     if not (ok and math.isfinite(value)):
         raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
 
@@ -455,10 +457,13 @@ class Tower(torch.optim.Optimizer):
         held-out batch, for the levels' hypergradients in place of ``.grad``, so that the
         levels tune the hyperparameters for that loss while the weights follow ``.grad``."""
         loss = None
+        if closure is not None and not callable(closure):
+            raise ConfigError("Tower.step takes a closure that returns the loss, or nothing; it does not read a loss (step() is enough)")
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         groups = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        check_dense_grads([p for _, params in groups for p in params], "Tower")
         if hyper_grads is not None:  # checked whole before any group steps
             for p in (p for _, params in groups for p in params):
                 if p not in hyper_grads or hyper_grads[p].shape != p.shape:
@@ -591,7 +596,7 @@ def _base_update(
     bufs, learn_more = plan.buffers, len(plan.names) > 1
     direction = bufs.get("direction", [])
     t, warmup = group["tower_state"]["step"], group.get("warmup", 0)  # state dicts saved before it existed
-    lr = group["effective_lr"] = group["lr"] * min(1.0, t / warmup) if warmup else group["lr"]  # the lr applied, for the probe
+    lr = group["effective_lr"] = float(group["lr"]) * (min(1.0, t / warmup) if warmup else 1.0)  # the lr applied, for the probe (a tensor lr too)
     ratio = group.get("max_update_ratio", 0.0)  # state dicts saved before it existed: off
     every = group.get("hyper_every", 1)
     refresh = t <= every or (t - 1) % every == 0  # the first block's steps (buffers still filling), then each hyper step
