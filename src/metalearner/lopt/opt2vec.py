@@ -16,8 +16,8 @@ into an embedding ``e`` and two outputs ``z``; until the next observation every 
 
 so ``z = 0`` (untrained weights, ``weights=None``) is exactly Adam with ``lr`` and β₁ = 0.9,
 with one difference: ``t`` counts the optimizer's steps, not each parameter's, so a tensor that
-gets its first gradient late (a layer unfrozen after a thousand steps) takes first steps up to
-about ``1/√(1−β₂)``/``1/(1−β₁)`` = 3x torch Adam's, which restarts the count for it.
+gets its first gradient late (a layer unfrozen after a thousand steps) takes a first step of
+about ``(1−β₁)/√(1−β₂)`` ≈ 3.2 times torch Adam's, which restarts the count for it.
 The learned factor applies at step time: ``param_groups[i]["lr"]`` stays the user's (a
 torch LR scheduler on it composes with the learned scale), and the group records what was
 applied in ``effective_lr`` and ``effective_momentum``, which a probe logs. The momentum is
