@@ -43,7 +43,7 @@ GRID = (1 / 3, 1.0, 3.0)  # the external-tuning trials: multipliers of the defau
 CONTROLLER = "+controller"
 
 
-def _real(x: Any) -> float:
+def as_real(x: Any) -> float:
     """``x`` as a float (numpy numbers and one-element tensors too), NaN if it is not a number
     (a string is not: ``float("1e-3")`` would pass a YAML value that later fails in a kernel)."""
     if isinstance(x, (str, bytes)):
@@ -57,7 +57,7 @@ def _real(x: Any) -> float:
 def check_lr(lr: float) -> float:
     """``lr`` as given, or a one-line error unless it is a positive finite number (numpy
     numbers and one-element tensors count)."""
-    value = _real(lr)
+    value = as_real(lr)
     if not (value > 0 and math.isfinite(value)):
         raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
     return lr
@@ -65,7 +65,7 @@ def check_lr(lr: float) -> float:
 
 def check_weight_decay(weight_decay: float) -> float:
     """``weight_decay`` as given, or a one-line error unless it is a finite number >= 0."""
-    value = _real(weight_decay)
+    value = as_real(weight_decay)
     if not (value >= 0 and math.isfinite(value)):
         raise ConfigError(f"weight decay (weight_decay) must be a finite number >= 0, got {weight_decay!r}")
     return weight_decay

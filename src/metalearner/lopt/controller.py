@@ -221,8 +221,9 @@ class LRController(torch.optim.Optimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """This form, or the earlier ``{"optimizer": ..., "controller": ...}``."""
-        cfg, ctrl = self.theta.config, state_dict.get("controller") if isinstance(state_dict, dict) else None
-        inner = state_dict.get("optimizer", {k: v for k, v in state_dict.items() if k != "controller"}) if ctrl is not None else None
+        cfg, sd = self.theta.config, state_dict if isinstance(state_dict, dict) else {}
+        ctrl = sd.get("controller")
+        inner = sd["optimizer"] if "optimizer" in sd else {k: v for k, v in sd.items() if k != "controller"}
         if not isinstance(ctrl, dict) or not torch.is_tensor(ctrl.get("history")) or not isinstance(inner, dict) or "param_groups" not in inner:
             raise ConfigError("this is not the state of an LRController (no optimizer state and 'controller' part)")
         if tuple(ctrl["history"].shape) != (cfg.history_length, cfg.n_features):

@@ -93,7 +93,6 @@ non-finite hypergradient as zero, but the weights take the step).
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import torch
@@ -101,6 +100,7 @@ from torch import Tensor
 
 from metalearner.errors import ConfigError
 from metalearner.kernels import adam_moments_, check_dense_grads, check_state_fits
+from metalearner.methods import as_real
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
@@ -308,9 +308,8 @@ def _logit(p: float) -> float:
 
 
 def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
-    number = isinstance(value, (numbers.Real, torch.Tensor)) and not isinstance(value, bool)
-    ok = number and (value >= 0 if zero_ok else value > 0)
-    if not (ok and math.isfinite(value)):
+    x = math.nan if isinstance(value, bool) else as_real(value)  # a string is not a rate (as_real: NaN)
+    if not ((x >= 0 if zero_ok else x > 0) and math.isfinite(x)):
         raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
 
 
