@@ -670,3 +670,57 @@ def test_effective_lr_is_the_lr_the_step_applied_also_on_observation_steps():
         assert opt.param_groups[0]["effective_lr"] == pytest.approx(2e-3 * before, rel=1e-6)
         changed += float(opt.lr_scales()[0]) != pytest.approx(before / opt._fan_in_host[0], rel=1e-6)
     assert changed == 2  # the observations (every 16 steps) moved the scale, and only they did
+
+
+@pytest.mark.parametrize("base", ["schedulefree", "adam"])
+def test_betas_and_eps_are_read_from_each_group(base):
+    """Per-group betas and eps step as the same values given to the constructor, and a group
+    keeps its own: torch.optim's convention, which a scheduler that cycles β₁ relies on."""
+    x, y = _data()
+    runs = []
+    for kw, group in (({"betas": (0.8, 0.99), "eps": 1e-6}, {}), ({}, {"betas": (0.8, 0.99), "eps": 1e-6})):
+        model = _model()
+        opt = LearnedOptimizer([{"params": model.parameters(), **group}], weights=_random_policy(), base=base, **kw)
+        _train(model, opt, 10, x, y)
+        runs.append([p.detach().clone() for p in model.parameters()])
+        assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["eps"] == 1e-6
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    model = _model()  # the default pair steps differently: the groups' values are used
+    _train(model, LearnedOptimizer(model.parameters(), weights=_random_policy(), base=base), 10, x, y)
+    assert not torch.equal(next(model.parameters()), runs[0][0])
+
+
+def test_onecycle_cycles_beta1_and_groups_refuse_bad_betas_or_eps():
+    model, (x, y) = _model(), _data()
+    opt = LearnedOptimizer(model.parameters(), weights=_random_policy())
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=20)  # cycle_momentum=True by default
+    seen = set()
+    for _ in range(10):
+        _train(model, opt, 1, x, y)
+        sched.step()
+        seen.add(opt.param_groups[0]["betas"][0])
+    assert len(seen) == 10 and all(0.85 <= b <= 0.95 for b in seen)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    p = [nn.Parameter(torch.ones(2))]
+    for group in ({"betas": (0.0, 0.99)}, {"betas": (0.9, 1.0)}, {"betas": ("0.9", 0.99)}, {"betas": 0.9}, {"eps": 0.0}, {"eps": "1e-8"}):
+        with pytest.raises(ConfigError, match="betas|eps"):
+            LearnedOptimizer([{"params": p, **group}], weights=None)
+    LearnedOptimizer([{"params": p, "betas": (0.0, 0.99)}], weights=None, base="adam")  # Adam's β₁ may be 0
+
+
+def test_a_state_saved_without_betas_in_its_groups_loads_with_the_constructors():
+    x, y = _data()
+    model = _model()
+    opt = LearnedOptimizer(model.parameters(), weights=_random_policy(), betas=(0.85, 0.99))
+    _train(model, opt, 6, x, y)
+    sd = opt.state_dict()
+    for group in sd["param_groups"]:  # as saved before betas and eps were in the groups
+        del group["betas"], group["eps"]
+    twin = _model()
+    twin.load_state_dict(model.state_dict())
+    other = LearnedOptimizer(twin.parameters(), weights=_random_policy(), betas=(0.85, 0.99))
+    other.load_state_dict(sd)
+    assert other.param_groups[0]["betas"] == (0.85, 0.99) and other.param_groups[0]["eps"] == 1e-8
+    _train(model, opt, 5, x, y)
+    _train(twin, other, 5, x, y)
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))

@@ -36,8 +36,9 @@ The loss-spike guard is stricter here than in meta-training: a window whose mean
 At 3x, a slow degradation at ten times the default lr went unnoticed (digits: validation
 accuracy 9-13 points below its best; at 2x: 5-7); a user's run should err on the safe side.
 
-torch.optim conventions: ``lr`` and ``weight_decay`` live in ``param_groups`` and are read at
-every step (so a user's LR scheduler composes with the learned multiplier); the multiplier
+torch.optim conventions: ``lr``, ``betas``, ``eps`` and ``weight_decay`` live in ``param_groups``
+and are read at every step (so a user's LR scheduler composes with the learned multiplier, and
+one that cycles momentum, as ``OneCycleLR`` does, cycles β₁); the multiplier
 never overwrites ``group["lr"]``: the lr applied is recorded in ``group["effective_lr"]`` (the
 size-weighted geometric mean over the group's tensors) and ``group["lr_scale"]``;
 ``state_dict`` round-trips. The only host reads happen at observations (one every
@@ -57,9 +58,21 @@ from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
 from metalearner.kernels import check_dense_grads, check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
-from metalearner.methods import check_lr, check_weight_decay
+from metalearner.methods import as_real, check_lr, check_weight_decay
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
+
+
+def _check_betas(betas: Any, base: str) -> None:
+    """A pair in ``[0, 1)`` (Schedule-Free's β₁ above 0: it divides by it), else a one-line error."""
+    pair = [as_real(b) for b in betas] if isinstance(betas, (tuple, list)) else []
+    if not (len(pair) == 2 and all(0 <= b < 1 for b in pair)) or pair[0] == 0 and base == "schedulefree":
+        raise ConfigError(f"betas must be two numbers in [0, 1) (Schedule-Free: β₁ > 0), got {betas!r}")
+
+
+def _check_eps(eps: Any) -> None:
+    if isinstance(eps, bool) or not 0 < as_real(eps) < math.inf:
+        raise ConfigError(f"eps must be a finite number > 0, got {eps!r}")
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -73,6 +86,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         lr: float | None = None,
         *,
         betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         weight_decay: float = 0.0,
         weights: PolicyWeights | str | os.PathLike | None = "default",
         base: str | None = None,
@@ -80,14 +94,15 @@ class LearnedOptimizer(torch.optim.Optimizer):
     ) -> None:
         self.theta = resolve_weights(weights, "learned", LearnedKernel.policy_config())
         base = base or self.theta.metadata.get("base", "schedulefree")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas) or betas[0] == 0 and base == "schedulefree":
-            raise ConfigError(f"betas must lie in [0, 1) (Schedule-Free: β₁ > 0), got {betas}")
-        self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), spike_guard=spike_guard,
+        _check_betas(betas, base)
+        _check_eps(eps)
+        self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), eps=eps, spike_guard=spike_guard,
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
                                     fan_in_power=self.theta.fan_in_power(), fan_in_scope=self.theta.fan_in_scope())  # fmt: skip
         lr = check_lr(DEFAULT_LR[base] if lr is None else lr)
         check_weight_decay(weight_decay)
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, effective_lr=lr, lr_scale=1.0))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                                      effective_lr=lr, lr_scale=1.0))  # fmt: skip
         self._params = [p for g in self.param_groups for p in g["params"]]
         kinds = {(p.dtype, p.device) for p in self._params}
         if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
@@ -109,8 +124,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if hasattr(self, "layout"):  # the per-tensor state is laid out once, at construction
             raise ConfigError("LearnedOptimizer takes all its parameters at construction; make a new one to add a group")
         super().add_param_group(param_group)
-        check_lr(self.param_groups[-1]["lr"])
-        check_weight_decay(self.param_groups[-1]["weight_decay"])
+        group = self.param_groups[-1]
+        check_lr(group["lr"])
+        check_weight_decay(group["weight_decay"])
+        _check_betas(group["betas"], self.kernel.base)
+        _check_eps(group["eps"])
 
     @property
     def base(self) -> str:
@@ -188,7 +206,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """``(1, J)`` the ``motion_cos`` feature before the step, as the kernel computes it
         (observation steps only; ``grad_norm``: each gradient's norm)."""
         if self.base == "adam":
-            denom = torch._foreach_add(torch._foreach_sqrt(self._v), self.kernel.eps)
+            denom = torch._foreach_add(torch._foreach_sqrt(self._v), [g["eps"] for g in self._groups])
             motion = torch._foreach_div(self._moments, denom)
             torch._foreach_neg_(motion)
         else:  # z − y in the scratch buffers (no fresh allocation on the hot path)
@@ -206,9 +224,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         indices of the tensors to step (those with a gradient), if not all."""
         if only is not None and not only:
             return
-        b1, b2 = self.kernel.betas
         h = self.host
         h["count"] += 1
+        t = h["count"]
         groups, moments, v = self._groups, self._moments, self._v
         scales, fan_in = h["scales"], self._fan_in_host
         lrs = [float(g["lr"]) * s * f for g, s, f in zip(groups, scales, fan_in)]  # a tensor lr too (torch.optim allows it)
@@ -218,20 +236,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if only is not None:
             params, grads, groups, moments, v, lrs, weight_sum = (
                 [x[i] for i in only] for x in (params, grads, groups, moments, v, lrs, weight_sum))
+        b1 = [float(g["betas"][0]) for g in groups]  # read at every step, as the lr: a scheduler may cycle β₁
+        b2 = [float(g["betas"][1]) for g in groups]
         decay = [g["weight_decay"] for g in groups]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
             grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
         torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, value=1 - b2)
-        denom = torch._foreach_div(v, 1 - b2 ** h["count"])
+        torch._foreach_addcmul_(v, grads, grads, [1 - b for b in b2])
+        denom = torch._foreach_div(v, [1 - b**t for b in b2])
         torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, self.kernel.eps)
+        torch._foreach_add_(denom, [g["eps"] for g in groups])
         if self.base == "adam":
-            torch._foreach_lerp_(moments, grads, 1 - b1)
-            torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b1 ** h["count"]) for lr in lrs])
+            torch._foreach_lerp_(moments, grads, [1 - b for b in b1])
+            torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b**t) for lr, b in zip(lrs, b1)])
             return
         c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, weight_sum)]  # the averaging weight follows the controlled lr
-        coef = [lr * (b1 * (1 - ci) - 1) for lr, ci in zip(lrs, c)]
+        coef = [lr * (b * (1 - ci) - 1) for lr, ci, b in zip(lrs, c, b1)]
         neg_lrs = [-lr for lr in lrs]
         decayed = torch._foreach_mul(params, decay) if any(decay) else None  # Schedule-Free's form: λ y in the update
         torch._foreach_lerp_(params, moments, c)
@@ -316,21 +336,22 @@ class LearnedOptimizer(torch.optim.Optimizer):
     # -- Schedule-Free's train/eval modes ------------------------------------------------------
 
     @torch.no_grad()
-    def _swap(self, weight: float) -> None:
+    def _swap(self, weight: Callable[[float], float]) -> None:
+        """Lerp each tensor towards its ``z`` by ``weight(β₁)`` of its group."""
         if self.base != "schedulefree" or self.kstate is None or self.host["count"] == 0:
             return
-        torch._foreach_lerp_(self._params, self._moments, weight)
+        torch._foreach_lerp_(self._params, self._moments, [weight(float(g["betas"][0])) for g in self._groups])
 
     def eval(self) -> None:
         """Put the averaged weights ``x`` into the parameters (Schedule-Free; Adam: nothing to do)."""
         if self.train_mode:
-            self._swap(1 - 1 / self.kernel.betas[0])
+            self._swap(lambda b1: 1 - 1 / b1)
             self.train_mode = False
 
     def train(self) -> None:
         """Back to the weights gradients are taken at (``y``), before the next ``step``."""
         if not self.train_mode:
-            self._swap(1 - self.kernel.betas[0])
+            self._swap(lambda b1: 1 - b1)
             self.train_mode = True
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -359,6 +380,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"this state is of a learned optimizer with fan_in_scope {scope!r}, not {self.kernel.fan_in_scope!r}")
         check_state_fits(self, state_dict)
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
+        for group in self.param_groups:  # a state saved before betas and eps were in the groups ran with the constructor's
+            group.setdefault("betas", self.defaults["betas"])
+            group.setdefault("eps", self.defaults["eps"])
         self._params = [p for g in self.param_groups for p in g["params"]]
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
             self.state[p] = {name: t.clone() for name, t in self.state[p].items()}
