@@ -674,20 +674,29 @@ def test_effective_lr_is_the_lr_the_step_applied_also_on_observation_steps():
 
 @pytest.mark.parametrize("base", ["schedulefree", "adam"])
 def test_betas_and_eps_are_read_from_each_group(base):
-    """Per-group betas and eps step as the same values given to the constructor, and a group
-    keeps its own: torch.optim's convention, which a scheduler that cycles β₁ relies on."""
+    """Two groups with their own betas and eps step, and average at eval(), as the base
+    optimizer itself (untrained policy: scale 1) given the same groups: the groups' values are
+    used, each its own."""
+    import schedulefree
+
     x, y = _data()
+
+    def groups(model):
+        ps = list(model.parameters())
+        return [{"params": ps[:2], "betas": (0.7, 0.95), "eps": 1e-3}, {"params": ps[2:], "betas": (0.9, 0.999), "eps": 1e-8}]
+
     runs = []
-    for kw, group in (({"betas": (0.8, 0.99), "eps": 1e-6}, {}), ({}, {"betas": (0.8, 0.99), "eps": 1e-6})):
+    for make in (lambda g: LearnedOptimizer(g, weights=None, base=base),
+                 lambda g: schedulefree.AdamWScheduleFree(g, lr=2.5e-3, warmup_steps=0) if base == "schedulefree" else torch.optim.Adam(g, lr=1e-3)):  # fmt: skip
         model = _model()
-        opt = LearnedOptimizer([{"params": model.parameters(), **group}], weights=_random_policy(), base=base, **kw)
-        _train(model, opt, 10, x, y)
+        opt = make(groups(model))
+        if base == "schedulefree":
+            opt.train()
+        _train(model, opt, 30, x, y)
+        if base == "schedulefree":
+            opt.eval()
         runs.append([p.detach().clone() for p in model.parameters()])
-        assert opt.param_groups[0]["betas"] == (0.8, 0.99) and opt.param_groups[0]["eps"] == 1e-6
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
-    model = _model()  # the default pair steps differently: the groups' values are used
-    _train(model, LearnedOptimizer(model.parameters(), weights=_random_policy(), base=base), 10, x, y)
-    assert not torch.equal(next(model.parameters()), runs[0][0])
+    assert max(float((a - b).abs().max()) for a, b in zip(*runs)) < 1e-6
 
 
 def test_onecycle_cycles_beta1_and_groups_refuse_bad_betas_or_eps():
@@ -701,6 +710,12 @@ def test_onecycle_cycles_beta1_and_groups_refuse_bad_betas_or_eps():
         seen.add(opt.param_groups[0]["betas"][0])
     assert len(seen) == 10 and all(0.85 <= b <= 0.95 for b in seen)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    opt.param_groups[0]["betas"] = (0.0, 0.999)  # as a scheduler could set it: Schedule-Free divides by β₁
+    before = [p.detach().clone() for p in model.parameters()]
+    for act in (lambda: _train(model, opt, 1, x, y), opt.eval):
+        with pytest.raises(ConfigError, match="betas"):
+            act()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     p = [nn.Parameter(torch.ones(2))]
     for group in ({"betas": (0.0, 0.99)}, {"betas": (0.9, 1.0)}, {"betas": ("0.9", 0.99)}, {"betas": 0.9}, {"eps": 0.0}, {"eps": "1e-8"}):
         with pytest.raises(ConfigError, match="betas|eps"):

@@ -164,6 +164,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         loss = check_loss(loss)
         if not self.train_mode:
             raise ConfigError("the optimizer is in eval mode: call optimizer.train() before optimizer.step()")
+        self._check_groups()
         params = self._params
         check_dense_grads(params, "LearnedOptimizer")
         if self.kstate is None:
@@ -335,11 +336,18 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     # -- Schedule-Free's train/eval modes ------------------------------------------------------
 
+    def _check_groups(self) -> None:
+        """The groups' betas as a scheduler (or a user) may have set them since, checked before
+        anything moves: Schedule-Free divides by β₁."""
+        for group in self.param_groups:
+            _check_betas(group["betas"], self.base)
+
     @torch.no_grad()
     def _swap(self, weight: Callable[[float], float]) -> None:
         """Lerp each tensor towards its ``z`` by ``weight(β₁)`` of its group."""
         if self.base != "schedulefree" or self.kstate is None or self.host["count"] == 0:
             return
+        self._check_groups()
         torch._foreach_lerp_(self._params, self._moments, [weight(float(g["betas"][0])) for g in self._groups])
 
     def eval(self) -> None:
