@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_target.py --quick    # the smoke suite: the whole protocol in about a minute
     python benchmarks/time_to_target.py --suite quick   # small tasks, ~10 min on 2 cores
-    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion MLPs/CNN/GRU, MNIST-1D CNN, shift; ~2.5 h on 2 cores)
+    python benchmarks/time_to_target.py            # the full suite (MNIST, Fashion MLPs/CNN/GRU, MNIST-1D CNN, shift; ~2 h on 2 cores)
     python benchmarks/time_to_target.py --suite headline   # MNIST/Fashion cells + the CNN and GRU cells, tuning-free methods
     python benchmarks/time_to_target.py --rerun opt2vec,adam+controller   # rerun these (and adam), keep the other methods' runs
 
