@@ -54,6 +54,14 @@ def as_real(x: Any) -> float:
         return math.nan
 
 
+def check_rate(name: str, value: Any, *, zero_ok: bool = False) -> None:
+    """A one-line error unless ``value`` is a finite number > 0 (>= 0 with ``zero_ok``); a bool
+    or a string is not one (an ``eps``, a tower's rates)."""
+    x = math.nan if isinstance(value, bool) else as_real(value)
+    if not ((x >= 0 if zero_ok else x > 0) and math.isfinite(x)):
+        raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
+
+
 def check_lr(lr: float) -> float:
     """``lr`` as given, or a one-line error unless it is a positive finite number (numpy
     numbers and one-element tensors count)."""

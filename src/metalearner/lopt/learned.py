@@ -58,7 +58,7 @@ from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
 from metalearner.kernels import check_dense_grads, check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
-from metalearner.methods import as_real, check_lr, check_weight_decay
+from metalearner.methods import as_real, check_lr, check_rate, check_weight_decay
 
 DEFAULT_LR = {"adam": 1e-3, "schedulefree": 2.5e-3}  # the bases' own defaults
 
@@ -68,11 +68,6 @@ def _check_betas(betas: Any, base: str) -> None:
     pair = [as_real(b) for b in betas] if isinstance(betas, (tuple, list)) else []
     if not (len(pair) == 2 and all(0 <= b < 1 for b in pair)) or pair[0] == 0 and base == "schedulefree":
         raise ConfigError(f"betas must be two numbers in [0, 1) (Schedule-Free: β₁ > 0), got {betas!r}")
-
-
-def _check_eps(eps: Any) -> None:
-    if isinstance(eps, bool) or not 0 < as_real(eps) < math.inf:
-        raise ConfigError(f"eps must be a finite number > 0, got {eps!r}")
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -95,7 +90,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self.theta = resolve_weights(weights, "learned", LearnedKernel.policy_config())
         base = base or self.theta.metadata.get("base", "schedulefree")
         _check_betas(betas, base)
-        _check_eps(eps)
+        check_rate("eps", eps)
         self.kernel = LearnedKernel(self.theta.config, base=base, betas=tuple(betas), eps=eps, spike_guard=spike_guard,
                                     scales=self.theta.metadata.get("scales", "per_tensor"),
                                     fan_in_power=self.theta.fan_in_power(), fan_in_scope=self.theta.fan_in_scope())  # fmt: skip
@@ -128,7 +123,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         check_lr(group["lr"])
         check_weight_decay(group["weight_decay"])
         _check_betas(group["betas"], self.kernel.base)
-        _check_eps(group["eps"])
+        check_rate("eps", group["eps"])
 
     @property
     def base(self) -> str:

@@ -100,7 +100,7 @@ from torch import Tensor
 
 from metalearner.errors import ConfigError
 from metalearner.kernels import adam_moments_, check_dense_grads, check_state_fits
-from metalearner.methods import as_real
+from metalearner.methods import check_rate
 
 # base -> the hyperparameters that learn="all" learns, in the order of z_0
 LEARNABLE = {"sgd": ("lr",), "momentum": ("lr", "momentum"), "adam": ("lr", "beta1", "beta2")}
@@ -307,12 +307,6 @@ def _logit(p: float) -> float:
 # ---------------------------------------------------------------------------- class front
 
 
-def _check_rate(name: str, value: float, *, zero_ok: bool = False) -> None:
-    x = math.nan if isinstance(value, bool) else as_real(value)  # a string is not a rate (as_real: NaN)
-    if not ((x >= 0 if zero_ok else x > 0) and math.isfinite(x)):
-        raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
-
-
 def _check_group(group: dict[str, Any], *, lr_zero_ok: bool = False) -> None:
     """A group's values, as the constructor checks its arguments (a group may override any);
     ``max_update_ratio`` None becomes its base's default. ``lr_zero_ok``: a saved state's lr,
@@ -320,12 +314,12 @@ def _check_group(group: dict[str, Any], *, lr_zero_ok: bool = False) -> None:
     for name, key, choices in (("tower base", "base", BASES), ("hyper rule", "hyper", HYPERS), ("learn", "learn", ("lr", "all"))):
         if group[key] not in choices:
             raise ConfigError(f"unknown {name} {group[key]!r}; choose from {', '.join(choices)}")
-    _check_rate("learning rate", group["lr"], zero_ok=lr_zero_ok)
-    _check_rate("eps", group["eps"])
+    check_rate("learning rate", group["lr"], zero_ok=lr_zero_ok)
+    check_rate("eps", group["eps"])
     if not group["hyper_lrs"]:
         raise ConfigError("hyper_lrs needs one value per level (at least one)")
     for r in group["hyper_lrs"]:
-        _check_rate("hyper_lr", r, zero_ok=True)
+        check_rate("hyper_lr", r, zero_ok=True)
     every, warmup, decay = group["hyper_every"], group["warmup"], group["trace_decay"]
     if not (isinstance(every, int) and every >= 1):
         raise ConfigError(f"hyper_every must be an integer >= 1, got {every}")
@@ -341,7 +335,7 @@ def _check_group(group: dict[str, Any], *, lr_zero_ok: bool = False) -> None:
     if group["base"] == "momentum" and not 0 < group.get("momentum", 0) < 1:
         raise ConfigError(f"momentum must be in (0, 1), got {group.get('momentum')}")
     ratio = MAX_UPDATE_RATIO[group["base"]] if group["max_update_ratio"] is None else group["max_update_ratio"]
-    _check_rate("max_update_ratio", ratio, zero_ok=True)
+    check_rate("max_update_ratio", ratio, zero_ok=True)
     group["max_update_ratio"] = float(ratio)
     for key in ("lr", "eps", "trace_decay"):  # plain floats, as torch.optim keeps them
         group[key] = float(group[key])
