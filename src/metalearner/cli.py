@@ -39,7 +39,7 @@ app.command("report", help="Rebuild a pipeline folder's report.html/report.md fr
 @app.command()
 def train(
     task: str = typer.Option("mnist", help="Data set: mnist, fashion_mnist, mnist1d, moons, digits, synthetic."),
-    model: str = typer.Option("mlp", help="Model family: mlp, cnn or rnn (a GRU over image rows or sequence steps)."),
+    model: str = typer.Option("mlp", help="Model family: mlp, cnn, rnn (a GRU over image rows or sequence steps) or transformer (pre-norm, over image rows or 8 slices of a flat input)."),
     depth: int = typer.Option(2, help="Hidden layers (MLP) or conv blocks (CNN)."),
     width: int = typer.Option(256, help="Hidden units (MLP) or first-block channels (CNN)."),
     activation: str = typer.Option("relu", help="relu, tanh, gelu, silu, sigmoid, leaky_relu, elu."),

@@ -108,13 +108,18 @@ FAMILIES = {
     "cnn": PopulationConfig(**{**TINY_POP, "family": "cnn", "depth": 1, "width": 4}, horizon_epochs=(0.25, 0.5)),
     "rnn": PopulationConfig(**{**TINY_POP, "dataset": "synthetic", "data_options": (("n_features", 8),), "family": "rnn",
                                "width": 4}, horizon_epochs=(0.25, 0.5)),
+    "transformer": PopulationConfig(**{**TINY_POP, "family": "transformer", "width": 8, "activation": "gelu"}, horizon_epochs=(0.25, 0.5)),
 }
 
 
 @pytest.mark.parametrize("shape", [(12,), (2, 6), (1, 5, 4)])
-@pytest.mark.parametrize("depth", [1, 2])
-def test_batched_gru_is_the_modules_forward(shape, depth):
-    cfg = ModelConfig(family="rnn", depth=depth, width=6, activation="tanh")
+@pytest.mark.parametrize("cfg", [ModelConfig(family="rnn", depth=1, width=6, activation="tanh"),
+                                 ModelConfig(family="rnn", depth=2, width=6, activation="tanh"),
+                                 ModelConfig(family="transformer", depth=2, width=8, activation="gelu"),  # one head
+                                 ModelConfig(family="transformer", depth=2, width=32, activation="gelu")],  # two heads
+                         ids=["gru1", "gru2", "transformer8", "transformer32"])  # fmt: skip
+def test_batched_gru_and_transformer_are_the_modules_forward(shape, cfg):
+    """Written out as batched products over members (no vmap): outputs and gradients of each member's module."""
     models = [build_model(cfg, shape, 3, seed=s) for s in range(3)]
     layout = ParamLayout.of(models[0])
     forward = batched_forward(cfg, layout, models[0])

@@ -36,6 +36,28 @@ def test_rnn_reads_images_by_rows_and_sequences_by_steps(shape):
     assert seen[0][1] == steps  # rows of an image, positions of a sequence
 
 
+@pytest.mark.parametrize("shape, tokens", [((1, 28, 28), (28, 28)), ((40,), (8, 5)), ((37,), (8, 5)), ((3, 16), (16, 3))])
+def test_transformer_reads_image_rows_sequence_columns_or_slices_of_a_flat_input(shape, tokens):
+    model = build_model(ModelConfig(family="transformer", depth=2, width=32, activation="gelu"), shape, 7, seed=0)
+    x = torch.randn(2, *shape)
+    assert model(x).shape == (2, 7)
+    assert model.sequence(x).shape == (2, *tokens)
+    if len(shape) == 1:  # slices in order, the last zero-padded
+        assert torch.equal(model.sequence(x).flatten(1)[:, : shape[0]], x)
+        assert not model.sequence(x).flatten(1)[:, shape[0] :].any()
+    names = [n for n, _ in model.named_parameters()]
+    assert names[0] == "embed.weight" and names[-1] == "head.bias"  # the input layer first, as learned optimizers read it
+    assert model.blocks[0].heads == 2  # heads of 16 dimensions
+
+
+def test_transformer_attention_is_softmax_attention():
+    """The written-out attention equals torch's own (``F.scaled_dot_product_attention``)."""
+    from metalearner.tasks.models import attention_weights
+
+    q, k, v = torch.randn(3, 2, 4, 6, 8).unbind(0)
+    torch.testing.assert_close(attention_weights(q, k) @ v, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+
+
 def test_seed_fixes_weights_and_leaves_global_rng_alone():
     cfg = ModelConfig(depth=2, width=8)
     torch.manual_seed(123)
@@ -52,7 +74,8 @@ def test_seed_fixes_weights_and_leaves_global_rng_alone():
     "kwargs, message",
     [
         ({"activation": "swish"}, "unknown activation"),
-        ({"family": "transformer"}, "unknown model family"),
+        ({"family": "vit"}, "unknown model family"),
+        ({"family": "transformer", "depth": 0}, "depth"),
         ({"init": "he"}, "unknown init"),
         ({"width": 0}, "width"),
         ({"family": "cnn", "depth": 0}, "depth"),

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from metalearner.errors import ConfigError
 from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, reset_rows
-from metalearner.tasks.models import ACTIVATIONS, ModelConfig, build_model
+from metalearner.tasks.models import ACTIVATIONS, ModelConfig, attention_weights, build_model
 
 MAX_TERM = 2.0  # a diverged (non-finite) loss costs this much per term
 MIN_TERM = -10.0
@@ -201,6 +201,8 @@ def batched_forward(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Modu
         return mlp
     if cfg.family == "rnn":
         return _batched_gru(cfg, layout, module)
+    if cfg.family == "transformer":
+        return _batched_transformer(cfg, layout, module)
     call = torch.func.vmap(lambda p, x: torch.func.functional_call(module, p, (x,)))
     return lambda params, x: call(layout.views(params), x)
 
@@ -232,6 +234,35 @@ def _batched_gru(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module)
         return _linear(act(h), p["head.weight"], p["head.bias"])
 
     return gru
+
+
+def _batched_transformer(cfg: ModelConfig, layout: ParamLayout, module: torch.nn.Module) -> Callable:
+    """The ``transformer`` family's forward (``models._Transformer``) as batched products over
+    members: the same operations as the module's, without ``vmap``'s per-operation cost."""
+    act = ACTIVATIONS[cfg.activation]()
+    heads = module.blocks[0].heads if cfg.depth else 1
+
+    def linear(h: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:  # (P, B, T, I) -> (P, B, T, O)
+        return _linear(h.flatten(1, 2), p[f"{name}.weight"], p[f"{name}.bias"]).unflatten(1, h.shape[1:3])
+
+    def norm(h: torch.Tensor, p: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        w, b = (p[f"{name}.{t}"][:, None, None] for t in ("weight", "bias"))
+        return torch.addcmul(b, F.layer_norm(h, h.shape[-1:]), w)
+
+    def transformer(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        p = layout.views(params)
+        n_members, n = x.shape[:2]
+        h = linear(module.sequence(x.reshape(n_members * n, *x.shape[2:])).unflatten(0, (n_members, n)), p, "embed")
+        h = h + p["position.weight"]  # (P, 1, T, d) broadcasts over the batch
+        for i in range(cfg.depth):
+            b = f"blocks.{i}"
+            q, k, v = linear(norm(h, p, f"{b}.norm1"), p, f"{b}.qkv").unflatten(-1, (3, heads, -1)).movedim(-3, 0).transpose(-2, -3)
+            h = h + linear((attention_weights(q, k) @ v).transpose(-2, -3).flatten(-2), p, f"{b}.proj")
+            h = h + linear(act(linear(norm(h, p, f"{b}.norm2"), p, f"{b}.fc1")), p, f"{b}.fc2")
+        h = norm(h, p, "norm").mean(-2)
+        return _linear(h, p["head.weight"], p["head.bias"])
+
+    return transformer
 
 
 def member_losses(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -290,7 +321,8 @@ class PopulationStep:
         self.layout = ParamLayout.of(self.module)
         self.forward = batched_forward(config.model(), self.layout, self.module)
         self.sync = math.lcm(config.eval_every, lopt.observe_every)
-        self.init_bound = default_init_bound(self.layout)
+        # every tensor of an MLP, CNN or GRU starts uniform (default_init_bound); a transformer's do not
+        self.init_bound = None if config.family == "transformer" else default_init_bound(self.layout)
         self.x_val, self.y_val = self.data.x_val[: config.n_val], self.data.y_val[: config.n_val]
 
     # -- tasks ---------------------------------------------------------------------------------
@@ -316,6 +348,15 @@ class PopulationStep:
             **self._weight_scales(rng),
         }
 
+    def _initial_weights(self, seed: int) -> torch.Tensor:
+        """``(N,)``: the flat ``build_model(..., seed=seed)``, drawn without building it where
+        every tensor starts uniform."""
+        if self.init_bound is None:
+            cfg = self.config
+            return self.layout.flatten(build_model(cfg.model(), self.data.input_shape, self.data.n_classes, seed=seed))
+        u = torch.rand(self.layout.n_params, generator=torch.Generator().manual_seed(seed))
+        return (2 * u - 1) * self.init_bound
+
     def _weight_scales(self, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         """The re-parameterisation's ``(N,)`` scale, one log-uniform draw per tensor (drawn
         after the other task draws, so turning it on changes nothing else about a task)."""
@@ -338,8 +379,7 @@ class PopulationStep:
         key = int(state.key)
         for i in rows:
             task = self._task(key, int(state.slot[i]), int(state.episode[i]))
-            u = torch.rand(self.layout.n_params, generator=torch.Generator().manual_seed(task["init_seed"]))
-            params[i] = (2 * u - 1) * self.init_bound
+            params[i] = self._initial_weights(task["init_seed"])
             if weight_scale is not None:  # the same initial weights w, held as w' = w / s
                 weight_scale[i] = task["weight_scale"]
                 params[i] /= weight_scale[i]

@@ -1,4 +1,5 @@
-"""Model families (MLP, small CNN, small GRU sequence model) and their architecture encoding.
+"""Model families (MLP, small CNN, small GRU sequence model, small pre-norm Transformer) and
+their architecture encoding.
 
 Every model is described by a :class:`ModelConfig`; :func:`build_model` turns a config plus
 the task's input shape and class count into an ``nn.Module``, and :func:`encode_architecture`
@@ -28,16 +29,17 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "elu": nn.ELU,
 }
 INITS = ("default", "kaiming", "xavier", "orthogonal")
-FAMILIES = ("mlp", "cnn", "rnn")
+FAMILIES = ("mlp", "cnn", "rnn", "transformer")
+TOKENS = 8  # a transformer reads a flat (L,) input as this many equal slices (zero-padded)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of a base model.
 
-    ``depth`` counts hidden layers (MLP), convolution blocks (CNN) or stacked GRU layers (RNN);
-    ``width`` is the hidden size (MLP, RNN) or the channel count of the first block, doubled per
-    block (CNN).
+    ``depth`` counts hidden layers (MLP), convolution blocks (CNN), stacked GRU layers (RNN) or
+    attention blocks (transformer); ``width`` is the hidden size (MLP, RNN), the channel count
+    of the first block, doubled per block (CNN), or the model dimension (transformer).
     """
 
     family: str = "mlp"
@@ -94,6 +96,30 @@ def _cnn(cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int) -> nn.S
     return nn.Sequential(*layers)
 
 
+def _tokens(input_shape: tuple[int, ...], flat_tokens: int | None) -> tuple[int, int]:
+    """How a sequence model reads an input: ``(steps, features per step)``. Images
+    ``(C, H, W)`` are their rows, sequences ``(C, L)`` their columns, a flat ``(L,)`` input one
+    value per step (``flat_tokens=None``, the GRU) or ``flat_tokens`` equal slices, zero-padded
+    to a multiple (the transformer)."""
+    if len(input_shape) == 3:
+        return input_shape[1], input_shape[0] * input_shape[2]
+    if len(input_shape) == 2:
+        return input_shape[1], input_shape[0]
+    return (input_shape[0], 1) if flat_tokens is None else (flat_tokens, -(-input_shape[0] // flat_tokens))
+
+
+def _sequence(x: torch.Tensor, input_shape: tuple[int, ...], steps: int, features: int) -> torch.Tensor:
+    """``(B, ...)`` inputs -> ``(B, steps, features)`` as :func:`_tokens` says."""
+    n = x.shape[0]
+    if len(input_shape) == 3:
+        c, h, w = input_shape
+        return x.reshape(n, c, h, w).permute(0, 2, 1, 3).reshape(n, h, c * w)
+    if len(input_shape) == 2:
+        return x.reshape(n, *input_shape).transpose(1, 2)
+    x = x.reshape(n, -1)
+    return nn.functional.pad(x, (0, steps * features - x.shape[1])).reshape(n, steps, features)
+
+
 class _GRUClassifier(nn.Module):
     """A GRU over the rows of the input, the activation of its last output, a linear head.
 
@@ -104,24 +130,80 @@ class _GRUClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int):
         super().__init__()
         self.input_shape = input_shape
-        features = 1 if len(input_shape) == 1 else input_shape[0] if len(input_shape) == 2 else input_shape[0] * input_shape[2]
+        self.steps, features = _tokens(input_shape, None)
         self.gru = nn.GRU(features, cfg.width, num_layers=cfg.depth, batch_first=True)
         self.act = ACTIVATIONS[cfg.activation]()
         self.head = nn.Linear(cfg.width, n_classes)
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, ...)`` inputs -> ``(B, L, features)``, the steps the GRU reads."""
-        n = x.shape[0]
-        if len(self.input_shape) == 1:
-            return x.reshape(n, -1, 1)
-        if len(self.input_shape) == 2:
-            return x.reshape(n, *self.input_shape).transpose(1, 2)
-        c, h, w = self.input_shape
-        return x.reshape(n, c, h, w).permute(0, 2, 1, 3).reshape(n, h, c * w)
+        return _sequence(x, self.input_shape, self.steps, self.gru.input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(self.sequence(x))
         return self.head(self.act(out[:, -1]))
+
+
+def attention_weights(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``softmax(q kᵀ / √d)`` over the last dimension, written out: on short rows (a few
+    tokens) it is several times faster on CPU than ``torch.softmax``."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    e = (scores - scores.amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
+
+
+class _AttentionBlock(nn.Module):
+    """Pre-norm: ``x + attention(LN(x))``, then ``x + MLP(LN(x))`` (hidden ``2·width``).
+    Attention is written out in matrix products (no fused kernel), so that the meta-training
+    engine can run the same operations over a population's stacked weights
+    (``lopt.truncation._batched_transformer``, tested equal to this forward)."""
+
+    def __init__(self, width: int, activation: str):
+        super().__init__()
+        self.heads = max(1, width // 16) if width % 16 == 0 else 1  # heads of 16 dimensions where the width allows
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(width), nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.norm2, self.fc1, self.act, self.fc2 = nn.LayerNorm(width), nn.Linear(width, 2 * width), ACTIVATIONS[activation](), nn.Linear(2 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(self.norm1(x)).unflatten(-1, (3, self.heads, -1)).movedim(-3, 0).transpose(-2, -3)  # (B, H, T, d/H) each
+        x = x + self.proj((attention_weights(q, k) @ v).transpose(-2, -3).flatten(-2))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class _Position(nn.Module):
+    """A learned position embedding ``(1, tokens, width)``, added to the tokens (a module of its
+    own so that its tensor comes after the embedding's in parameter order: the input layer is
+    the first matrix, as learned optimizers read it)."""
+
+    def __init__(self, tokens: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(0.02 * torch.randn(1, tokens, width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.weight
+
+
+class _Transformer(nn.Module):
+    """A pre-norm Transformer encoder over the input's tokens (:func:`_tokens`): a linear
+    embedding plus a learned position, ``depth`` attention blocks, a final LayerNorm, the mean
+    over tokens, a linear head."""
+
+    def __init__(self, cfg: ModelConfig, input_shape: tuple[int, ...], n_classes: int):
+        super().__init__()
+        self.input_shape = input_shape
+        self.n_tokens, self.token_size = _tokens(input_shape, TOKENS)
+        self.embed = nn.Linear(self.token_size, cfg.width)
+        self.position = _Position(self.n_tokens, cfg.width)
+        self.blocks = nn.Sequential(*(_AttentionBlock(cfg.width, cfg.activation) for _ in range(cfg.depth)))
+        self.norm, self.head = nn.LayerNorm(cfg.width), nn.Linear(cfg.width, n_classes)
+
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ...)`` inputs -> ``(B, tokens, features)``."""
+        return _sequence(x, self.input_shape, self.n_tokens, self.token_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.blocks(self.position(self.embed(self.sequence(x))))
+        return self.head(self.norm(h).mean(-2))
 
 
 def _initialise(model: nn.Module, init: str, activation: str) -> None:
@@ -151,8 +233,10 @@ def build_model(
             model = _mlp(cfg, math.prod(input_shape), n_classes)
         elif cfg.family == "cnn":
             model = _cnn(cfg, input_shape, n_classes)
-        else:
+        elif cfg.family == "rnn":
             model = _GRUClassifier(cfg, input_shape, n_classes)
+        else:
+            model = _Transformer(cfg, input_shape, n_classes)
         _initialise(model, cfg.init, cfg.activation)
     return model
 
