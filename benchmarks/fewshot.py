@@ -32,17 +32,26 @@ one meta-training takes about half a minute of one CPU core; the result says how
 ``--hyper-source heldout`` runs ``meta_meta`` with its hypergradient from episodes of a training
 class held out of meta-training (``FewShotConfig.hyper_source``; on the ``@none`` cells, where
 five classes leave none to spare for 5-way episodes, from the training meta-loss as by default).
+
+``--backbone conv`` runs the four image cells with the conv backbone (``ClassSplit.model``: three
+3x3 conv blocks of 32 channels with max-pooling, then a linear layer) instead of the MLP, for the
+three methods with the prototype head, against ``no_meta_training+prototypes`` (the same conv
+network untrained) and ``nearest_centroid``; no ablation and no sensitivity runs (a conv
+meta-training costs ten MLP ones): ``results/fewshot_conv.json`` (~70 min on 2 cores). Full runs
+are cached one by one in ``benchmarks/.cache/fewshot``, so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import torch
 
-from _common import finish, parse_args, run_parallel, seed_means
-from metalearner.meta.fewshot import HYPER_SOURCES, METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
+from _common import ROOT, finish, parse_args, run_parallel, seed_means
+from metalearner.atomic import write_json
+from metalearner.meta.fewshot import BACKBONES, HYPER_SOURCES, METHODS, FewShotConfig, evaluate, init_learner, make_families, nearest_centroid, train_and_evaluate
 
 PAPER_MSE = {("maml", 5): 1.13, ("maml", 10): 0.77, ("meta_sgd", 5): 0.90, ("meta_sgd", 10): 0.53}
 # setting -> (task, k_shot, config shared by the methods)
@@ -57,15 +66,21 @@ SETTINGS = {
 SENSITIVITY = ("sinusoid_k5", "mnist_5way_1shot")
 FACTORS = {"x0.1": 0.1, "x1": 1.0, "x10": 10.0}
 SEEDS = (0, 1, 2)  # meta-training seeds of the sensitivity runs (the cells: seed 0)
+CACHE = ROOT / "benchmarks" / ".cache" / "fewshot"
 
 
 def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], n_tasks: int, data_dir: str | None,
-        seed: int = 0, hyper_source: str = FewShotConfig.hyper_source) -> dict:  # fmt: skip
+        seed: int = 0, hyper_source: str = FewShotConfig.hyper_source, backbone: str = "mlp", cache: bool = False) -> dict:  # fmt: skip
     """``method`` is a few-shot method, or ``METHOD+prototypes`` for it with the prototype head;
-    ``...@none`` meta-trains without the class augmentation."""
+    ``...@none`` meta-trains without the class augmentation. ``cache``: keep the result in
+    ``CACHE`` and reuse it (full runs)."""
     task, k, shared = SETTINGS[setting]
+    key = f"{setting}-{method}-{outer_lr:g}-{iterations[task.split('_')[0]]}-{n_tasks}-{seed}-{hyper_source}-{backbone}"
+    cached = CACHE / f"{key}.json"
+    if cache and cached.exists():
+        return json.loads(cached.read_text())
     spec, _, augment = method.partition("@")
-    train, test = make_families(task, k_shot=k, data_dir=data_dir, augment=augment or "dihedral")
+    train, test = make_families(task, k_shot=k, data_dir=data_dir, augment=augment or "dihedral", backbone=backbone)
     name, _, head = spec.partition("+")
     # without the augmentation, five training classes leave none to hold out for 5-way episodes: the level reads the training loss
     source = {"hyper_source": hyper_source} if name == "meta_meta" and augment != "none" else {}
@@ -74,6 +89,9 @@ def run(setting: str, method: str, outer_lr: float, iterations: dict[str, int], 
     result = train_and_evaluate(train, test, config, n_tasks=n_tasks)
     print(f"{setting} {method} lr={outer_lr:g} seed {seed}: {result['metric']} {result['mean']:.4f} "
           f"({result['train_seconds']:.0f}s)", flush=True)  # fmt: skip
+    if cache:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        write_json(cached, result)
     return result
 
 
@@ -94,20 +112,25 @@ def sensitivity_summary(runs: dict[str, dict[str, list[dict]]]) -> dict:
     return out
 
 
-def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "learned") -> dict:
+def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "learned", backbone: str = "mlp") -> dict:
     """The baseline: the same network from its random initialisation, adapted the same way
     (with ``head="prototypes"``: what the prototype head gives before any meta-training)."""
     task, k, shared = SETTINGS[setting]
-    train, test = make_families(task, k_shot=k, data_dir=data_dir)
+    train, test = make_families(task, k_shot=k, data_dir=data_dir, backbone=backbone)
     config = FewShotConfig(head=head, **shared)
     torch.manual_seed(config.seed)  # the initial weights meta-training starts from
     return evaluate(init_learner(train.model(), config), test, n_tasks=n_tasks, steps=config.inner_steps)
 
 
 def main() -> None:
-    args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)",
-                      extra=lambda ap: ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=FewShotConfig.hyper_source,
-                                                       help="meta_meta's hypergradient (default: FewShotConfig's)"))  # fmt: skip
+    def extra(ap: Any) -> None:
+        ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=FewShotConfig.hyper_source,
+                        help="meta_meta's hypergradient (default: FewShotConfig's)")
+        ap.add_argument("--backbone", choices=BACKBONES, default="mlp", help="conv: the image cells with the conv backbone (above)")
+
+    args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)", extra=extra)
+    if args.backbone != "mlp":
+        return conv_cells(args)
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
     iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 8000, "mnist": 800, "fashion": 800}
@@ -123,7 +146,8 @@ def main() -> None:
     seeds = SEEDS[:1] if args.quick else SEEDS
     keys = [(s, m, "x1", 0) for s in SETTINGS for m in methods(s)]  # the cells (seed 0) are also the sensitivity's x1, seed 0
     keys += [(s, m, f, seed) for s in SENSITIVITY for m in METHODS for f in FACTORS for seed in seeds if (f, seed) != ("x1", 0)]
-    jobs = [(s, m, base_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed, args.hyper_source) for s, m, f, seed in keys]
+    jobs = [(s, m, base_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed, args.hyper_source, "mlp", not args.quick)
+            for s, m, f, seed in keys]  # fmt: skip
     results = dict(zip(keys, run_parallel(run, jobs)))
     cells = {s: {m: results[s, m, "x1", 0] for m in methods(s)} for s in SETTINGS}
     for s, (task, k, _) in SETTINGS.items():
@@ -151,6 +175,36 @@ def main() -> None:
     summary["meta_meta_hyper_source"] = args.hyper_source
     name = "fewshot" if args.hyper_source == FewShotConfig.hyper_source else f"fewshot_{args.hyper_source}"
     finish(name, summary, details, quick=args.quick)
+
+
+def conv_cells(args: Any) -> None:
+    """``--backbone conv``: the image cells, the prototype-head methods and their baselines."""
+    torch.set_num_threads(1)
+    iterations = {"mnist": 3, "fashion": 3} if args.quick else {"mnist": 800, "fashion": 800}
+    n_tasks = 50 if args.quick else 600
+    settings = [s for s, (task, _, _) in SETTINGS.items() if task != "sinusoid"][: 1 if args.quick else None]
+    methods = [f"{m}+prototypes" for m in METHODS]
+    keys = [(s, m) for s in settings for m in methods]
+    jobs = [(s, m, FewShotConfig().outer_lr, iterations, n_tasks, args.data_dir, 0, args.hyper_source, args.backbone, not args.quick)
+            for s, m in keys]  # fmt: skip
+    cells: dict[str, dict[str, Any]] = {s: {} for s in settings}
+    for (s, m), r in zip(keys, run_parallel(run, jobs)):
+        cells[s][m] = r
+    for s in settings:
+        task, k, _ = SETTINGS[s]
+        cells[s]["no_meta_training+prototypes"] = without_meta_training(s, n_tasks, args.data_dir, head="prototypes", backbone=args.backbone)
+        cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
+    scores = {s: {m: {"mean": round(r["mean"], 4), "ci95": [round(x, 4) for x in r["ci95"]]} for m, r in c.items()} for s, c in cells.items()}
+    summary = {
+        "backbone": args.backbone,
+        "meta_iterations": iterations,
+        "test_tasks": n_tasks,
+        "scores": scores,
+        "best_method_above_nearest_centroid": {s: max(c[m]["mean"] for m in methods) > c["nearest_centroid"]["mean"] for s, c in cells.items()},
+        "seconds": round(sum(cells[s][m]["train_seconds"] for s, m in keys), 1),
+    }  # fmt: skip
+    details = {"settings": {s: list(SETTINGS[s]) for s in settings}, "cells": cells, "defaults": dataclasses.asdict(FewShotConfig())}
+    finish(f"fewshot_{args.backbone}", summary, details, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,8 @@ def test_holding_out_classes_without_the_augmentation_is_a_config_error(shared_d
         (["fewshot", "--head", "prototypes"], "prototype head is for classification"),
         (["fewshot", "--hyper-source", "heldout"], "hyper_source is the meta_meta level's"),
         (["fewshot", "--method", "meta_meta", "--hyper-source", "val"], "unknown hyper_source 'val'; choose from train, heldout"),
+        (["fewshot", "--backbone", "conv"], "the conv backbone is for image episodes"),
+        (["fewshot", "--task", "mnist", "--backbone", "vgg"], "unknown backbone 'vgg'; choose from mlp, conv"),
     ],
 )
 def test_user_mistakes_are_config_errors(args, message):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from metalearner.errors import ConfigError
 from metalearner.meta.fewshot import (
-    ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, meta_loss, meta_train,
+    ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, make_families, meta_loss, meta_train,
     nearest_centroid, outer_optimizer, prototype_head,
 )  # fmt: skip
 from metalearner.tasks import load_dataset
@@ -307,6 +307,37 @@ def test_prototype_head_meta_trains_the_body_through_the_prototypes():
     assert grads["4.weight"] is None  # the meta-learned output layer is replaced, so unused
     learner, _ = meta_train(family, FewShotConfig(method="maml", head="prototypes", iterations=3, meta_batch=2))
     assert evaluate(learner, family, n_tasks=4, steps=1)["metric"] == "acc"
+
+
+@pytest.mark.parametrize("side", [8, 28])
+def test_conv_backbone_meta_trains_its_convolutions_with_either_head(side):
+    """Three conv blocks (side -> side // 8) and a linear layer; the prototype head reads the
+    flattened conv features, and the meta-gradient reaches the first convolution."""
+    torch.manual_seed(0)
+    family = ClassSplit(torch.randn(100, 1, side, side), torch.arange(100) % 5, (0, 1, 2, 3, 4), n_way=5, k_shot=1, k_query=3,
+                        augment="rotations", backbone="conv")  # fmt: skip
+    model = family.model()
+    assert [type(m).__name__ for m in model if type(m).__name__ == "Conv2d"] == ["Conv2d"] * 3
+    assert model(torch.randn(7, side * side)).shape == (7, 5)
+    for head in ("learned", "prototypes"):
+        learner = init_learner(model, FewShotConfig(method="meta_sgd", head=head, inner_lr=0.1))
+        meta_loss(learner.meta, learner.fixed, learner.model, family.loss, 1, False, family.sample(2, torch.Generator().manual_seed(0)),
+                  head).backward()  # fmt: skip
+        assert learner.meta["1.weight"].grad.abs().sum() > 0 and learner.meta["rate/1.weight"].grad.abs().sum() > 0
+    train, held = family.hold_out()
+    assert train.backbone == held.backbone == "conv"
+
+
+def test_conv_backbone_refusals_are_one_line_errors():
+    y = torch.arange(30) % 3
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet'; choose from mlp, conv"):
+        ClassSplit(torch.zeros(30, 64), y, (0, 1, 2), n_way=3, k_query=2, backbone="resnet")
+    with pytest.raises(ConfigError, match="the conv backbone needs square one-channel images, got 8"):
+        ClassSplit(torch.zeros(30, 8), y, (0, 1, 2), n_way=3, k_query=2, backbone="conv")
+    with pytest.raises(ConfigError, match="the conv backbone needs images of at least 8x8, got 4x4"):
+        ClassSplit(torch.zeros(30, 16), y, (0, 1, 2), n_way=3, k_query=2, backbone="conv")
+    with pytest.raises(ConfigError, match="the conv backbone is for image episodes"):
+        make_families("sinusoid", k_shot=5, backbone="conv")
 
 
 def test_prototype_head_refuses_regression():

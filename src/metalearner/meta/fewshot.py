@@ -53,6 +53,7 @@ HYPER_SOURCES = ("train", "heldout")  # meta_meta: the hypergradient of the trai
 HEADS = ("learned", "prototypes")
 # class augmentation for meta-training: each class under the square's symmetries counts as a class of its own
 AUGMENTS = {"none": 1, "rotations": 4, "dihedral": 8}  # -> symmetries per class (4 turns; with the transpose, 8)
+BACKBONES = ("mlp", "conv")  # image episodes' network: an MLP 784-128-128-N, or three conv blocks (ClassSplit.model)
 
 
 def symmetries(augment: str) -> int:
@@ -97,6 +98,14 @@ class Sinusoid:
     metric = "mse"
 
 
+CONV_BLOCKS, CONV_CHANNELS = 3, 32
+
+
+def check_backbone(backbone: str) -> None:
+    if backbone not in BACKBONES:
+        raise ConfigError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
+
+
 def check_n_way(n_way: int) -> None:
     """Classification episodes need two classes or more (one makes every answer right)."""
     if not (isinstance(n_way, int) and n_way >= 2):
@@ -120,12 +129,13 @@ class ClassSplit:
     loss = staticmethod(F.cross_entropy)
 
     def __init__(self, x: Tensor, y: Tensor, classes: tuple[int, ...], *, n_way: int = 5, k_shot: int = 1,
-                 k_query: int = 15, augment: str = "none") -> None:  # fmt: skip
+                 k_query: int = 15, augment: str = "none", backbone: str = "mlp") -> None:  # fmt: skip
         n_sym = symmetries(augment)
         check_n_way(n_way)
+        check_backbone(backbone)
         if len(classes) * n_sym < n_way:
             raise ConfigError(f"{n_way}-way episodes need at least {n_way} classes, got {len(classes) * n_sym}")
-        self._source, self.classes, self.augment = (x, y), tuple(classes), augment
+        self._source, self.classes, self.augment, self.backbone = (x, y), tuple(classes), augment, backbone
         self.x = x.reshape(len(x), -1)
         self.by_class = [torch.nonzero(y == c).flatten() for c in classes]
         if min(len(i) for i in self.by_class) < k_shot + k_query:
@@ -133,9 +143,13 @@ class ClassSplit:
         self.n_way, self.k_shot, self.k_query = n_way, k_shot, k_query
         self.symmetries, self.side = n_sym, math.isqrt(self.x.shape[1])
         channels = math.prod(x.shape[1:-2]) if x.dim() >= 3 else 1
-        if self.symmetries > 1 and (self.side**2 != self.x.shape[1] or channels != 1):
+        square = self.side**2 == self.x.shape[1] and channels == 1
+        if (self.symmetries > 1 or backbone == "conv") and not square:
             shape = "x".join(map(str, x.shape[1:]))
-            raise ConfigError(f"class augmentation {augment!r} needs square one-channel images, got {shape}")
+            what = f"class augmentation {augment!r}" if self.symmetries > 1 else "the conv backbone"
+            raise ConfigError(f"{what} needs square one-channel images, got {shape}")
+        if backbone == "conv" and self.side < 2**CONV_BLOCKS:
+            raise ConfigError(f"the conv backbone needs images of at least {2**CONV_BLOCKS}x{2**CONV_BLOCKS}, got {self.side}x{self.side}")
 
     def sample(self, n_tasks: int, gen: torch.Generator) -> Episodes:
         per = self.k_shot + self.k_query
@@ -161,7 +175,8 @@ class ClassSplit:
         if (len(self.classes) - k) * self.symmetries < self.n_way:
             raise ConfigError(f"holding out {k} of {len(self.classes)} classes leaves too few for {self.n_way}-way episodes")
         x, y = self._source
-        make = lambda cs: ClassSplit(x, y, cs, n_way=self.n_way, k_shot=self.k_shot, k_query=self.k_query, augment=self.augment)  # noqa: E731
+        make = lambda cs: ClassSplit(x, y, cs, n_way=self.n_way, k_shot=self.k_shot, k_query=self.k_query, augment=self.augment,  # noqa: E731
+                                     backbone=self.backbone)
         return make(self.classes[:-k]), make(self.classes[-k:])
 
     def _turn(self, x: Tensor, turns: list[list[int]]) -> Tensor:
@@ -180,21 +195,30 @@ class ClassSplit:
         return pool[torch.randperm(len(pool), generator=gen)[:n]]
 
     def model(self) -> nn.Module:
-        """An MLP 784-128-128-N (ReLU)."""
-        d = self.x.shape[1]
-        return nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, self.n_way))
+        """``backbone="mlp"``: an MLP 784-128-128-N (ReLU). ``"conv"``: three blocks of a 3x3
+        convolution with 32 channels, ReLU and 2x2 max-pooling (28x28 -> 3x3), then a linear
+        layer: the "Conv-4" of MAML's image experiments made smaller for a CPU, without batch
+        normalisation (whose batch statistics would mix support and query images)."""
+        if self.backbone == "mlp":
+            d = self.x.shape[1]
+            return nn.Sequential(nn.Linear(d, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, self.n_way))
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, self.side, self.side))]
+        for i in range(CONV_BLOCKS):
+            layers += [nn.Conv2d(1 if i == 0 else CONV_CHANNELS, CONV_CHANNELS, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+        return nn.Sequential(*layers, nn.Flatten(), nn.Linear(CONV_CHANNELS * (self.side // 2**CONV_BLOCKS) ** 2, self.n_way))
 
 
 def image_splits(splits: Any, *, n_way: int, k_shot: int, k_query: int = 15,
-                 train_classes: tuple[int, ...] = (0, 1, 2, 3, 4), augment: str = "dihedral") -> tuple[ClassSplit, ClassSplit]:  # fmt: skip
+                 train_classes: tuple[int, ...] = (0, 1, 2, 3, 4), augment: str = "dihedral",
+                 backbone: str = "mlp") -> tuple[ClassSplit, ClassSplit]:  # fmt: skip
     """Meta-train episodes on ``train_classes`` (training images), each under the square's
     symmetries as classes of their own (``augment``, see :class:`ClassSplit`; ``"dihedral"``
     was chosen on scikit-learn's digits, ``docs/meta.md``), and meta-test episodes on the
     other classes (test images, upright): classes and images never seen in meta-training."""
     test_classes = tuple(c for c in range(splits.n_classes) if c not in train_classes)
     return (ClassSplit(splits.x_train, splits.y_train, train_classes, n_way=n_way, k_shot=k_shot, k_query=k_query,
-                       augment=augment),
-            ClassSplit(splits.x_test, splits.y_test, test_classes, n_way=n_way, k_shot=k_shot, k_query=k_query))  # fmt: skip
+                       augment=augment, backbone=backbone),
+            ClassSplit(splits.x_test, splits.y_test, test_classes, n_way=n_way, k_shot=k_shot, k_query=k_query, backbone=backbone))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- functional core
@@ -442,11 +466,14 @@ FEWSHOT_TASKS = ("sinusoid", "mnist", "fashion_mnist")
 
 
 def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | None = None,
-                  augment: str = "dihedral") -> tuple[Any, Any]:  # fmt: skip
+                  augment: str = "dihedral", backbone: str = "mlp") -> tuple[Any, Any]:  # fmt: skip
     """``(meta-train family, meta-test family)``: sinusoids (tested on 100 query points), or
     ``n_way``-way episodes of MNIST / Fashion-MNIST, meta-tested on unseen classes (meta-trained
     on their training classes under ``augment``'s symmetries; sinusoids ignore it)."""
     symmetries(augment)  # an unknown one is refused for sinusoids too
+    check_backbone(backbone)
+    if task == "sinusoid" and backbone != "mlp":
+        raise ConfigError("the conv backbone is for image episodes; sinusoids use the MLP 1-40-40-1")
     if task == "sinusoid":
         return Sinusoid(k_shot=k_shot, k_query=k_shot), Sinusoid(k_shot=k_shot, k_query=100)
     if task not in FEWSHOT_TASKS:
@@ -454,7 +481,7 @@ def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | Non
     check_n_way(n_way)  # before the data set is loaded (or downloaded)
     from metalearner.tasks import load_dataset
 
-    return image_splits(load_dataset(task, data_dir=data_dir), n_way=n_way, k_shot=k_shot, augment=augment)
+    return image_splits(load_dataset(task, data_dir=data_dir), n_way=n_way, k_shot=k_shot, augment=augment, backbone=backbone)
 
 
 def train_and_evaluate(train: Any, test: Any, config: FewShotConfig, *, n_tasks: int, steps: int | None = None,
