@@ -37,7 +37,7 @@ five classes leave none to spare for 5-way episodes, from the training meta-loss
 3x3 conv blocks of 32 channels with max-pooling, then a linear layer) instead of the MLP, for the
 three methods with the prototype head, against ``no_meta_training+prototypes`` (the same conv
 network untrained) and ``nearest_centroid``; no ablation and no sensitivity runs (a conv
-meta-training costs ten MLP ones): ``results/fewshot_conv.json`` (~70 min on 2 cores). Full runs
+meta-training costs ten MLP ones): ``results/fewshot_conv.json`` (~75 min on 2 cores). Full runs
 are cached one by one in ``benchmarks/.cache/fewshot``, so an interrupted run resumes.
 """
 
