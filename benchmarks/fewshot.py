@@ -112,6 +112,11 @@ def sensitivity_summary(runs: dict[str, dict[str, list[dict]]]) -> dict:
     return out
 
 
+def score(r: dict) -> dict:
+    """A cell's mean and 95% interval, rounded for the summary."""
+    return {"mean": round(r["mean"], 4), "ci95": [round(x, 4) for x in r["ci95"]]}
+
+
 def without_meta_training(setting: str, n_tasks: int, data_dir, head: str = "learned", backbone: str = "mlp") -> dict:
     """The baseline: the same network from its random initialisation, adapted the same way
     (with ``head="prototypes"``: what the prototype head gives before any meta-training)."""
@@ -157,9 +162,6 @@ def main() -> None:
             cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
     sensitivity = {s: {m: {f: [results[s, m, f, seed] for seed in seeds] for f in FACTORS} for m in METHODS} for s in SENSITIVITY}
 
-    def score(r: dict) -> dict:
-        return {"mean": round(r["mean"], 4), "ci95": [round(x, 4) for x in r["ci95"]]}
-
     summary = {
         "meta_iterations": iterations,
         "test_tasks": n_tasks,
@@ -194,12 +196,11 @@ def conv_cells(args: Any) -> None:
         task, k, _ = SETTINGS[s]
         cells[s]["no_meta_training+prototypes"] = without_meta_training(s, n_tasks, args.data_dir, head="prototypes", backbone=args.backbone)
         cells[s]["nearest_centroid"] = nearest_centroid(make_families(task, k_shot=k, data_dir=args.data_dir)[1], n_tasks=n_tasks)
-    scores = {s: {m: {"mean": round(r["mean"], 4), "ci95": [round(x, 4) for x in r["ci95"]]} for m, r in c.items()} for s, c in cells.items()}
     summary = {
         "backbone": args.backbone,
         "meta_iterations": iterations,
         "test_tasks": n_tasks,
-        "scores": scores,
+        "scores": {s: {m: score(r) for m, r in c.items()} for s, c in cells.items()},
         "best_method_above_nearest_centroid": {s: max(c[m]["mean"] for m in methods) > c["nearest_centroid"]["mean"] for s, c in cells.items()},
         "seconds": round(sum(cells[s][m]["train_seconds"] for s, m in keys), 1),
     }  # fmt: skip

@@ -102,6 +102,7 @@ CONV_BLOCKS, CONV_CHANNELS = 3, 32
 
 
 def check_backbone(backbone: str) -> None:
+    """A one-line error for a backbone that is not one of ``BACKBONES``."""
     if backbone not in BACKBONES:
         raise ConfigError(f"unknown backbone {backbone!r}; choose from {', '.join(BACKBONES)}")
 

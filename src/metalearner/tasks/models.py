@@ -117,7 +117,9 @@ def _sequence(x: torch.Tensor, input_shape: tuple[int, ...], steps: int, feature
     if len(input_shape) == 2:
         return x.reshape(n, *input_shape).transpose(1, 2)
     x = x.reshape(n, -1)
-    return nn.functional.pad(x, (0, steps * features - x.shape[1])).reshape(n, steps, features)
+    if x.shape[1] < steps * features:  # the transformer's last slice (the GRU's one value per step needs none)
+        x = nn.functional.pad(x, (0, steps * features - x.shape[1]))
+    return x.reshape(n, steps, features)
 
 
 class _GRUClassifier(nn.Module):
