@@ -37,8 +37,12 @@ five classes leave none to spare for 5-way episodes, from the training meta-loss
 3x3 conv blocks of 32 channels with max-pooling, then a linear layer) instead of the MLP, for the
 three methods with the prototype head, against ``no_meta_training+prototypes`` (the same conv
 network untrained) and ``nearest_centroid``; no ablation and no sensitivity runs (a conv
-meta-training costs ten MLP ones): ``results/fewshot_conv.json`` (~75 min on 2 cores). Full runs
-are cached one by one in ``benchmarks/.cache/fewshot``, so an interrupted run resumes.
+meta-training costs ten MLP ones): ``results/fewshot_conv.json`` (~75 min on 2 cores).
+``--backbone conv --sensitivity`` runs those three methods' sensitivity on MNIST 1-shot as above,
+with meta-training seeds 0 and 1 (``CONV_SEEDS``; 18 meta-trainings of about 8 minutes):
+``results/fewshot_conv_sensitivity.json`` (~75 min on 2 cores). Full runs are cached one by one
+in ``benchmarks/.cache/fewshot``, so an interrupted run resumes, and the two modes share
+their seed-0 runs at β.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ SETTINGS = {
 SENSITIVITY = ("sinusoid_k5", "mnist_5way_1shot")
 FACTORS = {"x0.1": 0.1, "x1": 1.0, "x10": 10.0}
 SEEDS = (0, 1, 2)  # meta-training seeds of the sensitivity runs (the cells: seed 0)
+CONV_SEEDS = (0, 1)  # the conv backbone's (each of its meta-trainings costs ten of the MLP's)
 CACHE = ROOT / "benchmarks" / ".cache" / "fewshot"
 
 
@@ -132,10 +137,13 @@ def main() -> None:
         ap.add_argument("--hyper-source", choices=HYPER_SOURCES, default=FewShotConfig.hyper_source,
                         help="meta_meta's hypergradient (default: FewShotConfig's)")
         ap.add_argument("--backbone", choices=BACKBONES, default="mlp", help="conv: the image cells with the conv backbone (above)")
+        ap.add_argument("--sensitivity", action="store_true", help="with --backbone conv: its sensitivity runs on MNIST 1-shot (above)")
 
     args = parse_args(__doc__, "a few meta-iterations per cell (about a minute)", extra=extra)
+    if args.sensitivity and args.backbone == "mlp":
+        raise SystemExit("error: --sensitivity goes with --backbone conv (the MLP's sensitivity runs are part of the default run)")
     if args.backbone != "mlp":
-        return conv_cells(args)
+        return conv_sensitivity(args) if args.sensitivity else conv_cells(args)
     torch.set_num_threads(1)
     # meta-iterations per family: sinusoid / image episodes
     iterations = {"sinusoid": 20, "mnist": 5, "fashion": 5} if args.quick else {"sinusoid": 8000, "mnist": 800, "fashion": 800}
@@ -206,6 +214,32 @@ def conv_cells(args: Any) -> None:
     }  # fmt: skip
     details = {"settings": {s: list(SETTINGS[s]) for s in settings}, "cells": cells, "defaults": dataclasses.asdict(FewShotConfig())}
     finish(f"fewshot_{args.backbone}", summary, details, quick=args.quick)
+
+
+def conv_sensitivity(args: Any) -> None:
+    """``--backbone conv --sensitivity``: each prototype-head method on MNIST 1-shot with the conv
+    backbone at β/10, β and 10β, meta-training seeds ``CONV_SEEDS``."""
+    torch.set_num_threads(1)
+    iterations = {"mnist": 3} if args.quick else {"mnist": 800}
+    n_tasks = 50 if args.quick else 600
+    seeds, setting = CONV_SEEDS[:1] if args.quick else CONV_SEEDS, "mnist_5way_1shot"
+    keys = [(m, f, seed) for seed in seeds for f in FACTORS for m in METHODS]  # seed-major: an interrupted run has whole seeds
+    jobs = [(setting, f"{m}+prototypes", FewShotConfig().outer_lr * FACTORS[f], iterations, n_tasks, args.data_dir, seed,
+             args.hyper_source, args.backbone, not args.quick) for m, f, seed in keys]  # fmt: skip
+    results = dict(zip(keys, run_parallel(run, jobs)))
+    runs = {m: {f: [results[m, f, seed] for seed in seeds] for f in FACTORS} for m in METHODS}
+    summary = {
+        "backbone": args.backbone,
+        "setting": setting,
+        "head": "prototypes",
+        "meta_iterations": iterations,
+        "test_tasks": n_tasks,
+        "sensitivity": sensitivity_summary(runs),
+        "sensitivity_seeds": list(seeds),
+        "seconds": round(sum(r["train_seconds"] for r in results.values()), 1),
+    }
+    details = {"settings": {setting: list(SETTINGS[setting])}, "sensitivity_runs": runs, "defaults": dataclasses.asdict(FewShotConfig())}
+    finish(f"fewshot_{args.backbone}_sensitivity", summary, details, quick=args.quick)
 
 
 if __name__ == "__main__":
