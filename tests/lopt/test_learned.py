@@ -510,6 +510,62 @@ def test_the_fan_in_scope_decides_which_layers_steps_shrink(scope):
         LearnedOptimizer(make().parameters(), weights=weights)
 
 
+def test_the_input_layer_guess_passes_over_class_tokens_and_position_tables():
+    vit = ParamLayout(("cls_token", "pos_embed", "patch.weight", "patch.bias", "head.weight"),
+                      ((1, 1, 8), (1, 5, 8), (8, 3, 16, 16), (8,), (10, 8)))  # fmt: skip
+    assert vit.input_tensors() == [2]
+    assert vit.fan_in_factor(0.5, "input").tolist() == [1.0, 1.0, (128 / 768) ** 0.5, 1.0, 1.0]
+    assert ParamLayout(("w", "b"), ((1, 784), (1,))).input_tensors() == [0]  # a logistic regression: its only matrix
+    assert ParamLayout(("w",), ((5,),)).input_tensors() == []
+    assert vit.input_tensors(inputs=[3, 4]) == [4]  # given: those of two or more dimensions
+
+
+class _HeadFirst(nn.Module):
+    """A 200-input MLP that registers its head first, and a learned (1, 16) offset on itself."""
+
+    def __init__(self):
+        super().__init__()
+        self.offset = nn.Parameter(torch.zeros(1, 16))
+        self.head = nn.Linear(16, 4)
+        self.body = nn.Linear(200, 16)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.body(x) + self.offset))
+
+
+def test_a_param_group_marked_input_layer_takes_the_fan_in_factor():
+    """A model that lists its head first: the guess takes the head (the first matrix that is not
+    a ``(1, …)`` token); marking the body's group ``input_layer=True`` gives it the factor
+    instead, exactly Adam with the body's lr times (128/200)^0.5; the mark is checked on
+    construction and on ``load_state_dict``."""
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata.update(fan_in_power="0.5", fan_in_scope="input")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 200, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    torch.manual_seed(3)
+    a = _HeadFirst()
+    b, c = _HeadFirst(), _HeadFirst()
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    guessed = LearnedOptimizer(c.parameters(), 3e-3, weights=weights, base="adam")
+    assert guessed.input_layer == [c.head.weight] and guessed._fan_in_host == [1.0] * 5  # fan-in 16: no factor
+    groups = lambda m: [{"params": [m.offset, *m.head.parameters()]}, {"params": m.body.parameters(), "input_layer": True}]  # noqa: E731
+    ours = LearnedOptimizer(groups(a), 3e-3, weights=weights, base="adam")
+    assert ours.input_layer == [a.body.weight]
+    factor = (128 / 200) ** 0.5
+    ref = torch.optim.Adam([{"params": [b.offset, *b.head.parameters(), b.body.bias]}, {"params": [b.body.weight], "lr": 3e-3 * factor}], lr=3e-3)
+    _train(a, ours, 12, x, y)
+    _train(b, ref, 12, x, y)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="another input layer"):
+        LearnedOptimizer(_HeadFirst().parameters(), 3e-3, weights=weights, base="adam").load_state_dict(ours.state_dict())
+    again = LearnedOptimizer(groups(_HeadFirst()), 3e-3, weights=weights, base="adam")
+    again.load_state_dict(ours.state_dict())
+    with pytest.raises(ConfigError, match="input_layer must be True or False, got 'yes'"):
+        LearnedOptimizer([{"params": _HeadFirst().parameters(), "input_layer": "yes"}], weights=weights)
+
+
 def test_shipping_a_fan_in_factor_changes_the_metadata_and_the_card_not_the_tensors(pretrained_copy):
     import json
 

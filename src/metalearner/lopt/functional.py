@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -100,18 +101,30 @@ class ParamLayout:
         ``(out, …)`` reads as if it were), what the ``log10_fan_in`` feature reads."""
         return torch.tensor([math.log10(max(math.prod(s[1:]), 1)) for s in self.shapes])
 
-    def fan_in_factor(self, power: float, scope: str = "all") -> torch.Tensor:
+    def input_tensors(self, inputs: Sequence[int] | None = None) -> list[int]:
+        """The indices of the tensors read as the input layer: those of ``inputs`` that have two
+        or more dimensions, or without ``inputs`` a guess, the first tensor of two or more
+        dimensions whose first dimension is not 1, failing that the first of two or more (none:
+        empty). A ``(1, …)`` tensor is passed over because it is a learned class token or
+        position table, not a layer: a model that registers one on itself (a vision
+        transformer's ``cls_token``) lists it before every submodule's tensors."""
+        matrices = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
+        if inputs is not None:
+            return [j for j in matrices if j in set(inputs)]
+        return ([j for j in matrices if self.shapes[j][0] != 1] or matrices)[:1]
+
+    def fan_in_factor(self, power: float, scope: str = "all", inputs: Sequence[int] | None = None) -> torch.Tensor:
         """``(J,)``: the fixed lr factor ``min(1, (FAN_IN_REF / fan_in)^power)`` of each tensor of
         two or more dimensions (fan-in as in :meth:`log10_fan_in`), 1 for vectors: beyond the
         fan-ins a policy was trained on, the lr shrinks as Adam-like updates need it to when a
         layer's fan-in grows (after the width transfer of μP, loosely: the input layer is scaled
         by its data's dimension too, and a tensor not laid out ``(out, in, …)``, an embedding
         or a transposed convolution, reads a fan-in it does not have); ``power = 0``: all ones.
-        ``scope="input"``: only the input layer, the first tensor of two or more dimensions in
-        the layout's order (its fan-in is the data's dimension), gets it; every other tensor 1."""
+        ``scope="input"``: only the input layer (its fan-in is the data's dimension),
+        :meth:`input_tensors` of ``inputs``, gets it; every other tensor 1."""
         check_fan_in_scope(scope)
         matrices = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
-        scaled = set(matrices[:1] if scope == "input" else matrices) if power else set()
+        scaled = set(self.input_tensors(inputs) if scope == "input" else matrices) if power else set()
         return torch.tensor([min(1.0, (FAN_IN_REF / max(math.prod(s[1:]), 1)) ** power) if j in scaled else 1.0
                              for j, s in enumerate(self.shapes)], dtype=torch.float64)  # fmt: skip
 
@@ -229,9 +242,10 @@ class LearnedKernel:
         return PolicyConfig(kind="learned", features=features, history_length=history_length, hidden_dim=hidden_dim,
                             embedding_dim=embedding_dim, activation=activation, observe_every=observe_every)  # fmt: skip
 
-    def fan_in_factors(self, layout: ParamLayout) -> torch.Tensor:
-        """``(J,)`` float64: this kernel's fixed lr factor of each tensor (:meth:`ParamLayout.fan_in_factor`)."""
-        return layout.fan_in_factor(self.fan_in_power, self.fan_in_scope)
+    def fan_in_factors(self, layout: ParamLayout, inputs: Sequence[int] | None = None) -> torch.Tensor:
+        """``(J,)`` float64: this kernel's fixed lr factor of each tensor (:meth:`ParamLayout.fan_in_factor`;
+        ``inputs``: the input layer's tensors, if not the layout's own guess)."""
+        return layout.fan_in_factor(self.fan_in_power, self.fan_in_scope, inputs)
 
     def _fan_in_factor(self, layout: ParamLayout, like: torch.Tensor) -> torch.Tensor:
         """:meth:`fan_in_factors` in ``like``'s dtype and device, made once."""

@@ -70,6 +70,18 @@ def _check_betas(betas: Any, base: str) -> None:
         raise ConfigError(f"betas must be two numbers in [0, 1) (Schedule-Free: β₁ > 0), got {betas!r}")
 
 
+def _flagged(groups: list[dict[str, Any]]) -> list[int] | None:
+    """The positions (in parameter order) of the parameters of the groups marked
+    ``input_layer=True``, or None if none is (of live groups or of a ``state_dict``'s, whose
+    ``params`` are those positions)."""
+    out, at = [], 0
+    for g in groups:
+        n = len(g["params"])
+        out += range(at, at + n) if g.get("input_layer", False) else []
+        at += n
+    return out if any(g.get("input_layer", False) for g in groups) else None
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """A base optimizer with learned per-tensor lr multipliers (see the module docstring)."""
 
@@ -103,7 +115,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
             raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
-        self._fan_in = self.kernel.fan_in_factors(self.layout)  # (J,) fixed per-tensor lr factors
+        self._inputs = _flagged(self.param_groups)  # the groups marked input_layer=True, if any
+        self._fan_in = self.kernel.fan_in_factors(self.layout, self._inputs)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self._set_groups()
@@ -124,10 +137,21 @@ class LearnedOptimizer(torch.optim.Optimizer):
         check_weight_decay(group["weight_decay"])
         _check_betas(group["betas"], self.kernel.base)
         check_rate("eps", group["eps"])
+        if not isinstance(group.get("input_layer", False), bool):
+            raise ConfigError(f"a param group's input_layer must be True or False, got {group['input_layer']!r}")
 
     @property
     def base(self) -> str:
         return self.kernel.base
+
+    @property
+    def input_layer(self) -> list[torch.Tensor]:
+        """The parameters read as the network's input layer, which the weights' fixed fan-in
+        factor scales when its scope is ``"input"`` (the shipped weights'): the tensors of two or
+        more dimensions of the groups marked ``input_layer=True``, or without such a group
+        :meth:`ParamLayout.input_tensors <metalearner.lopt.functional.ParamLayout.input_tensors>`'
+        guess, the first tensor in parameter order that is not a ``(1, …)`` token."""
+        return [self._params[j] for j in self.layout.input_tensors(self._inputs)]
 
     @property
     def spike_guards(self) -> int:
@@ -382,6 +406,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if power and (scope := learned.get("fan_in_scope", "all")) != self.kernel.fan_in_scope:
             raise ConfigError(f"this state is of a learned optimizer with fan_in_scope {scope!r}, not {self.kernel.fan_in_scope!r}")
         check_state_fits(self, state_dict)
+        if _flagged(state_dict["param_groups"]) != self._inputs:
+            raise ConfigError("this state's param groups mark another input layer (input_layer=True) than this optimizer's")
         super().load_state_dict({"state": state_dict["state"], "param_groups": state_dict["param_groups"]})
         for group in self.param_groups:  # a state saved before betas and eps were in the groups ran with the constructor's
             group.setdefault("betas", self.defaults["betas"])
