@@ -42,7 +42,10 @@ one that cycles momentum, as ``OneCycleLR`` does, cycles β₁); the multiplier
 never overwrites ``group["lr"]``: the lr applied is recorded in ``group["effective_lr"]`` (the
 size-weighted geometric mean over the group's tensors) and ``group["lr_scale"]``;
 ``state_dict`` round-trips. The only host reads happen at observations (one every
-``observe_every`` steps): between them nothing synchronises with the device.
+``observe_every`` steps): between them nothing synchronises with the device. Weights with a
+fixed fan-in factor on the input layer (the shipped ones) read the input layer from the
+parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param group marked
+``input_layer=True`` names it instead, for a model whose first tensor is not its input layer.
 """
 
 from __future__ import annotations

@@ -174,8 +174,8 @@ class _AttentionBlock(nn.Module):
 
 class _Position(nn.Module):
     """A learned position embedding ``(1, tokens, width)``, added to the tokens (a module of its
-    own so that its tensor comes after the embedding's in parameter order: the input layer is
-    the first matrix, as learned optimizers read it)."""
+    own so that its tensor comes after the embedding's in parameter order, where it was read
+    as the input layer before ``ParamLayout.input_tensors`` passed over ``(1, …)`` tensors)."""
 
     def __init__(self, tokens: int, width: int):
         super().__init__()
