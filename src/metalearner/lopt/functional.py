@@ -110,7 +110,8 @@ class ParamLayout:
         transformer's ``cls_token``) lists it before every submodule's tensors."""
         matrices = [j for j, s in enumerate(self.shapes) if len(s) >= 2]
         if inputs is not None:
-            return [j for j in matrices if j in set(inputs)]
+            chosen = set(inputs)
+            return [j for j in matrices if j in chosen]
         return ([j for j in matrices if self.shapes[j][0] != 1] or matrices)[:1]
 
     def fan_in_factor(self, power: float, scope: str = "all", inputs: Sequence[int] | None = None) -> torch.Tensor:
