@@ -348,12 +348,35 @@ def test_prototype_head_refuses_regression():
 def test_the_meta_meta_level_corrects_the_meta_learning_rate_from_its_first_iteration():
     """No warm-up (the towers' default has one): its lr is the meta-learning rate as given; and
     its hyper levels' Adam is the one its results were measured with, whatever the towers' default."""
-    opt = outer_optimizer({"w": torch.zeros(3, requires_grad=True)}, FewShotConfig(method="meta_meta", outer_lr=0.01))
+    opt, schedule = outer_optimizer({"w": torch.zeros(3, requires_grad=True)}, FewShotConfig(method="meta_meta", outer_lr=0.01))
+    assert schedule is None
     opt.param_groups[0]["params"][0].grad = torch.ones(3)
     opt.step()
     assert opt.param_groups[0]["warmup"] == 0 and opt.param_groups[0]["effective_lr"] == 0.01
     assert opt.param_groups[0]["hyper_betas"] == (0.9, 0.9)  # as benchmarks/results/fewshot.json was measured
     assert opt.param_groups[0]["max_update_ratio"] == 0.0  # no ceiling on its steps: as measured
+
+
+@pytest.mark.parametrize("method", ["maml", "meta_sgd", "meta_meta"])
+def test_outer_warmup_ramps_the_applied_meta_learning_rate_the_same_way_for_every_method(method):
+    """Iteration t applies outer_lr * min(1, t / outer_warmup): a tower by its own warm-up (the level
+    learning outer_lr meanwhile: held still here by a negligible step size), Adam by a LambdaLR."""
+    w = torch.zeros(3, requires_grad=True)
+    opt, schedule = outer_optimizer({"w": w}, FewShotConfig(method=method, outer_lr=0.01, outer_warmup=4, hyper_lr=1e-12))
+    applied = []
+    for _ in range(6):
+        before = w.detach().clone()
+        w.grad = torch.ones(3)
+        opt.step()
+        if schedule is not None:
+            schedule.step()
+        applied.append(float(before[0] - w.detach()[0]))  # Adam's first steps move by the lr applied
+    assert applied == pytest.approx([0.0025, 0.005, 0.0075, 0.01, 0.01, 0.01], rel=1e-4)
+
+
+def test_outer_warmup_is_checked():
+    with pytest.raises(ConfigError, match="outer_warmup"):
+        FewShotConfig(outer_warmup=-1)
 
 
 @pytest.mark.parametrize("augment, held", [("dihedral", (4,)), ("rotations", (3, 4))])

@@ -89,6 +89,8 @@ def fewshot(
     outer_lr: float = typer.Option(1e-3, help="Meta-learning rate (Adam; meta_meta's initial one)."),
     meta_batch: int = typer.Option(25, help="Tasks per meta-iteration."),
     iterations: int = typer.Option(1000, help="Meta-iterations."),
+    outer_warmup: int = typer.Option(0, help="A linear warm-up of the meta-learning rate over this many meta-iterations (0: none; "
+                                     "meta_meta learns its rate meanwhile)."),
     height: int = typer.Option(1, help="meta_meta: tower height over the outer Adam."),
     hyper_lr: float = typer.Option(0.03, help="meta_meta: the tower's step size."),
     hyper_source: str = typer.Option("train", help="meta_meta: the level's hypergradient from the training meta-loss "
@@ -115,7 +117,7 @@ def fewshot(
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
                            outer_lr=outer_lr, meta_batch=meta_batch, iterations=iterations, height=height,
-                           hyper_lr=hyper_lr, head=head, seed=seed, hyper_source=hyper_source)  # fmt: skip
+                           hyper_lr=hyper_lr, head=head, seed=seed, hyper_source=hyper_source, outer_warmup=outer_warmup)  # fmt: skip
     for name, value in (("k_shot", k_shot), ("eval_tasks", eval_tasks), ("eval_steps", eval_steps or 1)):
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")

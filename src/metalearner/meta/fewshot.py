@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.optim.lr_scheduler import LambdaLR
 
 from metalearner.errors import ConfigError
 from metalearner.meta.towers import Tower
@@ -309,6 +310,9 @@ class FewShotConfig:
     # meta_meta: the level's hypergradient from the training meta-loss ("train") or from held-out classes ("heldout",
     # hold_out: better on digits, worse on MNIST, docs/meta.md); the other methods have no level ("train": nothing to do)
     hyper_source: str = "train"
+    # the outer step's linear warm-up: iteration t applies outer_lr * min(1, t / outer_warmup) (0: off); for meta_meta the
+    # level learns outer_lr itself meanwhile (the towers' warm-up), for the others a LambdaLR on their Adam
+    outer_warmup: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -322,6 +326,8 @@ class FewShotConfig:
         for name in ("inner_steps", "meta_batch", "iterations", "height"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (isinstance(self.outer_warmup, int) and self.outer_warmup >= 0):
+            raise ConfigError(f"outer_warmup must be an integer >= 0, got {self.outer_warmup}")
         for name in ("inner_lr", "outer_lr", "hyper_lr"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
@@ -356,15 +362,17 @@ def init_learner(model: nn.Module, config: FewShotConfig) -> MetaLearner:
     return MetaLearner(model, {**weights, **rates}, {}, config)
 
 
-def outer_optimizer(meta: Params, config: FewShotConfig) -> torch.optim.Optimizer:
-    """Adam at the meta-learning rate, or (``meta_meta``) Adam whose rate a tower learns."""
+def outer_optimizer(meta: Params, config: FewShotConfig) -> tuple[torch.optim.Optimizer, LambdaLR | None]:
+    """Adam at the meta-learning rate, or (``meta_meta``) Adam whose rate a tower learns; with
+    ``outer_warmup``, the scheduler that warms a plain Adam up (a tower warms itself up)."""
     if config.method == "meta_meta":
-        # the one-step hypergradient every meta-iteration (the towers' trace helped the sinusoid but hurt images, docs/meta.md),
-        # no warm-up: the outer lr is the meta-learning rate the level is meant to correct from its first iteration;
+        # the one-step hypergradient every meta-iteration (the towers' trace helped the sinusoid but hurt images, docs/meta.md);
         # the hyper levels' Adam as it was measured (benchmarks/results/fewshot.json), whatever the towers' default
         return Tower(meta.values(), lr=config.outer_lr, base="adam", height=config.height, hyper_lr=config.hyper_lr, trace_decay=0.0,
-                     hyper_every=1, warmup=0, hyper_betas=(0.9, 0.9), max_update_ratio=0.0)  # fmt: skip
-    return torch.optim.Adam(meta.values(), lr=config.outer_lr)
+                     hyper_every=1, warmup=config.outer_warmup, hyper_betas=(0.9, 0.9), max_update_ratio=0.0), None  # fmt: skip
+    opt = torch.optim.Adam(meta.values(), lr=config.outer_lr)
+    warmup = config.outer_warmup
+    return opt, LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup)) if warmup else None  # the Tower's factor at its step t + 1
 
 
 def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
@@ -379,7 +387,7 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
         family, heldout = family.hold_out() if hasattr(family, "hold_out") else (family, family)
     torch.manual_seed(config.seed)
     learner = init_learner(family.model(), config)
-    opt = outer_optimizer(learner.meta, config)
+    opt, schedule = outer_optimizer(learner.meta, config)
     gen = torch.Generator().manual_seed(config.seed)
     history, running = [], 0.0
     for it in range(1, config.iterations + 1):
@@ -395,6 +403,8 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
                              config.first_order, heldout.sample(config.meta_batch, gen), config.head)  # fmt: skip
             params = list(learner.meta.values())  # (the prototype head's output layer is unused: no gradient, as for .grad)
             opt.step(hyper_grads={p: g for p, g in zip(params, torch.autograd.grad(held, params, allow_unused=True)) if g is not None})
+        if schedule is not None:
+            schedule.step()
         running += float(loss.detach())
         if it % log_every == 0 or it == config.iterations:
             n = it % log_every or log_every
