@@ -566,6 +566,41 @@ def test_a_param_group_marked_input_layer_takes_the_fan_in_factor():
         LearnedOptimizer([{"params": _HeadFirst().parameters(), "input_layer": "yes"}], weights=weights)
 
 
+class _Tokens(nn.Module):
+    """A bag-of-tokens classifier whose first tensor is a 512-wide embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 512)
+        self.head = nn.Linear(512, 4)
+
+    def forward(self, tokens):
+        return self.head(self.embed(tokens).mean(1))
+
+
+def test_groups_all_marked_not_input_layer_give_no_tensor_the_fan_in_factor():
+    """The guess takes a token model's embedding (a (50, 512) tensor reads a fan-in of 512,
+    factor 1/2); groups marked ``input_layer=False`` name no input layer, exactly Adam at the
+    group's lr; such a state does not load into an unmarked optimizer."""
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata.update(fan_in_power="0.5", fan_in_scope="input")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 50, (64, 6), generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    torch.manual_seed(3)
+    a, b, c = _Tokens(), _Tokens(), _Tokens()
+    b.load_state_dict(a.state_dict())
+    guessed = LearnedOptimizer(c.parameters(), 3e-3, weights=weights, base="adam")
+    assert guessed.input_layer == [c.embed.weight] and guessed._fan_in_host == [0.5, 1.0, 1.0]
+    ours = LearnedOptimizer([{"params": a.parameters(), "input_layer": False}], 3e-3, weights=weights, base="adam")
+    assert ours.input_layer == [] and ours._fan_in_host == [1.0, 1.0, 1.0]
+    _train(a, ours, 12, x, y)
+    _train(b, torch.optim.Adam(b.parameters(), lr=3e-3), 12, x, y)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ConfigError, match="another input layer"):
+        LearnedOptimizer(_Tokens().parameters(), 3e-3, weights=weights, base="adam").load_state_dict(ours.state_dict())
+
+
 def test_shipping_a_fan_in_factor_changes_the_metadata_and_the_card_not_the_tensors(pretrained_copy):
     import json
 

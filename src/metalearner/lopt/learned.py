@@ -45,7 +45,9 @@ size-weighted geometric mean over the group's tensors) and ``group["lr_scale"]``
 ``observe_every`` steps): between them nothing synchronises with the device. Weights with a
 fixed fan-in factor on the input layer (the shipped ones) read the input layer from the
 parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param group marked
-``input_layer=True`` names it instead, for a model whose first tensor is not its input layer.
+``input_layer=True`` names it instead, for a model whose first tensor is not its input layer. Once
+any group carries the mark the marks decide, so groups all marked ``input_layer=False`` give no
+tensor the factor (a token model, whose first tensor is an embedding: a row lookup has no fan-in).
 """
 
 from __future__ import annotations
@@ -75,14 +77,16 @@ def _check_betas(betas: Any, base: str) -> None:
 
 def _flagged(groups: list[dict[str, Any]]) -> list[int] | None:
     """The positions (in parameter order) of the parameters of the groups marked
-    ``input_layer=True``, or None if none is (of live groups or of a ``state_dict``'s, whose
+    ``input_layer=True`` once any group carries the mark, True or False (so marking every group
+    False says there is no input layer: a token model, whose first tensor is an embedding, not a
+    layer with a fan-in); None if no group does (of live groups or of a ``state_dict``'s, whose
     ``params`` are those positions)."""
     out, at = [], 0
     for g in groups:
         n = len(g["params"])
         out += range(at, at + n) if g.get("input_layer", False) else []
         at += n
-    return out if any(g.get("input_layer", False) for g in groups) else None
+    return out if any("input_layer" in g for g in groups) else None
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -118,7 +122,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if len(kinds) > 1:  # the per-tensor policy state is one tensor, in one dtype on one device
             raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
-        self._inputs = _flagged(self.param_groups)  # the groups marked input_layer=True, if any
+        self._inputs = _flagged(self.param_groups)  # the groups marked input_layer=True, if any group is marked
         self._fan_in = self.kernel.fan_in_factors(self.layout, self._inputs)  # (J,) fixed per-tensor lr factors
         self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
@@ -151,8 +155,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def input_layer(self) -> list[torch.Tensor]:
         """The parameters read as the network's input layer, which the weights' fixed fan-in
         factor scales when its scope is ``"input"`` (the shipped weights'): the tensors of two or
-        more dimensions of the groups marked ``input_layer=True``, or without such a group
-        :meth:`ParamLayout.input_tensors <metalearner.lopt.functional.ParamLayout.input_tensors>`'
+        more dimensions of the groups marked ``input_layer=True`` (none if the groups are marked
+        but none True), or with no group marked :meth:`ParamLayout.input_tensors <metalearner.lopt.functional.ParamLayout.input_tensors>`'
         guess, the first tensor in parameter order that is not a ``(1, …)`` token."""
         return [self._params[j] for j in self.layout.input_tensors(self._inputs)]
 
