@@ -338,9 +338,32 @@ def test_a_users_scheduler_composes_with_the_learned_multiplier():
         sched.step()
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(1e-3 * 0.5**3)  # the scheduler's value, never overwritten
-    _train(model, opt, 1, x, y)
+    # the step applied: each tensor's z moves by -(scheduler's lr x its learned multiplier) g / (sqrt(v_hat) + eps)
+    params = list(model.parameters())
+    scales = opt.lr_scales()
+    assert not torch.allclose(scales, torch.ones_like(scales))  # the learned multipliers act
+    z_before = [opt.state[p]["z"].clone() for p in params]
+    _train(model, opt, 1, x, y)  # step 13: no observation (every 4 steps)
+    t, (_, beta2) = opt.counters["steps"], group["betas"]
+    for p, z0, scale in zip(params, z_before, scales):
+        d = p.grad / ((opt.state[p]["exp_avg_sq"] / (1 - beta2**t)).sqrt() + group["eps"])
+        torch.testing.assert_close(opt.state[p]["z"] - z0, -group["lr"] * float(scale) * d, rtol=1e-3, atol=1e-7)
     assert group["effective_lr"] == pytest.approx(group["lr"] * group["lr_scale"])
     assert group["lr_scale"] != 1.0
+
+
+def test_a_state_saved_before_the_first_step_loads_with_a_new_optimizers_multipliers():
+    x, y = _data()
+    model = _model()
+    opt = LearnedOptimizer(model.parameters(), 1e-2, weights=_random_policy())
+    fresh = opt.state_dict()
+    _train(model, opt, 12, x, y)
+    assert opt.param_groups[0]["lr_scale"] != pytest.approx(1.0)
+    opt.load_state_dict(fresh)
+    group = opt.param_groups[0]
+    assert (group["lr_scale"], group["effective_lr"]) == (1.0, 1e-2)  # not the multipliers of the run it replaced
+    _train(model, opt, 2, x, y)
+    assert (group["lr_scale"], group["effective_lr"]) == (1.0, 1e-2)
 
 
 def test_step_without_a_loss_works_and_the_observation_waits():

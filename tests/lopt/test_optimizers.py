@@ -134,14 +134,23 @@ def test_a_users_scheduler_composes_with_the_learned_scale():
     opt = Opt2Vec(model.parameters(), lr=1e-2, weights=random_policy(), observe_every=2)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     x = torch.randn(8, 3)
+    group, g = opt.param_groups[0], opt.state["opt2vec"]
+    scales = []
     for k in range(4):
         descend(model, opt, x)
         sched.step()
-        group = opt.param_groups[0]
-        assert group["lr"] == pytest.approx(1e-2 * 0.5 ** (k + 1))
-        scale = opt.state_dict()["state"]["opt2vec"]["lr_scale"] * opt.state_dict()["state"]["opt2vec"]["backoff"]
-        opt._set_groups(opt.state["opt2vec"])
-        assert group["effective_lr"] == pytest.approx(group["lr"] * scale)
+        assert group["lr"] == pytest.approx(1e-2 * 0.5 ** (k + 1))  # the scheduler's value, never overwritten
+        # the step applied: -(scheduler's lr x learned scale x backoff) m_hat / (sqrt(v_hat) + eps), Adam's with the learned momentum
+        scale, t = g["lr_scale"] * g["backoff"], g["step"]
+        scales.append(scale)
+        before = [p.detach().clone() for p in model.parameters()]
+        descend(model, opt, x)
+        assert group["effective_lr"] == pytest.approx(group["lr"] * scale) and group["weight_decay"] == 0
+        for p, w in zip(model.parameters(), before):
+            state = opt.state[p]
+            d = state["exp_avg"] / (1 - g["beta1_prod"]) / ((state["exp_avg_sq"] / (1 - group["betas"][1] ** (t + 1))).sqrt() + group["eps"])
+            torch.testing.assert_close(p.detach() - w, -group["lr"] * scale * d, rtol=1e-3, atol=1e-7)
+    assert scales[-1] != pytest.approx(1.0)  # the learned scale acts
 
 
 def _run(model, opt, xs, start, stop):
@@ -339,9 +348,14 @@ def test_onecycle_from_the_registry(name):
 
     model, x, y = _mlp_and_data()
     opt, schedule = get_method({"learned_sf": "learned_sf", "tower": "hyper_sgd"}[name]).build(model.parameters(), total_steps=10, schedule="onecycle")
+    lrs = []
     for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
         _train(model, opt, x, y, 1)
         schedule.step()
+    peak = max(lrs)
+    assert lrs[0] < peak / 10 and lrs.index(peak) not in (0, 9) and lrs[-1] < peak / 10  # the one-cycle's ramp up and down
+    assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_controller_is_a_drop_in_optimizer():
@@ -471,7 +485,14 @@ def test_the_controller_keeps_state_of_other_shapes_to_its_optimizer():
     model, x, y = _mlp_and_data()
     opt = LRController(torch.optim.Adafactor(model.parameters(), lr=1e-2), observe_every=2)
     _train(model, opt, x, y, 3)
-    opt.load_state_dict(opt.state_dict())  # row and column factors are not the parameters' shape
+    twin, _, _ = _mlp_and_data()
+    twin.load_state_dict(model.state_dict())
+    again = LRController(torch.optim.Adafactor(twin.parameters(), lr=1e-3), observe_every=2)
+    again.load_state_dict(copy.deepcopy(opt.state_dict()))  # row and column factors are not the parameters' shape
+    assert again.param_groups[0]["lr"] == 1e-2
+    _train(model, opt, x, y, 5)
+    _train(twin, again, x, y, 5)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
 
 
 def test_numpy_and_one_element_losses_are_read():
@@ -556,4 +577,10 @@ def test_the_controllers_state_dict_has_torchs_keys_and_reads_the_earlier_form()
     _train(model, nested, x, y, 6)
     sd = nested.state_dict()
     assert set(sd) == {"optimizer", "controller"} and "controller" in sd["optimizer"]
-    nested.load_state_dict(sd)
+    twin, _, _ = _mlp_and_data()
+    twin.load_state_dict(model.state_dict())
+    again = LRController(LRController(torch.optim.Adam(twin.parameters()), observe_every=4), observe_every=4)
+    again.load_state_dict(copy.deepcopy(sd))
+    _train(model, nested, x, y, 8)
+    _train(twin, again, x, y, 8)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))

@@ -423,8 +423,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
             self.state[p] = {name: t.clone() for name, t in self.state[p].items()}
         self.counters, self.train_mode = dict(learned["counters"]), learned["train_mode"]
-        if learned["kernel"] is None:
+        if learned["kernel"] is None:  # saved before its first step: back to the multipliers of a new optimizer
             self.kstate = None
+            self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))
         else:
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
