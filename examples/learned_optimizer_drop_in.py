@@ -22,7 +22,7 @@ args = p.parse_args()
 data = make_task(TaskConfig(dataset="digits", model=ModelConfig(depth=1, width=32))).data
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(data.x_train.shape[1], 128), nn.GELU(), nn.Linear(128, 10))
-opt = Opt2Vec(model.parameters(), lr=1e-3)  # was: torch.optim.Adam(model.parameters(), lr=1e-3); shipped weights
+opt = Opt2Vec(model.parameters(), lr=1e-3, budget=args.steps)  # was: torch.optim.Adam(model.parameters(), lr=1e-3); shipped weights
 
 losses, lrs = [], []
 for step in range(args.steps):

@@ -16,12 +16,13 @@ from metalearner.tasks import ModelConfig, TaskConfig, make_task
 p = argparse.ArgumentParser()
 p.add_argument("--out", default="runs/probe-example")
 p.add_argument("--epochs", type=int, default=2)
+p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
 args = p.parse_args()
 
 data = make_task(TaskConfig(dataset="digits", model=ModelConfig(depth=1, width=32))).data  # any tensors will do
 model = nn.Sequential(nn.Linear(data.x_train.shape[1], 64), nn.ReLU(), nn.Linear(64, 10))
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-probe = Probe(model, opt, out_dir=args.out, task="digits")  # hooks on the optimizer: nothing else changes
+probe = Probe(model, opt, out_dir=args.out, task="digits", overwrite=args.overwrite)  # hooks on the optimizer: nothing else changes
 
 for epoch in range(args.epochs):
     perm = torch.randperm(len(data.x_train))

@@ -85,6 +85,15 @@ def read_json(path: str | os.PathLike) -> Any:
         raise DataError(f"{path} is not valid JSON: {e}") from None
 
 
+def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`read_json` for the files metalearner writes as one JSON object (``run.json``,
+    manifests, metadata): anything else raises :class:`DataError` naming the file."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is not what metalearner writes there (a JSON object, got a {type(data).__name__})")
+    return data
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Atomically write ``obj`` as indented JSON (NaN/inf become null)."""
     with atomic_path(path) as tmp:

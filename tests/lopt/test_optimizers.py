@@ -584,3 +584,17 @@ def test_the_controllers_state_dict_has_torchs_keys_and_reads_the_earlier_form()
     _train(model, nested, x, y, 8)
     _train(twin, again, x, y, 8)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), twin.parameters()))
+
+
+def test_opt2vec_weights_that_read_the_budget_warn_without_one():
+    import warnings
+
+    from metalearner.errors import MetalearnerWarning
+
+    model = nn.Linear(3, 1)
+    with pytest.warns(MetalearnerWarning, match="pass budget="):
+        Opt2Vec(model.parameters())  # the shipped weights read the budget fraction
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Opt2Vec(model.parameters(), budget=100)
+        Opt2Vec(model.parameters(), weights=None)  # untrained: Adam, nothing to read

@@ -156,6 +156,9 @@ def test_reading_a_non_run_fails_clearly(tmp_path):
         read_run(tmp_path)
     with pytest.raises(DataError, match="run directory"):
         read_trajectory(tmp_path)
+    (tmp_path / "run.json").write_text("[1, 2]")  # valid JSON, not what a probe writes
+    with pytest.raises(DataError, match="run.json is not what metalearner writes there \\(a JSON object, got a list\\)"):
+        read_run(tmp_path)
 
 
 def test_atomic_path_gives_ordinary_permissions_even_to_writers_that_replace_the_file(tmp_path):
@@ -254,6 +257,27 @@ def test_probe_refuses_a_file_as_its_run_directory(tmp_path):
     model = nn.Linear(2, 2)
     with pytest.raises(ConfigError, match="exists and is not a directory"):
         Probe(model, torch.optim.SGD(model.parameters(), lr=0.1), out_dir=f)
+
+
+def test_probe_refuses_to_replace_a_run_unless_told(tmp_path):
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Probe(model, opt, out_dir=tmp_path, task="first")
+    for _ in range(3):
+        loss = model(torch.ones(1, 2)).sum()
+        opt.zero_grad()
+        loss.backward()
+        first.observe(loss)
+        opt.step()
+    first.close("complete")
+    with pytest.raises(ConfigError, match="already holds a run; pass overwrite=True"):
+        Probe(model, opt, out_dir=tmp_path, task="second")
+    assert read_run(tmp_path)["task"] == "first" and read_trajectory(tmp_path).num_rows == 3  # untouched
+    second = Probe(model, opt, out_dir=tmp_path, task="second", overwrite=True)
+    second.close("complete")
+    assert read_run(tmp_path)["task"] == "second" and read_trajectory(tmp_path).num_rows == 0
+    with pytest.raises(ConfigError, match="format must be arrow or pandas"):
+        read_trajectory(tmp_path, format="bogus")
 
 
 def test_probe_contract_edges(tmp_path):

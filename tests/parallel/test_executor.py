@@ -49,3 +49,17 @@ def test_directory_lock_is_exclusive_and_names_its_holder(tmp_path):
             DirectoryLock(tmp_path).acquire()
     with DirectoryLock(tmp_path):  # released: fine
         pass
+
+
+@pytest.mark.parametrize("prefix", ["", "ray://"])
+def test_an_unreachable_ray_address_fails_in_one_line_within_seconds(prefix):
+    import socket
+
+    from metalearner.parallel.executor import RayExecutor
+
+    pytest.importorskip("ray")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at {prefix}127.0.0.1:{port}"):
+        RayExecutor(address=f"{prefix}127.0.0.1:{port}")._ensure()  # before ray.init, which retries it for minutes

@@ -70,9 +70,26 @@ def test_interrupted_run_resumes_where_it_stopped(tiny):
 def test_unchanged_rerun_skips_everything_but_the_report(tiny, shared_data):
     out, cfg, _, _ = tiny
     (out / "report.html").unlink()
+    stage = out / "report" / "stage.json"
+    stage.write_text(json.dumps({**json.loads(stage.read_text()), "wall_s": 1e6}))  # a complete build that took long
     again = _run(cfg, out, shared_data)
     assert all(r["cached"] for name, r in again.stages.items() if name != "report")
     assert not again.stages["report"]["cached"] and (out / "report.html").exists()  # rebuilt, seconds
+    assert again.stages["report"]["wall_s"] < 1e5  # its own time, not added to the last build's
+
+
+def test_a_stage_folder_the_pipeline_did_not_make_is_refused_untouched(tmp_path, shared_data):
+    from metalearner.errors import ConfigError
+
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="did not make"):
+        _run(get_preset("tiny"), tmp_path, shared_data)
+    assert (tmp_path / "report" / "notes.txt").read_text() == "mine" and not (tmp_path / "zoo").exists()
+    (tmp_path / "report" / "notes.txt").unlink()
+    (tmp_path / "zoo").write_text("a file")
+    with pytest.raises(ConfigError, match="is a file"):
+        _run(get_preset("tiny"), tmp_path, shared_data)
 
 
 def test_changed_stage_reruns_it_and_what_reads_it(tiny, shared_data):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from metalearner.errors import ConfigError, DataError
+from metalearner.errors import ConfigError, DataError, MetalearnerWarning
 from metalearner.tasks import DATASETS, load_dataset, read_idx, resolve_data_dir
 from metalearner.tasks.data import _IMAGE_FILES
 
@@ -314,7 +314,8 @@ def test_n_train_is_seeded_subset(name):
     assert small.n_train == 50 and rows(small.x_train) <= rows(full.x_train)
     assert torch.equal(small.x_val, full.x_val) and torch.equal(small.x_test, full.x_test)
     assert torch.equal(small.x_train, load_dataset(name, seed=2, n_train=50).x_train)
-    assert load_dataset(name, seed=2, n_train=10**9).n_train == full.n_train
+    with pytest.warns(MetalearnerWarning, match=f"n_train 1000000000 is more than the {full.n_train} training examples of {name}"):
+        assert load_dataset(name, seed=2, n_train=10**9).n_train == full.n_train
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,12 @@ def test_toml_and_yaml_files(tmp_path):
     yaml.write_text("sampling: random\nn_runs: 5\nseed: 3\nspace:\n  dataset: moons\n  lr: {log_uniform: [0.001, 1.0]}\n")
     pytest.importorskip("yaml")
     assert [run_id(r) for r in sample_runs(load_spec(toml))] == [run_id(r) for r in sample_runs(load_spec(yaml))]
+    # numbers as people write them: PyYAML's YAML 1.1 alone reads 1e-3 as a string
+    yaml.write_text("sampling: random\nn_runs: 5\nseed: 3\nspace:\n  dataset: moons\n  lr: {log_uniform: [1e-3, 1E0]}\n")
+    assert [run_id(r) for r in sample_runs(load_spec(toml))] == [run_id(r) for r in sample_runs(load_spec(yaml))]
+    yaml.write_text("space:\n  dataset: moons\n  lr: [1e-3, +2.5e-2, 3]\n  optimizer: [adam, '1e-3']\n")
+    got = load_spec(yaml).space
+    assert got["lr"] == [1e-3, 2.5e-2, 3] and got["optimizer"] == ["adam", "1e-3"]  # a quoted one stays a string
     bad = tmp_path / "bad.toml"
     bad.write_text("space = [")
     with pytest.raises(ConfigError, match="not valid TOML"):

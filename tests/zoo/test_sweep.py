@@ -3,6 +3,7 @@ queries, the CLI and the Ray executor."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -259,3 +260,12 @@ def test_ray_executor_on_a_tiny_sweep(tmp_path):
         assert got["3"] == 3 and isinstance(got["x"], ValueError)
     finally:
         ray.shutdown()
+
+
+def test_a_manifest_that_is_not_a_json_object_is_one_error(tmp_path):
+    from metalearner.errors import DataError
+
+    for text, what in (("[]", "a JSON object, got a list"), ('{"runs": [1]}', "its 'runs' is not a JSON object")):
+        (tmp_path / "manifest.json").write_text(text)
+        with pytest.raises(DataError, match=re.escape(what)):
+            read_manifest(tmp_path)

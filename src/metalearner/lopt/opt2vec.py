@@ -40,7 +40,7 @@ gradient; a group added later is stepped but not observed.
 
 Example::
 
-    opt = Opt2Vec(model.parameters(), lr=1e-3)                 # shipped pretrained weights
+    opt = Opt2Vec(model.parameters(), lr=1e-3, budget=steps)   # shipped weights; they read steps taken / budget
     loss = F.cross_entropy(model(x), y)
     opt.zero_grad(); loss.backward(); opt.step(loss=loss)      # or opt.step(closure)
     opt.embedding                                              # the latest embedding
@@ -51,11 +51,12 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, MetalearnerWarning
 from metalearner.kernels import adam_moments_, check_dense_grads, check_state_fits
 from metalearner.lopt.policy import (
     SPIKE_GUARD,
@@ -136,7 +137,8 @@ class Opt2Vec(torch.optim.Optimizer):
         use_extended_features: also feed weight norm, update ratio, gradient cosine,
             curvature and budget fraction (needs weights trained with them).
         observe_every: steps between observations; ``None`` takes the weights' value.
-        budget: total number of steps planned, for the ``budget_fraction`` feature.
+        budget: total number of steps planned, for the ``budget_fraction`` feature (weights
+            that read it, the shipped ones among them, warn without it: they then read 0).
         spike_guard: a window whose mean loss is this many times its best window's halves
             the lr scale (2; meta-training runs with 3; ``math.inf`` turns the guard off).
             A construction argument, like ``observe_every``: ``state_dict`` does not carry it.
@@ -183,6 +185,9 @@ class Opt2Vec(torch.optim.Optimizer):
             if value is not None and getattr(cfg, name) != value:
                 raise ConfigError(f"the weights have {name}={getattr(cfg, name)!r}, not {value!r}")
         self.theta = theta
+        if budget is None and weights is not None and "budget_fraction" in cfg.features:
+            warnings.warn("these Opt2Vec weights read the budget fraction (steps taken / budget); without budget= they read 0 "
+                          "at every step, as if the run had just begun: pass budget=<total steps>", MetalearnerWarning, stacklevel=2)  # fmt: skip
         self.observe_every = check_count("observe_every", cfg.observe_every if observe_every is None else observe_every)
         self.budget = budget
         self.spike_guard = spike_guard  # a construction argument, like observe_every: not in state_dict

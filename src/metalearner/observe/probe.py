@@ -131,6 +131,8 @@ class Probe:
         meta: extra fields for ``run.json``.
         chunk_size: steps kept on the device before a Parquet part is written.
         sinks: extra receivers of each chunk, e.g. :class:`TensorBoardSink`.
+        overwrite: replace a run already in ``out_dir`` (its files are removed); without it such
+            a directory is refused, so a rerun never silently replaces a run.
     """
 
     def __init__(
@@ -146,6 +148,7 @@ class Probe:
         meta: dict[str, Any] | None = None,
         chunk_size: int = 1024,
         sinks: Iterable[Sink] = (),
+        overwrite: bool = False,
     ) -> None:
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ConfigError(f"chunk_size must be an integer >= 1 (steps per flush), got {chunk_size!r}")
@@ -155,6 +158,10 @@ class Probe:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"{self.out_dir} exists and is not a directory; give the probe a run directory")
+        if self.out_dir is not None and (self.out_dir / store.RUN_JSON).exists():
+            if not overwrite:
+                raise ConfigError(f"{self.out_dir} already holds a run; pass overwrite=True to replace it, or choose another out_dir")
+            store.remove_run(self.out_dir)
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.meta = dict(meta or {})
         if task is not None:

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metalearner.atomic import atomic_path, read_json, write_json
-from metalearner.errors import DataError, first_line
+from metalearner.atomic import atomic_path, read_json_object, write_json
+from metalearner.errors import ConfigError, DataError, first_line
 from metalearner.observe.schema import SCHEMA_VERSION
 
 TRAJECTORY = "trajectory.parquet"
@@ -86,13 +86,15 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / RUN_JSON
     if not path.exists():
         raise DataError(f"{run_dir} is not a run directory (no {RUN_JSON})")
-    return read_json(path)
+    return read_json_object(path)
 
 
 def read_trajectory(
     run_dir: str | Path, *, format: Literal["arrow", "pandas"] = "arrow"
 ) -> "pa.Table | Any":
     """Load a run's trajectory (complete, or the flushed parts of a partial run)."""
+    if format not in ("arrow", "pandas"):
+        raise ConfigError(f"format must be arrow or pandas, got {format!r}")
     run_dir = Path(run_dir)
     full = run_dir / TRAJECTORY
     if full.exists():

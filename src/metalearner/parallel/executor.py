@@ -20,6 +20,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
@@ -155,6 +156,24 @@ def _ray_call(fn: Callable[[Any], Any], item: Any, threads: int) -> Any:
     return fn(item)
 
 
+CONNECT_TIMEOUT_S = 5.0  # a cluster address that takes longer to accept a connection is called unreachable
+
+
+def check_reachable(address: str | None) -> None:
+    """A one-line error, within seconds, for a ``host:port`` (or ``ray://host:port``) that
+    accepts no connection: ``ray.init`` would retry it for minutes. ``auto``, ``local`` and
+    other forms are left to Ray."""
+    if not address:
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not (host and port.isdigit()):
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {e}") from None
+
+
 class RayExecutor(_Base):
     """Tasks on a Ray cluster: an existing ``ray.init``, the cluster at ``address``
     (e.g. ``"auto"`` or ``"ray://host:10001"``), or a new local instance.
@@ -182,6 +201,7 @@ class RayExecutor(_Base):
                 kw["address"] = self.address
             elif self.num_cpus:
                 kw["num_cpus"] = self.num_cpus
+            check_reachable(self.address)
             try:
                 ray.init(**kw)
             except ConnectionError as e:

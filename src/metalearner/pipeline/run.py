@@ -69,6 +69,18 @@ def read_stage(out: str | Path, name: str) -> dict[str, Any] | None:
         return None
 
 
+def _refuse_foreign(out: Path) -> None:
+    """A one-line error for a stage's folder that this command did not make (it has files but no
+    ``stage.json``): a stage whose config changed starts afresh by deleting its folder, which must
+    never take a user's files with it."""
+    for name in STAGES:
+        d = out / name
+        if d.exists() and not d.is_dir():
+            raise ConfigError(f"{d} is a file where the pipeline keeps its {name} stage; move it or choose another --out")
+        if d.is_dir() and not (d / STAGE_JSON).exists() and any(d.iterdir()):
+            raise ConfigError(f"{d} holds files that metalearner run did not make; move them or choose another --out")
+
+
 def _write_stage(d: Path, record: dict[str, Any]) -> None:
     write_json(d / STAGE_JSON, plain(record))
 
@@ -119,6 +131,7 @@ def run_pipeline(
         raise ConfigError(f"--out {out} exists and is not a directory")
     if check:
         preflight(cfg, data_dir)
+    _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
     ks = keys(cfg)
     ctx = Context(executor=executor, data_dir=data_dir, progress=progress)
@@ -150,9 +163,10 @@ def _run_stage(cfg: PipelineConfig, name: str, out: Path, ks: dict[str, str], ct
         return {"key": key, "status": "complete", "cached": True, "wall_s": old.get("wall_s", 0.0)}
     earlier = 0.0
     if old is not None and old.get("key") == key:
-        earlier = float(old.get("wall_s") or 0.0)  # interrupted: resume in place
+        if old.get("status") != "complete":  # interrupted: resume in place (a complete report is rebuilt, its time anew)
+            earlier = float(old.get("wall_s") or 0.0)
     elif d.exists():
-        shutil.rmtree(d)  # a changed config (or a folder of unknown origin): start afresh
+        shutil.rmtree(d)  # a changed config: start afresh (a folder this command did not make was refused: _refuse_foreign)
     d.mkdir(parents=True, exist_ok=True)
     record = {"stage": name, "key": key, "config": dataclasses.asdict(cfg.stage(name)),
               "inputs": {i: ks[i] for i in inputs_of(cfg, name)}, "status": "running",

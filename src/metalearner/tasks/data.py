@@ -22,6 +22,7 @@ import shutil
 import struct
 import tempfile
 import urllib.request
+import warnings
 import zlib
 from dataclasses import dataclass
 from http.client import HTTPException
@@ -31,7 +32,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from metalearner.errors import ConfigError, DataError
+from metalearner.errors import ConfigError, DataError, MetalearnerWarning
 
 log = logging.getLogger(__name__)
 
@@ -376,8 +377,12 @@ def _standardiser(x_train: np.ndarray, per_feature: bool) -> Callable[[np.ndarra
     return lambda x: torch.from_numpy(np.ascontiguousarray((x.astype(np.float32) - mean) / std))
 
 
-def _subset(n: int, n_train: int | None, seed: int) -> np.ndarray:
-    """Sorted positions of a seeded subset of at most ``n_train`` of ``n`` training examples."""
+def _subset(n: int, n_train: int | None, seed: int, name: str) -> np.ndarray:
+    """Sorted positions of a seeded subset of at most ``n_train`` of ``n`` training examples
+    (all of them, with a warning, when ``n_train`` asks for more than ``name`` has)."""
+    if n_train is not None and n_train > n:
+        warnings.warn(f"n_train {n_train} is more than the {n} training examples of {name}: all of them are used",
+                      MetalearnerWarning, stacklevel=3)  # fmt: skip
     if n_train is None or n_train >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng([seed, 1]).permutation(n)[:n_train])
@@ -447,7 +452,7 @@ def load_dataset(
         splits = make_synthetic(  # its fractions are of all samples; val_fraction here is of the non-test part
             spec, shift, sample_seed=sample_seed, val_fraction=val_fraction * (1 - test_fraction), test_fraction=test_fraction
         )
-        keep = torch.from_numpy(_subset(splits.n_train, n_train, seed))
+        keep = torch.from_numpy(_subset(splits.n_train, n_train, seed, key))
         return dataclasses.replace(splits, x_train=splits.x_train[keep], y_train=splits.y_train[keep])
 
     loader, accepted = _LOADERS[key]
@@ -461,7 +466,7 @@ def load_dataset(
         rest, x_test, y_test = np.arange(len(raw.y)), raw.x_test, raw.y_test
     train, val = (np.sort(i) for i in _holdout(rest, val_fraction, rng))
     to_tensor = _standardiser(raw.x[train], raw.per_feature)
-    train = train[_subset(len(train), n_train, seed)]
+    train = train[_subset(len(train), n_train, seed, key)]
     return Splits(
         name=key,
         x_train=to_tensor(raw.x[train]),

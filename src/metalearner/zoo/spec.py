@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 import tomllib
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -130,6 +131,18 @@ def preset_path(name: str) -> Path:
     return Path(str(resources.files("metalearner.zoo") / "presets" / f"{name}.toml"))
 
 
+def _yaml_loader(yaml: Any) -> type:
+    """PyYAML's safe loader that also reads ``1e-3`` as a number (YAML 1.1, which PyYAML
+    follows, makes it a string: a float there needs a dot, ``1.0e-3``)."""
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
+    return Loader
+
+
 def load_spec(spec: str | Path) -> SweepSpec:
     """Load a spec from a ``.toml``/``.yaml`` path, or a preset name (:data:`PRESETS`)."""
     path = Path(spec)
@@ -145,7 +158,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
         except ImportError:
             raise ConfigError("YAML specs need PyYAML: pip install pyyaml (or write the spec in TOML)") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_yaml_loader(yaml)) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     else:

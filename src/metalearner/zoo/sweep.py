@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from metalearner.atomic import read_json, write_json
+from metalearner.atomic import read_json_object, write_json
 from metalearner.errors import ConfigError, DataError, MetalearnerError
 from metalearner.observe.store import RUN_JSON, TRAJECTORY, read_run
 from metalearner.train.run import RunConfig
@@ -157,8 +157,9 @@ def read_manifest(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         return {"schema_version": 1, "runs": {}}
-    data = read_json(path)
-    data.setdefault("runs", {})
+    data = read_json_object(path)
+    if not isinstance(data.setdefault("runs", {}), dict):
+        raise DataError(f"{path} is not what metalearner writes there (its 'runs' is not a JSON object)")
     return data
 
 
