@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -13,7 +12,7 @@ import typer
 
 from metalearner import options
 from metalearner.bench.cli import bench_app
-from metalearner.errors import MetalearnerError, MetalearnerWarning
+from metalearner.errors import MetalearnerError, one_line_warnings
 from metalearner.meta.cli import fewshot_app, tower_app
 from metalearner.methods import METHODS
 from metalearner.lopt.cli import app as lopt_app
@@ -141,23 +140,13 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
-def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
-    """Our warnings as one line, ``warning: ...``; others as Python shows them."""
-    if issubclass(category, MetalearnerWarning):
-        return f"warning: {message}\n"
-    return _python_format_warning(message, category, filename, lineno, line)
-
-
-_python_format_warning = warnings.formatwarning
-
-
 def main() -> None:
     """Entry point: user errors print one line (no traceback) and exit with status 2.
 
     With ``standalone_mode=False`` click returns a command's ``typer.Exit`` code instead of
     exiting, so a non-zero return value is passed on as the process's exit status.
     """
-    warnings.formatwarning = _format_warning
+    one_line_warnings()
     try:
         rc = app(standalone_mode=False)
     except MetalearnerError as e:

@@ -38,3 +38,18 @@ def warn_skipped(what: str, reasons: list[str]) -> None:
     if reasons:
         more = f" (and {len(reasons) - 3} more)" if len(reasons) > 3 else ""
         warnings.warn(f"{what} skipped {len(reasons)} unreadable run(s): {'; '.join(reasons[:3])}{more}", MetalearnerWarning, stacklevel=3)
+
+
+_python_format_warning = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    if issubclass(category, MetalearnerWarning):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+def one_line_warnings() -> None:
+    """Show our warnings as one line, ``warning: ...``, and others as Python does: for the
+    command line and the worker processes it starts."""
+    warnings.formatwarning = _format_warning

@@ -63,3 +63,15 @@ def test_an_unreachable_ray_address_fails_in_one_line_within_seconds(prefix):
         port = s.getsockname()[1]
     with pytest.raises(ConfigError, match=f"cannot reach the Ray cluster at {prefix}127.0.0.1:{port}"):
         RayExecutor(address=f"{prefix}127.0.0.1:{port}")._ensure()  # before ray.init, which retries it for minutes
+
+
+def test_a_workers_warning_is_one_line_like_the_commands(capfd):
+    import functools
+    import warnings
+
+    from metalearner.errors import MetalearnerWarning
+
+    with LocalExecutor(workers=1) as ex:
+        list(ex.map_unordered(functools.partial(warnings.warn, category=MetalearnerWarning), ["n_train is too big"]))
+    err = capfd.readouterr().err
+    assert "warning: n_train is too big\n" in err and "MetalearnerWarning" not in err, err

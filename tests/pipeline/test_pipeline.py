@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from metalearner.errors import MetalearnerWarning
 from metalearner.parallel import InlineExecutor
 from metalearner.pipeline import STAGES, get_preset, keys, read_stage, run_pipeline
 from metalearner.pipeline import run as pipeline_run
@@ -44,7 +45,10 @@ def tiny(tmp_path_factory, shared_data):
         pipeline_run.run_mirror = real
     interrupted = {n: read_stage(out, n) for n in STAGES}
     interrupted["report.html"] = (out / "report.html").exists()
-    resumed = _run(cfg, out, shared_data)
+    from metalearner.report.pipeline import write_pipeline_report
+
+    interrupted["partial report"] = write_pipeline_report(out)["md"].read_text()  # `metalearner report` meanwhile
+    resumed = _run(cfg, out, shared_data)  # not refused for the report/figures that wrote
     return out, cfg, interrupted, resumed
 
 
@@ -53,6 +57,9 @@ def test_interrupted_run_resumes_where_it_stopped(tiny):
     assert interrupted["zoo"]["status"] == interrupted["dataset"]["status"] == "complete"
     assert interrupted["mirror"]["status"] == "interrupted" and "killed" in interrupted["mirror"]["error"]
     assert interrupted["bench"] is None and not interrupted["report.html"]
+    partial = interrupted["partial report"]
+    assert "This report is partial: mirror (interrupted), meta_train (not run), bench (not run)" in partial
+    assert "The zoo" in partial and "The benchmark" not in partial
     cached = {n: r["cached"] for n, r in resumed.stages.items()}
     assert cached == {"zoo": True, "dataset": True, "mirror": False, "meta_train": False, "bench": False, "report": False}
     ks = keys(cfg)
@@ -96,7 +103,10 @@ def test_changed_stage_reruns_it_and_what_reads_it(tiny, shared_data):
     out, cfg, _, _ = tiny
     before = {n: read_stage(out, n)["key"] for n in STAGES}
     changed = cfg.replace_stage("mirror", epochs=2)
-    res = _run(changed, out, shared_data)
+    with pytest.warns(MetalearnerWarning) as warned:
+        res = _run(changed, out, shared_data)
+    assert [str(w.message) for w in warned if w.category is MetalearnerWarning] == [
+        f"{out / 'mirror'} was made with another config (or from other inputs): its results are replaced"]
     ran = {n for n, r in res.stages.items() if not r["cached"]}
     assert ran == {"mirror", "report"}  # the zoo, dataset, meta-training and benchmark do not read the mirror
     assert not (out / "mirror" / "partial.txt").exists()  # a changed key starts afresh

@@ -8,6 +8,7 @@ import random
 import struct
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 
 from metalearner.errors import ConfigError, DataError, MetalearnerWarning
 from metalearner.tasks import DATASETS, load_dataset, read_idx, resolve_data_dir
-from metalearner.tasks.data import _IMAGE_FILES
+from metalearner.tasks.data import _IMAGE_FILES, load_dataset_capped
 
 IDX_CODES = {np.dtype("u1"): 0x08, np.dtype("i1"): 0x09, np.dtype(">i2"): 0x0B, np.dtype(">i4"): 0x0C,
              np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
@@ -316,6 +317,9 @@ def test_n_train_is_seeded_subset(name):
     assert torch.equal(small.x_train, load_dataset(name, seed=2, n_train=50).x_train)
     with pytest.warns(MetalearnerWarning, match=f"n_train 1000000000 is more than the {full.n_train} training examples of {name}"):
         assert load_dataset(name, seed=2, n_train=10**9).n_train == full.n_train
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a task distribution's cap: the same set, no warning
+        assert torch.equal(load_dataset_capped(name, seed=2, n_train=10**9).x_train, full.x_train)
 
 
 @pytest.mark.parametrize(

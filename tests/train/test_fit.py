@@ -165,3 +165,16 @@ def test_divergence_is_reported_at_its_exact_step_between_checks(moons):
     model = moons.build_model(seed=0)
     r = fit(model, Poison(model.parameters(), lr=0.01), moons, steps=100, seed=0)
     assert r.status == "diverged" and r.final["diverged_at_step"] == 11 and r.steps <= 25
+
+
+def test_an_out_dir_holding_an_interrupted_run_is_named_so(tmp_path):
+    from metalearner.train.run import prepare_out_dir
+
+    (tmp_path / "run.json").write_text('{"status": "partial"}')
+    with pytest.raises(ConfigError, match="already holds a partial \\(interrupted\\) run; pass --overwrite"):
+        prepare_out_dir(tmp_path)
+    (tmp_path / "run.json").write_text('{"status": "complete"}')
+    with pytest.raises(ConfigError, match="already holds a run; pass --overwrite"):
+        prepare_out_dir(tmp_path)
+    prepare_out_dir(tmp_path, overwrite=True)
+    assert not (tmp_path / "run.json").exists()

@@ -17,7 +17,7 @@ bench_app = typer.Typer(add_completion=False, invoke_without_command=True,
 def bench(
     ctx: typer.Context,
     suite: str = typer.Option("quick", help="smoke (~1 min), quick (small tasks, ~10 min on 2 cores), headline (MNIST/Fashion + CNN/GRU cells, "
-                              "tuning-free methods, ~1 h), full (8 cells x 8 methods, ~2.5 h) or dev (non-benchmark cells for "
+                              "tuning-free methods, ~70 min), full (8 cells x 8 methods, ~2 h) or dev (non-benchmark cells for "
                               "choosing learned_sf weights, ~10 min)."),
     methods: Optional[str] = typer.Option(None, help="Only these methods, comma-separated (the reference method, adam, must be among them)."),
     cells: Optional[str] = typer.Option(None, help="Only these cells, comma-separated (names as the suite lists them)."),

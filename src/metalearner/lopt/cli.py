@@ -35,7 +35,7 @@ def meta_train_command(
                                                   "process unless --workers or --executor ray is given); 0 runs inline."),
     executor: str = options.EXECUTOR,
     address: Optional[str] = options.ADDRESS,
-    resume: bool = typer.Option(True, help="Resume from a checkpoint in --out."),
+    resume: bool = typer.Option(True, help="Resume from a checkpoint in --out (--no-resume starts over, replacing the checkpoint and weights there)."),
     prior: Optional[str] = typer.Option(None, help="--kind learned: where the policy starts, none (the plain base; default) or "
                                                    "integrator (the lr follows its hypergradient's sign; docs/meta_training.md)."),
     base: Optional[str] = typer.Option(None, help="--kind learned: the base optimizer, schedulefree (default) or adam."),

@@ -155,10 +155,10 @@ def sample_task(cfg: MetaTrainConfig, rng: np.random.Generator) -> dict[str, Any
 
 @functools.lru_cache(maxsize=32)
 def _splits(dataset: str, data_seed: int, n_train: int):
-    from metalearner.tasks import load_dataset
+    from metalearner.tasks.data import load_dataset_capped
 
     options = {"num_samples": 2000} if dataset == "mnist1d" else {}
-    return load_dataset(dataset, seed=data_seed, n_train=n_train, **options)
+    return load_dataset_capped(dataset, seed=data_seed, n_train=n_train, **options)
 
 
 def _optimizer(kind: str, weights: PolicyWeights, params, spec: dict[str, Any], steps: int):

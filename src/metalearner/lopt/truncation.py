@@ -137,11 +137,11 @@ def load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple[
 
 @functools.lru_cache(maxsize=16)
 def _load_splits(dataset: str, data_seed: int, n_train: int, data_options: tuple[tuple[str, Any], ...]):
-    from metalearner.tasks import load_dataset
+    from metalearner.tasks.data import load_dataset_capped
 
     size_option = {"mnist1d": "num_samples", "synthetic": "n_samples"}.get(dataset)
     options = {size_option: math.ceil(1.5 * n_train) + 1} if size_option else {}
-    return load_dataset(dataset, seed=data_seed, n_train=n_train, **options, **dict(data_options))
+    return load_dataset_capped(dataset, seed=data_seed, n_train=n_train, **options, **dict(data_options))
 
 
 def _write_splits(keys_json: str, out_dir: str) -> None:

@@ -24,7 +24,7 @@ import socket
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterable, Iterator, Protocol, TypeVar
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, one_line_warnings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -73,6 +73,7 @@ def _init_worker(threads: int) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     set_threads(threads)
+    one_line_warnings()
 
 
 class _Base:
@@ -153,6 +154,7 @@ class LocalExecutor(_Base):
 
 def _ray_call(fn: Callable[[Any], Any], item: Any, threads: int) -> Any:
     set_threads(threads)
+    one_line_warnings()
     return fn(item)
 
 

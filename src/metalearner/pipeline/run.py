@@ -21,11 +21,12 @@ import hashlib
 import json
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from metalearner.atomic import write_json
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, MetalearnerWarning
 from metalearner.pipeline.presets import PipelineConfig
 from metalearner.pipeline.stages import Context, plain, run_bench, run_dataset, run_meta_train, run_mirror, run_zoo, weights_path
 
@@ -77,7 +78,8 @@ def _refuse_foreign(out: Path) -> None:
         d = out / name
         if d.exists() and not d.is_dir():
             raise ConfigError(f"{d} is a file where the pipeline keeps its {name} stage; move it or choose another --out")
-        if d.is_dir() and not (d / STAGE_JSON).exists() and any(d.iterdir()):
+        ours = {"figures"} if name == "report" else set()  # `metalearner report` on a partial run writes report/figures
+        if d.is_dir() and not (d / STAGE_JSON).exists() and any(p.name not in ours for p in d.iterdir()):
             raise ConfigError(f"{d} holds files that metalearner run did not make; move them or choose another --out")
 
 
@@ -166,6 +168,8 @@ def _run_stage(cfg: PipelineConfig, name: str, out: Path, ks: dict[str, str], ct
         if old.get("status") != "complete":  # interrupted: resume in place (a complete report is rebuilt, its time anew)
             earlier = float(old.get("wall_s") or 0.0)
     elif d.exists():
+        if old is not None and old.get("status") == "complete" and name != "report":
+            warnings.warn(f"{d} was made with another config (or from other inputs): its results are replaced", MetalearnerWarning, stacklevel=2)
         shutil.rmtree(d)  # a changed config: start afresh (a folder this command did not make was refused: _refuse_foreign)
     d.mkdir(parents=True, exist_ok=True)
     record = {"stage": name, "key": key, "config": dataclasses.asdict(cfg.stage(name)),

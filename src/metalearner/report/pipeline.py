@@ -32,6 +32,15 @@ def _stage(out: Path, name: str) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and rec.get("status") == "complete" else None
 
 
+def _stage_status(out: Path, name: str) -> str:
+    """``interrupted``, ``running`` (or killed) or ``not run``: what an incomplete stage's record says."""
+    try:
+        rec = read_json(out / name / "stage.json")
+    except (OSError, ValueError, DataError):
+        return "not run"
+    return str(rec.get("status", "not run")) if isinstance(rec, dict) else "not run"
+
+
 def _stage_json(path: Path, *keys: str) -> dict[str, Any]:
     """A stage's JSON file, which must be an object holding ``keys`` (nested, in order); one
     that is not (written by something else, or cut short) is a one-line :class:`DataError`."""
@@ -293,12 +302,19 @@ def write_pipeline_report(out: str | Path, *, figures_dir: str | Path | None = N
                     f"command (`metalearner run --preset {preset}`): it trained a zoo of small networks while recording the physics "
                     "of every step, learned to predict training from those records (the mirror), used a learned optimizer whose "
                     "settings are chosen by a network, and benchmarked it against standard optimizers."))  # fmt: skip
-    rows = []
+    rows, missing = [], []
     for n, rec in stages.items():
         if rec:
             rows.append([n, STAGE_TITLES[n], f"{rec.get('wall_s', 0.0):.0f}", rec["key"]])
+        elif n != "report":  # the report stage is the one running now, or `metalearner report`
+            status = _stage_status(out, n)
+            rows.append([n, STAGE_TITLES[n], "-", status])
+            missing.append(f"{n} ({status})")
     bl.append(("table", (["stage", "what", "wall time (s)", "cache key"], rows)))
     verdict: list[str] = []
+    if missing:
+        verdict.append(f"This report is partial: {', '.join(missing)} did not complete, so its sections are absent. "
+                       f"Rerun `metalearner run --preset {preset} --out {out}` to finish (completed stages are kept).")  # fmt: skip
     sections = []
     if stages["zoo"]:
         sections.append(lambda: _zoo_section(out, figs, stages["report"]["config"]["probe_runs"] if stages["report"] else 3))

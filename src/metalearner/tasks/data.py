@@ -400,6 +400,15 @@ def _options(name: str, given: dict[str, Any], accepted: dict[str, Any]) -> dict
     return {**accepted, **given}
 
 
+def load_dataset_capped(name: str, *, n_train: int, **kwargs: Any) -> Splits:
+    """:func:`load_dataset` where ``n_train`` is only a cap, as in a task distribution that asks
+    every data set for the same size: a set with fewer examples is used whole, without the
+    warning a user's ``n_train`` gets."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"n_train \d+ is more than", category=MetalearnerWarning)
+        return load_dataset(name, n_train=n_train, **kwargs)
+
+
 def is_whole(x: Any) -> bool:
     """An integer (Python's or numpy's), not a bool: the type of sizes, counts and seeds."""
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)

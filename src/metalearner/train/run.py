@@ -4,6 +4,7 @@ budget, probe) is built here from :class:`RunConfig`, and the loop is :func:`~me
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -103,7 +104,12 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
         raise ConfigError(f"{out} exists and is not a directory; choose another --out")
     if (out / RUN_JSON).exists():
         if not overwrite:
-            raise ConfigError(f"{out} already holds a run; pass --overwrite to replace it, or choose another --out")
+            try:
+                status = json.loads((out / RUN_JSON).read_text()).get("status")
+            except (OSError, ValueError, AttributeError):
+                status = None
+            held = "a partial (interrupted) run" if status == "partial" else "a run"
+            raise ConfigError(f"{out} already holds {held}; pass --overwrite to replace it, or choose another --out")
         from metalearner.observe.store import remove_run
 
         remove_run(out)
