@@ -18,6 +18,9 @@ from metalearner.meta.towers import Tower
 from metalearner.lopt.policy import PolicyConfig
 from metalearner.observe.probe import optimizer_hparams
 
+# these tests exercise the mechanics with the budget left out; the warning itself: test_opt2vec_weights_that_read_the_budget_warn_without_one
+pytestmark = pytest.mark.filterwarnings("ignore:these Opt2Vec weights read the budget fraction")
+
 
 def random_policy(kind: str = "opt2vec", seed: int = 1, **kw) -> PolicyWeights:
     """Untrained encoder with non-zero heads, so the learned path really changes lr/momentum."""

@@ -15,6 +15,9 @@ from metalearner.lopt.learned import LearnedOptimizer
 from metalearner.lopt.policy import PolicyConfig
 from metalearner.observe import Probe
 
+# these tests exercise the mechanics with the budget left out; the warning itself: test_opt2vec_weights_that_read_the_budget_warn_without_one
+pytestmark = pytest.mark.filterwarnings("ignore:these Opt2Vec weights read the budget fraction")
+
 
 def _steps(model, opt, x, n):
     for _ in range(n):
