@@ -589,6 +589,50 @@ def test_a_param_group_marked_input_layer_takes_the_fan_in_factor():
         LearnedOptimizer([{"params": _HeadFirst().parameters(), "input_layer": "yes"}], weights=weights)
 
 
+def test_an_unmarked_head_first_model_has_its_input_layer_read_from_the_first_losss_graph():
+    """Unmarked, the first step's loss graph names the deepest weight, the body, before any
+    update: the same steps as marking it ``input_layer=True``; the choice is saved with the state.
+    A loss given as a number carries no graph: the order's guess (the head) stays."""
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata.update(fan_in_power="0.5", fan_in_scope="input")
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 200, generator=gen), torch.randint(0, 4, (64,), generator=gen)
+    torch.manual_seed(3)
+    a, b, c = _HeadFirst(), _HeadFirst(), _HeadFirst()
+    b.load_state_dict(a.state_dict())
+    c.load_state_dict(a.state_dict())
+    read = LearnedOptimizer(a.parameters(), 3e-3, weights=weights, base="adam")
+    assert read.input_layer == [a.head.weight]  # before a step: the order's guess
+    marked = LearnedOptimizer([{"params": [b.offset, *b.head.parameters()]}, {"params": b.body.parameters(), "input_layer": True}],
+                              3e-3, weights=weights, base="adam")  # fmt: skip
+    _train(a, read, 12, x, y)
+    _train(b, marked, 12, x, y)
+    assert read.input_layer == [a.body.weight] and read._fan_in_host == marked._fan_in_host
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    fresh = LearnedOptimizer(_HeadFirst().parameters(), 3e-3, weights=weights, base="adam")
+    fresh.load_state_dict(read.state_dict())
+    assert fresh._fan_in_host == read._fan_in_host and fresh.param_groups[0]["lr_scale"] == read.param_groups[0]["lr_scale"]
+    numbers = LearnedOptimizer(c.parameters(), 3e-3, weights=weights, base="adam")
+    for t in range(4):
+        numbers.zero_grad()
+        loss = F.cross_entropy(c(x[:16]), y[:16])
+        loss.backward()
+        numbers.step(loss=loss.item())
+    assert numbers.input_layer == [c.head.weight]
+
+
+def test_graph_depths_count_the_operations_between_a_tensor_and_the_loss():
+    from metalearner.lopt.learned import graph_depths
+
+    m = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    loss = m(torch.randn(2, 5)).sum()
+    d = graph_depths(loss, list(m.parameters()))
+    assert d[0] > d[2] and d[1] > d[3] and all(isinstance(v, int) for v in d)
+    unused = nn.Parameter(torch.ones(2, 2))
+    assert graph_depths(loss, [unused]) == [None] and graph_depths(loss.detach(), list(m.parameters())) == [None] * 4
+
+
 class _Tokens(nn.Module):
     """A bag-of-tokens classifier whose first tensor is a 512-wide embedding."""
 

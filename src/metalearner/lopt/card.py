@@ -139,8 +139,9 @@ def _markdown(card: dict[str, Any]) -> str:
             ]  # fmt: skip
             if "fan_in" in part:
                 f = part["fan_in"]
-                where = ("the input layer (`LearnedOptimizer.input_layer`: the first tensor of two or more dimensions "
-                         "that is not a (1, ...) token, or, once any group is marked, the groups marked input_layer=True)") if f["scope"] == "input" else "every tensor of two or more dimensions"
+                where = ("the input layer (`LearnedOptimizer.input_layer`: the deepest weight in the first step's loss graph, "
+                         "else the first tensor of two or more dimensions that is not a (1, ...) token; once any group is "
+                         "marked, the groups marked input_layer=True)") if f["scope"] == "input" else "every tensor of two or more dimensions"
                 lines.append(f"- a fixed lr factor, not learned: min(1, (128 / fan-in)^{f['power']:g}) on {where} (`fan_in_power` "
                              f"{f['power']:g}, `fan_in_scope` {f['scope']} in the weights' metadata"
                              + (", set at shipping: `metalearner lopt ship-learned --fan-in-power ...`" if f.get("set_at_shipping") else "")

@@ -43,9 +43,10 @@ never overwrites ``group["lr"]``: the lr applied is recorded in ``group["effecti
 size-weighted geometric mean over the group's tensors) and ``group["lr_scale"]``;
 ``state_dict`` round-trips. The only host reads happen at observations (one every
 ``observe_every`` steps): between them nothing synchronises with the device. Weights with a
-fixed fan-in factor on the input layer (the shipped ones) read the input layer from the
-parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param group marked
-``input_layer=True`` names it instead, for a model whose first tensor is not its input layer. Once
+fixed fan-in factor on the input layer (the shipped ones) read the input layer from the first
+step's loss graph (the deepest weight, so a model that registers its head first is read right),
+else from the parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param
+group marked ``input_layer=True`` names it instead. Once
 any group carries the mark the marks decide, so groups all marked ``input_layer=False`` give no
 tensor the factor (a token model, whose first tensor is an embedding: a row lookup has no fan-in).
 """
@@ -89,6 +90,36 @@ def _flagged(groups: list[dict[str, Any]]) -> list[int] | None:
     return out if any("input_layer" in g for g in groups) else None
 
 
+def graph_depths(loss: torch.Tensor, params: list[torch.Tensor]) -> list[int | None]:
+    """Each parameter's depth in ``loss``'s autograd graph: the most operations on a path from
+    it to the loss (None where no path reaches it, or for all when ``loss`` has no graph). The
+    graph's structure outlives ``backward`` (only its saved tensors are freed), so this reads a
+    step's loss after its gradients were taken; the input layer is the deepest weight."""
+    root = getattr(loss, "grad_fn", None)
+    if root is None:
+        return [None] * len(params)
+    children: dict[Any, list[Any]] = {}
+    stack, parents = [root], {root: 0}
+    while stack:  # every node the loss reaches, and how many edges enter each
+        node = stack.pop()
+        children[node] = [c for c, _ in node.next_functions if c is not None]
+        for c in children[node]:
+            if c not in parents:
+                parents[c] = 0
+                stack.append(c)
+            parents[c] += 1
+    depth, ready = {root: 0}, [root]
+    while ready:  # Kahn's order: a node's depth is final once every edge into it was seen
+        node = ready.pop()
+        for c in children[node]:
+            depth[c] = max(depth.get(c, 0), depth[node] + 1)
+            parents[c] -= 1
+            if parents[c] == 0:
+                ready.append(c)
+    at = {id(getattr(n, "variable", None)): d for n, d in depth.items() if hasattr(n, "variable")}
+    return [at.get(id(p)) for p in params]
+
+
 class LearnedOptimizer(torch.optim.Optimizer):
     """A base optimizer with learned per-tensor lr multipliers (see the module docstring)."""
 
@@ -123,8 +154,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError(f"LearnedOptimizer needs its parameters in one dtype on one device, got {sorted(map(str, kinds))}")
         self.layout = ParamLayout(tuple(str(i) for i in range(len(self._params))), tuple(tuple(p.shape) for p in self._params))
         self._inputs = _flagged(self.param_groups)  # the groups marked input_layer=True, if any group is marked
-        self._fan_in = self.kernel.fan_in_factors(self.layout, self._inputs)  # (J,) fixed per-tensor lr factors
-        self._fan_in_host = self._fan_in.tolist()  # the same, as the host floats each step multiplies by
+        self._graph_input: list[int] | None = None  # else the input layer read from the first step's loss graph
+        self._set_fan_in()
         self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))  # the fan-in factors, before any observation
         self._set_groups()
         self.kstate: KernelState | None = None  # created on the first step, on the parameters' device
@@ -156,9 +187,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """The parameters read as the network's input layer, which the weights' fixed fan-in
         factor scales when its scope is ``"input"`` (the shipped weights'): the tensors of two or
         more dimensions of the groups marked ``input_layer=True`` (none if the groups are marked
-        but none True), or with no group marked :meth:`ParamLayout.input_tensors <metalearner.lopt.functional.ParamLayout.input_tensors>`'
-        guess, the first tensor in parameter order that is not a ``(1, …)`` token."""
-        return [self._params[j] for j in self.layout.input_tensors(self._inputs)]
+        but none True), or with no group marked the deepest weight of the first step's loss graph
+        where it is deeper than :meth:`ParamLayout.input_tensors <metalearner.lopt.functional.ParamLayout.input_tensors>`'
+        guess, the first tensor in parameter order that is not a ``(1, …)`` token (that guess
+        before the first step, or when the loss came as a number)."""
+        return [self._params[j] for j in self.layout.input_tensors(self._input_positions())]
 
     @property
     def spike_guards(self) -> int:
@@ -194,6 +227,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         params = self._params
         check_dense_grads(params, "LearnedOptimizer")
         if self.kstate is None:
+            if self.counters["steps"] == 0:
+                self._read_input_layer(loss)
             self._start()
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         stepped = None if all(p.grad is not None for p in params) else [i for i, p in enumerate(params) if p.grad is not None]
@@ -287,6 +322,33 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if decayed is not None:
             torch._foreach_add_(params, torch._foreach_mul(decayed, coef))
             torch._foreach_add_(moments, torch._foreach_mul(decayed, neg_lrs))
+
+    def _set_fan_in(self) -> None:
+        """The fixed per-tensor lr factors of the input layer that the marks, the graph or the
+        parameter order name (``(J,)``, and as the host floats each step multiplies by)."""
+        self._fan_in = self.kernel.fan_in_factors(self.layout, self._input_positions())
+        self._fan_in_host = self._fan_in.tolist()
+
+    def _input_positions(self) -> list[int] | None:
+        return self._inputs if self._inputs is not None else self._graph_input
+
+    def _read_input_layer(self, loss: Any) -> None:
+        """On the first step, unless the groups are marked: the input layer is the deepest
+        weight of the loss's graph (so a model that registers its head first is read right), not
+        the first in parameter order; nothing changes without a graph (a loss given as a number,
+        or detached) or where the order's guess is as deep."""
+        if self._inputs is not None or not (self.kernel.fan_in_power and self.kernel.fan_in_scope == "input"):
+            return
+        depths = graph_depths(loss, self._params)
+        guess = self.layout.input_tensors()
+        candidates = [j for j, s in enumerate(self.layout.shapes) if len(s) >= 2 and s[0] != 1 and depths[j] is not None]
+        if not guess or not candidates:
+            return
+        deepest = max(candidates, key=lambda j: (depths[j], -j))  # the first of the deepest
+        if depths[guess[0]] is None or depths[deepest] > depths[guess[0]]:
+            self._graph_input = [deepest]
+            self._set_fan_in()
+            self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))
 
     def _start(self) -> None:
         """The state on the first step, on the parameters' device: the kernel's per-tensor
@@ -394,6 +456,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         sd = super().state_dict()
         sd["learned"] = {
             "base": self.base, "scales": self.kernel.scales, "fan_in_power": self.kernel.fan_in_power, "fan_in_scope": self.kernel.fan_in_scope, "counters": dict(self.counters), "train_mode": self.train_mode,
+            "graph_input": self._graph_input,
             "host": None if self.kstate is None else {"count": self.host["count"], "weight_sum": list(self.host["weight_sum"])},
             "kernel": None if self.kstate is None else {f.name: getattr(self.kstate, f.name).clone() for f in fields(self.kstate)},
         }  # fmt: skip
@@ -423,6 +486,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         for p in self._params:  # torch keeps the loaded tensors themselves: our moments are updated in place
             self.state[p] = {name: t.clone() for name, t in self.state[p].items()}
         self.counters, self.train_mode = dict(learned["counters"]), learned["train_mode"]
+        graph_input = learned.get("graph_input")  # states saved before the graph was read: the order's guess
+        if graph_input is not None and not (isinstance(graph_input, list) and len(graph_input) == 1 and graph_input[0] in range(len(self._params))):
+            raise ConfigError(f"this state's graph_input {graph_input!r} is not one of this optimizer's {len(self._params)} tensors")
+        self._graph_input = None if graph_input is None else [int(graph_input[0])]
+        self._set_fan_in()
         if learned["kernel"] is None:  # saved before its first step: back to the multipliers of a new optimizer
             self.kstate = None
             self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))
