@@ -633,6 +633,22 @@ def test_graph_depths_count_the_operations_between_a_tensor_and_the_loss():
     assert graph_depths(loss, [unused]) == [None] and graph_depths(loss.detach(), list(m.parameters())) == [None] * 4
 
 
+def test_a_body_hidden_by_reentrant_checkpointing_keeps_the_orders_guess():
+    """The graph does not reach a reentrant checkpoint's tensors: the guess (the body, first in
+    order) is kept rather than the deepest tensor the graph reaches (the head)."""
+    from torch.utils.checkpoint import checkpoint
+
+    weights = PolicyWeights.init(CONFIG)
+    weights.metadata.update(fan_in_power="0.5", fan_in_scope="input")
+    body, head = nn.Sequential(nn.Linear(200, 16), nn.Tanh()), nn.Linear(16, 4)
+    opt = LearnedOptimizer([*body.parameters(), *head.parameters()], 3e-3, weights=weights, base="adam")
+    x = torch.randn(8, 200, requires_grad=True)
+    loss = head(checkpoint(body, x, use_reentrant=True)).logsumexp(1).mean()
+    loss.backward()
+    opt.step(loss=loss)
+    assert opt.input_layer == [body[0].weight] and opt._fan_in_host[0] == pytest.approx((128 / 200) ** 0.5)
+
+
 class _Tokens(nn.Module):
     """A bag-of-tokens classifier whose first tensor is a 512-wide embedding."""
 

@@ -336,16 +336,17 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """On the first step, unless the groups are marked: the input layer is the deepest
         weight of the loss's graph (so a model that registers its head first is read right), not
         the first in parameter order; nothing changes without a graph (a loss given as a number,
-        or detached) or where the order's guess is as deep."""
+        or detached), where the order's guess is as deep, or where the graph does not reach the
+        guess (a checkpointed block hides its tensors)."""
         if self._inputs is not None or not (self.kernel.fan_in_power and self.kernel.fan_in_scope == "input"):
             return
         depths = graph_depths(loss, self._params)
         guess = self.layout.input_tensors()
         candidates = [j for j, s in enumerate(self.layout.shapes) if len(s) >= 2 and s[0] != 1 and depths[j] is not None]
-        if not guess or not candidates:
+        if not guess or not candidates or depths[guess[0]] is None:  # the guess out of sight (reentrant checkpointing): keep it
             return
         deepest = max(candidates, key=lambda j: (depths[j], -j))  # the first of the deepest
-        if depths[guess[0]] is None or depths[deepest] > depths[guess[0]]:
+        if depths[deepest] > depths[guess[0]]:
             self._graph_input = [deepest]
             self._set_fan_in()
             self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))
