@@ -913,3 +913,23 @@ def test_a_state_saved_without_betas_in_its_groups_loads_with_the_constructors()
     _train(model, opt, 5, x, y)
     _train(twin, other, 5, x, y)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), twin.parameters()))
+
+
+def test_a_window_of_zero_loss_is_neither_the_best_nor_followed_by_spikes():
+    """A hinge loss can reach exactly 0 for a window: read as the best window, every later
+    loss above 0 was an infinite spike and the lr halved to its floor."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=gen), torch.randint(0, 3, (64,), generator=gen)
+    runs = {}
+    for zero in (False, True):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+        opt = LearnedOptimizer(model.parameters(), 3e-3)
+        for t in range(96):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x[16 * (t % 4):16 * (t % 4 + 1)]), y[16 * (t % 4):16 * (t % 4 + 1)])
+            loss.backward()
+            opt.step(loss=loss * 0 if zero and 32 <= t < 48 else loss)
+        runs[zero] = (opt.spike_guards, opt.lr_scales())
+    assert runs[True][0] == runs[False][0] == 0
+    assert runs[True][1].min() > 0.5  # not halved towards the 1/20 floor

@@ -28,7 +28,8 @@ ratio, its current scale; none needs the horizon) and proposes a log scale
 ``3 tanh(o/3)``. Two guards make it safe by construction: the log scale moves at most
 ``MAX_MOVE`` per observation (a factor 1.5), and when the window's mean loss is more than
 ``spike_guard`` (default 3, as meta-training runs) times its best window (a loss spike, finite
-or not) every scale of the member is halved instead. Zero policy heads give ``s = 1``: the plain base optimizer (tested against
+or not) every scale of the member is halved instead (a window whose mean loss is 0 or below has
+no logarithm: it is neither the best nor a spike, and the loss features read it as 0). Zero policy heads give ``s = 1``: the plain base optimizer (tested against
 ``torch.optim.Adam`` and ``schedulefree.AdamWScheduleFree``). ``scales="global"`` (an
 ablation, not the default) gives every tensor of a network the mean of their targets: one
 multiplier per network. ``fan_in_power = α > 0`` multiplies the lr of each tensor whose
@@ -388,12 +389,13 @@ class LearnedKernel:
         mean_loss = state.loss_sum / state.loss_n
         log_l = mean_loss.log()
         first = state.n_obs == 0
-        first_loss = torch.where(first, mean_loss, state.first_loss)
+        first_loss = torch.where(first | (state.first_loss <= 0), mean_loss, state.first_loss)  # until a loss > 0 is seen
         prev_loss = torch.where(first, mean_loss, state.prev_loss)
         ema_prev = torch.where(first, mean_loss, state.ema_loss)
         finite = torch.isfinite(mean_loss)
+        usable = finite & (mean_loss > 0)  # a window whose loss is 0 or below has no log: it is not the best, nor a spike
         best = torch.where(first, torch.full_like(mean_loss, math.inf), state.min_loss)
-        min_loss = torch.where(finite, torch.minimum(best, mean_loss), best)
+        min_loss = torch.where(usable, torch.minimum(best, mean_loss), best)
         P, J = state.log_scale.shape
         log_ratio = 0.5 * update_sq.log() - 0.5 * param_sq.log()
         member = {"log_loss_rel": log_l - first_loss.log(), "log_loss_delta": log_l - prev_loss.log(),
@@ -411,13 +413,13 @@ class LearnedKernel:
         if self.scales == "global":  # one multiplier per network: the tensors' targets averaged
             target = target.mean(-1, keepdim=True).expand(P, J)
         moved = state.log_scale + (target - state.log_scale).clamp(-MAX_MOVE, MAX_MOVE)
-        spike = ~finite | (log_l - min_loss.log() > self.spike)  # (P,)
+        spike = ~finite | (usable & (log_l - min_loss.log() > self.spike))  # (P,)
         halved = (torch.minimum(moved, state.log_scale) - math.log(2)).clamp_min(-MAX_LOG_SCALE)
         log_scale = torch.where(spike[:, None], halved, moved)
-        ema = LOSS_EMA * ema_prev + (1 - LOSS_EMA) * torch.where(finite, mean_loss, ema_prev)
+        ema = LOSS_EMA * ema_prev + (1 - LOSS_EMA) * torch.where(usable, mean_loss, ema_prev)
         return replace(state, log_scale=log_scale, history=history, feat_mean=feat_mean, feat_sq=feat_sq, n_obs=n_obs,
                        loss_sum=torch.zeros_like(mean_loss), loss_n=torch.zeros_like(mean_loss), first_loss=first_loss,
-                       prev_loss=torch.where(finite, mean_loss, prev_loss), min_loss=min_loss, ema_loss=ema,
+                       prev_loss=torch.where(usable, mean_loss, prev_loss), min_loss=min_loss, ema_loss=ema,
                        spikes=state.spikes + spike.to(state.spikes.dtype))  # fmt: skip
 
 
