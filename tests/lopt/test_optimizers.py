@@ -601,3 +601,32 @@ def test_opt2vec_weights_that_read_the_budget_warn_without_one():
         warnings.simplefilter("error")
         Opt2Vec(model.parameters(), budget=100)
         Opt2Vec(model.parameters(), weights=None)  # untrained: Adam, nothing to read
+
+
+@pytest.mark.parametrize("kind", ["learned_sf", "opt2vec", "controller"])
+def test_a_loop_that_never_passes_the_loss_is_told_once(kind):
+    import warnings
+
+    from metalearner.errors import MetalearnerWarning
+    from metalearner.lopt.learned import LearnedOptimizer
+    from metalearner.lopt.policy import NO_LOSS_STEPS
+
+    def make(p):
+        if kind == "learned_sf":
+            return LearnedOptimizer(p)
+        return Opt2Vec(p, budget=200) if kind == "opt2vec" else LRController(torch.optim.Adam(p, lr=1e-3))
+
+    for given in (False, True):
+        w = nn.Parameter(torch.ones(3))
+        opt = make([w])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for t in range(NO_LOSS_STEPS + 10):
+                opt.zero_grad()
+                loss = (w**2).sum()
+                loss.backward()
+                opt.step(loss=loss) if given and t == 0 else opt.step()  # one loss is enough to observe
+        ours = [str(c.message) for c in caught if issubclass(c.category, MetalearnerWarning)]
+        assert ours == ([] if given else [f"{type(opt).__name__} has taken {NO_LOSS_STEPS} steps without a loss, so its policy has "
+                                          "nothing to observe and it runs as its base optimizer: pass the loss, opt.step(loss=loss) "
+                                          "(with a GradScaler: scaler.step(opt, loss=loss))"])  # fmt: skip

@@ -172,7 +172,7 @@ class LRController(torch.optim.Optimizer):
             loss = out if loss is None else loss
             first = [out]  # an optimizer that calls the closure (LBFGS) gets this result first, then fresh ones
             inner = lambda: first.pop() if first else closure()  # noqa: E731
-        loss = check_loss(loss)
+        loss = check_loss(loss, self)
         self._set_groups()
         users = [group["lr"] for group in self.param_groups]
         for group in self.param_groups:

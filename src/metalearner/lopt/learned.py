@@ -220,7 +220,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        loss = check_loss(loss)
+        loss = check_loss(loss, self)
         if not self.train_mode:
             raise ConfigError("the optimizer is in eval mode: call optimizer.train() before optimizer.step()")
         self._check_groups()

@@ -331,7 +331,7 @@ class Opt2Vec(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        loss = check_loss(loss)
+        loss = check_loss(loss, self)
         check_dense_grads([p for group in self.param_groups for p in group["params"]], "Opt2Vec")
         g = self.state[_GLOBAL]
         self._set_groups(g)

@@ -333,10 +333,17 @@ def check_spike_guard(spike_guard: float) -> float:
     return value
 
 
-def check_loss(loss: Any) -> Any:
+NO_LOSS_STEPS = 64  # steps without ever a loss before a learned optimizer says it is running as its base
+
+
+def check_loss(loss: Any, optimizer: Any = None) -> Any:
     """``loss`` if a learned optimizer can read it (``None``, a real number, or a one-element
     tensor), else a one-line error, raised before the step touches anything. Reads no device
-    value (``numel`` is metadata)."""
+    value (``numel`` is metadata). Given the ``optimizer``, warns once when it has taken
+    :data:`NO_LOSS_STEPS` steps and never had a loss (``scaler.step(opt)`` without ``loss=``):
+    with nothing to observe it is its base optimizer."""
+    if optimizer is not None and not optimizer.__dict__.get("_had_loss", False):
+        _count_loss(optimizer, loss)
     if loss is None or (torch.is_tensor(loss) and loss.numel() == 1 and loss.is_floating_point()):
         return loss
     if torch.is_tensor(loss) and loss.numel() == 1:
@@ -346,6 +353,22 @@ def check_loss(loss: Any) -> Any:
     if isinstance(loss, (numbers.Real, np.ndarray, np.generic)) and not isinstance(loss, (bool, np.bool_)):
         return float(loss)  # Python and numpy numbers, 0-d arrays
     raise ConfigError(f"step() takes the loss as a number or a one-element tensor, got {type(loss).__name__}")
+
+
+def _count_loss(optimizer: Any, loss: Any) -> None:
+    if loss is not None:
+        optimizer._had_loss = True
+        return
+    n = optimizer.__dict__.get("_steps_without_loss", 0) + 1
+    optimizer._steps_without_loss = n
+    if n == NO_LOSS_STEPS:
+        import warnings
+
+        from metalearner.errors import MetalearnerWarning
+
+        warnings.warn(f"{type(optimizer).__name__} has taken {n} steps without a loss, so its policy has nothing to observe and it "
+                      "runs as its base optimizer: pass the loss, opt.step(loss=loss) (with a GradScaler: scaler.step(opt, loss=loss))",
+                      MetalearnerWarning, stacklevel=4)  # fmt: skip
 
 
 OPTIMIZER_HOOKS = ("_optimizer_step_pre_hooks", "_optimizer_step_post_hooks", "_optimizer_state_dict_pre_hooks",
