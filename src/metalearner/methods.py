@@ -62,12 +62,13 @@ def check_rate(name: str, value: Any, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{name} must be a {'non-negative' if zero_ok else 'positive'} finite number, got {value}")
 
 
-def check_lr(lr: float) -> float:
+def check_lr(lr: float, *, zero_ok: bool = False) -> float:
     """``lr`` as given, or a one-line error unless it is a positive finite number (numpy
-    numbers and one-element tensors count)."""
+    numbers and one-element tensors count); ``zero_ok``: 0 too (a param group's own lr, which
+    torch allows: a group held still, or one a scheduler sets later)."""
     value = as_real(lr)
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+    if not ((value > 0 or zero_ok and value == 0) and math.isfinite(value)):
+        raise ConfigError(f"learning rate must be a positive number{' or 0' if zero_ok else ''}, got {lr!r}")
     return lr
 
 

@@ -630,3 +630,25 @@ def test_a_loop_that_never_passes_the_loss_is_told_once(kind):
         assert ours == ([] if given else [f"{type(opt).__name__} has taken {NO_LOSS_STEPS} steps without a loss, so its policy has "
                                           "nothing to observe and it runs as its base optimizer: pass the loss, opt.step(loss=loss) "
                                           "(with a GradScaler: scaler.step(opt, loss=loss))"])  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["learned_sf", "opt2vec"])
+def test_a_group_with_lr_0_is_held_still_as_torch_allows(kind):
+    from metalearner.lopt.learned import LearnedOptimizer
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
+    first, head = [p.detach().clone() for p in m[0].parameters()], m[2].weight.detach().clone()
+    groups = [{"params": m[0].parameters(), "lr": 0.0}, {"params": m[2].parameters()}]
+    opt = LearnedOptimizer(groups) if kind == "learned_sf" else Opt2Vec(groups, budget=50)
+    x, y = torch.randn(32, 8), torch.randint(0, 3, (32,))
+    for _ in range(40):  # observations included
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(m(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+    assert all(torch.equal(a, b) for a, b in zip(first, m[0].parameters()))
+    assert not torch.equal(head, m[2].weight) and torch.isfinite(m[2].weight).all()
+    assert opt.param_groups[0]["effective_lr"] == 0.0 and opt.param_groups[1]["effective_lr"] > 0
+    with pytest.raises(ConfigError, match="positive number or 0, got -1"):
+        (LearnedOptimizer if kind == "learned_sf" else Opt2Vec)([{"params": [nn.Parameter(torch.ones(2))], "lr": -1}])

@@ -171,7 +171,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             raise ConfigError("LearnedOptimizer takes all its parameters at construction; make a new one to add a group")
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_lr(group["lr"])
+        check_lr(group["lr"], zero_ok=True)
         check_weight_decay(group["weight_decay"])
         _check_betas(group["betas"], self.kernel.base)
         check_rate("eps", group["eps"])

@@ -116,9 +116,10 @@ def policy_step(
     return lr_scale_from(z[0]), momentum_from(z[1]), emb
 
 
-def _check_hyperparameters(lr: float, betas: Any, eps: float, weight_decay: float) -> None:
-    """One-line errors for values Adam's update cannot use (β₁ is the policy's: only β₂ is read)."""
-    check_lr(lr)
+def _check_hyperparameters(lr: float, betas: Any, eps: float, weight_decay: float, *, zero_lr_ok: bool = False) -> None:
+    """One-line errors for values Adam's update cannot use (β₁ is the policy's: only β₂ is read;
+    ``zero_lr_ok``: a param group's own lr may be 0, as torch allows)."""
+    check_lr(lr, zero_ok=zero_lr_ok)
     check_weight_decay(weight_decay)
     if not (len(betas) == 2 and 0.0 <= betas[1] < 1.0):
         raise ConfigError(f"beta2 must be in [0, 1), got {betas}")
@@ -226,7 +227,7 @@ class Opt2Vec(torch.optim.Optimizer):
         stepped but not observed: the policy's physics cover the parameters it was built with."""
         super().add_param_group(param_group)
         g = self.param_groups[-1]
-        _check_hyperparameters(g["lr"], g["betas"], g["eps"], g["weight_decay"])
+        _check_hyperparameters(g["lr"], g["betas"], g["eps"], g["weight_decay"], zero_lr_ok=True)
 
     def __getstate__(self) -> dict[str, Any]:  # copy.deepcopy and pickle keep the policy and its tracker
         return optimizer_getstate(self)
