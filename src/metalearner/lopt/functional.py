@@ -113,7 +113,12 @@ class ParamLayout:
         if inputs is not None:
             chosen = set(inputs)
             return [j for j in matrices if j in chosen]
-        return ([j for j in matrices if self.shapes[j][0] != 1] or matrices)[:1]
+        return (self.layers() or matrices)[:1]
+
+    def layers(self) -> list[int]:
+        """The indices of the tensors of two or more dimensions whose first is not 1: layers'
+        weights, not ``(1, …)`` class tokens or position tables."""
+        return [j for j, s in enumerate(self.shapes) if len(s) >= 2 and s[0] != 1]
 
     def fan_in_factor(self, power: float, scope: str = "all", inputs: Sequence[int] | None = None) -> torch.Tensor:
         """``(J,)``: the fixed lr factor ``min(1, (FAN_IN_REF / fan_in)^power)`` of each tensor of

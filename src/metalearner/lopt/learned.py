@@ -342,7 +342,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
             return
         depths = graph_depths(loss, self._params)
         guess = self.layout.input_tensors()
-        candidates = [j for j, s in enumerate(self.layout.shapes) if len(s) >= 2 and s[0] != 1 and depths[j] is not None]
+        candidates = [j for j in self.layout.layers() if depths[j] is not None]
         if not guess or not candidates or depths[guess[0]] is None:  # the guess out of sight (reentrant checkpointing): keep it
             return
         deepest = max(candidates, key=lambda j: (depths[j], -j))  # the first of the deepest

@@ -52,6 +52,7 @@ import json
 import math
 import numbers
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -61,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from metalearner.atomic import atomic_path
-from metalearner.errors import ConfigError, MetalearnerError, first_line
+from metalearner.errors import ConfigError, MetalearnerError, MetalearnerWarning, first_line
 from metalearner.observe.schema import PHYSICS, feature, log_feature
 
 if TYPE_CHECKING:
@@ -362,10 +363,6 @@ def _count_loss(optimizer: Any, loss: Any) -> None:
     n = optimizer.__dict__.get("_steps_without_loss", 0) + 1
     optimizer._steps_without_loss = n
     if n == NO_LOSS_STEPS:
-        import warnings
-
-        from metalearner.errors import MetalearnerWarning
-
         warnings.warn(f"{type(optimizer).__name__} has taken {n} steps without a loss, so its policy has nothing to observe and it "
                       "runs as its base optimizer: pass the loss, opt.step(loss=loss) (with a GradScaler: scaler.step(opt, loss=loss))",
                       MetalearnerWarning, stacklevel=4)  # fmt: skip

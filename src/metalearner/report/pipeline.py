@@ -24,21 +24,13 @@ STAGE_TITLES = {"zoo": "zoo of observed runs", "dataset": "dataset of trajectori
                 "meta_train": "learned optimizer", "bench": "benchmark (time to target)", "report": "report"}  # fmt: skip
 
 
-def _stage(out: Path, name: str) -> dict[str, Any] | None:
+def _record(out: Path, name: str) -> dict[str, Any] | None:
+    """A stage's ``stage.json`` (None when it has none or it is not an object)."""
     p = out / name / "stage.json"
     if not p.exists():
         return None
     rec = read_json(p)
-    return rec if isinstance(rec, dict) and rec.get("status") == "complete" else None
-
-
-def _stage_status(out: Path, name: str) -> str:
-    """``interrupted``, ``running`` (or killed) or ``not run``: what an incomplete stage's record says."""
-    try:
-        rec = read_json(out / name / "stage.json")
-    except (OSError, ValueError, DataError):
-        return "not run"
-    return str(rec.get("status", "not run")) if isinstance(rec, dict) else "not run"
+    return rec if isinstance(rec, dict) else None
 
 
 def _stage_json(path: Path, *keys: str) -> dict[str, Any]:
@@ -290,7 +282,8 @@ def write_pipeline_report(out: str | Path, *, figures_dir: str | Path | None = N
     from metalearner.report.bench import to_html, to_markdown
 
     out = Path(out)
-    stages = {n: _stage(out, n) for n in STAGE_TITLES}
+    records = {n: _record(out, n) for n in STAGE_TITLES}
+    stages = {n: rec if rec and rec.get("status") == "complete" else None for n, rec in records.items()}
     if not any(stages[n] for n in ("zoo", "mirror", "meta_train", "bench")):
         raise DataError(f"{out} holds no completed pipeline stage (run `metalearner run --out {out}` first)")
     figs = Path(figures_dir) if figures_dir else out / "report" / "figures"
@@ -307,7 +300,7 @@ def write_pipeline_report(out: str | Path, *, figures_dir: str | Path | None = N
         if rec:
             rows.append([n, STAGE_TITLES[n], f"{rec.get('wall_s', 0.0):.0f}", rec["key"]])
         elif n != "report":  # the report stage is the one running now, or `metalearner report`
-            status = _stage_status(out, n)
+            status = str((records[n] or {}).get("status", "not run"))  # interrupted, running (killed) or not run
             rows.append([n, STAGE_TITLES[n], "-", status])
             missing.append(f"{n} ({status})")
     bl.append(("table", (["stage", "what", "wall time (s)", "cache key"], rows)))

@@ -4,15 +4,14 @@ budget, probe) is built here from :class:`RunConfig`, and the loop is :func:`~me
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, DataError
 from metalearner.methods import check_lr, get_method
 from metalearner.observe.probe import Probe
-from metalearner.observe.store import RUN_JSON
+from metalearner.observe.store import RUN_JSON, read_run
 from metalearner.tasks.task import Task, TaskConfig, make_task
 from metalearner.train.budget import Budget, check_budget
 from metalearner.train.fit import FitResult, check_eval_every, check_sampler, check_target_acc, fit
@@ -105,8 +104,8 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     if (out / RUN_JSON).exists():
         if not overwrite:
             try:
-                status = json.loads((out / RUN_JSON).read_text()).get("status")
-            except (OSError, ValueError, AttributeError):
+                status = read_run(out).get("status")
+            except (OSError, DataError):  # unreadable: still a run's file, still refused
                 status = None
             held = "a partial (interrupted) run" if status == "partial" else "a run"
             raise ConfigError(f"{out} already holds {held}; pass --overwrite to replace it, or choose another --out")
