@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields, replace
 from functools import partial
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -171,14 +171,15 @@ def normalise_online(
     Returns ``(row, mean, sq)``.
     """
     finite = torch.isfinite(raw)
-    x = torch.where(finite, raw, torch.zeros_like(raw))
+    x = torch.where(finite, raw, 0.0)
     upd = finite & online
     mean = torch.where(upd, decay * mean + (1 - decay) * x, mean)
     sq = torch.where(upd, decay * sq + (1 - decay) * x * x, sq)
     corr = 1 - decay ** n.to(raw.dtype)
-    mu, var = mean / corr, sq / corr - (mean / corr) ** 2
+    mu = mean / corr
+    var = sq / corr - mu**2
     scaled = torch.where(online, (x - mu) / (var.clamp_min(0).sqrt() + 0.1), x)
-    return torch.where(finite, scaled, torch.zeros_like(raw)).clamp(-CLIP, CLIP), mean, sq
+    return torch.where(finite, scaled, 0.0).clamp(-CLIP, CLIP), mean, sq
 
 
 BASES: tuple[str, ...] = ("adam", "schedulefree")
@@ -378,7 +379,7 @@ class LearnedKernel:
             state = self.observe(theta, state, grad_sq, sq(delta), sq(new_params), cos, fan_in)
         return new_params, state
 
-    def observe(self, theta: torch.Tensor, state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,
+    def observe(self, theta: torch.Tensor | Mapping[str, torch.Tensor], state: KernelState, grad_sq: torch.Tensor, update_sq: torch.Tensor,
                 param_sq: torch.Tensor, motion: torch.Tensor | None = None, fan_in: torch.Tensor | None = None) -> KernelState:  # fmt: skip
         """The observation at the end of a window: from each tensor's squared gradient, update
         and weight norms (``(P, J)`` each, after the step), ``motion`` (``(P, J)``, the
@@ -386,7 +387,7 @@ class LearnedKernel:
         :meth:`ParamLayout.log10_fan_in`), each needed when the policy reads it, push
         the features into the history and let the policy set the new scales (bounded, with the
         spike guard). ``update`` calls it; the per-tensor front computes the norms its own way
-        and calls it directly."""
+        and calls it directly, with ``theta`` split once by :func:`policy_tensors`."""
         if self.reads_motion and motion is None:
             raise ValueError("this policy reads motion_cos: pass observe(..., motion=...)")
         if self.reads_fan_in and fan_in is None:
@@ -399,12 +400,13 @@ class LearnedKernel:
         ema_prev = torch.where(first, mean_loss, state.ema_loss)
         finite = torch.isfinite(mean_loss)
         usable = finite & (mean_loss > 0)  # a window whose loss is 0 or below has no log: it is not the best, nor a spike
-        best = torch.where(first, torch.full_like(mean_loss, math.inf), state.min_loss)
+        best = torch.where(first, math.inf, state.min_loss)
         min_loss = torch.where(usable, torch.minimum(best, mean_loss), best)
         P, J = state.log_scale.shape
         log_ratio = 0.5 * update_sq.log() - 0.5 * param_sq.log()
+        vs_min = log_l - min_loss.log()
         member = {"log_loss_rel": log_l - first_loss.log(), "log_loss_delta": log_l - prev_loss.log(),
-                  "loss_vs_min": log_l - min_loss.log(), "loss_vs_ema": log_l - ema_prev.log()}  # fmt: skip
+                  "loss_vs_min": vs_min, "loss_vs_ema": log_l - ema_prev.log()}  # fmt: skip
         columns = {**{k: v[:, None].expand(P, J) for k, v in member.items()}, "log_grad_norm": 0.5 * grad_sq.log(),
                    "log_update_ratio": log_ratio, "update_ratio_level": log_ratio / math.log(10) + 3,
                    "log_lr_scale": state.log_scale, "motion_cos": motion,
@@ -413,12 +415,12 @@ class LearnedKernel:
         n_obs = state.n_obs + 1
         row, feat_mean, feat_sq = normalise_online(raw, self._online, state.feat_mean, state.feat_sq, n_obs[:, None, None])
         history = torch.cat([state.history[:, :, 1:], row[:, :, None]], dim=2)
-        out, _ = self._policy(policy_tensors(self.config, theta), history)  # (P, J, 1)
+        out, _ = self._policy(theta if isinstance(theta, Mapping) else policy_tensors(self.config, theta), history)  # (P, J, 1)
         target = MAX_LOG_SCALE * torch.tanh(torch.nan_to_num(out[..., 0], nan=0.0) / MAX_LOG_SCALE)
         if self.scales == "global":  # one multiplier per network: the tensors' targets averaged
             target = target.mean(-1, keepdim=True).expand(P, J)
         moved = state.log_scale + (target - state.log_scale).clamp(-MAX_MOVE, MAX_MOVE)
-        spike = ~finite | (usable & (log_l - min_loss.log() > self.spike))  # (P,)
+        spike = ~finite | (usable & (vs_min > self.spike))  # (P,)
         halved = (torch.minimum(moved, state.log_scale) - math.log(2)).clamp_min(-MAX_LOG_SCALE)
         log_scale = torch.where(spike[:, None], halved, moved)
         ema = LOSS_EMA * ema_prev + (1 - LOSS_EMA) * torch.where(usable, mean_loss, ema_prev)

@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterable
 import torch
 
 from metalearner.errors import ConfigError
-from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos
+from metalearner.lopt.functional import KernelState, LearnedKernel, ParamLayout, motion_cos, policy_tensors
 from metalearner.kernels import check_dense_grads, check_state_fits
 from metalearner.lopt.policy import SPIKE_GUARD, PolicyWeights, check_loss, optimizer_getstate, resolve_weights
 from metalearner.methods import as_real, check_lr, check_rate, check_weight_decay
@@ -118,6 +118,12 @@ def graph_depths(loss: torch.Tensor, params: list[torch.Tensor]) -> list[int | N
                 ready.append(c)
     at = {id(getattr(n, "variable", None)): d for n, d in depth.items() if hasattr(n, "variable")}
     return [at.get(id(p)) for p in params]
+
+
+def _alike(values: list[float]) -> float | list[float]:
+    """One number where every tensor's is the same (``foreach``'s scalar form is a little
+    faster than its list form), else the list."""
+    return values[0] if all(x == values[0] for x in values) else values
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
@@ -244,29 +250,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
             self._base_step(params, grads, stepped)
             self._set_groups()
             return loss
-        grad_norm = torch.stack(torch._foreach_norm(grads))
-        motion = self._motion_cos(params, grads, grad_norm) if self.kernel.reads_motion else None
+        grad_norm, motion = self._before_step(params, grads)
         old = self._scratch
         torch._foreach_copy_(old, params)
         self._base_step(params, grads, stepped)
         self._set_groups()  # the lr this step applied; the observation's scales are the next step's
         torch._foreach_sub_(old, params)  # minus this step's update: the same norm
-        norms = [grad_norm[None], *(torch.stack(torch._foreach_norm(t))[None] for t in (old, params))]
-        second = torch.stack(torch._foreach_norm(self._v))
-        if not bool(torch.isfinite(norms[2].sum() + second.sum())):  # weights or moments went non-finite
+        J = len(params)
+        after = torch.stack(torch._foreach_norm([*old, *params, *self._v]))  # one pass: update, weight, second-moment norms
+        if not bool(after[J:].sum().isfinite()):  # weights or moments went non-finite
             self._roll_back()
             k.loss_sum.fill_(math.nan)  # the kernel's guard then halves every scale
-        fan_in = self.layout.log10_fan_in().to(norms[0]) if self.kernel.reads_fan_in else None
         k.loss_n.fill_(c["window_losses"])
-        self.kstate = self.kernel.observe(self._theta, k, *(n.square() for n in norms), motion, fan_in)
+        squares = grad_norm.square()[None], after[:J].square()[None], after[J : 2 * J].square()[None]
+        self.kstate = self.kernel.observe(self._theta, k, *squares, motion, self._log10_fan_in)
         c.update(since_observation=0, window_losses=0, observations=c["observations"] + 1)
         self._read_scales()
         self._snapshot_due = True  # taken at the start of the next step
         return loss
 
-    def _motion_cos(self, params: list[torch.Tensor], grads: list[torch.Tensor], grad_norm: torch.Tensor) -> torch.Tensor:
-        """``(1, J)`` the ``motion_cos`` feature before the step, as the kernel computes it
-        (observation steps only; ``grad_norm``: each gradient's norm)."""
+    def _before_step(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """An observation's reads before its step: each gradient's norm ``(J,)`` and, if the
+        policy reads it, the ``motion_cos`` feature ``(1, J)`` as the kernel computes it."""
+        if not self.kernel.reads_motion:
+            return torch.stack(torch._foreach_norm(grads)), None
         if self.base == "adam":
             denom = torch._foreach_add(torch._foreach_sqrt(self._v), [g["eps"] for g in self._groups])
             motion = torch._foreach_div(self._moments, denom)
@@ -275,9 +282,10 @@ class LearnedOptimizer(torch.optim.Optimizer):
             motion = self._scratch
             for out, z, p in zip(motion, self._moments, params):
                 torch.sub(z, p, out=out)
-        motion_sq = torch.stack(torch._foreach_norm(motion)).square()
-        torch._foreach_mul_(motion, grads)  # the products g·d, summed per tensor
-        return motion_cos(torch.stack([t.sum() for t in motion]), grad_norm.square(), motion_sq)[None]
+        norms = torch.stack(torch._foreach_norm([*grads, *motion]))  # one pass for both
+        grad_norm, motion_norm = norms[: len(grads)], norms[len(grads) :]
+        dots = torch.stack([torch.dot(d.reshape(-1), g.reshape(-1)) for d, g in zip(motion, grads)])  # g·d, read once
+        return grad_norm, motion_cos(dots, grad_norm.square(), motion_norm.square())[None]
 
     def _base_step(self, params: list[torch.Tensor], grads: list[torch.Tensor], only: list[int] | None = None) -> None:
         """The kernel's base step (see :meth:`LearnedKernel.update`) per tensor with ``foreach``
@@ -303,22 +311,24 @@ class LearnedOptimizer(torch.optim.Optimizer):
         decay = [g["weight_decay"] for g in groups]
         if self.base == "adam" and any(decay):  # Adam's L2 form: added to the gradient
             grads = torch._foreach_add(grads, torch._foreach_mul(params, decay))
-        torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, grads, grads, [1 - b for b in b2])
-        denom = torch._foreach_div(v, [1 - b**t for b in b2])
-        torch._foreach_sqrt_(denom)
-        torch._foreach_add_(denom, [g["eps"] for g in groups])
+        torch._foreach_mul_(v, _alike(b2))
+        torch._foreach_addcmul_(v, grads, grads, _alike([1 - b for b in b2]))
+        # g / (√(v / (1 − β₂ᵗ)) + ε) = r g / (√v + r ε) with r = √(1 − β₂ᵗ): the bias correction
+        # folded into ε and the step sizes saves a pass over the moments
+        root = [math.sqrt(1 - b**t) for b in b2]
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, _alike([float(g["eps"]) * r for g, r in zip(groups, root)]))
         if self.base == "adam":
-            torch._foreach_lerp_(moments, grads, [1 - b for b in b1])
-            torch._foreach_addcdiv_(params, moments, denom, [-lr / (1 - b**t) for lr, b in zip(lrs, b1)])
+            torch._foreach_lerp_(moments, grads, _alike([1 - b for b in b1]))
+            torch._foreach_addcdiv_(params, moments, denom, [-lr * r / (1 - b**t) for lr, r, b in zip(lrs, root, b1)])
             return
         c = [lr * lr / w if w > 0 else 0.0 for lr, w in zip(lrs, weight_sum)]  # the averaging weight follows the controlled lr
         coef = [lr * (b * (1 - ci) - 1) for lr, ci, b in zip(lrs, c, b1)]
         neg_lrs = [-lr for lr in lrs]
         decayed = torch._foreach_mul(params, decay) if any(decay) else None  # Schedule-Free's form: λ y in the update
         torch._foreach_lerp_(params, moments, c)
-        torch._foreach_addcdiv_(params, grads, denom, coef)
-        torch._foreach_addcdiv_(moments, grads, denom, neg_lrs)
+        torch._foreach_addcdiv_(params, grads, denom, [x * r for x, r in zip(coef, root)])
+        torch._foreach_addcdiv_(moments, grads, denom, [x * r for x, r in zip(neg_lrs, root)])
         if decayed is not None:
             torch._foreach_add_(params, torch._foreach_mul(decayed, coef))
             torch._foreach_add_(moments, torch._foreach_mul(decayed, neg_lrs))
@@ -358,7 +368,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         first = self._params[0]
         kw = dict(dtype=first.dtype, device=first.device)
         self.kstate = self.kernel.init_state(1, ParamLayout(self.layout.names, ((0,),) * len(self._params)), **kw)
-        self._theta = self.theta.flat().to(**kw)[None]
+        self._set_policy(**kw)
         self.host = {"count": 0, "weight_sum": [0.0] * len(self._params), "scales": [1.0] * len(self._params)}
         for p in self._params:
             self.state[p] = {self._moment: p.detach().clone() if self.base == "schedulefree" else torch.zeros_like(p),
@@ -366,6 +376,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._scratch = [torch.empty_like(p) for p in self._params]  # an observation's working copy
         self._snapshot_due = True
         self._bind()
+
+    def _set_policy(self, **kw: Any) -> None:
+        """The policy's weights and the fan-in feature on the parameters' device, made once
+        (an observation reads them as they are)."""
+        self._theta = policy_tensors(self.theta.config, self.theta.flat().to(**kw)[None])
+        self._log10_fan_in = self.layout.log10_fan_in().to(**kw) if self.kernel.reads_fan_in else None
 
     @property
     def _moment(self) -> str:
@@ -409,12 +425,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """Each group's ``lr_scale`` from the next step on (:meth:`_set_groups` records it): the
         size-weighted geometric mean of its tensors' learned multipliers (``log_scale``, ``(J,)``)
         times their fan-in factors."""
-        log_scale = log_scale + self._fan_in.log()
+        logs = [a + math.log(f) for a, f in zip(log_scale.tolist(), self._fan_in_host)]
         self._lr_scales, i = [], 0
         for group in self.param_groups:
-            n = len(group["params"])
-            sizes = torch.tensor(self.layout.sizes[i : i + n], dtype=torch.float64)
-            self._lr_scales.append(float(math.exp(float((log_scale[i : i + n] * sizes).sum() / sizes.sum()))) if n else 1.0)
+            n, sizes = len(group["params"]), self.layout.sizes[i : i + len(group["params"])]
+            self._lr_scales.append(math.exp(sum(a * w for a, w in zip(logs[i : i + n], sizes)) / sum(sizes)) if n else 1.0)
             i += n
 
     def _set_groups(self) -> None:
@@ -498,7 +513,7 @@ class LearnedOptimizer(torch.optim.Optimizer):
         else:
             first = self._params[0]
             self.kstate = KernelState(**{k: v.to(first.device).clone() for k, v in learned["kernel"].items()})
-            self._theta = self.theta.flat().to(device=first.device, dtype=first.dtype)[None]
+            self._set_policy(device=first.device, dtype=first.dtype)
             self.host = {**learned["host"], "weight_sum": list(learned["host"]["weight_sum"]), "scales": [1.0] * len(self._params)}
             self._read_scales()
             self._snapshot, self._snapshot_due = None, True  # taken at the next step, in train mode, on the loaded weights
