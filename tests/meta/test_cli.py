@@ -31,6 +31,12 @@ main()
 """
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """fewshot keeps its checkpoints in ./runs/fewshot by default: here, in the test's own folder."""
+    monkeypatch.chdir(tmp_path)
+
+
 def invoke(*args: str) -> dict:
     r = runner.invoke(app, [*args, "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -100,3 +106,20 @@ def test_the_main_command_prints_one_line_and_exits_2():
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert lines == ["error: unknown few-shot method 'reptile'; choose from maml, meta_sgd, meta_meta"]
+
+
+def test_fewshot_keeps_its_meta_training_and_the_same_command_continues_it(tmp_path):
+    args = ("fewshot", "--task", "sinusoid", "--method", "meta_sgd", "--iterations", "8", "--meta-batch", "3", "--eval-tasks", "20",
+            "--out", str(tmp_path / "fs"))  # fmt: skip
+    first = invoke(*args)
+    ckpt = tmp_path / "fs" / first["checkpoint"].rsplit("/", 1)[-1]
+    assert ckpt.is_file() and json.loads(ckpt.with_suffix(".json").read_text())["mean"] == first["mean"]
+    r = runner.invoke(app, [*args, "--no-progress"])  # the finished meta-training is read back, not redone
+    assert r.exit_code == 0 and "continuing the meta-training kept in" in r.stderr
+    again = json.loads(r.stdout.strip().splitlines()[-1])
+    assert again["mean"] == first["mean"] and again["history"] == first["history"]
+    other = invoke(*args, "--inner-lr", "0.02")  # another configuration: its own checkpoint beside the first
+    assert other["checkpoint"] != first["checkpoint"] and len(list((tmp_path / "fs").glob("*.safetensors"))) == 2
+    r = runner.invoke(app, [*args, "--no-resume", "--no-progress"])
+    assert r.exit_code == 0 and "continuing" not in r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["mean"] == first["mean"]  # started over, deterministically

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, DataError
 from metalearner.meta.fewshot import (
     ClassSplit, Episodes, FewShotConfig, Sinusoid, _split, evaluate, image_splits, init_learner, make_families, meta_loss, meta_train,
     nearest_centroid, outer_optimizer, prototype_head,
@@ -431,3 +431,41 @@ def test_a_heldout_meta_meta_level_trains_on_the_rest_and_reads_its_hypergradien
             FewShotConfig(method=method, hyper_source="heldout")
     with pytest.raises(ConfigError, match="unknown hyper_source 'test'; choose from train, heldout"):
         FewShotConfig(method="meta_meta", hyper_source="test")
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("method, warmup", [("maml", 4), ("meta_sgd", 0), ("meta_meta", 3)])
+def test_an_interrupted_meta_training_continues_from_its_checkpoint_as_if_never_stopped(tmp_path, method, warmup):
+    config = FewShotConfig(method=method, inner_lr=0.05, meta_batch=3, iterations=9, outer_warmup=warmup)
+    family = Sinusoid(k_shot=5, k_query=5)
+    whole, history = meta_train(family, config, log_every=1)
+
+    def stop_at_6(it, n, loss):
+        if it == 6:
+            raise _Stop
+
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(_Stop):  # a kill after iteration 6's update, before its checkpoint: 5 iterations kept
+        meta_train(family, config, log_every=1, checkpoint=ckpt, save_every=0.0, progress=stop_at_6)
+    seen = []
+    resumed, resumed_history = meta_train(family, config, log_every=1, checkpoint=ckpt, progress=lambda it, n, loss: seen.append(it))
+    assert seen[0] == 5 and seen[1:] == [6, 7, 8, 9]  # told where it continues from, then the rest
+    assert resumed_history == history
+    for name, value in whole.meta.items():
+        assert torch.equal(resumed.meta[name], value), name
+    again, _ = meta_train(family, config, log_every=1, checkpoint=ckpt)  # a finished checkpoint: nothing left to train
+    assert all(torch.equal(again.meta[k], v) for k, v in whole.meta.items())
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_in_one_line(tmp_path):
+    family = Sinusoid(k_shot=5, k_query=5)
+    ckpt = tmp_path / "run.safetensors"
+    meta_train(family, FewShotConfig(method="maml", meta_batch=2, iterations=2), checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="holds a meta-training of another configuration"):
+        meta_train(family, FewShotConfig(method="maml", meta_batch=2, iterations=2, inner_lr=0.02), checkpoint=ckpt)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="is not a readable checkpoint"):
+        meta_train(family, FewShotConfig(method="maml", meta_batch=2, iterations=2), checkpoint=tmp_path / "junk.safetensors")

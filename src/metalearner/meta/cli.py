@@ -4,6 +4,7 @@ on stderr, figures as PNG. Register with ``app.add_typer(tower_app, name="tower"
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -105,11 +106,15 @@ def fewshot(
     eval_steps: Optional[int] = typer.Option(None, help="Inner steps at test time (default: as trained)."),
     seed: int = SEED,
     plot: Optional[Path] = PLOT,
+    out: Path = typer.Option(Path("runs/fewshot"), help="Folder for the meta-training's checkpoint (kept every 30 s and at the end) "
+                             "and the result JSON, one pair per configuration: the same command continues where it stopped."),
+    resume: bool = typer.Option(True, help="Continue from this configuration's checkpoint in --out (--no-resume starts over)."),
     data_dir: Optional[Path] = options.DATA_DIR,
     progress: bool = options.PROGRESS,
 ) -> None:
     """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
     The figure: the adaptation curve, the meta-loss and the meta-learning rate."""
+    from metalearner.atomic import writable_folder, write_json
     from metalearner.errors import ConfigError
     from metalearner.progress import Progress
     from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
@@ -122,15 +127,24 @@ def fewshot(
         if value < 1:
             raise ConfigError(f"{name} must be >= 1, got {value}")
     plot = figure_path(plot)  # before the work
+    run = {"task": task, "k_shot": k_shot, "n_way": n_way if task != "sinusoid" else None, "augment": augment if task != "sinusoid" else None,
+           "backbone": backbone if task != "sinusoid" else None}  # fmt: skip
+    key = hashlib.sha256(json.dumps({**run, "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
+    checkpoint = writable_folder(out) / f"fewshot-{key}.safetensors"  # keyed by what meta-training depends on
+    if not resume:
+        checkpoint.unlink(missing_ok=True)
+    elif checkpoint.is_file():
+        typer.echo(f"continuing the meta-training kept in {checkpoint}", err=True)
     train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment,
                                 backbone=backbone)  # fmt: skip
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
-        result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps,
+        result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps, checkpoint=checkpoint,
                                     progress=lambda i, n, loss: bar.update(i, n, loss=loss))  # fmt: skip
     if plot is not None:
         from metalearner.meta.plots import plot_fewshot
 
         plot_fewshot(result, plot, title=f"{method} on {task}, {k_shot}-shot")
-    typer.echo(json.dumps({"task": task, "k_shot": k_shot, "n_way": n_way if task != "sinusoid" else None, "augment": augment if task != "sinusoid" else None,
-                           "backbone": backbone if task != "sinusoid" else None, **result, "plot": str(plot) if plot else None}))
+    output = {**run, **result, "plot": str(plot) if plot else None, "checkpoint": str(checkpoint)}
+    write_json(checkpoint.with_suffix(".json"), output)
+    typer.echo(json.dumps(output))

@@ -35,8 +35,12 @@ outer optimizer's state, so memory is flat.
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -45,7 +49,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.optim.lr_scheduler import LambdaLR
 
-from metalearner.errors import ConfigError
+from metalearner.checkpoint import load_state, save_state
+from metalearner.errors import ConfigError, DataError
 from metalearner.meta.towers import Tower
 
 Params = dict[str, Tensor]
@@ -376,11 +381,18 @@ def outer_optimizer(meta: Params, config: FewShotConfig) -> tuple[torch.optim.Op
 
 
 def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
-               progress: Callable[[int, int, float], None] | None = None) -> tuple[MetaLearner, list[dict[str, float]]]:  # fmt: skip
+               progress: Callable[[int, int, float], None] | None = None, checkpoint: str | os.PathLike | None = None,
+               save_every: float = 30.0) -> tuple[MetaLearner, list[dict[str, float]]]:  # fmt: skip
     """Meta-train on ``family`` (``sample``, ``model``, ``loss``; for ``meta_meta`` with
     held-out hypergradients also ``hold_out``, else held-out episodes are other draws of it);
     returns the learner and a history of ``{iteration, meta_loss, outer_lr}`` every
-    ``log_every`` iterations."""
+    ``log_every`` iterations.
+
+    ``checkpoint``: a file that keeps the meta-training (meta-parameters, the outer optimizer
+    and its schedule, the task generator, the history) every ``save_every`` seconds and at
+    the end; if it exists the run continues from it, and ends as an uninterrupted run would
+    (tested). It must be of this ``config`` and ``log_every``, on the same family (the caller
+    keys the file by them)."""
     _check_head(config, family)
     heldout = None
     if config.hyper_source == "heldout":  # a family without hold_out (every task a fresh draw, as sinusoids): other draws
@@ -389,8 +401,13 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
     learner = init_learner(family.model(), config)
     opt, schedule = outer_optimizer(learner.meta, config)
     gen = torch.Generator().manual_seed(config.seed)
-    history, running = [], 0.0
-    for it in range(1, config.iterations + 1):
+    history, running, done = [], 0.0, 0
+    if checkpoint is not None and Path(checkpoint).is_file():
+        history, running, done = _resume(checkpoint, config, log_every, learner, opt, schedule, gen)
+        if progress is not None and history:
+            progress(done, config.iterations, history[-1]["meta_loss"])
+    saved_at = time.monotonic()
+    for it in range(done + 1, config.iterations + 1):
         batch = family.sample(config.meta_batch, gen)
         loss = meta_loss(learner.meta, learner.fixed, learner.model, family.loss, config.inner_steps,
                          config.first_order, batch, config.head)  # fmt: skip
@@ -412,7 +429,32 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
             running = 0.0
             if progress is not None:
                 progress(it, config.iterations, history[-1]["meta_loss"])
+        if checkpoint is not None and (it == config.iterations or time.monotonic() - saved_at >= save_every):
+            state = {"config": config.to_dict(), "log_every": log_every, "iteration": it, "history": history, "running": running,
+                     "meta": learner.meta, "outer": opt.state_dict(), "schedule": schedule.state_dict() if schedule else None,
+                     "generator": gen.get_state()}  # fmt: skip
+            save_state(checkpoint, state)
+            saved_at = time.monotonic()
     return learner, history
+
+
+def _resume(checkpoint: str | os.PathLike, config: FewShotConfig, log_every: int, learner: MetaLearner,
+            opt: torch.optim.Optimizer, schedule: LambdaLR | None, gen: torch.Generator) -> tuple[list[dict[str, float]], float, int]:  # fmt: skip
+    """Load a :func:`meta_train` checkpoint into the fresh learner, optimizer, schedule and
+    generator; returns the history, the running loss and the iterations done."""
+    state = load_state(checkpoint)
+    if not isinstance(state, dict) or {"config", "iteration", "meta", "outer", "generator"} - set(state):
+        raise DataError(f"{checkpoint} is not a few-shot meta-training checkpoint; delete it or use another --out")
+    if state["config"] != json.loads(json.dumps(config.to_dict())) or state.get("log_every") != log_every:
+        raise ConfigError(f"{checkpoint} holds a meta-training of another configuration; delete it or use another --out")
+    with torch.no_grad():
+        for name, value in learner.meta.items():
+            value.copy_(state["meta"][name])
+    opt.load_state_dict(state["outer"])
+    if schedule is not None:
+        schedule.load_state_dict(state["schedule"])
+    gen.set_state(state["generator"])
+    return state["history"], float(state["running"]), int(state["iteration"])
 
 
 def _check_head(config: FewShotConfig, family: Any) -> None:
@@ -496,13 +538,14 @@ def make_families(task: str, *, k_shot: int, n_way: int = 5, data_dir: str | Non
 
 
 def train_and_evaluate(train: Any, test: Any, config: FewShotConfig, *, n_tasks: int, steps: int | None = None,
-                       progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Meta-train on ``train``, evaluate on ``test`` after ``steps`` inner steps (default: as
-    trained); the result holds the config, the score with its interval, curve and history."""
-    import time
-
+                       progress: Callable[[int, int, float], None] | None = None,
+                       checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:  # fmt: skip
+    """Meta-train on ``train`` (continuing from ``checkpoint`` if it exists: :func:`meta_train`),
+    evaluate on ``test`` after ``steps`` inner steps (default: as trained); the result holds
+    the config, the score with its interval, curve and history (``train_seconds``: this
+    process's meta-training time)."""
     t0 = time.perf_counter()
-    learner, history = meta_train(train, config, progress=progress, log_every=max(1, config.iterations // 50))
+    learner, history = meta_train(train, config, progress=progress, log_every=max(1, config.iterations // 50), checkpoint=checkpoint)
     seconds = time.perf_counter() - t0
     result = evaluate(learner, test, n_tasks=n_tasks, steps=steps or config.inner_steps)
     return {"config": config.to_dict(), **result, "train_seconds": seconds, "history": history}
