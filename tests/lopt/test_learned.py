@@ -933,3 +933,27 @@ def test_a_window_of_zero_loss_is_neither_the_best_nor_followed_by_spikes():
         runs[zero] = (opt.spike_guards, opt.lr_scales())
     assert runs[True][0] == runs[False][0] == 0
     assert runs[True][1].min() > 0.5  # not halved towards the 1/20 floor
+
+
+@pytest.mark.parametrize("base", ["schedulefree", "adam"])
+def test_a_gradient_entry_that_stays_zero_in_float16_does_not_turn_the_step_into_nan(base):
+    """The bias correction is folded into ε (r ε, r = √(1 − β₂ᵗ)); r ε must not round to 0 in the
+    parameters' dtype, where it would make 0/0 of an entry whose gradient is always 0."""
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(8, 8).half())
+    opt, start = LearnedOptimizer([p], base=base, eps=1e-7), p.detach().clone()
+    for _ in range(64):
+        g = torch.randn(8, 8).half()
+        g[0, 0] = 0  # a dead unit
+        p.grad = g
+        opt.step(loss=1.0)
+    w = p.detach()
+    assert opt.rollbacks == 0 and bool(w.isfinite().all()) and float(w[0, 0]) == float(start[0, 0]) and not torch.equal(w, start)
+
+
+def test_a_param_group_of_empty_tensors_gets_a_finite_lr_scale():
+    a, empty = nn.Parameter(torch.randn(4, 3)), nn.Parameter(torch.zeros(0, 5))
+    opt = LearnedOptimizer([dict(params=[a]), dict(params=[empty])])
+    a.grad, empty.grad = torch.randn(4, 3), torch.zeros(0, 5)
+    opt.step(loss=1.0)
+    assert all(math.isfinite(g["lr_scale"]) and math.isfinite(g["effective_lr"]) for g in opt.param_groups)

@@ -123,3 +123,10 @@ def test_fewshot_keeps_its_meta_training_and_the_same_command_continues_it(tmp_p
     r = runner.invoke(app, [*args, "--no-resume", "--no-progress"])
     assert r.exit_code == 0 and "continuing" not in r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["mean"] == first["mean"]  # started over, deterministically
+
+
+def test_a_user_mistake_in_fewshot_writes_nothing(tmp_path):
+    for args in (["--task", "omniglot"], ["--task", "sinusoid", "--head", "prototypes"]):
+        r = runner.invoke(app, ["fewshot", *args, "--out", str(tmp_path / "fs"), "--no-progress"])
+        assert isinstance(r.exception, ConfigError)
+    assert not (tmp_path / "fs").exists() and not (tmp_path / "runs").exists()

@@ -314,10 +314,11 @@ class LearnedOptimizer(torch.optim.Optimizer):
         torch._foreach_mul_(v, _alike(b2))
         torch._foreach_addcmul_(v, grads, grads, _alike([1 - b for b in b2]))
         # g / (√(v / (1 − β₂ᵗ)) + ε) = r g / (√v + r ε) with r = √(1 − β₂ᵗ): the bias correction
-        # folded into ε and the step sizes saves a pass over the moments
+        # folded into ε and the step sizes saves a pass over the moments; r ε at least the dtype's
+        # smallest positive number, so that it never rounds to 0 (float16: 0/0 where a gradient entry is 0)
         root = [math.sqrt(1 - b**t) for b in b2]
         denom = torch._foreach_sqrt(v)
-        torch._foreach_add_(denom, _alike([float(g["eps"]) * r for g, r in zip(groups, root)]))
+        torch._foreach_add_(denom, _alike([max(float(g["eps"]) * r, self._least) for g, r in zip(groups, root)]))
         if self.base == "adam":
             torch._foreach_lerp_(moments, grads, _alike([1 - b for b in b1]))
             torch._foreach_addcdiv_(params, moments, denom, [-lr * r / (1 - b**t) for lr, r, b in zip(lrs, root, b1)])
@@ -379,7 +380,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
 
     def _set_policy(self, **kw: Any) -> None:
         """The policy's weights and the fan-in feature on the parameters' device, made once
-        (an observation reads them as they are)."""
+        (an observation reads them as they are), and the dtype's smallest positive number."""
+        info = torch.finfo(kw["dtype"])
+        self._least = info.tiny * info.eps  # the smallest subnormal
         self._theta = policy_tensors(self.theta.config, self.theta.flat().to(**kw)[None])
         self._log10_fan_in = self.layout.log10_fan_in().to(**kw) if self.kernel.reads_fan_in else None
 
@@ -429,7 +432,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         self._lr_scales, i = [], 0
         for group in self.param_groups:
             n, sizes = len(group["params"]), self.layout.sizes[i : i + len(group["params"])]
-            self._lr_scales.append(math.exp(sum(a * w for a, w in zip(logs[i : i + n], sizes)) / sum(sizes)) if n else 1.0)
+            weights = sizes if sum(sizes) else [1] * n  # a group of empty tensors: their plain mean
+            self._lr_scales.append(math.exp(sum(a * w for a, w in zip(logs[i : i + n], weights)) / sum(weights)) if n else 1.0)
             i += n
 
     def _set_groups(self) -> None:

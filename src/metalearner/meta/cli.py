@@ -117,7 +117,7 @@ def fewshot(
     from metalearner.atomic import writable_folder, write_json
     from metalearner.errors import ConfigError
     from metalearner.progress import Progress
-    from metalearner.meta.fewshot import FewShotConfig, make_families, train_and_evaluate
+    from metalearner.meta.fewshot import FewShotConfig, check_head, make_families, train_and_evaluate
     from metalearner.report.paths import figure_path
 
     config = FewShotConfig(method=method, first_order=first_order, inner_steps=inner_steps, inner_lr=inner_lr,
@@ -129,14 +129,18 @@ def fewshot(
     plot = figure_path(plot)  # before the work
     run = {"task": task, "k_shot": k_shot, "n_way": n_way if task != "sinusoid" else None, "augment": augment if task != "sinusoid" else None,
            "backbone": backbone if task != "sinusoid" else None}  # fmt: skip
+    train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment,
+                                backbone=backbone)  # fmt: skip
+    check_head(config, train)  # the user's mistakes before anything is written
     key = hashlib.sha256(json.dumps({**run, "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
     checkpoint = writable_folder(out) / f"fewshot-{key}.safetensors"  # keyed by what meta-training depends on
+    for path in (checkpoint, checkpoint.with_suffix(".json")):
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder where the run's file goes; move it or use another --out")
     if not resume:
         checkpoint.unlink(missing_ok=True)
     elif checkpoint.is_file():
         typer.echo(f"continuing the meta-training kept in {checkpoint}", err=True)
-    train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment,
-                                backbone=backbone)  # fmt: skip
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
         result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps, checkpoint=checkpoint,

@@ -393,7 +393,7 @@ def meta_train(family: Any, config: FewShotConfig, *, log_every: int = 50,
     the end; if it exists the run continues from it, and ends as an uninterrupted run would
     (tested). It must be of this ``config`` and ``log_every``, on the same family (the caller
     keys the file by them)."""
-    _check_head(config, family)
+    check_head(config, family)
     heldout = None
     if config.hyper_source == "heldout":  # a family without hold_out (every task a fresh draw, as sinusoids): other draws
         family, heldout = family.hold_out() if hasattr(family, "hold_out") else (family, family)
@@ -447,9 +447,12 @@ def _resume(checkpoint: str | os.PathLike, config: FewShotConfig, log_every: int
         raise DataError(f"{checkpoint} is not a few-shot meta-training checkpoint; delete it or use another --out")
     if state["config"] != json.loads(json.dumps(config.to_dict())) or state.get("log_every") != log_every:
         raise ConfigError(f"{checkpoint} holds a meta-training of another configuration; delete it or use another --out")
+    saved = state["meta"]
+    if not isinstance(saved, dict) or {k: tuple(v.shape) for k, v in saved.items()} != {k: tuple(v.shape) for k, v in learner.meta.items()}:
+        raise DataError(f"{checkpoint} holds the meta-parameters of another network; delete it or use another --out")
     with torch.no_grad():
         for name, value in learner.meta.items():
-            value.copy_(state["meta"][name])
+            value.copy_(saved[name])
     opt.load_state_dict(state["outer"])
     if schedule is not None:
         schedule.load_state_dict(state["schedule"])
@@ -457,7 +460,8 @@ def _resume(checkpoint: str | os.PathLike, config: FewShotConfig, log_every: int
     return state["history"], float(state["running"]), int(state["iteration"])
 
 
-def _check_head(config: FewShotConfig, family: Any) -> None:
+def check_head(config: FewShotConfig, family: Any) -> None:
+    """A one-line error for a head the family cannot take."""
     if config.head == "prototypes" and family.metric != "acc":
         raise ConfigError("the prototype head is for classification episodes (images), not regression")
 
@@ -488,7 +492,7 @@ def evaluate(learner: MetaLearner, family: Any, *, n_tasks: int, steps: int, see
              chunk: int = 100) -> dict[str, Any]:  # fmt: skip
     """Mean score with a 95% interval over ``n_tasks`` fresh tasks after ``steps`` inner steps,
     and the mean adaptation curve (score after 0 … ``steps`` steps)."""
-    _check_head(learner.config, family)
+    check_head(learner.config, family)
     gen = torch.Generator().manual_seed(seed)
     curves = torch.cat([adaptation_curve(learner, family, family.sample(min(chunk, n_tasks - i), gen), steps)
                         for i in range(0, n_tasks, chunk)])  # fmt: skip
