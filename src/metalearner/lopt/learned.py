@@ -44,8 +44,8 @@ size-weighted geometric mean over the group's tensors) and ``group["lr_scale"]``
 ``state_dict`` round-trips. The only host reads happen at observations (one every
 ``observe_every`` steps): between them nothing synchronises with the device. Weights with a
 fixed fan-in factor on the input layer (the shipped ones) read the input layer from the first
-step's loss graph (the deepest weight, so a model that registers its head first is read right),
-else from the parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param
+step's loss graph (the deepest weight, so a model that registers its head first is read right;
+under ``torch.compile`` the first weight its one-node graph takes), else from the parameter order (:attr:`LearnedOptimizer.input_layer` says which tensor); a param
 group marked ``input_layer=True`` names it instead. Once
 any group carries the mark the marks decide, so groups all marked ``input_layer=False`` give no
 tensor the factor (a token model, whose first tensor is an embedding: a row lookup has no fan-in).
@@ -95,9 +95,17 @@ def graph_depths(loss: torch.Tensor, params: list[torch.Tensor]) -> list[int | N
     it to the loss (None where no path reaches it, or for all when ``loss`` has no graph). The
     graph's structure outlives ``backward`` (only its saved tensors are freed), so this reads a
     step's loss after its gradients were taken; the input layer is the deepest weight."""
+    return _graph(loss, params)[0]
+
+
+def _graph(loss: torch.Tensor, params: list[torch.Tensor]) -> tuple[list[int | None], list[tuple[int, int] | None]]:
+    """:func:`graph_depths`, and where each parameter enters the graph: ``(node, position)``,
+    the number of the first node (in the order the walk meets them) that takes it as an input
+    and its place among that node's inputs (a compiled graph is one node whose inputs come in the
+    order the forward first used them), None where the graph does not reach it."""
     root = getattr(loss, "grad_fn", None)
     if root is None:
-        return [None] * len(params)
+        return [None] * len(params), [None] * len(params)
     children: dict[Any, list[Any]] = {}
     stack, parents = [root], {root: 0}
     while stack:  # every node the loss reaches, and how many edges enter each
@@ -116,8 +124,13 @@ def graph_depths(loss: torch.Tensor, params: list[torch.Tensor]) -> list[int | N
             parents[c] -= 1
             if parents[c] == 0:
                 ready.append(c)
+    entry: dict[int, tuple[int, int]] = {}
+    for number, node in enumerate(children):
+        for position, c in enumerate(children[node]):
+            if hasattr(c, "variable"):
+                entry.setdefault(id(c.variable), (number, position))
     at = {id(getattr(n, "variable", None)): d for n, d in depth.items() if hasattr(n, "variable")}
-    return [at.get(id(p)) for p in params]
+    return [at.get(id(p)) for p in params], [entry.get(id(p)) for p in params]
 
 
 def _alike(values: list[float]) -> float | list[float]:
@@ -346,18 +359,23 @@ class LearnedOptimizer(torch.optim.Optimizer):
     def _read_input_layer(self, loss: Any) -> None:
         """On the first step, unless the groups are marked: the input layer is the deepest
         weight of the loss's graph (so a model that registers its head first is read right), not
-        the first in parameter order; nothing changes without a graph (a loss given as a number,
-        or detached), where the order's guess is as deep, or where the graph does not reach the
-        guess (a checkpointed block hides its tensors)."""
+        the first in parameter order; where the deepest are all inputs of one node (a model under
+        ``torch.compile``, whose graph is one node taking its weights in the order the forward
+        first used them), the first it takes; nothing changes without a graph (a loss given as a
+        number, or detached), where the order's guess is as deep otherwise, or where the graph
+        does not reach the guess (a checkpointed block hides its tensors)."""
         if self._inputs is not None or not (self.kernel.fan_in_power and self.kernel.fan_in_scope == "input"):
             return
-        depths = graph_depths(loss, self._params)
+        depths, entries = _graph(loss, self._params)
         guess = self.layout.input_tensors()
         candidates = [j for j in self.layout.layers() if depths[j] is not None]
         if not guess or not candidates or depths[guess[0]] is None:  # the guess out of sight (reentrant checkpointing): keep it
             return
         deepest = max(candidates, key=lambda j: (depths[j], -j))  # the first of the deepest
-        if depths[deepest] > depths[guess[0]]:
+        tied = [j for j in candidates if depths[j] == depths[guess[0]]]
+        if depths[deepest] == depths[guess[0]] and len({entries[j][0] for j in tied}) == 1:
+            deepest = min(tied, key=lambda j: entries[j][1])  # inputs of one node (torch.compile's): the first it takes
+        if deepest != guess[0] and depths[deepest] >= depths[guess[0]]:
             self._graph_input = [deepest]
             self._set_fan_in()
             self._set_lr_scales(torch.zeros(len(self._params), dtype=torch.float64))
