@@ -115,7 +115,7 @@ def test_fewshot_keeps_its_meta_training_and_the_same_command_continues_it(tmp_p
     ckpt = tmp_path / "fs" / first["checkpoint"].rsplit("/", 1)[-1]
     assert ckpt.is_file() and json.loads(ckpt.with_suffix(".json").read_text())["mean"] == first["mean"]
     r = runner.invoke(app, [*args, "--no-progress"])  # the finished meta-training is read back, not redone
-    assert r.exit_code == 0 and "continuing the meta-training kept in" in r.stderr
+    assert r.exit_code == 0 and "continuing the run kept in" in r.stderr
     again = json.loads(r.stdout.strip().splitlines()[-1])
     assert again["mean"] == first["mean"] and again["history"] == first["history"]
     other = invoke(*args, "--inner-lr", "0.02")  # another configuration: its own checkpoint beside the first
@@ -130,3 +130,16 @@ def test_a_user_mistake_in_fewshot_writes_nothing(tmp_path):
         r = runner.invoke(app, ["fewshot", *args, "--out", str(tmp_path / "fs"), "--no-progress"])
         assert isinstance(r.exception, ConfigError)
     assert not (tmp_path / "fs").exists() and not (tmp_path / "runs").exists()
+
+
+def test_tower_keeps_its_run_and_the_same_command_continues_it(tmp_path):
+    args = ("tower", "--task", "moons", "--steps", "30", "--width", "16", "--batch-size", "50", "--n-train", "400",
+            "--out", str(tmp_path / "tw"), "--plot", str(tmp_path / "levels.png"))  # fmt: skip
+    first = invoke(*args)
+    ckpt = tmp_path / "tw" / first["checkpoint"].rsplit("/", 1)[-1]
+    assert ckpt.is_file() and json.loads(ckpt.with_suffix(".json").read_text())["final"] == first["final"]
+    r = runner.invoke(app, [*args, "--no-progress"])  # finished: read back, the same result and the same figure's rows
+    assert r.exit_code == 0 and "continuing the run kept in" in r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["hyperparameters"] == first["hyperparameters"]
+    r = runner.invoke(app, [*args, "--no-resume", "--no-progress"])
+    assert r.exit_code == 0 and "continuing" not in r.stderr and json.loads(r.stdout.strip().splitlines()[-1])["final"] == first["final"]

@@ -178,3 +178,60 @@ def test_an_out_dir_holding_an_interrupted_run_is_named_so(tmp_path):
         prepare_out_dir(tmp_path)
     prepare_out_dir(tmp_path, overwrite=True)
     assert not (tmp_path / "run.json").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+class _KillAt:
+    """A progress bar that stops the run (as Ctrl-C would) once it is told of step ``at``."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def update(self, step, total, **info):
+        if step >= self.at:
+            raise _Stop
+
+
+@pytest.mark.parametrize("kind", ["adam_with_scheduler", "tower", "learned_sf"])
+def test_an_interrupted_fit_continues_from_its_checkpoint_as_if_never_stopped(moons, tmp_path, kind):
+    from metalearner.lopt.learned import LearnedOptimizer
+    from metalearner.meta.towers import Tower
+
+    def run(**kw):
+        model = moons.build_model(seed=1)
+        scheduler, keep = None, {"lrs": []}
+        if kind == "tower":
+            opt = Tower(model.parameters(), lr=1e-2, base="sgd", height=2, hyper_every=2, warmup=4)
+        elif kind == "learned_sf":
+            opt = LearnedOptimizer(model.parameters())
+        else:
+            opt = torch.optim.Adam(model.parameters(), 1e-2)
+            scheduler = torch.optim.lr_scheduler.StepLR(opt, 5, gamma=0.8)
+        opt.register_step_post_hook(lambda o, *_: keep["lrs"].append(float(o.param_groups[0].get("effective_lr", o.param_groups[0]["lr"]))))
+        result = fit(model, opt, moons, epochs=3, eval_every=3, seed=2, scheduler=scheduler, keep=keep, **kw)
+        return model, result, keep
+
+    whole, expected, logs = run()
+    ckpt = tmp_path / "run.safetensors"
+    with pytest.raises(_Stop):  # killed in the second epoch: the first epoch's end is kept
+        run(checkpoint=ckpt, progress=_KillAt(12))
+    model, result, kept = run(checkpoint=ckpt)
+    assert result.history == expected.history and result.final == expected.final and kept == logs
+    for p, q in zip(model.parameters(), whole.parameters()):
+        assert torch.equal(p, q)
+    again, result, _ = run(checkpoint=ckpt)  # a finished run: read back, nothing left to train
+    assert result.history == expected.history and all(torch.equal(p, q) for p, q in zip(again.parameters(), whole.parameters()))
+
+
+def test_a_fit_checkpoint_of_other_options_or_with_a_probe_is_refused(moons, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    model = moons.build_model(seed=0)
+    fit(model, torch.optim.Adam(model.parameters(), 1e-2), moons, epochs=1, seed=0, checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="holds a run with other options"):
+        fit(model, torch.optim.Adam(model.parameters(), 1e-2), moons, epochs=2, seed=0, checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="without a probe only"):
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        fit(model, opt, moons, epochs=1, probe=Probe(model, opt), checkpoint=ckpt)

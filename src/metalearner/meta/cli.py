@@ -26,6 +26,25 @@ PLOT = typer.Option(None, help="Write the command's figure to this PNG (tower: e
                                 "fewshot: the adaptation curves and the meta-training history).")
 
 
+def _run_file(out: Path, command: str, what: dict, resume: bool) -> Path:
+    """The checkpoint a run of ``command`` keeps in ``out``, named by a hash of ``what`` it
+    depends on (its result JSON goes beside it), after checking ``out`` can take it; removed
+    without ``resume``, announced on stderr when there is one to continue."""
+    from metalearner.atomic import writable_folder
+    from metalearner.errors import ConfigError
+
+    key = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    checkpoint = writable_folder(out) / f"{command}-{key}.safetensors"
+    for path in (checkpoint, checkpoint.with_suffix(".json")):
+        if path.is_dir():
+            raise ConfigError(f"{path} is a folder where the run's file goes; move it or use another --out")
+    if not resume:
+        checkpoint.unlink(missing_ok=True)
+    elif checkpoint.is_file():
+        typer.echo(f"continuing the run kept in {checkpoint}", err=True)
+    return checkpoint
+
+
 @tower_app.callback(invoke_without_command=True)
 def tower(
     task: str = typer.Option("mnist", help="Data set: mnist, fashion_mnist, mnist1d, moons, digits, synthetic."),
@@ -45,11 +64,15 @@ def tower(
     n_train: Optional[int] = typer.Option(None, help="Subsample the training split."),
     seed: int = SEED,
     plot: Optional[Path] = PLOT,
+    out: Path = typer.Option(Path("runs/tower"), help="Folder for the run's checkpoint (kept at each epoch's end) and the result "
+                             "JSON, one pair per configuration: the same command continues where it stopped."),
+    resume: bool = typer.Option(True, help="Continue from this configuration's checkpoint in --out (--no-resume starts over)."),
     data_dir: Optional[Path] = options.DATA_DIR,
     progress: bool = options.PROGRESS,
 ) -> None:
     """Train an MLP with a tower; print the final metrics and learned hyperparameters as JSON.
     The figure: each level's hyperparameters over training."""
+    from metalearner.atomic import write_json
     from metalearner.meta.towers import Tower, tower_hparams
     from metalearner.progress import Progress
     from metalearner.tasks import ModelConfig, TaskConfig, make_task
@@ -65,17 +88,21 @@ def tower(
                 **{k: v for k, v in {"hyper_every": hyper_every, "warmup": warmup, "max_update_ratio": max_update_ratio}.items() if v is not None})  # fmt: skip
     rows: list[dict[str, float]] = [tower_hparams(opt)]
     opt.register_step_post_hook(lambda o, *_: rows.append(tower_hparams(o)))
+    tower = {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr, "learn": learn, "trace_decay": trace_decay,
+             "hyper_every": opt.param_groups[0]["hyper_every"], "warmup": opt.param_groups[0]["warmup"],
+             "max_update_ratio": opt.param_groups[0]["max_update_ratio"]}  # fmt: skip
+    checkpoint = _run_file(out, "tower", {"task": config.to_dict(), "tower": tower, "steps": steps}, resume)
     with Progress(progress) as display:
         bar = display.bar(f"tower {base} h{height}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=math.nan, acc=math.nan)
-        result = fit(model, opt, model_task, steps=steps, seed=seed, progress=bar)
+        result = fit(model, opt, model_task, steps=steps, seed=seed, progress=bar, checkpoint=checkpoint, keep={"rows": rows})
     if plot is not None:
         from metalearner.meta.plots import plot_tower
 
         plot_tower(rows, plot, title=f"{task}: {base} + tower of height {height}")
-    out = {"task": config.to_dict(), "tower": {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr,
-           "learn": learn, "trace_decay": trace_decay, "hyper_every": opt.param_groups[0]["hyper_every"],
-           "warmup": opt.param_groups[0]["warmup"], "max_update_ratio": opt.param_groups[0]["max_update_ratio"]}, "final": result.final, "hyperparameters": rows[-1], "plot": str(plot) if plot else None}  # fmt: skip
-    typer.echo(json.dumps(out))
+    output = {"task": config.to_dict(), "tower": tower, "final": result.final, "hyperparameters": rows[-1],
+              "plot": str(plot) if plot else None, "checkpoint": str(checkpoint)}  # fmt: skip
+    write_json(checkpoint.with_suffix(".json"), output)
+    typer.echo(json.dumps(output))
 
 
 @fewshot_app.callback(invoke_without_command=True)
@@ -114,7 +141,7 @@ def fewshot(
 ) -> None:
     """Meta-train, then evaluate on fresh tasks; print the score, interval and curves as JSON.
     The figure: the adaptation curve, the meta-loss and the meta-learning rate."""
-    from metalearner.atomic import writable_folder, write_json
+    from metalearner.atomic import write_json
     from metalearner.errors import ConfigError
     from metalearner.progress import Progress
     from metalearner.meta.fewshot import FewShotConfig, check_head, make_families, train_and_evaluate
@@ -132,15 +159,7 @@ def fewshot(
     train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment,
                                 backbone=backbone)  # fmt: skip
     check_head(config, train)  # the user's mistakes before anything is written
-    key = hashlib.sha256(json.dumps({**run, "config": config.to_dict()}, sort_keys=True).encode()).hexdigest()[:12]
-    checkpoint = writable_folder(out) / f"fewshot-{key}.safetensors"  # keyed by what meta-training depends on
-    for path in (checkpoint, checkpoint.with_suffix(".json")):
-        if path.is_dir():
-            raise ConfigError(f"{path} is a folder where the run's file goes; move it or use another --out")
-    if not resume:
-        checkpoint.unlink(missing_ok=True)
-    elif checkpoint.is_file():
-        typer.echo(f"continuing the meta-training kept in {checkpoint}", err=True)
+    checkpoint = _run_file(out, "fewshot", {**run, "config": config.to_dict()}, resume)
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
         result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps, checkpoint=checkpoint,

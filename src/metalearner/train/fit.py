@@ -16,6 +16,9 @@ bottom:
    stopping early when ``target_acc`` is reached;
 5. at the end, evaluate once on the test split.
 
+With a ``checkpoint`` file, the run is kept at each epoch's end and continued from it
+(``metalearner tower`` does so).
+
 Optimizers with a train/eval mode (Schedule-Free) are switched around evaluations, and
 optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss=...)``.
 """
@@ -23,6 +26,7 @@ optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -100,6 +104,45 @@ def _eval_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
         optimizer.train()
 
 
+def _save(path: str | os.PathLike, options: dict[str, Any], step: int, epoch: int, stop: bool, model: nn.Module,
+          optimizer: torch.optim.Optimizer, scheduler: Any, gen: torch.Generator, result: FitResult,
+          keep: dict[str, list[Any]] | None) -> None:  # fmt: skip
+    """:func:`fit`'s run at an epoch's end, in one atomic file (:mod:`metalearner.checkpoint`)."""
+    from metalearner.checkpoint import save_state
+
+    save_state(path, {"options": options, "step": step, "epoch": epoch, "stop": stop, "model": model.state_dict(),
+                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                      "generator": gen.get_state(), "rng": torch.get_rng_state(), "status": result.status, "final": result.final,
+                      "history": result.history, "eval_seconds": result.eval_seconds, "keep": keep})  # fmt: skip
+
+
+def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+            gen: torch.Generator, result: FitResult, keep: dict[str, list[Any]] | None) -> tuple[int, int, bool]:  # fmt: skip
+    """Load :func:`_save`'s file into the fresh run; returns its step, epoch and whether it had stopped."""
+    from metalearner.checkpoint import load_state
+    from metalearner.errors import DataError
+
+    state = load_state(path)
+    if not isinstance(state, dict) or {"options", "step", "model", "optimizer", "generator"} - set(state):
+        raise DataError(f"{path} is not a training checkpoint; delete it or use another --out")
+    if state["options"] != options:
+        raise ConfigError(f"{path} holds a run with other options ({state['options']}); delete it or use another --out")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise DataError(f"{path} holds another model's or optimizer's state ({str(e).splitlines()[0]}); delete it or use another --out") from None
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["rng"])
+    result.status, result.final, result.history, result.eval_seconds = state["status"], state["final"], state["history"], state["eval_seconds"]
+    for name, items in (state.get("keep") or {}).items():
+        if keep is not None and name in keep:
+            keep[name][:] = items
+    return int(state["step"]), int(state["epoch"]), bool(state["stop"])
+
+
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -169,6 +212,8 @@ def fit(
     progress: Any = None,
     should_stop: Callable[[list[dict[str, float]]], bool] | None = None,
     sampler: Literal["epoch", "random"] = "epoch",
+    checkpoint: str | os.PathLike | None = None,
+    keep: dict[str, list[Any]] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``task`` with ``optimizer`` within a budget of epochs or steps.
 
@@ -186,9 +231,18 @@ def fit(
         sampler: ``"epoch"`` (each epoch a seeded permutation, sliced into batches) or
             ``"random"`` (every batch drawn with replacement; an "epoch" is then
             ``ceil(n / batch_size)`` steps).
+        checkpoint: a file that keeps the run at each epoch's end (weights, optimizer,
+            scheduler, batch order, random state, history); if it exists the run continues
+            from it and ends as an uninterrupted one would. It must be of the same model,
+            optimizer and options (the caller keys the file by them). Not with a ``probe``,
+            whose log would repeat the steps after the checkpoint.
+        keep: the caller's per-step logs (lists it appends to, JSON-able items), kept with
+            each checkpoint and refilled from it on resuming.
     """
     check_sampler(sampler)
     _check_fit_options(batch_size, scheduler_interval, eval_every, target_acc)
+    if checkpoint is not None and probe is not None:
+        raise ConfigError("fit keeps a checkpoint without a probe only (the probe's log would repeat the steps after it)")
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -252,6 +306,11 @@ def fit(
     step = 0
     stop = False
     epoch = 0
+    options = {"seed": seed, "total": total, "batch_size": bs, "sampler": sampler, "n": n}
+    if checkpoint is not None and os.path.isfile(checkpoint):
+        step, epoch, stop = _resume(checkpoint, options, model, optimizer, scheduler, gen, result, keep)
+        if progress is not None and result.history:
+            progress.update(step, total, loss=result.history[-1]["train_loss"], acc=result.history[-1]["val_acc"])
     while step < total and not stop:
         perm = torch.randperm(n, generator=gen).to(device) if sampler == "epoch" else None
         for b in range(per_epoch):
@@ -285,6 +344,8 @@ def fit(
         if probe is not None:
             probe.flush()  # a crash loses at most the current epoch
         epoch += 1
+        if checkpoint is not None:
+            _save(checkpoint, options, step, epoch, stop, model, optimizer, scheduler, gen, result, keep)
 
     result.steps = step
     result.epochs = step / per_epoch
