@@ -959,19 +959,36 @@ def test_a_param_group_of_empty_tensors_gets_a_finite_lr_scale():
     assert all(math.isfinite(g["lr_scale"]) and math.isfinite(g["effective_lr"]) for g in opt.param_groups)
 
 
-def test_a_compiled_head_first_model_has_its_input_layer_read_from_the_order_its_graph_takes_its_weights():
-    """Under ``torch.compile`` the loss's graph is one node whose inputs are the weights in the
-    order the forward first uses them: the body, registered last, is read as the input layer
-    (``aot_eager``: the graph torch.compile builds, without compiling code)."""
+class _HeadFirstWithBreak(nn.Module):
+    """Head registered first, a graph break between the hidden layer and the head: two compiled graphs."""
+
+    def __init__(self):
+        super().__init__()
+        self.head, self.hidden, self.body = nn.Linear(16, 4), nn.Linear(16, 16), nn.Linear(200, 16)
+
+    def forward(self, x):
+        h = torch.tanh(self.hidden(torch.tanh(self.body(x))))
+        torch._dynamo.graph_break()
+        return self.head(h)
+
+
+@pytest.mark.parametrize("make", [_HeadFirst, _HeadFirstWithBreak])
+def test_a_compiled_head_first_model_has_its_input_layer_read_from_the_order_its_graph_takes_its_weights(make):
+    """Under ``torch.compile`` the loss's graph is one node (one per piece between graph breaks)
+    whose inputs are the weights in the order the forward first uses them: the body, registered
+    last, is read as the input layer (``aot_eager``: the graph torch.compile builds, without
+    compiling code)."""
     weights = PolicyWeights.init(CONFIG)
     weights.metadata.update(fan_in_power="0.5", fan_in_scope="input")
     torch.manual_seed(3)
-    model = _HeadFirst()
+    model = make()
     compiled = torch.compile(model, backend="aot_eager")
     opt = LearnedOptimizer(model.parameters(), 3e-3, weights=weights, base="adam")
     x, y = torch.randn(8, 200), torch.randint(0, 4, (8,))
-    loss = F.cross_entropy(compiled(x), y)
-    loss.backward()
-    opt.step(loss=loss)
+    try:
+        loss = F.cross_entropy(compiled(x), y)
+        loss.backward()
+        opt.step(loss=loss)
+    finally:
+        torch._dynamo.reset()
     assert opt.input_layer == [model.body.weight]
-    torch._dynamo.reset()

@@ -360,8 +360,9 @@ class LearnedOptimizer(torch.optim.Optimizer):
         """On the first step, unless the groups are marked: the input layer is the deepest
         weight of the loss's graph (so a model that registers its head first is read right), not
         the first in parameter order; where the deepest are all inputs of one node (a model under
-        ``torch.compile``, whose graph is one node taking its weights in the order the forward
-        first used them), the first it takes; nothing changes without a graph (a loss given as a
+        ``torch.compile``, whose graph, or each piece of it between graph breaks, is one node
+        taking its weights in the order the forward first used them; ``weight_norm``'s direction
+        and norm), the first it takes; nothing changes without a graph (a loss given as a
         number, or detached), where the order's guess is as deep otherwise, or where the graph
         does not reach the guess (a checkpointed block hides its tensors)."""
         if self._inputs is not None or not (self.kernel.fan_in_power and self.kernel.fan_in_scope == "input"):
@@ -371,10 +372,12 @@ class LearnedOptimizer(torch.optim.Optimizer):
         candidates = [j for j in self.layout.layers() if depths[j] is not None]
         if not guess or not candidates or depths[guess[0]] is None:  # the guess out of sight (reentrant checkpointing): keep it
             return
-        deepest = max(candidates, key=lambda j: (depths[j], -j))  # the first of the deepest
-        tied = [j for j in candidates if depths[j] == depths[guess[0]]]
-        if depths[deepest] == depths[guess[0]] and len({entries[j][0] for j in tied}) == 1:
-            deepest = min(tied, key=lambda j: entries[j][1])  # inputs of one node (torch.compile's): the first it takes
+        top = max(depths[j] for j in candidates)
+        tied = [j for j in candidates if depths[j] == top]
+        if len(tied) > 1 and len({entries[j][0] for j in tied}) == 1:  # inputs of one node (torch.compile's): the first it takes
+            deepest = min(tied, key=lambda j: entries[j][1])
+        else:
+            deepest = tied[0]  # the first of the deepest in parameter order
         if deepest != guess[0] and depths[deepest] >= depths[guess[0]]:
             self._graph_input = [deepest]
             self._set_fan_in()

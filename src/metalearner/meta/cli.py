@@ -91,7 +91,7 @@ def tower(
     tower = {"base": base, "height": height, "lr": lr, "hyper_lr": hyper_lr, "learn": learn, "trace_decay": trace_decay,
              "hyper_every": opt.param_groups[0]["hyper_every"], "warmup": opt.param_groups[0]["warmup"],
              "max_update_ratio": opt.param_groups[0]["max_update_ratio"]}  # fmt: skip
-    checkpoint = _run_file(out, "tower", {"task": config.to_dict(), "tower": tower, "steps": steps}, resume)
+    checkpoint = _run_file(out, "tower", {"task": config.to_dict(), "tower": tower, "steps": steps, "data_dir": str(data_dir)}, resume)
     with Progress(progress) as display:
         bar = display.bar(f"tower {base} h{height}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=math.nan, acc=math.nan)
         result = fit(model, opt, model_task, steps=steps, seed=seed, progress=bar, checkpoint=checkpoint, keep={"rows": rows})
@@ -159,7 +159,7 @@ def fewshot(
     train, test = make_families(task, k_shot=k_shot, n_way=n_way, data_dir=str(data_dir) if data_dir else None, augment=augment,
                                 backbone=backbone)  # fmt: skip
     check_head(config, train)  # the user's mistakes before anything is written
-    checkpoint = _run_file(out, "fewshot", {**run, "config": config.to_dict()}, resume)
+    checkpoint = _run_file(out, "fewshot", {**run, "config": config.to_dict(), "data_dir": str(data_dir)}, resume)
     with Progress(progress) as display:
         bar = display.bar(f"{method} {task}", info="meta-loss {loss:.4f}", loss=math.nan)
         result = train_and_evaluate(train, test, config, n_tasks=eval_tasks, steps=eval_steps, checkpoint=checkpoint,

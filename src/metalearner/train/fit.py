@@ -112,8 +112,15 @@ def _save(path: str | os.PathLike, options: dict[str, Any], step: int, epoch: in
 
     save_state(path, {"options": options, "step": step, "epoch": epoch, "stop": stop, "model": model.state_dict(),
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                      "generator": gen.get_state(), "rng": torch.get_rng_state(), "status": result.status, "final": result.final,
+                      "generator": gen.get_state(), "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng(model),
+                      "status": result.status, "final": result.final,
                       "history": result.history, "eval_seconds": result.eval_seconds, "keep": keep})  # fmt: skip
+
+
+def _cuda_rng(model: nn.Module) -> torch.Tensor | None:
+    """The random state of the GPU the model is on (None on the CPU)."""
+    device = next(model.parameters()).device
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
 
 def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -136,6 +143,8 @@ def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, 
         scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and _cuda_rng(model) is not None:  # dropout on a GPU draws from its own generator
+        torch.cuda.set_rng_state(state["cuda_rng"], next(model.parameters()).device)
     result.status, result.final, result.history, result.eval_seconds = state["status"], state["final"], state["history"], state["eval_seconds"]
     for name, items in (state.get("keep") or {}).items():
         if keep is not None and name in keep:
@@ -306,7 +315,8 @@ def fit(
     step = 0
     stop = False
     epoch = 0
-    options = {"seed": seed, "total": total, "batch_size": bs, "sampler": sampler, "n": n}
+    options = {"seed": seed, "total": total, "batch_size": bs, "sampler": sampler, "n": n, "eval_every": eval_every,
+               "target_acc": target_acc, "scheduler_interval": scheduler_interval, "test": test}  # fmt: skip
     if checkpoint is not None and os.path.isfile(checkpoint):
         step, epoch, stop = _resume(checkpoint, options, model, optimizer, scheduler, gen, result, keep)
         if progress is not None and result.history:
