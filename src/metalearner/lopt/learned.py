@@ -452,7 +452,8 @@ class LearnedOptimizer(torch.optim.Optimizer):
         logs = [a + math.log(f) for a, f in zip(log_scale.tolist(), self._fan_in_host)]
         self._lr_scales, i = [], 0
         for group in self.param_groups:
-            n, sizes = len(group["params"]), self.layout.sizes[i : i + len(group["params"])]
+            n = len(group["params"])
+            sizes = self.layout.sizes[i : i + n]
             weights = sizes if sum(sizes) else [1] * n  # a group of empty tensors: their plain mean
             self._lr_scales.append(math.exp(sum(a * w for a, w in zip(logs[i : i + n], weights)) / sum(weights)) if n else 1.0)
             i += n

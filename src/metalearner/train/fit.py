@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, DataError
 from metalearner.observe.probe import Probe
 from metalearner.tasks.data import is_whole
 from metalearner.tasks.task import Task
@@ -127,7 +127,6 @@ def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, 
             gen: torch.Generator, result: FitResult, keep: dict[str, list[Any]] | None) -> tuple[int, int, bool]:  # fmt: skip
     """Load :func:`_save`'s file into the fresh run; returns its step, epoch and whether it had stopped."""
     from metalearner.checkpoint import load_state
-    from metalearner.errors import DataError
 
     state = load_state(path)
     if not isinstance(state, dict) or {"options", "step", "model", "optimizer", "generator"} - set(state):
@@ -143,8 +142,9 @@ def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, 
         scheduler.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["rng"])
-    if state.get("cuda_rng") is not None and _cuda_rng(model) is not None:  # dropout on a GPU draws from its own generator
-        torch.cuda.set_rng_state(state["cuda_rng"], next(model.parameters()).device)
+    device = next(model.parameters()).device
+    if state.get("cuda_rng") is not None and device.type == "cuda":  # dropout on a GPU draws from its own generator
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
     result.status, result.final, result.history, result.eval_seconds = state["status"], state["final"], state["history"], state["eval_seconds"]
     for name, items in (state.get("keep") or {}).items():
         if keep is not None and name in keep:
