@@ -270,6 +270,37 @@ def test_train_refuses_a_file_or_an_existing_run_as_out_unless_overwrite(tmp_pat
     assert r.returncode == 0 and read_run(out)["run_id"] != first
 
 
+def test_train_continues_an_interrupted_run_of_the_same_settings(tmp_path):
+    """Interrupted after its first epoch (as Ctrl-C would), the same command continues it and
+    ends as an uninterrupted run; --no-resume refuses it, as before resuming existed."""
+    from metalearner.tasks import ModelConfig, TaskConfig
+    from metalearner.train import RunConfig, train_run
+
+    class Interrupt(Exception):
+        pass
+
+    class KillAfterFirstEpoch:
+        def update(self, step, total, **info):
+            if step > 7:  # 7 steps an epoch
+                raise Interrupt
+
+    args = ["train", "--task", "moons", "--width", "8", "--batch-size", "200", "--epochs", "3", "--eval-every", "2", "--no-progress"]
+    cfg = RunConfig(task=TaskConfig(dataset="moons", model=ModelConfig(width=8), batch_size=200), epochs=3, eval_every=2)
+    out = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train_run(cfg, out, progress=KillAfterFirstEpoch(), resume=True)
+    assert read_run(out)["status"] == "partial" and (out / "checkpoint.safetensors").is_file()
+    r = cli(*args, "--out", str(out), "--no-resume")
+    assert r.returncode == 2 and "already holds a partial (interrupted) run; pass --overwrite" in r.stderr
+    r = cli(*args, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == f"continuing the interrupted run in {out} from its last epoch's end"
+    assert cli(*args, "--out", str(tmp_path / "whole")).returncode == 0
+    a, b = (read_trajectory(d, format="pandas").drop(columns=["wall_time", "run_id"]) for d in (out, tmp_path / "whole"))
+    assert a.equals(b) and read_run(out)["final"] == read_run(tmp_path / "whole")["final"]
+    assert not (out / "checkpoint.safetensors").exists()
+
+
 def test_a_run_stopped_at_its_target_says_so_and_is_complete_on_disk(tmp_path):
     out = tmp_path / "run"
     r = cli("train", "--task", "moons", "--width", "16", "--epochs", "5", "--eval-every", "5", "--target-acc", "0.6", "--no-progress", "--out", str(out))

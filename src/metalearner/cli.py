@@ -58,6 +58,7 @@ def train(
     extended: bool = typer.Option(False, help="Also log gradient cosine, curvature and noise scale."),
     out: Path = typer.Option(Path("runs/latest"), help="Run directory for trajectory.parquet and run.json."),
     overwrite: bool = typer.Option(False, help="Replace a run already in --out."),
+    resume: bool = typer.Option(True, help="Keep the run at each epoch's end and continue an interrupted run of the same settings in --out from it (--no-resume: neither)."),
     device: str = options.DEVICE,
     data_dir: Optional[Path] = options.DATA_DIR,
     progress: bool = options.PROGRESS,
@@ -65,7 +66,7 @@ def train(
     """Train one model with the probe attached; writes OUT/trajectory.parquet and OUT/run.json."""
     from metalearner.tasks.models import ModelConfig
     from metalearner.tasks.task import TaskConfig
-    from metalearner.train.run import RunConfig, resolve_device, train_run
+    from metalearner.train.run import RunConfig, continuable, interrupted, resolve_device, train_run
 
     resolve_device(device)  # a missing GPU fails here, in one line
 
@@ -82,9 +83,13 @@ def train(
         device=device,
     )  # fmt: skip
     t0 = time.perf_counter()
+    if resume and not overwrite and continuable(out, cfg):
+        typer.echo(f"continuing the interrupted run in {out} from its last epoch's end", err=True)
+    elif resume and not overwrite and interrupted(out, cfg):
+        typer.echo(f"starting the interrupted run in {out} over (it kept no checkpoint to continue from)", err=True)
     with Progress(progress) as display:
         bar = display.bar(f"{task} {model}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=float("nan"), acc=float("nan"))
-        result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar, overwrite=overwrite)
+        result = train_run(cfg, out, data_dir=str(data_dir) if data_dir else None, progress=bar, overwrite=overwrite, resume=resume)
     f = result.final
     status = "complete (target reached)" if result.status == "target_reached" else result.status  # run.json says "complete"
     parts = [status, f"{result.steps} steps ({result.epochs:.2f} epochs)"]

@@ -226,12 +226,92 @@ def test_an_interrupted_fit_continues_from_its_checkpoint_as_if_never_stopped(mo
     assert result.history == expected.history and all(torch.equal(p, q) for p, q in zip(again.parameters(), whole.parameters()))
 
 
-def test_a_fit_checkpoint_of_other_options_or_with_a_probe_is_refused(moons, tmp_path):
+def test_a_fit_checkpoint_of_other_options_or_kept_without_the_probe_is_refused(moons, tmp_path):
     ckpt = tmp_path / "run.safetensors"
     model = moons.build_model(seed=0)
     fit(model, torch.optim.Adam(model.parameters(), 1e-2), moons, epochs=1, seed=0, checkpoint=ckpt)
     with pytest.raises(ConfigError, match="holds a run with other options"):
         fit(model, torch.optim.Adam(model.parameters(), 1e-2), moons, epochs=2, seed=0, checkpoint=ckpt)
-    with pytest.raises(ConfigError, match="without a probe only"):
-        opt = torch.optim.Adam(model.parameters(), 1e-2)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    with pytest.raises(ConfigError, match="give the probe out_dir"):
         fit(model, opt, moons, epochs=1, probe=Probe(model, opt), checkpoint=ckpt)
+    with pytest.raises(ConfigError, match="kept without a probe, whose log cannot continue"):
+        fit(model, opt, moons, epochs=1, probe=Probe(model, opt, out_dir=tmp_path / "run", resume=True), checkpoint=ckpt)
+
+
+def _same_log(a, b):
+    """Two trajectories alike in every column but the wall time (and the run id, if told)."""
+    a, b = (read_trajectory(d, format="pandas").drop(columns=["wall_time"]) for d in (a, b))
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for col in a.columns:
+        if col != "run_id":
+            assert a[col].equals(b[col]), col
+
+
+@pytest.mark.parametrize("extended", [False, True])
+def test_an_interrupted_probe_log_continues_from_the_checkpoint_as_if_never_stopped(moons, tmp_path, extended):
+    """Killed without closing its probe (the parts written after the checkpoint left on disk),
+    the run continues: the log is the uninterrupted one's, part for part."""
+
+    def run(out, resume=False, **kw):
+        model = moons.build_model(seed=1)
+        opt = torch.optim.Adam(model.parameters(), 1e-2)
+        probe = Probe(model, opt, out_dir=out, chunk_size=5, extended=extended, resume=resume)
+        result = fit(model, opt, moons, epochs=4, eval_every=3, seed=2, probe=probe, **kw)
+        probe.close(final=result.final)
+        return model, probe
+
+    whole, probe = run(tmp_path / "whole")
+    ckpt, out = tmp_path / "run.safetensors", tmp_path / "run"
+    with pytest.raises(_Stop):  # at step 24, in the third epoch: the second's end is kept, and a part after it written
+        run(out, checkpoint=ckpt, progress=_KillAt(23))
+    parts = sorted(p.name for p in (out / "trajectory.parts").iterdir())
+    assert len(parts) == 5 and read_run(out)["status"] == "partial"
+    model, again = run(out, resume=True, checkpoint=ckpt)
+    _same_log(out, tmp_path / "whole")
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), whole.parameters()))
+    assert read_run(out)["final"] == read_run(tmp_path / "whole")["final"] and read_run(out)["status"] == "complete"
+    assert set(read_trajectory(out, format="pandas")["run_id"]) == {again.run_id}
+
+
+def test_train_run_continues_an_interrupted_run_of_its_config_and_starts_others_over(tmp_path):
+    cfg = RunConfig(task=MOONS, optimizer="learned_sf", epochs=3, eval_every=3, seed=2, extended=True)
+    train_run(cfg, tmp_path / "whole")
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):  # Ctrl-C: the probe closes the run as partial, its log merged
+        train_run(cfg, out, progress=_KillAt(12), resume=True)
+    assert read_run(out)["status"] == "partial" and (out / "checkpoint.safetensors").is_file()
+    first = read_run(out)["run_id"]
+    from metalearner.train.run import continuable
+
+    assert continuable(out, cfg) == out / "checkpoint.safetensors"
+    assert continuable(out, RunConfig(task=MOONS, optimizer="learned_sf", epochs=3, eval_every=3, seed=3, extended=True)) is None
+    result = train_run(cfg, out, resume=True)
+    _same_log(out, tmp_path / "whole")
+    assert read_run(out)["run_id"] == first and read_run(out)["final"] == read_run(tmp_path / "whole")["final"]
+    assert {k: v for k, v in result.final.items() if k != "n_params"} == read_run(out)["final"] and not (out / "checkpoint.safetensors").exists()
+    with pytest.raises(ConfigError, match="already holds a run; pass --overwrite"):  # finished: not run again
+        train_run(cfg, out, resume=True)
+    # interrupted before its first epoch's end: nothing kept, so the same config starts over
+    with pytest.raises(_Stop):
+        train_run(cfg, tmp_path / "early", progress=_KillAt(3), resume=True)
+    assert not (tmp_path / "early" / "checkpoint.safetensors").exists()
+    train_run(cfg, tmp_path / "early", resume=True)
+    _same_log(tmp_path / "early", tmp_path / "whole")
+    # another config's interrupted run is refused, as without resume
+    with pytest.raises(_Stop):
+        train_run(cfg, tmp_path / "other", progress=_KillAt(12), resume=True)
+    with pytest.raises(ConfigError, match="already holds a partial \\(interrupted\\) run; pass --overwrite"):
+        train_run(RunConfig(task=MOONS, optimizer="adam", epochs=3), tmp_path / "other", resume=True)
+
+
+def test_a_log_shorter_than_its_checkpoint_is_a_one_line_error(moons, tmp_path):
+    from metalearner.errors import DataError
+
+    cfg = RunConfig(task=MOONS, optimizer="adam", epochs=3, eval_every=3)
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        train_run(cfg, out, progress=_KillAt(12), resume=True)
+    (out / "trajectory.parquet").unlink()
+    with pytest.raises(DataError, match="ends before its checkpoint \\(0 of 8 steps\\); start the run over"):
+        train_run(cfg, out, resume=True)

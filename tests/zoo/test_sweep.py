@@ -114,12 +114,12 @@ def test_resume_after_sigkill_finishes_only_what_is_missing(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline:
             s = _statuses(out)
-            if "complete" in s.values() and "partial" in s.values():
+            if "complete" in s.values() and any(v == "partial" and (out / "runs" / k / "checkpoint.safetensors").exists() for k, v in s.items()):
                 break
             assert proc.poll() is None, proc.stderr.read().decode()
             time.sleep(0.02)
         else:
-            pytest.fail(f"sweep never had a finished and a running run: {_statuses(out)}")
+            pytest.fail(f"sweep never had a finished run and a running one past its first epoch: {_statuses(out)}")
         # while it runs, a second sweep into the same directory must refuse
         with pytest.raises(DirectoryLocked, match="in use by another process"):
             run_sweep([], out, InlineExecutor(), progress=False)
@@ -130,6 +130,8 @@ def test_resume_after_sigkill_finishes_only_what_is_missing(tmp_path):
     before = _statuses(out)
     # a run left unfinished: partial, or (when the kill came as the next run began) without its run.json yet
     assert set(before.values()) - {"complete"}, before
+    kept = [rid for rid, s in before.items() if s == "partial" and (out / "runs" / rid / "checkpoint.safetensors").exists()]
+    assert kept, before
     done = {rid: (out / "runs" / rid / "run.json").stat().st_mtime_ns
             for rid, s in before.items() if s == "complete" and (out / "runs" / rid / "trajectory.parquet").exists()}  # fmt: skip
     assert done
@@ -144,6 +146,16 @@ def test_resume_after_sigkill_finishes_only_what_is_missing(tmp_path):
     _check_zoo(out, runs)
     for rid, mtime in done.items():  # finished runs were not run again
         assert (out / "runs" / rid / "run.json").stat().st_mtime_ns == mtime
+    # a run killed after an epoch's end continued from it: its log is an uninterrupted run's
+    from metalearner.observe import read_trajectory
+    from metalearner.train.run import train_run
+    from metalearner.zoo.sweep import run_id
+
+    cfg = next(c for c in runs if run_id(c) == kept[0])
+    train_run(cfg, tmp_path / "whole")
+    a, b = (read_trajectory(d, format="pandas").drop(columns=["wall_time", "run_id"]) for d in (out / "runs" / kept[0], tmp_path / "whole"))
+    assert a.equals(b) and not (out / "runs" / kept[0] / "checkpoint.safetensors").exists()
+    assert "continuing from the checkpoint of its last epoch's end" in (out / "runs" / kept[0] / "log.txt").read_text()
 
 
 def test_second_sweep_refuses_while_the_lock_is_held(tmp_path):

@@ -232,8 +232,11 @@ class PhysicsTracker:
         return {k: copy.deepcopy(getattr(self, k)) for k in self._STATE}
 
     def load_state_dict(self, state: dict[str, object]) -> None:
+        """The memory of :meth:`state_dict`, its tensors on the parameters' device (a checkpoint keeps them on the CPU)."""
+        device = self.params[0].device
         for k in self._STATE:
-            setattr(self, k, copy.deepcopy(state[k]))
+            v = copy.deepcopy(state[k])
+            setattr(self, k, v.to(device) if isinstance(v, torch.Tensor) else v)
 
     def _extended(self, grads: list[torch.Tensor], batch_size: int | None, values: bool = True) -> torch.Tensor | None:
         """``[cos, curvature, noise]`` of this step, advancing the memory (``values=False``:

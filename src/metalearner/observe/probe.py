@@ -34,7 +34,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from metalearner.errors import ConfigError
+from metalearner.errors import ConfigError, DataError
 from metalearner.observe import store
 from metalearner.observe.physics import PhysicsTracker, layout
 from metalearner.observe.schema import COLUMNS, EXTENDED_COLUMNS, FIELDS, arrow_type
@@ -133,6 +133,12 @@ class Probe:
         sinks: extra receivers of each chunk, e.g. :class:`TensorBoardSink`.
         overwrite: replace a run already in ``out_dir`` (its files are removed); without it such
             a directory is refused, so a rerun never silently replaces a run.
+        resume: keep the run already in ``out_dir`` for :meth:`load_state_dict` to continue
+            (``fit`` does so from its checkpoint); its files are left as they are until then.
+
+    A log continues from :meth:`state_dict`, taken right after a :meth:`flush`: the rows it
+    counted are read back from ``out_dir`` (later ones, written after it, are dropped) and the
+    steps after it are appended, in the same parts an uninterrupted run writes.
     """
 
     def __init__(
@@ -149,6 +155,7 @@ class Probe:
         chunk_size: int = 1024,
         sinks: Iterable[Sink] = (),
         overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         if not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ConfigError(f"chunk_size must be an integer >= 1 (steps per flush), got {chunk_size!r}")
@@ -158,7 +165,9 @@ class Probe:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         if self.out_dir is not None and self.out_dir.exists() and not self.out_dir.is_dir():
             raise ConfigError(f"{self.out_dir} exists and is not a directory; give the probe a run directory")
-        if self.out_dir is not None and (self.out_dir / store.RUN_JSON).exists():
+        if resume and self.out_dir is None:
+            raise ConfigError("a probe continues the log of its run directory: give it out_dir")
+        if self.out_dir is not None and (self.out_dir / store.RUN_JSON).exists() and not resume:
             if not overwrite:
                 raise ConfigError(f"{self.out_dir} already holds a run; pass overwrite=True to replace it, or choose another out_dir")
             store.remove_run(self.out_dir)
@@ -195,7 +204,8 @@ class Probe:
         ]
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            store.write_run_json(self.out_dir, self._run_meta())
+            if not (resume and (self.out_dir / store.RUN_JSON).exists()):
+                store.write_run_json(self.out_dir, self._run_meta())
 
     # -- feeding the probe -------------------------------------------------------------
     def observe(
@@ -309,6 +319,33 @@ class Probe:
         self._evals = {s: v for s, v in self._evals.items() if s >= self.step}
         self._rows = []
 
+    # -- continuing a log ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What continues this log (:meth:`load_state_dict`): the step count, the rows of each
+        part written, the run id, the tracker's memory. Take it right after :meth:`flush`."""
+        if self._rows or self._pending is not _NOTHING:
+            raise RuntimeError("Probe.state_dict() is taken right after flush(), with no step buffered")
+        return {"run_id": self.run_id, "step": self.step, "chunks": [t.num_rows for t in self._tables], "last_loss": self._last_loss,
+                "last_eval": dict(self._last_eval), "evals": [[s, *v] for s, v in self._evals.items()],
+                "elapsed": time.perf_counter() - self._t0, "tracker": self.tracker.state_dict()}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the log that :meth:`state_dict` describes, before this probe's first step:
+        its rows are read back from ``out_dir`` (the parts, or the merged trajectory of a run
+        closed as partial) and laid out in the same parts, and rows written after it removed."""
+        if self.step or self._rows:
+            raise RuntimeError("Probe.load_state_dict() comes before the probe's first step")
+        if self.out_dir is None:
+            raise ConfigError("a probe continues the log of its run directory: give it out_dir")
+        chunks = [int(n) for n in state["chunks"]]
+        self._tables = _read_back(self.out_dir, chunks, str(state["run_id"]))
+        self.run_id, self.step = str(state["run_id"]), int(state["step"])
+        self._last_loss, self._last_eval = float(state["last_loss"]), dict(state["last_eval"])
+        self._evals = {int(s): (float(v), float(a)) for s, v, a in state["evals"]}
+        self._t0 = time.perf_counter() - float(state["elapsed"])
+        self.tracker.load_state_dict(state["tracker"])
+        store.write_run_json(self.out_dir, self._run_meta())
+
     def table(self) -> pa.Table:
         """Everything recorded so far as one Arrow table."""
         self.flush()
@@ -358,3 +395,36 @@ class Probe:
     def __exit__(self, exc_type, *_: Any) -> None:
         if self._hooks:
             self.close("complete" if exc_type is None else "partial")
+
+
+def _read_back(out_dir: Path, chunks: list[int], run_id: str) -> list[pa.Table]:
+    """The first ``sum(chunks)`` rows of the run in ``out_dir`` as parts of ``chunks`` rows,
+    written there as ``part-*`` (those beyond, and a merged trajectory, removed): from the
+    parts where all of them are there as written, else from the merged trajectory (a run closed
+    as partial), which is split into them before it is removed."""
+    parts_dir = out_dir / store.PARTS
+    named = [parts_dir / f"part-{i:06d}.parquet" for i in range(len(chunks))]
+    tables = None
+    if all(p.is_file() for p in named):
+        tables = [store.read_parquet(p) for p in named]
+        if [t.num_rows for t in tables] != chunks:
+            tables = None
+    if tables is None:
+        try:
+            whole = store.read_trajectory(out_dir)
+        except DataError:
+            whole = pa.table({})
+        if whole.num_rows < sum(chunks):
+            raise DataError(f"the log in {out_dir} ends before its checkpoint ({whole.num_rows} of {sum(chunks)} steps); "
+                            "start the run over (--overwrite)")  # fmt: skip
+        starts = np.cumsum([0, *chunks])
+        tables = [whole.slice(int(a), n) for a, n in zip(starts, chunks)]
+        for path, table in zip(named, tables):
+            store.write_table(table, path)
+    if tables and any(t.num_rows and t.column("run_id")[0].as_py() != run_id for t in tables):
+        raise DataError(f"the log in {out_dir} is another run's than its checkpoint's; start the run over (--overwrite)")
+    (out_dir / store.TRAJECTORY).unlink(missing_ok=True)
+    for path in parts_dir.glob("part-*.parquet"):
+        if path not in named:
+            path.unlink()
+    return tables

@@ -17,7 +17,7 @@ bottom:
 5. at the end, evaluate once on the test split.
 
 With a ``checkpoint`` file, the run is kept at each epoch's end and continued from it
-(``metalearner tower`` does so).
+(``metalearner train`` and ``metalearner tower`` do so), its probe's log with it.
 
 Optimizers with a train/eval mode (Schedule-Free) are switched around evaluations, and
 optimizers that declare ``takes_loss = True`` (the learned ones) get ``step(loss=...)``.
@@ -106,7 +106,7 @@ def _eval_mode(optimizer: torch.optim.Optimizer) -> Iterator[None]:
 
 def _save(path: str | os.PathLike, options: dict[str, Any], step: int, epoch: int, stop: bool, model: nn.Module,
           optimizer: torch.optim.Optimizer, scheduler: Any, gen: torch.Generator, result: FitResult,
-          keep: dict[str, list[Any]] | None) -> None:  # fmt: skip
+          keep: dict[str, list[Any]] | None, probe: Probe | None) -> None:  # fmt: skip
     """:func:`fit`'s run at an epoch's end, in one atomic file (:mod:`metalearner.checkpoint`)."""
     from metalearner.checkpoint import save_state
 
@@ -114,7 +114,8 @@ def _save(path: str | os.PathLike, options: dict[str, Any], step: int, epoch: in
                       "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler is not None else None,
                       "generator": gen.get_state(), "rng": torch.get_rng_state(), "cuda_rng": _cuda_rng(model),
                       "status": result.status, "final": result.final,
-                      "history": result.history, "eval_seconds": result.eval_seconds, "keep": keep})  # fmt: skip
+                      "history": result.history, "eval_seconds": result.eval_seconds, "keep": keep,
+                      "probe": probe.state_dict() if probe is not None else None})  # fmt: skip
 
 
 def _cuda_rng(model: nn.Module) -> torch.Tensor | None:
@@ -124,7 +125,7 @@ def _cuda_rng(model: nn.Module) -> torch.Tensor | None:
 
 
 def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-            gen: torch.Generator, result: FitResult, keep: dict[str, list[Any]] | None) -> tuple[int, int, bool]:  # fmt: skip
+            gen: torch.Generator, result: FitResult, keep: dict[str, list[Any]] | None, probe: Probe | None) -> tuple[int, int, bool]:  # fmt: skip
     """Load :func:`_save`'s file into the fresh run; returns its step, epoch and whether it had stopped."""
     from metalearner.checkpoint import load_state
 
@@ -133,6 +134,8 @@ def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, 
         raise DataError(f"{path} is not a training checkpoint; delete it or use another --out")
     if state["options"] != options:
         raise ConfigError(f"{path} holds a run with other options ({state['options']}); delete it or use another --out")
+    if probe is not None and state.get("probe") is None:
+        raise ConfigError(f"{path} holds a run kept without a probe, whose log cannot continue; delete it or use another --out")
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -149,6 +152,8 @@ def _resume(path: str | os.PathLike, options: dict[str, Any], model: nn.Module, 
     for name, items in (state.get("keep") or {}).items():
         if keep is not None and name in keep:
             keep[name][:] = items
+    if probe is not None:
+        probe.load_state_dict(state["probe"])
     return int(state["step"]), int(state["epoch"]), bool(state["stop"])
 
 
@@ -243,15 +248,15 @@ def fit(
         checkpoint: a file that keeps the run at each epoch's end (weights, optimizer,
             scheduler, batch order, random state, history); if it exists the run continues
             from it and ends as an uninterrupted one would. It must be of the same model,
-            optimizer and options (the caller keys the file by them). Not with a ``probe``,
-            whose log would repeat the steps after the checkpoint.
+            optimizer and options (the caller keys the file by them). A ``probe`` continues
+            its log from it (made with ``resume=True`` on the same run directory).
         keep: the caller's per-step logs (lists it appends to, JSON-able items), kept with
             each checkpoint and refilled from it on resuming.
     """
     check_sampler(sampler)
     _check_fit_options(batch_size, scheduler_interval, eval_every, target_acc)
-    if checkpoint is not None and probe is not None:
-        raise ConfigError("fit keeps a checkpoint without a probe only (the probe's log would repeat the steps after it)")
+    if checkpoint is not None and probe is not None and probe.out_dir is None:
+        raise ConfigError("fit continues a probe's log from its run directory: give the probe out_dir, or keep no checkpoint")
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
@@ -318,7 +323,7 @@ def fit(
     options = {"seed": seed, "total": total, "batch_size": bs, "sampler": sampler, "n": n, "eval_every": eval_every,
                "target_acc": target_acc, "scheduler_interval": scheduler_interval, "test": test}  # fmt: skip
     if checkpoint is not None and os.path.isfile(checkpoint):
-        step, epoch, stop = _resume(checkpoint, options, model, optimizer, scheduler, gen, result, keep)
+        step, epoch, stop = _resume(checkpoint, options, model, optimizer, scheduler, gen, result, keep, probe)
         if progress is not None and result.history:
             progress.update(step, total, loss=result.history[-1]["train_loss"], acc=result.history[-1]["val_acc"])
     while step < total and not stop:
@@ -355,7 +360,7 @@ def fit(
             probe.flush()  # a crash loses at most the current epoch
         epoch += 1
         if checkpoint is not None:
-            _save(checkpoint, options, step, epoch, stop, model, optimizer, scheduler, gen, result, keep)
+            _save(checkpoint, options, step, epoch, stop, model, optimizer, scheduler, gen, result, keep, probe)
 
     result.steps = step
     result.epochs = step / per_epoch

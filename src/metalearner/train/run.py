@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from metalearner.atomic import json_safe
 from metalearner.errors import ConfigError, DataError
 from metalearner.methods import check_lr, get_method
 from metalearner.observe.probe import Probe
@@ -115,6 +116,26 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
+CHECKPOINT = "checkpoint.safetensors"  # train_run's run at its last epoch's end (resume=True); removed when the run ends
+
+
+def interrupted(out_dir: str | Path, cfg: RunConfig) -> bool:
+    """Whether ``out_dir`` holds an interrupted (partial) run of ``cfg``."""
+    out = Path(out_dir)
+    try:
+        meta = read_run(out) if (out / RUN_JSON).is_file() else {}
+    except (OSError, DataError):
+        return False
+    return meta.get("status") == "partial" and meta.get("config") == json_safe(cfg.to_dict())
+
+
+def continuable(out_dir: str | Path, cfg: RunConfig) -> Path | None:
+    """The checkpoint from which ``train_run(cfg, out_dir, resume=True)`` continues the
+    interrupted run of ``cfg`` in ``out_dir``; ``None`` where there is none to continue."""
+    checkpoint = Path(out_dir) / CHECKPOINT
+    return checkpoint if checkpoint.is_file() and interrupted(out_dir, cfg) else None
+
+
 def train_run(
     cfg: RunConfig,
     out_dir: str | Path | None = None,
@@ -126,6 +147,7 @@ def train_run(
     probe: bool = True,
     test: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
     should_stop: Callable[[Any, list[dict[str, float]], int], bool] | None = None,
     attach: Callable[[Any, Any], None] | None = None,
 ) -> FitResult:
@@ -138,9 +160,24 @@ def train_run(
     True stops the run, which is then saved with status ``stopped``. ``attach(model,
     optimizer)`` is called once both exist (to register hooks of your own). Without
     ``out_dir`` the probe's trajectory is returned in ``result.trajectory``.
+
+    ``resume`` (with ``out_dir`` and the probe): the run is kept at each epoch's end in
+    ``out_dir/checkpoint.safetensors`` (:func:`fit`'s checkpoint, the probe's log with it),
+    and an interrupted run of the same config in ``out_dir`` continues from it, ending as an
+    uninterrupted run would; one interrupted before its first epoch's end starts over. The file
+    is removed when the run ends.
     """
+    checkpoint = None
     if out_dir is not None:
-        out_dir = prepare_out_dir(out_dir, overwrite=overwrite)
+        if (Path(out_dir) / CHECKPOINT).is_dir():
+            raise ConfigError(f"{Path(out_dir) / CHECKPOINT} is a folder where the run's checkpoint goes; move it or choose another --out")
+        resume = resume and probe
+        continuing = resume and not overwrite and continuable(out_dir, cfg) is not None
+        if not continuing:
+            out_dir = prepare_out_dir(out_dir, overwrite=overwrite or (resume and interrupted(out_dir, cfg)))
+            (out_dir / CHECKPOINT).unlink(missing_ok=True)
+        out_dir = Path(out_dir)
+        checkpoint = out_dir / CHECKPOINT if resume else None
     task = task or make_task(cfg.task, data_dir=data_dir)
     model = task.build_model(seed=cfg.seed)
     if cfg.device != "cpu":
@@ -155,7 +192,7 @@ def train_run(
     p = None
     if probe:
         meta = {"architecture": task.architecture(model), "seed": cfg.seed, "config": cfg.to_dict()}
-        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, task=task.name, meta=meta)
+        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, task=task.name, meta=meta, resume=checkpoint is not None)
     stop_fn = None
     if should_stop is not None:
 
@@ -166,7 +203,7 @@ def train_run(
         result = fit(
             model, opt, task, epochs=cfg.epochs, steps=cfg.steps, scheduler=scheduler, eval_every=cfg.eval_every,
             target_acc=cfg.target_acc, probe=p, seed=cfg.seed, progress=progress, should_stop=stop_fn, test=test,
-            sampler=cfg.sampler,
+            sampler=cfg.sampler, checkpoint=checkpoint,
         )  # fmt: skip
     except BaseException:
         if p is not None:
@@ -180,5 +217,7 @@ def train_run(
         p.close(status, final=result.final)
         if out_dir is None:
             result.trajectory = p.table()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     result.final["n_params"] = sum(q.numel() for q in model.parameters())
     return result

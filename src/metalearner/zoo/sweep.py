@@ -13,8 +13,10 @@ The run directories are the truth; the manifest is derived from them and rewritt
 atomically by the parent only. A run counts as done when its ``run.json`` has a final status
 (``complete``, ``diverged`` or ``stopped``) *and* its ``trajectory.parquet`` exists: both are
 written atomically, trajectory first, so a run killed at any moment is either done or left
-``partial``. Rerunning the same sweep skips done runs, deletes partial ones and runs them
-again, and retries failed ones. Run ids hash the full config, so matching is by content.
+``partial``. Each run keeps its state at every epoch's end (``runs/<id>/checkpoint.safetensors``,
+removed when it ends), so rerunning the same sweep skips done runs, continues partial ones
+from their last epoch's end (those killed before their first start over) and retries failed
+ones from the start. Run ids hash the full config, so matching is by content.
 """
 
 from __future__ import annotations
@@ -97,12 +99,12 @@ def run_one(item: dict[str, Any]) -> dict[str, Any]:
     Returns a small record for the manifest; an exception propagates to the executor after
     its traceback is written to the run's log.
     """
-    from metalearner.train.run import train_run
+    from metalearner.train.run import CHECKPOINT, continuable, train_run
 
     run_dir = Path(item["run_dir"])
-    if run_dir.exists():  # leftovers of a killed attempt
+    if run_dir.exists() and not (run_dir / CHECKPOINT).is_file():  # leftovers of an attempt with nothing to continue
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     cfg = RunConfig.from_dict(item["config"])
     pruner = item.get("pruner")
     hook = _pruning_hook(pruner, cfg, item["run_id"], item["out_dir"]) if pruner is not None else None
@@ -110,9 +112,11 @@ def run_one(item: dict[str, Any]) -> dict[str, Any]:
     with open(run_dir / LOG, "a", buffering=1) as log:
         log.write(f"run {item['run_id']} pid {os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         log.write(json.dumps(item["config"], sort_keys=True) + "\n")
+        if continuable(run_dir, cfg):
+            log.write("continuing from the checkpoint of its last epoch's end\n")
         try:
             with _redirect_output(log, fds=item.get("isolated", True)):
-                result = train_run(cfg, run_dir, data_dir=item.get("data_dir"), run_id=item["run_id"], should_stop=hook)
+                result = train_run(cfg, run_dir, data_dir=item.get("data_dir"), run_id=item["run_id"], should_stop=hook, resume=True)
         except BaseException:
             log.write(traceback.format_exc())
             raise
@@ -181,8 +185,8 @@ def run_sweep(
     """Train every run of a spec (or a list of configs) into ``out_dir``; resumable.
 
     Holds ``out_dir/.lock`` for the whole sweep (a second sweep into the same directory
-    raises :class:`~metalearner.parallel.DirectoryLocked`). Skips runs already done, reruns partial ones (and failed
-    ones unless ``retry_failed=False``), records each run's status in ``manifest.json`` as it
+    raises :class:`~metalearner.parallel.DirectoryLocked`). Skips runs already done, continues partial ones from their
+    last epoch's end, reruns failed ones unless ``retry_failed=False``, records each run's status in ``manifest.json`` as it
     finishes. A run that raises is recorded ``failed`` with its error and does not stop the
     sweep. ``pruner`` (see :mod:`metalearner.zoo.pruning`) may stop runs early: ``pruned``.
     """
@@ -218,8 +222,8 @@ def run_sweep(
             elif entry.get("status") == "failed" and not retry_failed:
                 skipped += 1
             else:
-                if run_dir.exists():
-                    shutil.rmtree(run_dir)  # partial: a killed attempt
+                if run_dir.exists() and entry.get("status") == "failed":
+                    shutil.rmtree(run_dir)  # a failed run starts over; a killed one continues from its checkpoint (run_one)
                 entry.update(status="pending", final={})
                 entry.pop("error", None)
                 todo.append(rid)
