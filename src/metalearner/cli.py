@@ -66,7 +66,7 @@ def train(
     """Train one model with the probe attached; writes OUT/trajectory.parquet and OUT/run.json."""
     from metalearner.tasks.models import ModelConfig
     from metalearner.tasks.task import TaskConfig
-    from metalearner.train.run import RunConfig, continuable, interrupted, resolve_device, train_run
+    from metalearner.train.run import CHECKPOINT, RunConfig, continuable, interrupted, resolve_device, train_run
 
     resolve_device(device)  # a missing GPU fails here, in one line
 
@@ -85,7 +85,7 @@ def train(
     t0 = time.perf_counter()
     if resume and not overwrite and continuable(out, cfg):
         typer.echo(f"continuing the interrupted run in {out} from its last epoch's end", err=True)
-    elif resume and not overwrite and interrupted(out, cfg):
+    elif resume and not overwrite and interrupted(out, cfg) and not (out / CHECKPOINT).exists():
         typer.echo(f"starting the interrupted run in {out} over (it kept no checkpoint to continue from)", err=True)
     with Progress(progress) as display:
         bar = display.bar(f"{task} {model}", info="loss {loss:.4f}  val acc {acc:.4f}", loss=float("nan"), acc=float("nan"))

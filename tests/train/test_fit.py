@@ -315,3 +315,51 @@ def test_a_log_shorter_than_its_checkpoint_is_a_one_line_error(moons, tmp_path):
     (out / "trajectory.parquet").unlink()
     with pytest.raises(DataError, match="ends before its checkpoint \\(0 of 8 steps\\); start the run over"):
         train_run(cfg, out, resume=True)
+
+
+def test_a_failed_continuation_leaves_the_interrupted_run_as_it_was(tmp_path):
+    """A checkpoint that cannot be read (or a Ctrl-C before the log is taken over) is an error,
+    and the interrupted run's log stays, to be continued once the cause is mended."""
+    from metalearner.errors import DataError
+
+    cfg = RunConfig(task=MOONS, optimizer="adam", epochs=3, eval_every=3)
+    out = tmp_path / "run"
+    with pytest.raises(_Stop):
+        train_run(cfg, out, progress=_KillAt(12), resume=True)
+    rows, run = len(read_trajectory(out)), read_run(out)
+    good = (out / "checkpoint.safetensors").read_bytes()
+    (out / "checkpoint.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="is not a readable checkpoint"):
+        train_run(cfg, out, resume=True)
+    assert len(read_trajectory(out)) == rows and read_run(out) == run
+    (out / "checkpoint.safetensors").write_bytes(good)
+    train_run(cfg, out, resume=True)
+    train_run(cfg, tmp_path / "whole")
+    _same_log(out, tmp_path / "whole")
+
+
+def test_a_probe_made_to_resume_needs_a_checkpoint(moons, tmp_path):
+    model = moons.build_model(seed=0)
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    probe = Probe(model, opt, out_dir=tmp_path / "run", resume=True)
+    with pytest.raises(ConfigError, match="no checkpoint file to continue it from"):
+        fit(model, opt, moons, epochs=1, probe=probe, checkpoint=tmp_path / "none.safetensors")
+    probe.close()
+    assert not (tmp_path / "run" / "trajectory.parquet").exists()
+
+
+def test_train_run_holds_its_folder_and_tidies_what_a_kill_left(tmp_path):
+    from metalearner.parallel import DirectoryLock, DirectoryLocked
+
+    cfg = RunConfig(task=MOONS, optimizer="adam", epochs=2)
+    out = tmp_path / "run"
+    with DirectoryLock(out):  # another process continuing or writing this run
+        with pytest.raises(DirectoryLocked, match="in use by another process"):
+            train_run(cfg, out, resume=True)
+    (out / ".checkpoint.safetensors.x1y2.tmp").write_bytes(b"half a save")
+    train_run(cfg, out, resume=True)
+    assert not list(out.glob(".checkpoint.safetensors.*")) and not (out / "checkpoint.safetensors").exists()
+    (out / "checkpoint.safetensors").write_bytes(b"left by a kill after the run ended")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_run(cfg, out, resume=True)
+    assert not (out / "checkpoint.safetensors").exists()

@@ -209,6 +209,17 @@ def test_successive_halving_on_a_synthetic_example(tmp_path):
     assert sorted(p.name for p in (tmp_path / "rungs" / "0").iterdir()) == [f"{r}.json" for r in "abcde"]
 
 
+def test_successive_halving_does_not_judge_a_continued_run_again_at_a_rung_it_recorded(tmp_path):
+    sh = SuccessiveHalving(eta=2, min_fraction=0.25)
+    sh.setup(tmp_path)
+    assert not sh(_traj("a", 0.3, 0.5), None)
+    again = SuccessiveHalving(eta=2, min_fraction=0.25)  # the worker that continues run a after a kill
+    again.setup(tmp_path)
+    assert not again(_traj("a", 0.6, 0.9), None)  # its first evaluation after the checkpoint lies past both rungs
+    read = lambda k: json.loads((tmp_path / "rungs" / k / "a.json").read_text())["val_acc"]  # noqa: E731
+    assert read("0") == 0.5 and read("1") == 0.9
+
+
 def test_sweep_with_halving_prunes_and_keeps_trajectories(tmp_path):
     task = TaskConfig(dataset="digits", batch_size=64, model=ModelConfig(depth=1, width=16))
     lrs = [1e-4, 1e-5, 3e-3, 2e-5]  # arriving in this order, see the synthetic example

@@ -197,6 +197,7 @@ class Probe:
         self.step = 0  # optimizer steps recorded so far
         self.status = "partial"
         self._closed = False
+        self._resuming = resume  # until load_state_dict: the run on disk is not this probe's to write
         self._t0 = time.perf_counter()
         self._hooks = [
             optimizer.register_step_pre_hook(lambda *_: self.tracker.before_step()),
@@ -344,7 +345,13 @@ class Probe:
         self._evals = {int(s): (float(v), float(a)) for s, v, a in state["evals"]}
         self._t0 = time.perf_counter() - float(state["elapsed"])
         self.tracker.load_state_dict(state["tracker"])
+        self._resuming = False
         store.write_run_json(self.out_dir, self._run_meta())
+
+    @property
+    def resuming(self) -> bool:
+        """Made with ``resume=True`` and not yet given the state to continue from."""
+        return self._resuming
 
     def table(self) -> pa.Table:
         """Everything recorded so far as one Arrow table."""
@@ -374,14 +381,18 @@ class Probe:
     def close(self, status: str = "complete", final: dict[str, Any] | None = None) -> None:
         """Flush, detach the hooks, and (with ``out_dir``) write the final files. ``final``
         adds to what the probe knows (the last :meth:`log_eval` and the step count). A second
-        call does nothing."""
+        call does nothing; nor does a probe made to resume a run that never loaded its state
+        (the run on disk is left as it was)."""
         if self._closed:
             return
         self._closed = True
-        self.flush()
+        if not self._resuming:
+            self.flush()
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self._resuming:  # it never took over the run it was to continue: that run stays as it was
+            return
         self.status = status
         if self.out_dir is not None:
             store.finalize(self.out_dir, self._tables or [self._empty()])

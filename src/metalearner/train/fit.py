@@ -257,6 +257,8 @@ def fit(
     _check_fit_options(batch_size, scheduler_interval, eval_every, target_acc)
     if checkpoint is not None and probe is not None and probe.out_dir is None:
         raise ConfigError("fit continues a probe's log from its run directory: give the probe out_dir, or keep no checkpoint")
+    if probe is not None and probe.resuming and not (checkpoint is not None and os.path.isfile(checkpoint)):
+        raise ConfigError("the probe was made to continue a run (resume=True), but fit has no checkpoint file to continue it from")
     data = task.data
     device = next(model.parameters()).device
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)

@@ -13,6 +13,7 @@ from metalearner.errors import ConfigError, DataError
 from metalearner.methods import check_lr, get_method
 from metalearner.observe.probe import Probe
 from metalearner.observe.store import RUN_JSON, read_run
+from metalearner.parallel.lock import DirectoryLock
 from metalearner.tasks.task import Task, TaskConfig, make_task
 from metalearner.train.budget import Budget, check_budget
 from metalearner.train.fit import FitResult, check_eval_every, check_sampler, check_target_acc, fit
@@ -119,13 +120,22 @@ def prepare_out_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path:
 CHECKPOINT = "checkpoint.safetensors"  # train_run's run at its last epoch's end (resume=True); removed when the run ends
 
 
-def interrupted(out_dir: str | Path, cfg: RunConfig) -> bool:
-    """Whether ``out_dir`` holds an interrupted (partial) run of ``cfg``."""
+def _run_json(out_dir: str | Path) -> dict[str, Any]:
+    """The run.json in ``out_dir``, ``{}`` where there is none or it cannot be read."""
     out = Path(out_dir)
     try:
-        meta = read_run(out) if (out / RUN_JSON).is_file() else {}
+        return read_run(out) if (out / RUN_JSON).is_file() else {}
     except (OSError, DataError):
-        return False
+        return {}
+
+
+def _status(out_dir: str | Path) -> str | None:
+    return _run_json(out_dir).get("status")
+
+
+def interrupted(out_dir: str | Path, cfg: RunConfig) -> bool:
+    """Whether ``out_dir`` holds an interrupted (partial) run of ``cfg``."""
+    meta = _run_json(out_dir)
     return meta.get("status") == "partial" and meta.get("config") == json_safe(cfg.to_dict())
 
 
@@ -167,17 +177,47 @@ def train_run(
     uninterrupted run would; one interrupted before its first epoch's end starts over. The file
     is removed when the run ends.
     """
-    checkpoint = None
-    if out_dir is not None:
-        if (Path(out_dir) / CHECKPOINT).is_dir():
-            raise ConfigError(f"{Path(out_dir) / CHECKPOINT} is a folder where the run's checkpoint goes; move it or choose another --out")
-        resume = resume and probe
-        continuing = resume and not overwrite and continuable(out_dir, cfg) is not None
-        if not continuing:
-            out_dir = prepare_out_dir(out_dir, overwrite=overwrite or (resume and interrupted(out_dir, cfg)))
-            (out_dir / CHECKPOINT).unlink(missing_ok=True)
-        out_dir = Path(out_dir)
-        checkpoint = out_dir / CHECKPOINT if resume else None
+    resume = bool(resume and probe and out_dir is not None)
+    if not resume:
+        return _train(cfg, out_dir, None, False, data_dir=data_dir, task=task, run_id=run_id, progress=progress, probe=probe,
+                      test=test, overwrite=overwrite, should_stop=should_stop, attach=attach)  # fmt: skip
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; choose another --out")
+    if (out / CHECKPOINT).is_dir():
+        raise ConfigError(f"{out / CHECKPOINT} is a folder where the run's checkpoint goes; move it or choose another --out")
+    with DirectoryLock(out):  # one process at a time continues or replaces a run
+        for stale in out.glob(f".{CHECKPOINT}.*.tmp"):  # a save killed half-way
+            stale.unlink()
+        if (out / CHECKPOINT).is_file() and _status(out) not in (None, "partial"):  # killed between the run's end and the file's removal
+            (out / CHECKPOINT).unlink()
+        continuing = not overwrite and continuable(out, cfg) is not None
+        return _train(cfg, out, out / CHECKPOINT, continuing, data_dir=data_dir, task=task, run_id=run_id, progress=progress,
+                      probe=probe, test=test, overwrite=overwrite or interrupted(out, cfg), should_stop=should_stop, attach=attach)  # fmt: skip
+
+
+def _train(
+    cfg: RunConfig,
+    out_dir: str | Path | None,
+    checkpoint: Path | None,
+    continuing: bool,
+    *,
+    data_dir: str | None,
+    task: Task | None,
+    run_id: str | None,
+    progress: Any,
+    probe: bool,
+    test: bool,
+    overwrite: bool,
+    should_stop: Callable[[Any, list[dict[str, float]], int], bool] | None,
+    attach: Callable[[Any, Any], None] | None,
+) -> FitResult:
+    """:func:`train_run`'s run, with ``checkpoint`` (kept at each epoch's end) and whether the
+    run in ``out_dir`` continues from it (else ``out_dir`` is prepared for a new run)."""
+    if out_dir is not None and not continuing:
+        out_dir = prepare_out_dir(out_dir, overwrite=overwrite)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
     task = task or make_task(cfg.task, data_dir=data_dir)
     model = task.build_model(seed=cfg.seed)
     if cfg.device != "cpu":
@@ -192,7 +232,7 @@ def train_run(
     p = None
     if probe:
         meta = {"architecture": task.architecture(model), "seed": cfg.seed, "config": cfg.to_dict()}
-        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, task=task.name, meta=meta, resume=checkpoint is not None)
+        p = Probe(model, opt, out_dir=out_dir, run_id=run_id, extended=cfg.extended, task=task.name, meta=meta, resume=continuing)
     stop_fn = None
     if should_stop is not None:
 

@@ -48,7 +48,8 @@ class SuccessiveHalving:
       with one worker and a fixed order it is deterministic;
     - roughly a fraction ``1/eta`` of the runs survives each rung once many have reported;
     - a run whose first evaluation lies past several rungs reports the same value at each;
-    - resumed sweeps rerun killed runs from scratch, and those overwrite their own records.
+    - a run continued (or rerun) after a kill is not judged again at a rung it already
+      recorded: its record there stands (the same value, as runs are deterministic).
     """
 
     def __init__(self, eta: float = 3, min_fraction: float = 1 / 9, metric: str = "val_acc", mode: str = "max") -> None:
@@ -85,7 +86,9 @@ class SuccessiveHalving:
             raise RuntimeError("SuccessiveHalving.setup(out_dir) was not called")
         attrs = trajectory.attrs
         rid, fraction, value = attrs["run_id"], attrs["fraction"], attrs.get(self.metric)
-        done = self._reported.setdefault(rid, set())
+        if rid not in self._reported:  # a run continued after a kill: the rungs it recorded before
+            self._reported[rid] = {k for k in range(len(self.rungs)) if (self.rung_dir / str(k) / f"{rid}.json").exists()}
+        done = self._reported[rid]
         stop = False
         for k, rung in enumerate(self.rungs):
             if fraction + 1e-9 < rung or k in done:

@@ -38,7 +38,7 @@ from typing import Any, Iterator, Sequence
 from metalearner.atomic import read_json_object, write_json
 from metalearner.errors import ConfigError, DataError, MetalearnerError
 from metalearner.observe.store import RUN_JSON, TRAJECTORY, read_run
-from metalearner.train.run import RunConfig
+from metalearner.train.run import CHECKPOINT, RunConfig
 from metalearner.parallel import DirectoryLock, Executor, LocalExecutor
 from metalearner.progress import Progress
 from metalearner.zoo.spec import SweepSpec, run_id, sample_runs
@@ -99,7 +99,7 @@ def run_one(item: dict[str, Any]) -> dict[str, Any]:
     Returns a small record for the manifest; an exception propagates to the executor after
     its traceback is written to the run's log.
     """
-    from metalearner.train.run import CHECKPOINT, continuable, train_run
+    from metalearner.train.run import continuable, train_run
 
     run_dir = Path(item["run_dir"])
     if run_dir.exists() and not (run_dir / CHECKPOINT).is_file():  # leftovers of an attempt with nothing to continue
@@ -216,6 +216,7 @@ def run_sweep(
             run_dir = out / RUNS / rid
             meta = done_status(run_dir)
             if meta is not None:
+                (run_dir / CHECKPOINT).unlink(missing_ok=True)  # left if killed between the run's end and its removal
                 entry.update(status=DONE[meta["status"]], final=_final_metrics(meta.get("final") or {}))
                 entry.pop("error", None)
                 skipped += 1
